@@ -1,0 +1,606 @@
+"""The training demo: a lecture's Keras recipe, replayed in PyTorch with compiled optimizers.
+
+The recipe: an MLP ``Linear(64, 32) -> sigmoid -> Linear(32, 10) -> softmax`` trained with
+cross-entropy, minibatches of 128, for 10 epochs, on scikit-learn's 8x8 handwritten digits
+(``sklearn.datasets.load_digits``, shipped inside scikit-learn, so nothing is downloaded).
+Pixels are scaled to [0, 1] and a seeded permutation splits the 1797 images 80/20 into
+train and test sets.
+
+Every optimizer starts from the very same initial weights and sees the very same minibatch
+order, so the only difference between two runs is the update rule.  The racers are the
+bundled DSL optimizers from :mod:`optdsl.library` (SGD, momentum, Nesterov, AdaGrad, RMSProp,
+Adam), ``torch.optim.SGD`` as a reference for the compiled SGD, and any ``.opt`` program a
+user passes by path.
+
+Optimizer specs (the strings in ``optimizers=``) are shared with :mod:`optdsl.landscape`:
+
+* a bundled name: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``,
+  ``torch-sgd`` (case-insensitive);
+* a path to a ``.opt`` file;
+* either of those followed by ``:name=value,name=value`` to set hyperparameters, e.g.
+  ``adam:lr=3e-3`` or ``examples/mine.opt:lr=0.05,a=0.9`` (values are Python literals, so
+  ``betas=(0.9,0.99)`` works).
+
+A user program's ``lr`` with no default is taken from a default table (``lr=0.1`` here);
+any other hyperparameter without a default must be given as an override, otherwise a
+:class:`ValueError` names the missing ones.
+
+Typical use::
+
+    from optdsl.demo import run_demo, format_table
+    results = run_demo(epochs=10, out_dir="demo-out")
+    print(format_table(results))
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "BUILTIN_OPTIMIZERS",
+    "DEFAULT_OPTIMIZERS",
+    "DEMO_LEARNING_RATES",
+    "OptimizerSpec",
+    "check_user_programs",
+    "Progress",
+    "format_table",
+    "load_digits_split",
+    "make_optimizer",
+    "parse_optimizer_spec",
+    "resolve_optimizer_specs",
+    "run_demo",
+]
+
+# --------------------------------------------------------------------------------------------
+# Optimizer specs, shared with optdsl.landscape
+# --------------------------------------------------------------------------------------------
+
+#: Bundled racers: key -> (display name, optdsl.library class name or "torch.optim.SGD",
+#: fixed hyperparameters other than lr).
+BUILTIN_OPTIMIZERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "sgd": ("SGD", "SGD", {}),
+    "momentum": ("Momentum", "SGD", {"momentum": 0.9}),
+    "nesterov": ("Nesterov", "SGD", {"momentum": 0.9, "nesterov": True}),
+    "adagrad": ("AdaGrad", "Adagrad", {}),
+    "rmsprop": ("RMSProp", "RMSprop", {}),
+    "adam": ("Adam", "Adam", {}),
+    "torch-sgd": ("torch.optim.SGD", "torch.optim.SGD", {}),
+}
+
+#: The demo's racers when ``optimizers`` is None.
+DEFAULT_OPTIMIZERS: tuple[str, ...] = (
+    "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "torch-sgd",
+)
+
+#: Learning rates that make each racer train the sigmoid MLP well in 10 epochs.
+#: The "user" entry is the lr given to a ``.opt`` program whose ``lr`` has no default.
+DEMO_LEARNING_RATES: dict[str, float] = {
+    "sgd": 1.0,
+    "momentum": 0.2,
+    "nesterov": 0.2,
+    "adagrad": 0.1,
+    "rmsprop": 1e-2,
+    "adam": 1e-2,
+    "torch-sgd": 1.0,
+    "user": 0.1,
+}
+
+_OVERRIDE_SPLIT = re.compile(r",(?![^()\[\]]*[)\]])")  # commas outside (...) and [...]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One racer: a bundled optimizer key or a ``.opt`` path, plus hyperparameter overrides."""
+
+    text: str
+    key: str | None = None
+    path: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_user_program(self) -> bool:
+        return self.path is not None
+
+
+def _parse_value(text: str) -> Any:
+    """A hyperparameter value: a Python literal (number, bool, tuple), else an error."""
+    value_text = text.strip()
+    lowered = value_text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("inf", "+inf", "-inf"):
+        return float(lowered)
+    try:
+        return ast.literal_eval(value_text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"cannot read hyperparameter value {text!r} (expected a number)") from None
+
+
+def _parse_overrides(text: str) -> dict[str, Any]:
+    """``"lr=0.1,betas=(0.9,0.99)"`` -> ``{"lr": 0.1, "betas": (0.9, 0.99)}``."""
+    overrides: dict[str, Any] = {}
+    for item in _OVERRIDE_SPLIT.split(text):
+        if not item.strip():
+            continue
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise ValueError(f"bad hyperparameter override {item.strip()!r} (expected name=value)")
+        overrides[name] = _parse_value(value)
+    return overrides
+
+
+def _split_spec(text: str) -> tuple[str, str]:
+    """Split ``"target:name=value,..."`` at the last ':' that is followed by an override."""
+    head, sep, tail = text.rpartition(":")
+    if sep and "=" in tail and head:
+        return head, tail
+    return text, ""
+
+
+def parse_optimizer_spec(spec: str | os.PathLike[str] | OptimizerSpec) -> OptimizerSpec:
+    """Read one racer spec: ``"adam"``, ``"adam:lr=3e-3"``, ``"my.opt"``, ``"my.opt:a=0.9"``."""
+    if isinstance(spec, OptimizerSpec):
+        return spec
+    text = os.fspath(spec)
+    target, override_text = _split_spec(text)
+    overrides = _parse_overrides(override_text)
+    key = target.strip().lower()
+    if key in BUILTIN_OPTIMIZERS:
+        return OptimizerSpec(text, key=key, overrides=overrides)
+    path = Path(target)
+    if path.suffix == ".opt" or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"optimizer program not found: {target}")
+        return OptimizerSpec(text, path=path, overrides=overrides)
+    names = ", ".join(BUILTIN_OPTIMIZERS)
+    raise ValueError(f"unknown optimizer {target!r}: expected one of {names}, or a .opt file")
+
+
+def resolve_optimizer_specs(
+    optimizers: Sequence[str | os.PathLike[str] | OptimizerSpec] | None,
+    defaults: Sequence[str],
+) -> list[OptimizerSpec]:
+    """The racers to run.
+
+    None gives ``defaults``.  A list made only of ``.opt`` programs races them *alongside*
+    ``defaults`` (comparing a new rule with the classics is the point of the demo); a list
+    naming any bundled optimizer is taken exactly as given.
+    """
+    if optimizers is None:
+        return [parse_optimizer_spec(name) for name in defaults]
+    if isinstance(optimizers, (str, os.PathLike)):
+        optimizers = [optimizers]
+    specs = [parse_optimizer_spec(item) for item in optimizers]
+    if specs and all(spec.is_user_program for spec in specs):
+        specs = [parse_optimizer_spec(name) for name in defaults] + specs
+    return specs
+
+
+def _display_name(base: str, overrides: Mapping[str, Any]) -> str:
+    if not overrides:
+        return base
+    shown = ", ".join(f"{name}={value}" for name, value in overrides.items())
+    return f"{base} ({shown})"
+
+
+def _hyper_table(prog: Any) -> dict[str, Any]:
+    """The program's hyperparameters as ``{name: default}``, None meaning "no default"."""
+    hypers = prog.hypers
+    if isinstance(hypers, Mapping):
+        items = list(hypers.items())
+    else:  # a sequence of hyper objects with a .name
+        items = [(getattr(h, "name", h), h) for h in hypers]
+    table: dict[str, Any] = {}
+    for name, info in items:
+        if info is None or isinstance(info, (int, float, tuple, bool)):
+            table[name] = info
+        elif getattr(info, "required", False):
+            table[name] = None
+        else:
+            table[name] = getattr(info, "default", None)
+    return table
+
+
+def _user_program_hypers(
+    prog: Any, path: Path, overrides: Mapping[str, Any], default_lr: float
+) -> dict[str, Any]:
+    """Hyperparameters for a user program: overrides, plus lr from the table if it has none."""
+    table = _hyper_table(prog)
+    hypers = dict(overrides)
+    if "lr" in table and table["lr"] is None and "lr" not in hypers:
+        hypers["lr"] = default_lr
+    missing = [name for name, default in table.items() if default is None and name not in hypers]
+    if missing:
+        names = ", ".join(missing)
+        example = ",".join(f"{name}=VALUE" for name in missing)
+        raise ValueError(
+            f"{path}: hyperparameter(s) with no default: {names}; "
+            f"give them as overrides, e.g. '{path}:{example}'"
+        )
+    unknown = [name for name in hypers if name not in table]
+    if unknown:
+        raise ValueError(
+            f"{path}: no hyperparameter named {', '.join(unknown)} "
+            f"(it declares: {', '.join(table) or 'none'})"
+        )
+    return hypers
+
+
+def check_user_programs(specs: Iterable[OptimizerSpec], lr_table: Mapping[str, float]) -> None:
+    """Load every ``.opt`` racer and check its hyperparameters, before any training starts.
+
+    Raises ``optdsl.DslError`` for a bad program and ``ValueError`` for missing or unknown
+    hyperparameters, so a mistake is reported in a second, not after the other racers ran.
+    """
+    import optdsl
+
+    for spec in specs:
+        if spec.path is not None:
+            _user_program_hypers(optdsl.load(spec.path), spec.path, spec.overrides, lr_table["user"])
+
+
+def _library_class(class_name: str) -> type[torch.optim.Optimizer]:
+    """A bundled optimizer class from optdsl.library (imported on first use)."""
+    from optdsl import library
+
+    return getattr(library, class_name)
+
+
+def make_optimizer(
+    spec: OptimizerSpec,
+    params: Iterable[torch.Tensor],
+    lr_table: Mapping[str, float],
+    backend: str = "auto",
+) -> tuple[str, torch.optim.Optimizer, dict[str, Any]]:
+    """Build one racer over ``params``: returns (display name, optimizer, hypers used).
+
+    ``lr_table`` maps bundled keys (and "user", for ``.opt`` programs whose ``lr`` has no
+    default) to learning rates; overrides in the spec win over the table.
+    """
+    if spec.path is not None:
+        import optdsl
+
+        prog = optdsl.load(spec.path)
+        hypers = _user_program_hypers(prog, spec.path, spec.overrides, lr_table["user"])
+        name = getattr(prog, "name", None) or spec.path.stem
+        optimizer = prog.optimizer(params, **hypers, backend=backend)
+        return _display_name(name, spec.overrides), optimizer, hypers
+    assert spec.key is not None
+    label, class_name, fixed = BUILTIN_OPTIMIZERS[spec.key]
+    hypers = {"lr": lr_table[spec.key], **fixed, **spec.overrides}
+    if class_name == "torch.optim.SGD":
+        optimizer = torch.optim.SGD(params, **hypers)
+    else:
+        optimizer = _library_class(class_name)(params, **hypers, **_backend_kwargs(backend))
+    return _display_name(label, spec.overrides), optimizer, hypers
+
+
+def _backend_kwargs(backend: str) -> dict[str, str]:
+    """Bundled classes are torch.optim drop-ins; pass ``backend`` only when it is not the default."""
+    return {} if backend == "auto" else {"backend": backend}
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny progress bar
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, printed once otherwise)."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        width: int = 24,
+        label_width: int = 18,
+    ) -> None:
+        self.label = label
+        self.total = max(1, total)
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.label_width = label_width
+        self.interactive = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.start = time.perf_counter()
+
+    def _line(self, done: int, info: str) -> str:
+        filled = round(self.width * min(done, self.total) / self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        elapsed = time.perf_counter() - self.start
+        label = self.label[: self.label_width].ljust(self.label_width)
+        return f"{label} [{bar}] {done}/{self.total} {elapsed:5.1f}s {info}".rstrip()
+
+    def update(self, done: int, info: str = "") -> None:
+        """Redraw the bar at ``done`` of ``total`` (only on an interactive terminal)."""
+        if self.interactive:
+            self.stream.write("\r\033[K" + self._line(done, info))
+            self.stream.flush()
+
+    def close(self, info: str = "") -> None:
+        """Draw the finished bar and end the line."""
+        if not self.enabled:
+            return
+        prefix = "\r\033[K" if self.interactive else ""
+        self.stream.write(prefix + self._line(self.total, info) + "\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Data and model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """The digits data as float32 tensors, pixels in [0, 1]."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: torch.device | str) -> DigitsSplit:
+        return DigitsSplit(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+
+
+def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> DigitsSplit:
+    """scikit-learn's 8x8 digits, scaled to [0, 1], split by a permutation seeded with ``seed``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.asarray(digits.data, dtype=np.float32) / 16.0
+    y = np.asarray(digits.target, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return DigitsSplit(
+        torch.from_numpy(x[train]), torch.from_numpy(y[train]),
+        torch.from_numpy(x[test]), torch.from_numpy(y[test]),
+    )
+
+
+def build_model(seed: int = 0) -> nn.Module:
+    """The lecture's MLP: Linear(64, 32) -> sigmoid -> Linear(32, 10) (softmax is in the loss)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 10))
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(dim=1) == y).float().mean().item()
+    return loss, accuracy
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DigitsSplit,
+    batch_size: int,
+    generator: torch.Generator,
+) -> None:
+    """One pass over the shuffled training set in minibatches."""
+    n = len(data.x_train)
+    order = torch.randperm(n, generator=generator).to(data.x_train.device)
+    for start in range(0, n, batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
+        loss.backward()
+        optimizer.step()
+
+
+def _train_one(
+    spec: OptimizerSpec,
+    initial: nn.Module,
+    data: DigitsSplit,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    backend: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train a copy of ``initial`` with one racer; returns its result record."""
+    model = copy.deepcopy(initial)
+    setup_start = time.perf_counter()
+    name, optimizer, hypers = make_optimizer(spec, model.parameters(), DEMO_LEARNING_RATES, backend)
+    setup_seconds = time.perf_counter() - setup_start
+    generator = torch.Generator().manual_seed(seed)
+    losses = [_evaluate(model, data.x_train, data.y_train)[0]]
+    accuracies = [_evaluate(model, data.x_test, data.y_test)[1]]
+    bar = Progress(name, epochs, enabled=progress)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        _train_epoch(model, optimizer, data, batch_size, generator)
+        losses.append(_evaluate(model, data.x_train, data.y_train)[0])
+        accuracies.append(_evaluate(model, data.x_test, data.y_test)[1])
+        bar.update(epoch, f"loss {losses[-1]:.4f}")
+    seconds = time.perf_counter() - start
+    bar.close(f"loss {losses[-1]:.4f}  test acc {accuracies[-1]:.3f}")
+    return {
+        "name": name,
+        "spec": spec.text,
+        "hypers": hypers,
+        "train_loss": losses[-1],
+        "test_accuracy": accuracies[-1],
+        "seconds": seconds,
+        "setup_seconds": setup_seconds,
+        "loss_curve": losses,
+        "accuracy_curve": accuracies,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _demo_device(backend: str) -> torch.device:
+    """CPU, except that backend="triton" trains on the GPU when there is one."""
+    if backend == "triton" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_demo(
+    epochs: int = 10,
+    optimizers: Sequence[str | os.PathLike[str]] | None = None,
+    backend: str = "auto",
+    out_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train the lecture's digits MLP once per optimizer, from the same initial weights.
+
+    Args:
+        epochs: passes over the training set (the recipe uses 10).
+        optimizers: racer specs (see the module docstring); None races
+            :data:`DEFAULT_OPTIMIZERS`.  A list of only ``.opt`` paths races them alongside
+            the defaults.
+        backend: "auto", "numpy" or "triton", passed to the compiled optimizers
+            ("triton" trains on the GPU when one is present).
+        out_dir: if given, ``loss_curves.png`` and ``results.json`` are written there.
+        batch_size: minibatch size (the recipe uses 128).
+        seed: seeds the initial weights, the train/test split and the minibatch order.
+        progress: draw a progress bar per optimizer on stderr.
+
+    Returns:
+        One dict per optimizer, in order: ``name``, ``spec``, ``hypers`` (as constructed),
+        ``train_loss`` (full training set, after the last epoch), ``test_accuracy``,
+        ``seconds`` (training, evaluation included), ``setup_seconds`` (constructing the
+        optimizer, which includes compiling a DSL program), ``loss_curve`` and ``accuracy_curve``
+        (``epochs + 1`` entries: before training, then after each epoch).
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be at least 1")
+    specs = resolve_optimizer_specs(optimizers, DEFAULT_OPTIMIZERS)
+    check_user_programs(specs, DEMO_LEARNING_RATES)
+    device = _demo_device(backend)
+    data = load_digits_split(seed).to(device)
+    initial = build_model(seed).to(device)
+    results = [
+        _train_one(
+            spec, initial, data,
+            epochs=epochs, batch_size=batch_size, seed=seed, backend=backend, progress=progress,
+        )
+        for spec in specs
+    ]
+    if out_dir is not None:
+        config = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "backend": backend,
+                  "train_size": len(data.x_train), "test_size": len(data.x_test)}
+        write_outputs(results, out_dir, config)
+    return results
+
+
+def _fmt_number(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "diverged"
+
+
+def format_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The demo's results as an aligned text table (one row per optimizer)."""
+    header = ("optimizer", "train loss", "test acc", "train (s)", "setup (s)")
+    rows = [
+        (
+            str(r["name"]),
+            _fmt_number(r["train_loss"], ".4f"),
+            _fmt_number(100 * r["test_accuracy"], ".1f") + "%",
+            f"{r['seconds']:.2f}",
+            f"{r.get('setup_seconds', 0.0):.2f}",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        first = row[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))
+        return "  ".join([first, *rest])
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_outputs(
+    results: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    config: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``loss_curves.png`` and ``results.json`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    payload = {"config": dict(config or {}), "results": list(results)}
+    json_path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    png_path = out / "loss_curves.png"
+    plot_curves(results, png_path)
+    return png_path, json_path
+
+
+def new_agg_figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure drawn by the Agg canvas: no pyplot, no global backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Training loss (log scale) and test accuracy per epoch, one line per optimizer."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig = new_agg_figure(figsize=(12, 4.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for r in results:
+        epochs = range(len(r["loss_curve"]))
+        style = "--" if str(r["spec"]).lower().startswith("torch") else "-"
+        ax_loss.plot(epochs, r["loss_curve"], style, marker="o", markersize=3, label=r["name"])
+        ax_acc.plot(epochs, [100 * a for a in r["accuracy_curve"]], style, marker="o",
+                    markersize=3, label=f"{r['name']} ({100 * r['test_accuracy']:.1f}%)")
+    ax_loss.set(title="Training loss (cross-entropy)", xlabel="epoch", ylabel="loss", yscale="log")
+    ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+    ax_loss.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+    ax_acc.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Digits MLP 64-32-10, sigmoid, minibatch 128: same start, different optimizers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,82 @@
+"""Source spans and the one user-facing error type, DslError.
+
+Every mistake in a program surfaces as a DslError carrying the file name, the 1-based line
+and column, the offending source line and a caret under the fault. Nothing else in the
+compiler talks to users about their programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A position in a program's source: 1-based line and column, and the length of the fault."""
+
+    line: int
+    column: int
+    length: int = 1
+    end_line: int | None = None
+
+    @staticmethod
+    def at(line: int, column: int, length: int = 1) -> Span:
+        return Span(line, column, max(1, length))
+
+
+class DslError(Exception):
+    """A mistake in an optdsl program, positioned at file:line:col with a caret under it."""
+
+    def __init__(
+        self,
+        message: str,
+        span: Span | None = None,
+        *,
+        filename: str = "<string>",
+        source: str | None = None,
+    ) -> None:
+        self.message = message
+        self.span = span
+        self.filename = filename
+        self.source = source
+        super().__init__(self._render())
+
+    @property
+    def line(self) -> int:
+        return self.span.line if self.span else 1
+
+    @property
+    def column(self) -> int:
+        return self.span.column if self.span else 1
+
+    def with_source(self, filename: str, source: str) -> DslError:
+        """Return this error bound to the program text it is about (for rendering the caret)."""
+        return DslError(self.message, self.span, filename=filename, source=source)
+
+    def _render(self) -> str:
+        head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
+        if self.source is None or self.span is None:
+            return head
+        lines = self.source.splitlines()
+        if not 1 <= self.span.line <= len(lines):
+            return head
+        text = lines[self.span.line - 1].replace("\t", " ")
+        width = max(1, min(self.span.length, len(text) - self.span.column + 1))
+        caret = " " * (self.span.column - 1) + "^" * width
+        gutter = f"{self.span.line:4d} | "
+        return f"{head}\n{gutter}{text}\n{' ' * (len(gutter) - 2)}| {caret}"
+
+    def __reduce__(self):  # keep pickling (multiprocessing) working with keyword-only args
+        return (_rebuild, (self.message, self.span, self.filename, self.source))
+
+
+def _rebuild(message: str, span: Span | None, filename: str, source: str | None) -> DslError:
+    return DslError(message, span, filename=filename, source=source)
+
+
+def suggest(name: str, candidates: list[str] | set[str]) -> str:
+    """A ' (did you mean `x`?)' suffix for the closest candidate, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""

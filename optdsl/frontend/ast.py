@@ -1,0 +1,126 @@
+"""The abstract syntax tree: plain frozen dataclasses, each node carrying its source Span.
+
+Nodes compare by identity (eq=False) so that very deep expressions never recurse in
+__eq__/__hash__; passes walk them with explicit stacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from optdsl.errors import Span
+
+
+@dataclass(frozen=True, eq=False)
+class Expr:
+    span: Span
+
+
+@dataclass(frozen=True, eq=False)
+class Num(Expr):
+    value: float
+
+
+@dataclass(frozen=True, eq=False)
+class Name(Expr):
+    id: str
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    func: str
+    args: tuple[Expr, ...]
+    func_span: Span = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class Unary(Expr):
+    op: str  # "neg"
+    operand: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Binary(Expr):
+    op: str  # "add" "sub" "mul" "div" "pow" or a comparison "lt" "le" "gt" "ge" "eq" "ne"
+    left: Expr
+    right: Expr
+    op_span: Span = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: Expr
+    high: Expr
+    low_closed: bool
+    high_closed: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class HyperItem:
+    name: str
+    span: Span
+    default: Expr | None
+    parts: tuple[tuple[str, Span, Expr], ...] | None  # a tuple hyper: (part, span, default)
+    interval: Interval | None
+
+
+@dataclass(frozen=True)
+class StateItem:
+    name: str
+    span: Span
+    init: Expr
+    key: str | None
+    key_span: Span | None
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    description: str | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class HyperDecl:
+    items: tuple[HyperItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class StateDecl:
+    items: tuple[StateItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    target_span: Span
+    value: Expr
+    span: Span
+
+
+Statement = Header | HyperDecl | StateDecl | Assign
+
+
+@dataclass(frozen=True)
+class Module:
+    statements: tuple[Statement, ...]
+    filename: str
+    source: str
+
+
+def iter_exprs(root: Expr):
+    """Yield every node of an expression tree, parents before children, without recursion."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, Call):
+            stack.extend(reversed(node.args))
+        elif isinstance(node, Unary):
+            stack.append(node.operand)
+        elif isinstance(node, Binary):
+            stack.append(node.right)
+            stack.append(node.left)

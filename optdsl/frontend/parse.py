@@ -1,0 +1,108 @@
+"""Text to Lark parse tree, with every syntax error turned into a positioned DslError.
+
+The grammar lives in grammars/optdsl.lark (shipped inside the package as
+optdsl/grammars/optdsl.lark); the LALR parser is built once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lark
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from optdsl.errors import DslError, Span
+
+GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "optdsl.lark"
+
+# What users call the grammar's terminals, for "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "INF": "a number",
+    "STRING": "a quoted description",
+    "_NL": "end of line",
+    "SEMICOLON": "`;`",
+    "$END": "end of input",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "LSQB": "`[`",
+    "RSQB": "`]`",
+    "COMMA": "`,`",
+    "EQUAL": "`=`",
+    "PLUS": "`+`",
+    "MINUS": "`-`",
+    "STAR": "`*`",
+    "SLASH": "`/`",
+    "CIRCUMFLEX": "`^`",
+    "__ANON_0": "`**`",
+    "COMPOP": "a comparison",
+    "_IN": "`in`",
+    "_AS": "`as`",
+    "OPTIMIZER": "`optimizer`",
+    "HYPER": "`hyper`",
+    "STATE": "`state`",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    return lark.Lark(
+        GRAMMAR_PATH.read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def _expected(terminals: set[str] | frozenset[str]) -> str:
+    words = sorted({_TERMINAL_WORDS.get(t, f"`{t.lower()}`") for t in terminals})
+    if not words:
+        return ""
+    if len(words) > 6:
+        words = words[:6] + ["..."]
+    return "; expected " + (words[0] if len(words) == 1 else "one of " + ", ".join(words))
+
+
+def _describe(token: lark.Token) -> str:
+    if token.type == "$END":
+        return "end of input"
+    if token.type == "_NL":
+        return "end of line"
+    return f"`{token}`"
+
+
+def parse(source: str, filename: str = "<string>") -> lark.Tree:
+    """Parse program text; raise DslError (with file, line, column, caret) on a syntax error."""
+    if "\x00" in source:
+        raise DslError("program text contains a NUL character", Span(1, 1), filename=filename,
+                       source=source)
+    try:
+        return _parser().parse(source)
+    except UnexpectedInput as exc:  # the one place Lark's errors become ours
+        raise _syntax_error(exc, source, filename) from None
+
+
+def _syntax_error(exc: UnexpectedInput, source: str, filename: str) -> DslError:
+    if isinstance(exc, UnexpectedCharacters):
+        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
+        message = f"unexpected character `{char}`"
+        if not char.isascii():
+            message += f" (U+{ord(char):04X}); names and operators are ASCII only"
+        span = Span(exc.line, exc.column)
+    elif isinstance(exc, UnexpectedToken):
+        token = exc.token
+        message = f"unexpected {_describe(token)}" + _expected(exc.accepts or exc.expected)
+        if token.type == "$END":
+            lines = source.splitlines() or [""]
+            span = Span(len(lines), len(lines[-1]) + 1)
+        else:
+            span = Span(token.line or 1, token.column or 1, max(1, len(str(token).rstrip("\n"))))
+    elif isinstance(exc, UnexpectedEOF):
+        lines = source.splitlines() or [""]
+        message = "unexpected end of input" + _expected(set(exc.expected))
+        span = Span(len(lines), len(lines[-1]) + 1)
+    else:  # pragma: no cover - Lark has no other UnexpectedInput kinds today
+        message, span = "syntax error", Span(getattr(exc, "line", 1), getattr(exc, "column", 1))
+    return DslError(message, span, filename=filename, source=source)

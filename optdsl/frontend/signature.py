@@ -1,0 +1,68 @@
+"""What a program exposes to its users: hyperparameters and state variables.
+
+These are the objects behind ``prog.hypers`` and ``prog.states``: plain data that the torch
+wrapper and the NumPy optimizer read (constructor keywords, intervals, state_dict keys).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from optdsl.ir.nodes import Graph
+
+Number = int | float
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    def contains(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def fmt(x: float) -> str:
+            return "inf" if x == math.inf else "-inf" if x == -math.inf else repr(x)
+
+        return (("[" if self.low_closed else "(") + f"{fmt(self.low)}, {fmt(self.high)}"
+                + ("]" if self.high_closed else ")"))
+
+
+@dataclass(frozen=True)
+class HyperSpec:
+    """A constructor keyword. ``parts`` is set for a tuple keyword such as betas=(b1, b2)."""
+
+    name: str
+    default: Number | tuple[Number, ...] | None  # None: required
+    interval: Interval | None = None
+    parts: tuple[str, ...] | None = None
+    inferred: bool = False
+    line: int = 0
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def scalar_names(self) -> tuple[str, ...]:
+        """The names the program's arithmetic uses: the parts, or the keyword itself."""
+        return self.parts if self.parts else (self.name,)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Per-parameter state: created on a parameter's first update from ``init``."""
+
+    name: str
+    key: str  # the state_dict key
+    tensor: bool  # False: one number per parameter
+    init: Graph  # outputs ("init", value): an expression of constants, hypers and w
+    inferred: bool = False
+    line: int = 0

@@ -1,0 +1,164 @@
+"""Lark parse tree to AST (optdsl.frontend.ast), without recursion.
+
+Expressions can be nested thousands deep (a long sum is a deep left-leaning tree), so the
+conversion keeps an explicit stack. Numbers are converted here and checked to be finite or
+`inf`; keyword-like misuse that the grammar lets through is reported here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lark
+
+from optdsl.errors import DslError, Span
+from optdsl.frontend import ast
+
+_COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+_BINARY = {"add", "sub", "mul", "div", "pow"}
+
+
+def _span_of(node: lark.Tree | lark.Token) -> Span:
+    if isinstance(node, lark.Token):
+        return Span(node.line or 1, node.column or 1, max(1, len(str(node))))
+    meta = node.meta
+    if getattr(meta, "empty", True):
+        return Span(1, 1)
+    length = meta.end_column - meta.column if meta.end_line == meta.line else 1
+    return Span(meta.line, meta.column, max(1, length), meta.end_line)
+
+
+def _op_span(tree: lark.Tree, left: lark.Tree | lark.Token) -> Span:
+    """Span of a binary operator: just after the left operand (best effort, for carets)."""
+    if isinstance(left, lark.Token):
+        end_line, end_col = left.end_line or left.line, left.end_column or left.column
+    elif not getattr(left.meta, "empty", True):
+        end_line, end_col = left.meta.end_line, left.meta.end_column
+    else:
+        return _span_of(tree)
+    return Span(end_line, end_col)
+
+
+class _Converter:
+    def __init__(self, filename: str, source: str) -> None:
+        self.filename = filename
+        self.source = source
+
+    def error(self, message: str, span: Span) -> DslError:
+        return DslError(message, span, filename=self.filename, source=self.source)
+
+    # -- expressions -------------------------------------------------------------------------
+    def expr(self, root: lark.Tree | lark.Token) -> ast.Expr:
+        """Convert an expression subtree with an explicit post-order stack."""
+        done: dict[int, ast.Expr] = {}
+        stack: list[tuple[lark.Tree | lark.Token, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if isinstance(node, lark.Token):
+                done[id(node)] = self._leaf_token(node)
+                continue
+            if not expanded:
+                stack.append((node, True))
+                for child in reversed(self._expr_children(node)):
+                    stack.append((child, False))
+                continue
+            done[id(node)] = self._build(node, done)
+        return done[id(root)]
+
+    def _expr_children(self, node: lark.Tree) -> list:
+        if node.data in ("number", "name"):
+            return []
+        if node.data == "call":
+            return [c for c in node.children[1:] if c is not None]
+        if node.data == "comparison":
+            return [node.children[0], node.children[2]]
+        return [c for c in node.children if isinstance(c, lark.Tree)]
+
+    def _leaf_token(self, token: lark.Token) -> ast.Expr:
+        raise self.error(f"unexpected `{token}` in an expression", _span_of(token))
+
+    def _number(self, token: lark.Token) -> ast.Num:
+        text = str(token)
+        value = math.inf if text == "inf" else float(text)
+        if math.isinf(value) and text != "inf":
+            raise self.error(f"number `{text}` is too large for a float; write `inf`",
+                             _span_of(token))
+        return ast.Num(_span_of(token), value)
+
+    def _build(self, node: lark.Tree, done: dict[int, ast.Expr]) -> ast.Expr:
+        span = _span_of(node)
+        kind = node.data
+        if kind == "number":
+            return self._number(node.children[0])
+        if kind == "name":
+            token = node.children[0]
+            return ast.Name(_span_of(token), str(token))
+        if kind == "call":
+            func = node.children[0]
+            args = tuple(done[id(c)] for c in node.children[1:] if c is not None)
+            return ast.Call(span, str(func), args, _span_of(func))
+        if kind == "neg":
+            operand = [c for c in node.children if isinstance(c, lark.Tree)][0]
+            return ast.Unary(span, "neg", done[id(operand)])
+        if kind == "comparison":
+            left, op, right = node.children
+            op_token_span = _span_of(op)
+            return ast.Binary(span, _COMPARISONS[str(op)], done[id(left)], done[id(right)],
+                              op_token_span)
+        if kind in _BINARY:
+            left, right = [c for c in node.children if isinstance(c, lark.Tree)]
+            return ast.Binary(span, kind, done[id(left)], done[id(right)], _op_span(node, left))
+        raise self.error(f"unexpected `{kind}` in an expression", span)  # pragma: no cover
+
+    # -- statements --------------------------------------------------------------------------
+    def module(self, tree: lark.Tree) -> ast.Module:
+        statements = []
+        for stmt in tree.children:
+            if stmt is None:
+                continue
+            statements.append(getattr(self, "_" + stmt.data)(stmt))
+        return ast.Module(tuple(statements), self.filename, self.source)
+
+    def _header(self, node: lark.Tree) -> ast.Header:
+        name, description = node.children
+        text = str(description)[1:-1] if description is not None else None
+        return ast.Header(str(name), text, _span_of(node))
+
+    def _assign(self, node: lark.Tree) -> ast.Assign:
+        target, value = node.children
+        return ast.Assign(str(target), _span_of(target), self.expr(value), _span_of(node))
+
+    def _hyper_decl(self, node: lark.Tree) -> ast.HyperDecl:
+        return ast.HyperDecl(tuple(self._hyper_item(c) for c in node.children), _span_of(node))
+
+    def _hyper_item(self, node: lark.Tree) -> ast.HyperItem:
+        name, value, interval = node.children
+        default, parts = None, None
+        if isinstance(value, lark.Tree) and value.data == "tuple_value":
+            parts = tuple(
+                (str(p.children[0]), _span_of(p.children[0]), self.expr(p.children[1]))
+                for p in value.children
+            )
+        elif value is not None:
+            default = self.expr(value)
+        return ast.HyperItem(str(name), _span_of(name), default, parts,
+                             self._interval(interval) if interval is not None else None)
+
+    def _interval(self, node: lark.Tree) -> ast.Interval:
+        lo_kind, low, high, hi_kind = node.children
+        return ast.Interval(self.expr(low), self.expr(high), lo_kind.data == "closed_lo",
+                            hi_kind.data == "closed_hi", _span_of(node))
+
+    def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
+        items = []
+        for item in node.children:
+            name, init, key = item.children
+            items.append(ast.StateItem(str(name), _span_of(name), self.expr(init),
+                                       str(key) if key is not None else None,
+                                       _span_of(key) if key is not None else None))
+        return ast.StateDecl(tuple(items), _span_of(node))
+
+
+def to_ast(tree: lark.Tree, filename: str, source: str) -> ast.Module:
+    """Convert a parse tree of a whole program to an ast.Module."""
+    return _Converter(filename, source).module(tree)

@@ -1,0 +1,84 @@
+"""Builds Graphs. Interning (op, args, attr) means equal expressions are one value: CSE by
+construction, in every pass that rebuilds a graph through a Builder."""
+
+from __future__ import annotations
+
+import math
+
+from optdsl.ir.nodes import Eq, Graph
+from optdsl.ir.ops import OPS, Kind, Level, result_kind
+
+_LEAF_KINDS = {
+    "w": Kind(Level.TENSOR),
+    "g": Kind(Level.TENSOR),
+    "t": Kind(Level.PARAM),
+    "hyper": Kind(Level.GROUP),
+}
+
+
+def const_key(value: float) -> tuple:
+    """Interning key of a constant that tells -0.0 from 0.0 and treats every NaN as one."""
+    if math.isnan(value):
+        return ("nan",)
+    return (value, math.copysign(1.0, value))
+
+
+class Builder:
+    def __init__(self) -> None:
+        self.eqs: list[Eq] = []
+        self._interned: dict[tuple, int] = {}
+
+    def _intern(self, key: tuple, make) -> int:
+        found = self._interned.get(key)
+        if found is not None:
+            return found
+        self.eqs.append(make())
+        self._interned[key] = len(self.eqs) - 1
+        return len(self.eqs) - 1
+
+    def const(self, value: float, line: int = 0) -> int:
+        value = float(value)
+        return self._intern(("const", const_key(value)),
+                            lambda: Eq("const", (), value, Kind(Level.CONST), line))
+
+    def leaf(self, op: str, attr: object = None, kind: Kind | None = None, line: int = 0) -> int:
+        kind = kind or _LEAF_KINDS[op]
+        return self._intern((op, attr, kind), lambda: Eq(op, (), attr, kind, line))
+
+    def op(self, name: str, args: tuple[int, ...] | list[int], line: int = 0) -> int:
+        args = tuple(args)
+        info = OPS[name]
+        kind = result_kind(info, [self.eqs[a].kind for a in args])
+        return self._intern((name, args), lambda: Eq(name, args, None, kind, line))
+
+    def kind(self, value: int) -> Kind:
+        return self.eqs[value].kind
+
+    def graph(self, outputs: list[tuple[str, int]], meta: dict | None = None) -> Graph:
+        return Graph(tuple(self.eqs), tuple(outputs), dict(meta or {}))
+
+
+def rebuild(graph: Graph, rewrite) -> Graph:
+    """Copy a graph through a fresh Builder, calling ``rewrite(builder, eq, new_args)`` for each
+    live equation; it returns the new value id (or None to copy the equation as is). Dead
+    values are dropped and equal values merged on the way."""
+    builder = Builder()
+    alive = graph.live()
+    new_id: dict[int, int] = {}
+    for i, eq in enumerate(graph.eqs):
+        if not alive[i]:
+            continue
+        args = tuple(new_id[a] for a in eq.args)
+        result = rewrite(builder, eq, args)
+        if result is None:
+            result = copy_eq(builder, eq, args)
+        new_id[i] = result
+    return builder.graph([(name, new_id[v]) for name, v in graph.outputs], graph.meta)
+
+
+def copy_eq(builder: Builder, eq: Eq, args: tuple[int, ...]) -> int:
+    if eq.op == "const":
+        return builder.const(eq.attr, eq.line)
+    if not args and OPS[eq.op].category == "leaf":
+        return builder.leaf(eq.op, eq.attr, eq.kind, eq.line)
+    return builder.op(eq.op, args, eq.line)

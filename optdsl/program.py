@@ -1,0 +1,156 @@
+"""A compiled program: the object behind ``optdsl.compile`` and ``optdsl.load``.
+
+It owns the pipeline in one place: parse, AST, check, optimize, schedule, and the generated
+sources, produced lazily and kept. It makes torch optimizers (``optimizer``,
+``optimizer_class``) and NumPy optimizers (``numpy_optimizer``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from optdsl.errors import DslError, Span
+from optdsl.frontend.check import Checked, check
+from optdsl.frontend.parse import parse
+from optdsl.frontend.signature import HyperSpec, StateSpec
+from optdsl.frontend.to_ast import to_ast
+from optdsl.ir.nodes import Graph
+from optdsl.ir.printer import print_graph
+from optdsl.ir.schedule import Schedule, schedule
+from optdsl.passes import optimize
+
+DEBUG = bool(os.environ.get("OPTDSL_DEBUG"))
+
+
+class Program:
+    """One optimizer written in optdsl, checked and optimized."""
+
+    def __init__(self, checked: Checked, source: str, filename: str, name: str) -> None:
+        self._checked = checked
+        self.text = source
+        self.filename = filename
+        self.name = name
+        self.description = checked.description
+        self.hypers: dict[str, HyperSpec] = dict(checked.hypers)
+        self.states: dict[str, StateSpec] = dict(checked.states)
+        self.graph: Graph = checked.graph
+        self.optimized: Graph = optimize(checked.graph, check=DEBUG)
+        self.tensor_states = {n for n, s in self.states.items() if s.tensor}
+        self.schedule: Schedule = schedule(self.optimized, self.tensor_states)
+
+    def __repr__(self) -> str:
+        return f"<optdsl.Program {self.name} hypers={list(self.hypers)} states={list(self.states)}>"
+
+    # -- generated code -----------------------------------------------------------------------
+    def ir(self, optimized: bool = True) -> str:
+        return print_graph(self.optimized if optimized else self.graph, self.name)
+
+    @functools.cached_property
+    def _numpy_source(self) -> str:
+        from optdsl.codegen.numpy import generate
+
+        return generate(self.schedule, list(self.states), self.tensor_states, self.name)
+
+    @functools.cached_property
+    def _triton_source(self) -> str:
+        from optdsl.codegen.triton import generate
+
+        return generate(self)
+
+    def source(self, backend: str = "numpy") -> str:
+        """The generated code for ``backend`` ("numpy" or "triton"), or the IR ("ir")."""
+        if backend == "numpy":
+            return self._numpy_source
+        if backend == "triton":
+            return self._triton_source
+        if backend == "ir":
+            return self.ir()
+        raise ValueError(f"backend must be 'numpy', 'triton' or 'ir', got {backend!r}")
+
+    @functools.cached_property
+    def numpy_step(self):
+        from optdsl.runtime.numpy_step import NumpyStep
+
+        return NumpyStep(self._numpy_source, self.name)
+
+    @functools.cached_property
+    def numpy_runner(self):
+        from optdsl.runtime.numpy_runner import NumpyRunner
+
+        return NumpyRunner(self.numpy_step)
+
+    @functools.cached_property
+    def triton_runner(self):
+        from optdsl.runtime.triton_runner import TritonRunner
+
+        return TritonRunner(self)
+
+    # -- optimizers ----------------------------------------------------------------------------
+    @functools.cached_property
+    def optimizer_class(self) -> type:
+        from optdsl.torch_optim import make_optimizer_class
+
+        return make_optimizer_class(self)
+
+    def optimizer(self, params, backend: str = "auto", **hypers: Any):
+        """A torch.optim.Optimizer running this program: ``prog.optimizer(model.parameters(),
+        lr=1e-3)``."""
+        return self.optimizer_class(params, backend=backend, **hypers)
+
+    def numpy_optimizer(self, arrays, **hypers: Any):
+        """An optimizer over plain NumPy arrays, updated in place by ``step(grads)``."""
+        from optdsl.numpy_optim import NumpyOptimizer
+
+        return NumpyOptimizer(self, arrays, **hypers)
+
+
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def compile_program(source: str, name: str | None = None,
+                    filename: str = "<string>") -> Program:
+    """Compile program text. Every mistake is one DslError."""
+    if not isinstance(source, str):
+        raise TypeError(f"program source must be a str, got {type(source).__name__}")
+    if name is not None and (not isinstance(name, str) or not _CLASS_NAME.fullmatch(name)):
+        raise ValueError(f"name must be an identifier, got {name!r}")
+    try:
+        checked = check(to_ast(parse(source, filename), filename, source))
+        title = name or checked.name or _default_name(filename)
+        return Program(checked, source, filename, title)
+    except DslError as exc:
+        if exc.source is None:
+            raise exc.with_source(filename, source) from None
+        raise
+    except RecursionError:
+        raise DslError("program nested too deeply to compile", Span(1, 1), filename=filename,
+                       source=source) from None
+    except Exception as exc:  # a compiler bug must still not show users an internal frame
+        if DEBUG:
+            raise
+        raise DslError(f"internal compiler error ({type(exc).__name__}: {exc}); please report "
+                       f"it with this program (set OPTDSL_DEBUG=1 for details)", Span(1, 1),
+                       filename=filename, source=source) from None
+
+
+def _default_name(filename: str) -> str:
+    stem = Path(filename).stem if not filename.startswith("<") else "program"
+    cleaned = re.sub(r"\W", "_", stem)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"program_{cleaned}"
+
+
+def load_program(path: str | os.PathLike) -> Program:
+    """Compile a program file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    filename = os.fspath(path)
+    try:
+        source = Path(filename).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DslError(f"file is not UTF-8 text ({exc.reason})", Span(1, 1),
+                       filename=filename) from None
+    return compile_program(source, filename=filename)

@@ -1,0 +1,1 @@
+"""Running compiled programs: NumPy steps, Triton launches, backend choice, the kernel cache."""

@@ -1,0 +1,70 @@
+"""Runs one param group's step on CPU torch tensors through the generated NumPy code.
+
+float32 and float64 tensors that are contiguous are updated in place through zero-copy
+NumPy views. Other dtypes (float16, bfloat16) and non-contiguous tensors are staged: copied
+to a contiguous float32 (or float64) array, updated, and copied back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from optdsl.runtime.numpy_step import NumpyStep, Slot
+
+_NATIVE = (torch.float32, torch.float64)
+
+
+class _Staged:
+    """A tensor viewed as a flat NumPy array, copied back on ``flush`` if it was staged."""
+
+    __slots__ = ("tensor", "array", "staged")
+
+    def __init__(self, tensor: torch.Tensor, compute: torch.dtype) -> None:
+        self.tensor = tensor
+        if tensor.dtype == compute and tensor.is_contiguous():
+            self.array = tensor.view(-1).numpy()
+            self.staged = False
+        else:
+            self.array = tensor.detach().to(compute).contiguous().view(-1).numpy()
+            self.staged = True
+
+    def flush(self) -> None:
+        if self.staged:
+            self.tensor.copy_(torch.from_numpy(self.array).view(self.tensor.shape))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class NumpyRunner:
+    def __init__(self, step: NumpyStep) -> None:
+        self.step = step
+
+    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]]
+            ) -> None:
+        """entries: (param, grad, state dict, t) for each parameter that has a gradient."""
+        slots, written = [], []
+        for param, grad, state, t in entries:
+            compute = compute_dtype(param.dtype)
+            w = _Staged(param.detach(), compute)
+            g = _Staged(grad.detach(), compute)
+            states: list = []
+            for key, is_tensor in state_keys:
+                value = state[key]
+                if is_tensor:
+                    staged = _Staged(value, compute)
+                    states.append(staged.array)
+                    written.append(staged)
+                else:
+                    states.append(np.float64(value.item()))
+            slots.append(Slot(t, w.array, g.array, states))
+            written.append(w)
+        self.step.run(hyper, slots)
+        for staged in written:
+            staged.flush()
+        for (param, grad, state, t), slot in zip(entries, slots):
+            for (key, is_tensor), value in zip(state_keys, slot.states):
+                if not is_tensor:
+                    state[key].fill_(float(value))
