@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,8 +56,8 @@ __all__ = [
     "DEFAULT_OPTIMIZERS",
     "DEMO_LEARNING_RATES",
     "OptimizerSpec",
-    "check_user_programs",
     "Progress",
+    "check_user_programs",
     "format_table",
     "load_digits_split",
     "make_optimizer",
@@ -201,20 +201,7 @@ def _display_name(base: str, overrides: Mapping[str, Any]) -> str:
 
 def _hyper_table(prog: Any) -> dict[str, Any]:
     """The program's hyperparameters as ``{name: default}``, None meaning "no default"."""
-    hypers = prog.hypers
-    if isinstance(hypers, Mapping):
-        items = list(hypers.items())
-    else:  # a sequence of hyper objects with a .name
-        items = [(getattr(h, "name", h), h) for h in hypers]
-    table: dict[str, Any] = {}
-    for name, info in items:
-        if info is None or isinstance(info, (int, float, tuple, bool)):
-            table[name] = info
-        elif getattr(info, "required", False):
-            table[name] = None
-        else:
-            table[name] = getattr(info, "default", None)
-    return table
+    return {name: None if spec.required else spec.default for name, spec in prog.hypers.items()}
 
 
 def _user_program_hypers(
@@ -252,7 +239,8 @@ def check_user_programs(specs: Iterable[OptimizerSpec], lr_table: Mapping[str, f
 
     for spec in specs:
         if spec.path is not None:
-            _user_program_hypers(optdsl.load(spec.path), spec.path, spec.overrides, lr_table["user"])
+            prog = optdsl.load(spec.path)
+            _user_program_hypers(prog, spec.path, spec.overrides, lr_table["user"])
 
 
 def _library_class(class_name: str) -> type[torch.optim.Optimizer]:
@@ -287,13 +275,8 @@ def make_optimizer(
     if class_name == "torch.optim.SGD":
         optimizer = torch.optim.SGD(params, **hypers)
     else:
-        optimizer = _library_class(class_name)(params, **hypers, **_backend_kwargs(backend))
+        optimizer = _library_class(class_name)(params, **hypers, backend=backend)
     return _display_name(label, spec.overrides), optimizer, hypers
-
-
-def _backend_kwargs(backend: str) -> dict[str, str]:
-    """Bundled classes are torch.optim drop-ins; pass ``backend`` only when it is not the default."""
-    return {} if backend == "auto" else {"backend": backend}
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +285,7 @@ def _backend_kwargs(backend: str) -> dict[str, str]:
 
 
 class Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, printed once otherwise)."""
+    """A one-line progress bar on stderr: redrawn in place on a terminal, else printed once."""
 
     def __init__(
         self,
@@ -360,7 +343,8 @@ class DigitsSplit:
     y_test: torch.Tensor
 
     def to(self, device: torch.device | str) -> DigitsSplit:
-        return DigitsSplit(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        tensors = (self.x_train, self.y_train, self.x_test, self.y_test)
+        return DigitsSplit(*(t.to(device) for t in tensors))
 
 
 def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> DigitsSplit:
@@ -371,7 +355,7 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> DigitsSplit:
     x = np.asarray(digits.data, dtype=np.float32) / 16.0
     y = np.asarray(digits.target, dtype=np.int64)
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
+    n_test = round(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return DigitsSplit(
         torch.from_numpy(x[train]), torch.from_numpy(y[train]),

@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,9 @@ def _select_landscapes(functions: Sequence[str] | None) -> list[Landscape]:
         return list(LANDSCAPES.values())
     unknown = [key for key in functions if key not in LANDSCAPES]
     if unknown:
-        raise ValueError(f"unknown function(s) {', '.join(unknown)}: expected {', '.join(LANDSCAPES)}")
+        raise ValueError(
+            f"unknown function(s) {', '.join(unknown)}: expected {', '.join(LANDSCAPES)}"
+        )
     return [LANDSCAPES[key] for key in functions]
 
 
@@ -345,7 +347,10 @@ def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
     numeric = {2, 4}
 
     def line(row: Sequence[str]) -> str:
-        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        ]
         return "  ".join(cells).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)]

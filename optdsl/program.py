@@ -22,6 +22,7 @@ from optdsl.ir.nodes import Graph
 from optdsl.ir.printer import print_graph
 from optdsl.ir.schedule import Schedule, schedule
 from optdsl.passes import optimize
+from optdsl.passes.specialize import flag_masks, flag_values, specialize
 
 DEBUG = bool(os.environ.get("OPTDSL_DEBUG"))
 
@@ -41,6 +42,8 @@ class Program:
         self.optimized: Graph = optimize(checked.graph, check=DEBUG)
         self.tensor_states = {n for n, s in self.states.items() if s.tensor}
         self.schedule: Schedule = schedule(self.optimized, self.tensor_states)
+        self.flags = flag_masks(self.optimized)
+        self._variants: dict[tuple[bool, ...], Variant] = {}
 
     def __repr__(self) -> str:
         return f"<optdsl.Program {self.name} hypers={list(self.hypers)} states={list(self.states)}>"
@@ -51,9 +54,24 @@ class Program:
 
     @functools.cached_property
     def _numpy_source(self) -> str:
-        from optdsl.codegen.numpy import generate
+        return self.generic.numpy_source
 
-        return generate(self.schedule, list(self.states), self.tensor_states, self.name)
+    @functools.cached_property
+    def generic(self) -> Variant:
+        """The step for any hyper values (no switch specialized): what `source()` shows."""
+        return Variant(self, None, self.optimized)
+
+    def variant(self, hyper: dict[str, float]) -> Variant:
+        """The step specialized for this group's switches (see optdsl.passes.specialize)."""
+        if not self.flags:
+            return self.generic
+        key = flag_values(self.optimized, self.flags, hyper)
+        found = self._variants.get(key)
+        if found is None:
+            graph = specialize(self.optimized, dict(zip(self.flags, key)))
+            found = Variant(self, key, optimize(graph, check=DEBUG))
+            self._variants[key] = found
+        return found
 
     @functools.cached_property
     def _triton_source(self) -> str:
@@ -72,16 +90,10 @@ class Program:
         raise ValueError(f"backend must be 'numpy', 'triton' or 'ir', got {backend!r}")
 
     @functools.cached_property
-    def numpy_step(self):
-        from optdsl.runtime.numpy_step import NumpyStep
-
-        return NumpyStep(self._numpy_source, self.name)
-
-    @functools.cached_property
     def numpy_runner(self):
         from optdsl.runtime.numpy_runner import NumpyRunner
 
-        return NumpyRunner(self.numpy_step)
+        return NumpyRunner(self)
 
     @functools.cached_property
     def triton_runner(self):
@@ -106,6 +118,35 @@ class Program:
         from optdsl.numpy_optim import NumpyOptimizer
 
         return NumpyOptimizer(self, arrays, **hypers)
+
+
+class Variant:
+    """A program's step compiled for one setting of its switches (key None: any setting)."""
+
+    def __init__(self, program: Program, key: tuple[bool, ...] | None, graph: Graph) -> None:
+        self.program = program
+        self.key = key
+        self.graph = graph
+        self.schedule: Schedule = schedule(graph, program.tensor_states)
+
+    @functools.cached_property
+    def title(self) -> str:
+        if not self.key:
+            return self.program.name
+        return self.program.name + "_" + "".join("1" if k else "0" for k in self.key)
+
+    @functools.cached_property
+    def numpy_source(self) -> str:
+        from optdsl.codegen.numpy import generate
+
+        return generate(self.schedule, list(self.program.states), self.program.tensor_states,
+                        self.title)
+
+    @functools.cached_property
+    def numpy_step(self):
+        from optdsl.runtime.numpy_step import NumpyStep
+
+        return NumpyStep(self.numpy_source, self.title)
 
 
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

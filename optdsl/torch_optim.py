@@ -85,7 +85,10 @@ class DslOptimizer(torch.optim.Optimizer):
     def _init_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float]) -> None:
         step = state.get("step")
         if step is None:
-            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            # A checkpoint with state but no step (torch.optim.SGD keeps none) has done at
+            # least one update; a fresh parameter has done none.
+            done = 1.0 if any(s.key in state for s in self.program.states.values()) else 0.0
+            state["step"] = torch.tensor(done, dtype=_scalar_dtype())
         elif not torch.is_tensor(step):  # an older checkpoint's float step
             state["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
         for spec in self.program.states.values():

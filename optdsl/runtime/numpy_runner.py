@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from optdsl.runtime.numpy_step import NumpyStep, Slot
+from optdsl.runtime.numpy_step import Slot
 
 _NATIVE = (torch.float32, torch.float64)
 
@@ -39,8 +39,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class NumpyRunner:
-    def __init__(self, step: NumpyStep) -> None:
-        self.step = step
+    def __init__(self, program) -> None:
+        self.program = program
 
     def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]]
             ) -> None:
@@ -61,7 +61,7 @@ class NumpyRunner:
                     states.append(np.float64(value.item()))
             slots.append(Slot(t, w.array, g.array, states))
             written.append(w)
-        self.step.run(hyper, slots)
+        self.program.variant(hyper).numpy_step.run(hyper, slots)
         for staged in written:
             staged.flush()
         for (param, grad, state, t), slot in zip(entries, slots):

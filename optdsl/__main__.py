@@ -1,0 +1,7 @@
+"""``python -m optdsl``: the command line."""
+
+import sys
+
+from optdsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""The command line: ``optdsl check|show|compile|demo|landscape|bench``.
+
+A mistake in a program prints one message (file:line:col, the line, a caret) to stderr and
+exits with status 1; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from optdsl.errors import DslError
+
+
+def _load(path: str):
+    import optdsl
+
+    if not os.path.exists(path):
+        raise _Fail(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise _Fail(f"{path}: is a directory, not a program file")
+    return optdsl.load(path)
+
+
+class _Fail(Exception):
+    """A user-facing failure that is not a DslError (missing file, bad option)."""
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            prog = _load(path)
+        except (DslError, _Fail) as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+            continue
+        if not args.quiet:
+            hypers = ", ".join(prog.hypers) or "none"
+            states = ", ".join(prog.states) or "none"
+            print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})")
+    return 1 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    prog = _load(args.file)
+    what = "ir" if args.ir else "triton" if args.triton else "numpy"
+    sys.stdout.write(prog.source(what).rstrip("\n") + "\n")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from optdsl.kernels_dir import write_kernels
+
+    out = Path(args.output)
+    programs = [_load(path) for path in args.files]
+    for path in write_kernels(programs, out, backends=args.backend):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from optdsl.demo import format_table, run_demo
+
+    optimizers = args.optimizers or None
+    results = run_demo(epochs=args.epochs, optimizers=optimizers, backend=args.backend,
+                       out_dir=args.out, progress=not args.quiet)
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'loss_curves.png'}")
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from optdsl.landscape import format_table, run_landscape
+
+    results = run_landscape(programs=args.programs or None, out_dir=args.out)
+    print(format_table(results))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from optdsl.bench_cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optdsl", description="A compiler for deep-learning optimizers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="compile programs and report mistakes")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("show", help="print a program's IR or generated code")
+    p.add_argument("file", metavar="FILE")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--ir", action="store_true", help="the optimized IR")
+    what.add_argument("--numpy", action="store_true", help="the NumPy step (default)")
+    what.add_argument("--triton", action="store_true", help="the Triton kernels")
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("compile", help="write generated kernels to a directory")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--backend", choices=["triton", "numpy", "all"], default="triton")
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("demo", help="train a small MLP on the 8x8 digits with several optimizers")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--optimizers", nargs="*", metavar="NAME_OR_FILE",
+                   help="bundled names or .opt files (default: the lecture's set)")
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "triton"])
+    p.add_argument("--out", default="demo-out", metavar="DIR",
+                   help="where to write loss_curves.png and results.json (default: demo-out)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("landscape", help="race optimizers on 2-D test functions")
+    p.add_argument("programs", nargs="*", metavar="NAME_OR_FILE")
+    p.add_argument("--out", default="landscape-out", metavar="DIR")
+    p.set_defaults(run=cmd_landscape)
+
+    p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")
+    p.add_argument("--size", default="small", choices=["small", "medium", "large"])
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except (DslError, _Fail) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as exc:
+        if os.environ.get("OPTDSL_DEBUG"):
+            raise
+        print(f"optdsl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

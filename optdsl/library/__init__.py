@@ -1,0 +1,67 @@
+"""The bundled optimizers: one .opt program each, compiled on first use into a drop-in twin
+of its torch.optim namesake (same keywords, same state_dict keys).
+
+    from optdsl.library import Adam
+    opt = Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+LIBRARY_DIR = Path(__file__).resolve().parent
+
+# class name -> program file; the class name is also the `optimizer` header of the file.
+PROGRAMS = {
+    "SGD": "sgd.opt",
+    "Adagrad": "adagrad.opt",
+    "RMSprop": "rmsprop.opt",
+    "Adam": "adam.opt",
+    "AdamW": "adamw.opt",
+    "Adamax": "adamax.opt",
+    "NAdam": "nadam.opt",
+    "RAdam": "radam.opt",
+    "Adadelta": "adadelta.opt",
+    "Rprop": "rprop.opt",
+    "Lion": "lion.opt",
+    "PolyakSGD": "polyak_sgd.opt",
+}
+
+__all__ = list(PROGRAMS) + ["program", "path"]
+
+
+def path(name: str) -> Path:
+    """The .opt file of a bundled optimizer."""
+    if name not in PROGRAMS:
+        raise KeyError(f"no bundled optimizer {name!r}; there are {', '.join(PROGRAMS)}")
+    return LIBRARY_DIR / PROGRAMS[name]
+
+
+@functools.lru_cache(maxsize=None)
+def program(name: str):
+    """The compiled Program of a bundled optimizer."""
+    from optdsl.program import load_program
+
+    return load_program(path(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer_class(name: str) -> type:
+    from optdsl.torch_optim import make_optimizer_class
+
+    cls = make_optimizer_class(program(name), name=name, module=__name__)
+    cls.__qualname__ = name
+    return cls
+
+
+def __getattr__(name: str):
+    if name in PROGRAMS:
+        cls = _optimizer_class(name)
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module 'optdsl.library' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(PROGRAMS))
