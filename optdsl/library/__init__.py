@@ -26,6 +26,11 @@ PROGRAMS = {
     "Rprop": "rprop.opt",
     "Lion": "lion.opt",
     "PolyakSGD": "polyak_sgd.opt",
+    "LAMB": "lamb.opt",
+    "LARS": "lars.opt",
+    "SGDClip": "sgd_clip.opt",
+    "AdamWClip": "adamw_clip.opt",
+    "SGDClipPerTensor": "sgd_clip_tensor.opt",
 }
 
 __all__ = list(PROGRAMS) + ["program", "path"]
