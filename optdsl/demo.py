@@ -35,6 +35,7 @@ Typical use::
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import json
 import math
@@ -42,7 +43,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,13 +58,19 @@ __all__ = [
     "DEMO_LEARNING_RATES",
     "OptimizerSpec",
     "Progress",
-    "check_user_programs",
+    "build_model",
+    "check_racers",
     "format_table",
     "load_digits_split",
     "make_optimizer",
+    "new_agg_figure",
+    "one_torch_thread",
     "parse_optimizer_spec",
+    "plot_curves",
+    "racer_device",
     "resolve_optimizer_specs",
     "run_demo",
+    "write_outputs",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -229,18 +236,26 @@ def _user_program_hypers(
     return hypers
 
 
-def check_user_programs(specs: Iterable[OptimizerSpec], lr_table: Mapping[str, float]) -> None:
-    """Load every ``.opt`` racer and check its hyperparameters, before any training starts.
+def check_racers(
+    specs: Iterable[OptimizerSpec],
+    lr_table: Mapping[str, float],
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Build every racer once on a throwaway parameter, before any real work starts.
 
-    Raises ``optdsl.DslError`` for a bad program and ``ValueError`` for missing or unknown
-    hyperparameters, so a mistake is reported in a second, not after the other racers ran.
+    A bad program (``optdsl.DslError``), a missing, unknown or out-of-range hyperparameter
+    (``ValueError``/``TypeError``) or an impossible backend is then reported at once, not
+    after the racers before it have run.  Returns each racer's construction time in seconds
+    (this first construction is the one that compiles a program).
     """
-    import optdsl
-
+    seconds = []
     for spec in specs:
-        if spec.path is not None:
-            prog = optdsl.load(spec.path)
-            _user_program_hypers(prog, spec.path, spec.overrides, lr_table["user"])
+        dummy = torch.zeros(1, device=device, requires_grad=True)
+        start = time.perf_counter()
+        make_optimizer(spec, [dummy], lr_table, backend)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _library_class(class_name: str) -> type[torch.optim.Optimizer]:
@@ -407,12 +422,13 @@ def _train_one(
     seed: int,
     backend: str,
     progress: bool,
+    setup_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Train a copy of ``initial`` with one racer; returns its result record."""
     model = copy.deepcopy(initial)
     setup_start = time.perf_counter()
     name, optimizer, hypers = make_optimizer(spec, model.parameters(), DEMO_LEARNING_RATES, backend)
-    setup_seconds = time.perf_counter() - setup_start
+    setup_seconds += time.perf_counter() - setup_start
     generator = torch.Generator().manual_seed(seed)
     losses = [_evaluate(model, data.x_train, data.y_train)[0]]
     accuracies = [_evaluate(model, data.x_test, data.y_test)[1]]
@@ -443,8 +459,19 @@ def _train_one(
 # --------------------------------------------------------------------------------------------
 
 
-def _demo_device(backend: str) -> torch.device:
-    """CPU, except that backend="triton" trains on the GPU when there is one."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run tiny CPU models on one intra-op thread (more only contend on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def racer_device(backend: str) -> torch.device:
+    """CPU, except that backend="triton" runs on the GPU when there is one."""
     if backend == "triton" and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
@@ -477,23 +504,25 @@ def run_demo(
         One dict per optimizer, in order: ``name``, ``spec``, ``hypers`` (as constructed),
         ``train_loss`` (full training set, after the last epoch), ``test_accuracy``,
         ``seconds`` (training, evaluation included), ``setup_seconds`` (constructing the
-        optimizer, which includes compiling a DSL program), ``loss_curve`` and ``accuracy_curve``
+        optimizer, twice: a first check before any training, which compiles a DSL program,
+        then the real one), ``loss_curve`` and ``accuracy_curve``
         (``epochs + 1`` entries: before training, then after each epoch).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
     specs = resolve_optimizer_specs(optimizers, DEFAULT_OPTIMIZERS)
-    check_user_programs(specs, DEMO_LEARNING_RATES)
-    device = _demo_device(backend)
+    device = racer_device(backend)
+    setup = check_racers(specs, DEMO_LEARNING_RATES, backend, device)
     data = load_digits_split(seed).to(device)
     initial = build_model(seed).to(device)
-    results = [
-        _train_one(
-            spec, initial, data,
-            epochs=epochs, batch_size=batch_size, seed=seed, backend=backend, progress=progress,
-        )
-        for spec in specs
-    ]
+    with one_torch_thread():
+        results = [
+            _train_one(
+                spec, initial, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                backend=backend, progress=progress, setup_seconds=setup_seconds,
+            )
+            for spec, setup_seconds in zip(specs, setup)
+        ]
     if out_dir is not None:
         config = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "backend": backend,
                   "train_size": len(data.x_train), "test_size": len(data.x_test)}

@@ -39,10 +39,12 @@ import torch
 from optdsl.demo import (
     OptimizerSpec,
     Progress,
-    check_user_programs,
+    check_racers,
     make_optimizer,
     new_agg_figure,
+    one_torch_thread,
     parse_optimizer_spec,
+    racer_device,
     resolve_optimizer_specs,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "LANDSCAPES",
     "Landscape",
     "format_landscape",
+    "format_table",
     "plot_landscape",
     "race",
     "run_landscape",
@@ -240,9 +243,10 @@ def race(
     ``(steps + 1, 2)`` NumPy array of visited points, the start included).
     """
     spec = parse_optimizer_spec(spec)
-    p = torch.tensor(start or land.start, dtype=torch.float64, requires_grad=True)
+    p = torch.tensor(start or land.start, dtype=torch.float64, device=racer_device(backend),
+                     requires_grad=True)
     name, optimizer, hypers = make_optimizer(spec, [p], land.lrs, backend)
-    path = [p.detach().numpy().copy()]
+    path = [p.detach().cpu().numpy().copy()]
     began = time.perf_counter()
     status, steps = _Status(False), 0
     value, grad_norm = math.nan, math.nan
@@ -256,7 +260,7 @@ def race(
             break
         optimizer.step()
         steps += 1
-        path.append(p.detach().numpy().copy())
+        path.append(p.detach().cpu().numpy().copy())
     final = path[-1]
     outcome = status.outcome if status.done else _unfinished_label(land, final)
     return {
@@ -315,14 +319,17 @@ def run_landscape(
         One :func:`race` dict per (function, racer), functions in order, racers in order.
     """
     specs = resolve_optimizer_specs(programs, DEFAULT_RACERS)
-    check_user_programs(specs, {"user": 0.0})
+    landscapes = _select_landscapes(functions)
+    for land in landscapes:
+        check_racers(specs, land.lrs, backend, racer_device(backend))
     results: list[dict[str, Any]] = []
-    for land in _select_landscapes(functions):
+    for land in landscapes:
         bar = Progress(land.key, len(specs), enabled=progress)
         runs = []
-        for done, spec in enumerate(specs, start=1):
-            runs.append(race(land, spec, max_iters=max_iters, tol=tol, backend=backend))
-            bar.update(done, runs[-1]["optimizer"])
+        with one_torch_thread():
+            for done, spec in enumerate(specs, start=1):
+                runs.append(race(land, spec, max_iters=max_iters, tol=tol, backend=backend))
+                bar.update(done, runs[-1]["optimizer"])
         bar.close()
         if out_dir is not None:
             plot_landscape(land, runs, Path(out_dir) / f"landscape_{land.key}.png")
@@ -361,6 +368,10 @@ def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
         out.append(line(row))
         previous = row[0]
     return "\n".join(out)
+
+
+#: The same as :func:`format_landscape`, under the name :mod:`optdsl.demo` uses.
+format_table = format_landscape
 
 
 def _grid_values(land: Landscape, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
