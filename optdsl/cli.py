@@ -76,7 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_landscape(args: argparse.Namespace) -> int:
     from optdsl.landscape import format_table, run_landscape
 
-    results = run_landscape(programs=args.programs or None, out_dir=args.out)
+    results = run_landscape(programs=args.programs or None, out_dir=args.out,
+                            max_iters=args.max_iters, tol=args.tol, backend=args.backend)
     print(format_table(results))
     return 0
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("landscape", help="race optimizers on 2-D test functions")
     p.add_argument("programs", nargs="*", metavar="NAME_OR_FILE")
     p.add_argument("--out", default="landscape-out", metavar="DIR")
+    p.add_argument("--max-iters", type=int, default=5000)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "triton"])
     p.set_defaults(run=cmd_landscape)
 
     p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")
