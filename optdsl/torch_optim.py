@@ -26,13 +26,15 @@ class DslOptimizer(torch.optim.Optimizer):
     """Base class of every optimizer compiled from optdsl; subclasses set ``program``."""
 
     program = None  # set by make_optimizer_class
+    positional: tuple[str, ...] = ()  # the keywords that may also be given by position
 
     def __init__(self, params, *args: Any, backend: str = "auto", **kwargs: Any) -> None:
         specs = self.program.hypers
-        if len(args) > len(specs):
-            raise TypeError(f"{type(self).__name__} takes at most {len(specs)} positional "
-                            f"hyperparameters ({', '.join(specs)}), got {len(args)}")
-        for name, value in zip(specs, args):
+        if len(args) > len(self.positional):
+            raise TypeError(f"{type(self).__name__} takes at most {len(self.positional)} "
+                            f"positional hyperparameters ({', '.join(self.positional)}), "
+                            f"got {len(args)}")
+        for name, value in zip(self.positional, args):
             if name in kwargs:
                 raise TypeError(f"got multiple values for argument `{name}`")
             kwargs[name] = value
@@ -154,14 +156,17 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
     return torch.as_tensor(np.broadcast_to(value, w.shape).copy()).to(param.device, param.dtype)
 
 
-def make_optimizer_class(program, name: str | None = None, module: str | None = None) -> type:
-    """A DslOptimizer subclass for ``program`` named after it."""
+def make_optimizer_class(program, name: str | None = None, module: str | None = None,
+                         positional: tuple[str, ...] | None = None) -> type:
+    """A DslOptimizer subclass for ``program`` named after it. ``positional`` lists the
+    keywords accepted by position after ``params`` (default: every hyper, in order)."""
     cls_name = name or program.name
     doc = program.description or f"Optimizer compiled by optdsl from {program.filename}."
     keywords = ", ".join(f"{n}={s.default!r}" if not s.required else n
                          for n, s in program.hypers.items())
     attrs = {
         "program": program,
+        "positional": tuple(program.hypers) if positional is None else tuple(positional),
         "__doc__": f"{doc}\n\nKeywords: {keywords}; backend='auto'|'numpy'|'triton'.",
         "__module__": module or "optdsl.generated",
     }

@@ -20,6 +20,7 @@ from optdsl.frontend import ast
 from optdsl.frontend.signature import HyperSpec, Interval, StateSpec
 from optdsl.ir.builder import Builder
 from optdsl.ir.nodes import Graph
+from optdsl.passes.cse_dce import cse_dce
 from optdsl.ir.ops import (
     ARITH,
     COMPARE,
@@ -366,7 +367,7 @@ class _Checker:
                     raise self.error(f"the initial value of `{name}` is a mask",
                                      item.init.span)
                 key, line = item.key or name, item.span.line
-            graph = builder.graph([("init", init)])
+            graph = cse_dce(builder.graph([("init", init)]))  # only what the init reads
             specs[name] = StateSpec(name, key, is_tensor, graph, item is None, line)
         return specs
 

@@ -42,9 +42,14 @@ def evaluate_group(graph: Graph, hyper: dict[str, float], params: list[dict[str,
     Each entry of ``params`` has ``w``, ``g`` (arrays), ``t`` and ``state`` (name -> value).
     """
     values: list[list] = [[] for _ in params]
+    alive = graph.live()
     with np.errstate(all="ignore"):
-        for eq in graph.eqs:
+        for index, eq in enumerate(graph.eqs):
             info = OPS[eq.op]
+            if not alive[index]:
+                for vals in values:
+                    vals.append(None)
+                continue
             if info.category == GLOBAL:
                 partials = [_partial(eq.op, vals[eq.args[0]]) for vals in values]
                 total = np.float64(0.0)

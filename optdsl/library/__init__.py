@@ -51,11 +51,27 @@ def program(name: str):
     return load_program(path(name))
 
 
+def _torch_positional(name: str) -> tuple[str, ...] | None:
+    """The keywords torch.optim's namesake takes by position (after params), if it has one."""
+    import inspect
+
+    import torch.optim
+
+    twin = getattr(torch.optim, name, None)
+    if twin is None:
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in inspect.signature(twin.__init__).parameters.values()
+             if p.kind in kinds]
+    return tuple(names[2:])  # after self and params
+
+
 @functools.lru_cache(maxsize=None)
 def _optimizer_class(name: str) -> type:
     from optdsl.torch_optim import make_optimizer_class
 
-    cls = make_optimizer_class(program(name), name=name, module=__name__)
+    cls = make_optimizer_class(program(name), name=name, module=__name__,
+                               positional=_torch_positional(name))
     cls.__qualname__ = name
     return cls
 
