@@ -22,7 +22,7 @@ from optdsl.ir.nodes import Graph
 from optdsl.ir.printer import print_graph
 from optdsl.ir.schedule import Schedule, schedule
 from optdsl.passes import optimize
-from optdsl.passes.specialize import flag_masks, flag_values, specialize
+from optdsl.passes.specialize import flag_masks, flag_values, specialize, unscale_gradient
 
 DEBUG = bool(os.environ.get("OPTDSL_DEBUG"))
 
@@ -61,14 +61,18 @@ class Program:
         """The step for any hyper values (no switch specialized): what `source()` shows."""
         return Variant(self, None, self.optimized)
 
-    def variant(self, hyper: dict[str, float]) -> Variant:
-        """The step specialized for this group's switches (see optdsl.passes.specialize)."""
-        if not self.flags:
+    def variant(self, hyper: dict[str, float], unscale: bool = False) -> Variant:
+        """The step specialized for this group's switches (see optdsl.passes.specialize);
+        with ``unscale`` the gradients are read divided by the AMP grad scale (the hyper
+        ``INV_GRAD_SCALE`` holds its inverse)."""
+        if not self.flags and not unscale:
             return self.generic
-        key = flag_values(self.optimized, self.flags, hyper)
+        key = flag_values(self.optimized, self.flags, hyper) + ((True,) if unscale else ())
         found = self._variants.get(key)
         if found is None:
             graph = specialize(self.optimized, dict(zip(self.flags, key)))
+            if unscale:
+                graph = unscale_gradient(graph)
             found = Variant(self, key, optimize(graph, check=DEBUG))
             self._variants[key] = found
         return found

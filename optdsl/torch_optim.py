@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from optdsl import hypers as hyper_values
+from optdsl.passes.specialize import INV_GRAD_SCALE
 from optdsl.runtime import select
 
 
@@ -26,6 +27,9 @@ class DslOptimizer(torch.optim.Optimizer):
     """Base class of every optimizer compiled from optdsl; subclasses set ``program``."""
 
     program = None  # set by make_optimizer_class
+    # torch.amp.GradScaler sets `grad_scale` and `found_inf` on the optimizer and lets the
+    # step unscale the gradients itself (in the same pass) and skip steps with inf/NaN.
+    _step_supports_amp_scaling = True
     positional: tuple[str, ...] = ()  # the keywords that may also be given by position
 
     def __init__(self, params, *args: Any, backend: str = "auto", **kwargs: Any) -> None:
@@ -106,10 +110,16 @@ class DslOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0:
+            return loss  # GradScaler found inf/NaN: parameters, state and t stay as they are
+        grad_scale = getattr(self, "grad_scale", None)
         runner = self._runner()
         keys = self._state_keys()
         for group in self.param_groups:
             hyper = hyper_values.scalars(self.program.hypers, group)
+            if grad_scale is not None:
+                hyper[INV_GRAD_SCALE] = 1.0 / float(grad_scale)
             entries = []
             for param in group["params"]:
                 grad = param.grad

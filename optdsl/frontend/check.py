@@ -81,6 +81,7 @@ class _Checker:
                 self.assigns.append(stmt)
 
     def _new_name(self, name: str, span: Span, what: str) -> None:
+        self.check_name(name, span)
         if name in BUILTIN:
             raise self.error(f"`{name}` is built in (the parameter, its gradient or the step "
                              f"number) and cannot be declared as a {what}", span)
@@ -183,6 +184,11 @@ class _Checker:
                              f"got {len(node.args)}", node.span)
         return op
 
+    def check_name(self, name: str, span: Span) -> None:
+        if name.startswith("__"):
+            raise self.error(f"names starting with `__` are reserved for the compiler: "
+                             f"`{name}`", span)
+
     # -- roles -------------------------------------------------------------------------------
     def infer_roles(self) -> list[str]:
         """Find inferred states and required hypers; return the required hypers' names."""
@@ -197,6 +203,7 @@ class _Checker:
                 if not isinstance(node, ast.Name):
                     continue
                 name = node.id
+                self.check_name(name, node.span)
                 if name in FUNCTIONS:
                     raise self.error(f"`{name}` is a function; call it as `{name}(...)`",
                                      node.span)
@@ -224,6 +231,7 @@ class _Checker:
 
     def check_target(self, stmt: ast.Assign) -> None:
         name, span = stmt.target, stmt.target_span
+        self.check_name(name, span)
         if name == "t":
             raise self.error("`t` is the step number and cannot be assigned", span)
         if name in FUNCTIONS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from optdsl.passes.specialize import INV_GRAD_SCALE
 from optdsl.runtime.numpy_step import Slot
 
 _NATIVE = (torch.float32, torch.float64)
@@ -61,7 +62,8 @@ class NumpyRunner:
                     states.append(np.float64(value.item()))
             slots.append(Slot(t, w.array, g.array, states))
             written.append(w)
-        self.program.variant(hyper).numpy_step.run(hyper, slots)
+        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
+        variant.numpy_step.run(hyper, slots)
         for staged in written:
             staged.flush()
         for (param, grad, state, t), slot in zip(entries, slots):
