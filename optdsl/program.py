@@ -79,9 +79,7 @@ class Program:
 
     @functools.cached_property
     def _triton_source(self) -> str:
-        from optdsl.codegen.triton import generate
-
-        return generate(self)
+        return self.generic.triton_source
 
     def source(self, backend: str = "numpy") -> str:
         """The generated code for ``backend`` ("numpy" or "triton"), or the IR ("ir")."""
@@ -145,6 +143,12 @@ class Variant:
 
         return generate(self.schedule, list(self.program.states), self.program.tensor_states,
                         self.title)
+
+    @functools.cached_property
+    def triton_source(self) -> str:
+        from optdsl.codegen.triton import generate_variant
+
+        return generate_variant(self)
 
     @functools.cached_property
     def numpy_step(self):

@@ -6,7 +6,8 @@ reference evaluator), and how each code generator spells it:
 
 - ``scalar``: a Python expression over NumPy float64 scalars (host code, once per step),
 - ``numpy``: lines computing into a preallocated chunk buffer ``{out}`` (element-wise code),
-- ``triton``: a Triton expression (element-wise code inside a kernel).
+- ``triton``: a Triton expression (element-wise code inside a kernel); the helpers it names
+  (``_div _sqrt _pow _exp _log _tanh _atan2 _sign``) are defined by optdsl.codegen.triton.
 
 Adding a function to the language is one row here plus tests.
 """
@@ -134,15 +135,15 @@ _row(Op("sub", 2, ARITH, np.subtract, "({0} - {1})", _ufunc("subtract", 2), "{0}
         symbol="-"))
 _row(Op("mul", 2, ARITH, np.multiply, "({0} * {1})", _ufunc("multiply", 2), "{0} * {1}",
         symbol="*"))
-_row(Op("div", 2, ARITH, np.divide, "({0} / {1})", _ufunc("divide", 2), "{0} / {1}",
+_row(Op("div", 2, ARITH, np.divide, "({0} / {1})", _ufunc("divide", 2), "_div({0}, {1})",
         symbol="/"))
 _row(Op("pow", 2, ARITH, np.power, "({0} ** {1})", _ufunc("power", 2), "_pow({0}, {1})",
         symbol="^"))
 _row(Op("square", 1, ARITH, np.square, "({0} * {0})", _ufunc("square", 1), "{0} * {0}"))
-_row(Op("sqrt", 1, ARITH, np.sqrt, "np.sqrt({0})", _ufunc("sqrt", 1), "tl.sqrt_rn({0})",
+_row(Op("sqrt", 1, ARITH, np.sqrt, "np.sqrt({0})", _ufunc("sqrt", 1), "_sqrt({0})",
         dsl="sqrt"))
 _row(Op("rsqrt", 1, ARITH, _rsqrt, "(1.0 / np.sqrt({0}))",
-        "np.sqrt({0}, out={out}); np.divide(1.0, {out}, out={out})", "1.0 / tl.sqrt_rn({0})",
+        "np.sqrt({0}, out={out}); np.divide(1.0, {out}, out={out})", "_div(1.0, _sqrt({0}))",
         dsl="rsqrt"))
 _row(Op("exp", 1, ARITH, np.exp, "np.exp({0})", _ufunc("exp", 1), "_exp({0})", dsl="exp"))
 _row(Op("log", 1, ARITH, np.log, "np.log({0})", _ufunc("log", 1), "_log({0})", dsl="log"))

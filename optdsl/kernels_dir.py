@@ -1,0 +1,71 @@
+"""Writes generated code to a directory: ``optdsl compile FILE... -o DIR``.
+
+Each program becomes ``<name>_triton.py`` (the Triton kernels and host step) and/or
+``<name>_numpy.py`` (the chunked NumPy step). The repository's ``kernels/`` directory is
+this output for every bundled program (``make kernels``), and a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+BACKENDS = {"triton": ("triton",), "numpy": ("numpy",), "all": ("triton", "numpy")}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def file_names(program, backends: str = "triton") -> list[str]:
+    """The file names ``write_kernels`` gives ``program``'s generated code."""
+    if backends not in BACKENDS:
+        raise ValueError(f"backends must be one of {', '.join(map(repr, BACKENDS))}, got "
+                         f"{backends!r}")
+    if not _NAME.fullmatch(program.name):
+        raise ValueError(f"program name {program.name!r} is not an identifier; compile it "
+                         f"with name=...")
+    return [f"{program.name}_{b}.py" for b in BACKENDS[backends]]
+
+
+def write_kernels(programs: Iterable, out_dir: Path, backends: str = "triton") -> list[Path]:
+    """Write each program's generated source into ``out_dir`` (created if needed); returns
+    the paths written, in order. Two programs with one name are an error."""
+    programs = list(programs)
+    out_dir = Path(out_dir)
+    planned: dict[str, tuple] = {}
+    for program in programs:
+        for file_name, backend in zip(file_names(program, backends), BACKENDS[backends]):
+            if file_name in planned:
+                other = planned[file_name][0].filename
+                raise ValueError(f"two programs are named {program.name!r} ({other} and "
+                                 f"{program.filename}); rename one with `optimizer NAME`")
+            planned[file_name] = (program, backend)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, (program, backend) in planned.items():
+        path = out_dir / file_name
+        _write(path, program.source(backend))
+        written.append(path)
+    return written
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically, leaving an unchanged file untouched."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

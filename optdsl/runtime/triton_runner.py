@@ -1,0 +1,291 @@
+"""Runs one param group's step through a program's generated Triton module.
+
+What one launch is: for each pass of the program, ONE kernel launch per bucket of the group,
+a bucket being the parameters that share a device and element dtypes (of w, g and each
+tensor state). The launch's grid is one program per block of BLOCK elements over all the
+bucket's tensors; program ``i`` reads row ``i`` of a block map (tensor index, start offset;
+int64) and finds its tensor's data pointers in a pointer table (one int64 row per tensor:
+w, g, then each tensor state), its size in a size table, and its scalars in a scalar table
+(one row per tensor in the compute dtype, written by the generated host code). The pointer,
+size and block tables live on the device and are cached while the set of tensors (their
+addresses, sizes and dtypes) is unchanged; only the scalar table is copied each step.
+
+Reductions: a pass that feeds reductions stores one float64 partial per block and
+reduction; the partials come back to the host in one copy per bucket and are combined in a
+fixed order (``np.add.reduceat`` / ``np.maximum.reduceat`` over each tensor's blocks, then
+over tensors for group-wide ones), so results are deterministic (no float atomics).
+
+Dtypes: float32, float16, bfloat16 and float64 tensors are read and written in place in
+their own dtype; arithmetic is float32 (float64 for float64 parameters). Tensors that are
+not contiguous, not on the parameter's device, or of another dtype are staged through a
+contiguous copy and copied back after the step. Zero-size parameters take no part in the
+launches (their reductions read as those of an empty tensor).
+
+Under TRITON_INTERPRET=1 the same kernels and tables run on CPU tensors through Triton's
+interpreter (raw pointers loaded from a table work there, since everything lives in this
+process's memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from optdsl.passes.specialize import INV_GRAD_SCALE
+from optdsl.runtime import cache, select
+
+_CACHED_PLANS = 8  # tensor sets remembered per runner (param groups x optimizers)
+_EMPTY = {"sum": 0.0, "global_sum": 0.0, "dot": 0.0, "norm": 0.0, "global_norm": 0.0,
+          "maxabs": 0.0, "mean": math.nan}
+
+
+def _tl_dtypes() -> dict:
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.float16: tl.float16,
+            torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+
+
+class _Slot:
+    """One parameter's host-side view for one step (the generated code's ``p``)."""
+
+    __slots__ = ("red", "scalars", "states", "t")
+
+    def __init__(self, t: float, states: list, num_reductions: int) -> None:
+        self.t = t
+        self.states = states
+        self.red: list = [None] * num_reductions
+        self.scalars: tuple = ()
+
+
+class _Bucket:
+    """The parameters of one launch and their device tables."""
+
+    def __init__(self, device: torch.device, dtypes: tuple, members: list[int],
+                 rows: list[list[int]], sizes: list[int], block: int, columns: list[str],
+                 blocks_cache: OrderedDict) -> None:
+        tl_types = _tl_dtypes()
+        self.device = device
+        self.members = members
+        self.sizes_host = np.asarray(sizes, dtype=np.int64)
+        self.compute = torch.float64 if dtypes[0] == torch.float64 else torch.float32
+        self.np_compute = np.float64 if self.compute == torch.float64 else np.float32
+        self.constexprs = {f"DT_{c}" if c in ("w", "g") else f"DT_s_{c}": tl_types[d]
+                           for c, d in zip(columns, dtypes)}
+        self.constexprs["CT"] = tl_types[self.compute]
+        self.constexprs["BLOCK"] = block
+        self.constexprs["ALIGNED"] = all(p % 16 == 0 for row in rows for p in row)
+        self.ptrs = torch.tensor(rows, dtype=torch.int64).to(device)
+        self.sizes = torch.from_numpy(self.sizes_host).to(device)
+        key = (str(device), block, tuple(sizes))
+        found = blocks_cache.get(key)
+        if found is None:
+            counts = -(-self.sizes_host // block)
+            first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+            tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+            start = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts))
+            table = np.stack([tensor, start * block], axis=1)
+            found = (torch.from_numpy(np.ascontiguousarray(table)).to(device), first)
+            blocks_cache[key] = found
+            while len(blocks_cache) > _CACHED_PLANS:
+                blocks_cache.popitem(last=False)
+        else:
+            blocks_cache.move_to_end(key)
+        self.blocks, self.first = found
+        self.num_blocks = int(self.blocks.shape[0])
+        self.dummy = torch.zeros(1, dtype=self.compute, device=device)
+        self.dummy_red = torch.zeros(1, dtype=torch.float64, device=device)
+
+
+class _Plan:
+    """How one set of tensors is launched: buckets, and what to copy back afterwards."""
+
+    def __init__(self) -> None:
+        self.buckets: list[_Bucket] = []
+        self.writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.numel: list[int] = []
+        self.keep: list[torch.Tensor] = []  # staged copies the pointer table points into
+
+
+def _usable(t: torch.Tensor, device: torch.device, tl_types: dict) -> bool:
+    return t.device == device and t.dtype in tl_types and t.is_contiguous()
+
+
+def _staged(t: torch.Tensor, device: torch.device, tl_types: dict) -> torch.Tensor:
+    dtype = t.dtype if t.dtype in tl_types else torch.float32
+    return t.detach().to(device=device, dtype=dtype, copy=True,
+                         memory_format=torch.contiguous_format)
+
+
+class TritonRunner:
+    """Runs a Program's generated Triton step; ``program.triton_runner`` holds one."""
+
+    def __init__(self, program, block: int | None = None) -> None:
+        self.program = program
+        if block is None:
+            block = 256 if select.interpreting() else 1024
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"block must be a power of two >= 16, got {block}")
+        self.block = block
+        self.num_warps = 4 if block <= 1024 else 8
+        self._plans: OrderedDict = OrderedDict()
+        self._blocks: OrderedDict = OrderedDict()
+        self._modules: dict = {}
+
+    def module(self, variant=None):
+        """The generated module of a variant (default: the generic step), imported from the
+        disk cache once per process and mode (Triton decides at import whether its kernels
+        are interpreted)."""
+        variant = variant or self.program.generic
+        mode = "interpret" if select.interpreting() else ""
+        found = self._modules.get((variant.key, mode))
+        if found is None:
+            ident = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variant.title)
+            tag = "triton_" + (variant.title if ident else "program")
+            found = cache.load_module(variant.triton_source, tag, {"kind": "triton-step"}, mode)
+            self._modules[(variant.key, mode)] = found
+        return found
+
+    # -- one step ------------------------------------------------------------------------------
+    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]]
+            ) -> None:
+        """entries: (param, grad, state dict, t) for each parameter that has a gradient."""
+        module = self.module(self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper))
+        tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
+        if len(tensor_keys) != len(module.TENSORS) - 2:
+            raise RuntimeError("state keys do not match the program's tensor states")
+        slots = []
+        for param, grad, state, t in entries:
+            states = [None if is_tensor else np.float64(float(state[key]))
+                      for key, is_tensor in state_keys]
+            slots.append(_Slot(float(t), states, module.NUM_REDUCTIONS))
+        plan = self._plan(entries, tensor_keys)
+
+        def launch(k: int, params: list) -> None:
+            self._launch(module, plan, k, params)
+
+        with np.errstate(all="ignore"):
+            module.step(hyper, slots, launch)
+        for original, staged in plan.writeback:
+            original.copy_(staged)
+        for (param, grad, state, t), slot in zip(entries, slots):
+            for (key, is_tensor), value in zip(state_keys, slot.states):
+                if not is_tensor:
+                    state[key].fill_(float(value))
+
+    # -- tables --------------------------------------------------------------------------------
+    def _plan(self, entries: list, tensor_keys: list[str]) -> _Plan:
+        tl_types = _tl_dtypes()
+        signature = []
+        direct = True
+        for param, grad, state, _ in entries:
+            device = param.device
+            tensors = [param, grad] + [state[key] for key in tensor_keys]
+            for i, x in enumerate(tensors):
+                if x.numel() != param.numel():
+                    what = "grad" if i == 1 else f"state[{tensor_keys[i - 2]!r}]"
+                    raise RuntimeError(f"{what} has {x.numel()} elements but its parameter has "
+                                       f"{param.numel()}")
+                if not _usable(x, device, tl_types):
+                    direct = False
+                signature.append((x.data_ptr(), x.dtype, x.device))
+            signature.append(param.numel())
+        signature = tuple(signature)
+        if direct:
+            found = self._plans.get(signature)
+            if found is not None:
+                self._plans.move_to_end(signature)
+                return found
+        plan = self._build(entries, tensor_keys, tl_types)
+        if direct:
+            self._plans[signature] = plan
+            while len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _build(self, entries: list, tensor_keys: list[str], tl_types: dict) -> _Plan:
+        plan = _Plan()
+        groups: dict = {}
+        columns = list(self.module().TENSORS)
+        for index, (param, grad, state, _) in enumerate(entries):
+            plan.numel.append(param.numel())
+            if param.numel() == 0:
+                continue
+            device = param.device
+            used = []
+            for j, x in enumerate([param, grad] + [state[key] for key in tensor_keys]):
+                x = x.detach()
+                if not _usable(x, device, tl_types):
+                    copy = _staged(x, device, tl_types)
+                    if j != 1:  # the gradient is only read
+                        plan.writeback.append((x, copy))
+                    plan.keep.append(copy)
+                    x = copy
+                used.append(x)
+            key = (device, tuple(x.dtype for x in used))
+            members, rows, sizes = groups.setdefault(key, ([], [], []))
+            members.append(index)
+            rows.append([x.data_ptr() for x in used])
+            sizes.append(param.numel())
+        for (device, dtypes), (members, rows, sizes) in groups.items():
+            plan.buckets.append(_Bucket(device, dtypes, members, rows, sizes, self.block,
+                                        columns, self._blocks))
+        return plan
+
+    # -- launches ------------------------------------------------------------------------------
+    def _launch(self, module, plan: _Plan, k: int, params: list) -> None:
+        kernel, width, reductions = module.PASSES[k]
+        if kernel is None:
+            return
+        pending = []
+        for bucket in plan.buckets:
+            if width:
+                rows = np.array([params[i].scalars for i in bucket.members],
+                                dtype=bucket.np_compute).reshape(len(bucket.members), width)
+                scal = torch.from_numpy(rows)
+                if bucket.device.type == "cuda":  # pinned: the copy does not wait for the GPU
+                    scal = scal.pin_memory().to(bucket.device, non_blocking=True)
+            else:
+                scal = bucket.dummy
+            if reductions:
+                red = torch.empty((bucket.num_blocks, len(reductions)), dtype=torch.float64,
+                                  device=bucket.device)
+            else:
+                red = bucket.dummy_red
+            with _on(bucket.device):
+                kernel[(bucket.num_blocks,)](
+                    bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, **bucket.constexprs,
+                    num_warps=self.num_warps, enable_fp_fusion=False)
+            if reductions:
+                pending.append((bucket, red))
+        for bucket, red in pending:  # one device-to-host copy per bucket
+            partials = red.cpu().numpy()
+            for j, (slot, kind) in enumerate(reductions):
+                column = partials[:, j]
+                combine = np.maximum if kind == "maxabs" else np.add
+                totals = combine.reduceat(column, bucket.first)
+                for m, index in enumerate(bucket.members):
+                    params[index].red[slot] = _finish(kind, totals[m], bucket.sizes_host[m])
+        for index, numel in enumerate(plan.numel):
+            if numel == 0:
+                for slot, kind in reductions:
+                    params[index].red[slot] = np.float64(_EMPTY[kind])
+
+
+def _on(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _finish(kind: str, total: float, n: int) -> np.float64:
+    total = np.float64(total)
+    if kind == "mean":
+        return total / np.float64(n)
+    if kind == "norm":
+        return np.sqrt(total)
+    return total

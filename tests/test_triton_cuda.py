@@ -1,0 +1,163 @@
+"""The Triton back end natively on a CUDA GPU, compared with the NumPy back end on CPU copies:
+every bundled optimizer and example, reductions, float16/bfloat16/float64, non-contiguous and
+misaligned parameters, several tensors per launch. Skipped without CUDA (marker ``cuda``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import optdsl
+from optdsl import library
+from optdsl.runtime.triton_runner import TritonRunner
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.opt"))
+SIZES = (1, 7, 1000, 4099, 70001)  # 1024-element blocks: full blocks and ragged tails
+
+REDUCTIONS = """
+optimizer Reductions
+hyper lr = 0.1, max_norm = 1.0
+state m = 0
+gn = global_norm(g)
+g = g * min(1, max_norm / (gn + 1e-6))
+m = 0.9 * m + g
+s = sum(m) / (mean(abs(w)) + 1) + global_sum(g) * 1e-3
+n = norm(m) + maxabs(g) + dot(m, g) * 0.01
+w = w - lr * m / (n + 1) - 0.001 * s
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_interpreter(monkeypatch, tmp_path_factory):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+
+
+def required(prog) -> dict:
+    return {name: 0.1 for name, spec in prog.hypers.items() if spec.required}
+
+
+def flipped(prog) -> dict:
+    out = {}
+    for name, spec in prog.hypers.items():
+        in_range = spec.interval is None or spec.interval.contains(0.5)
+        if spec.parts is None and spec.default == 0 and in_range:
+            out[name] = 0.5
+    return out
+
+
+def run_both(prog, sizes=SIZES, dtype=torch.float32, steps=3, make=None, reference_dtype=None):
+    """NumPy on CPU (in ``reference_dtype`` if given) and Triton on CUDA, same steps."""
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(n, generator=gen, dtype=torch.float64).to(dtype) for n in sizes]
+    out = {}
+    for backend, device in (("numpy", "cpu"), ("triton", "cuda")):
+        dt = reference_dtype if (backend == "numpy" and reference_dtype) else dtype
+        ps = [torch.nn.Parameter((make(b) if make else b).to(device, dt, copy=True))
+              for b in base]
+        half = len(ps) // 2
+        groups = [{"params": ps[:half]}, {"params": ps[half:], **flipped(prog)}]
+        opt = prog.optimizer(groups, backend=backend, **required(prog))
+        gen_g = torch.Generator().manual_seed(1)
+        for step in range(steps):
+            for i, p in enumerate(ps):
+                g = torch.randn(p.shape, generator=gen_g, dtype=torch.float64).to(dtype)
+                p.grad = None if (step == 1 and i == len(ps) - 2) else g.to(device, dt)
+            opt.step()
+        out[backend] = (ps, opt)
+    return out["numpy"], out["triton"]
+
+
+def assert_match(ref, got, rtol=1e-5, atol=1e-6):
+    (ps_ref, opt_ref), (ps_got, opt_got) = ref, got
+    for p, q in zip(ps_ref, ps_got):
+        torch.testing.assert_close(q.detach().cpu().to(p.dtype), p.detach(), rtol=rtol,
+                                   atol=atol, equal_nan=True)
+        sref, sgot = opt_ref.state.get(p, {}), opt_got.state.get(q, {})
+        assert sref.keys() == sgot.keys()
+        for key in sref:
+            torch.testing.assert_close(sgot[key].cpu().to(sref[key].dtype), sref[key],
+                                       rtol=rtol, atol=atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", list(library.PROGRAMS))
+def test_library_matches_numpy(name):
+    assert_match(*run_both(library.program(name)))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_match_numpy(path):
+    assert_match(*run_both(optdsl.load(path)))
+
+
+def test_reductions_match_numpy():
+    assert_match(*run_both(optdsl.compile(REDUCTIONS), sizes=(1, 0, 7, 1000, 4099, 70001)),
+                 rtol=1e-5)
+
+
+def test_float64():
+    for name in ("Adam", "LAMB", "NAdam", "Rprop"):
+        assert_match(*run_both(library.program(name), dtype=torch.float64), rtol=1e-12,
+                     atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB"])
+def test_half_precision(name, dtype):
+    eps = torch.finfo(dtype).eps
+    assert_match(*run_both(library.program(name), dtype=dtype), rtol=2 * eps, atol=1e-3)
+    assert_match(*run_both(library.program(name), dtype=dtype, reference_dtype=torch.float32),
+                 rtol=8 * eps, atol=8 * eps)
+
+
+def test_non_contiguous_and_misaligned():
+    def make(b):  # transposed (non-contiguous) 2-D parameters
+        return b.reshape(-1, 1).expand(-1, 3).t().contiguous().t()
+
+    assert_match(*run_both(library.program("Adam"), sizes=(7, 3000), make=make))
+    big = torch.randn(10001, device="cuda")
+    p = torch.nn.Parameter(big[1:])  # contiguous, data pointer not 16-byte aligned
+    q = torch.nn.Parameter(big[1:].cpu().clone())
+    p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+    library.Adam([p], backend="triton").step()
+    library.Adam([q], backend="numpy").step()
+    torch.testing.assert_close(p.detach().cpu(), q.detach())
+
+
+def test_one_launch_per_pass_and_dtype(monkeypatch):
+    prog = optdsl.compile(REDUCTIONS)
+    runner = TritonRunner(prog)
+    module = runner.module()
+    log: list = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            log.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(module, "PASSES", tuple(
+        (Counting(k) if k else None, w, r) for k, w, r in module.PASSES))
+    prog.__dict__["triton_runner"] = runner
+    sizes = [3000, 1024, 5, 2048, 77]
+    ps = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in sizes]
+    ps.append(torch.nn.Parameter(torch.randn(9, device="cuda", dtype=torch.float64)))
+    opt = prog.optimizer(ps, backend="triton")
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    passes = sum(k is not None for k, _, _ in module.PASSES)
+    assert len(log) == 2 * passes
+    assert sorted(set(log)) == [(1,), (3 + 1 + 1 + 2 + 1,)]
