@@ -217,10 +217,11 @@ def test_functions_on_special_values(expr, dtype):
 
 def test_scalar_states_and_scalar_outputs():
     # w's new value is a per-parameter scalar (stored broadcast); c is a scalar state;
-    # m is a tensor state; a tensor state's constant assignment makes it scalar.
+    # m is a tensor state; k is a tensor state (one assignment is a tensor, LANGUAGE.md)
+    # whose final value is a constant, stored broadcast.
     prog = optdsl.compile("hyper lr = 0.1; state m = 0; state c = 0; state k = 0; m = m + g; "
                           "c = c + t; k = m; k = 2; w = c * lr - 0 * m")
-    assert prog.tensor_states == {"m"}
+    assert prog.tensor_states == {"m", "k"}
     ref, got = run_both(prog)
     assert_match(ref, got)
     ps, opt = got

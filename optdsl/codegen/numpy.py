@@ -93,7 +93,7 @@ def _emit_pass(out: CodeBuffer, schedule: Schedule, ps: Pass, state_order: list[
                 out.line(f"{value_name(v)} = p.red[{slot[v]}]")
             elif OPS[eq.op].category != LEAF:
                 emit_scalar(out, graph, v)
-        if ps.tensor:
+        if ps.tensor or ps.final:  # the final pass writes outputs even when all are scalar
             _emit_elementwise(out, schedule, ps, state_order, slot, usage)
         if ps.final:
             for name, v in schedule.scalar_outputs:

@@ -224,7 +224,7 @@ class _Generator:
             ptr = column_name(name)
             value = value_name(v)
             if eqs[v].kind.level != Level.TENSOR:
-                value = f"({value} + tl.zeros([BLOCK], CT))"
+                value = f"tl.broadcast_to({value}, [BLOCK])"
             self.helpers.add("_stored")
             out.line(f"tl.store({ptr} + offs, _stored({value}, {ptr}.dtype.element_ty), "
                      f"mask=mask)", f"{name} =")

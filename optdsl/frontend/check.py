@@ -248,16 +248,19 @@ class _Checker:
         while True:
             builder = Builder()
             env = self.initial_env(builder, tensor_state)
+            widened: list[str] = []
             for stmt in self.assigns:
                 value = self.lower_expr(stmt.value, env, builder, line=stmt.span.line)
                 env[stmt.target] = value
+                if stmt.target in tensor_state and not tensor_state[stmt.target] and \
+                        builder.kind(value).is_tensor and stmt.target not in widened:
+                    widened.append(stmt.target)  # any tensor assignment makes a tensor state
                 if stmt.target == "w" or stmt.target in tensor_state:
                     kind = builder.kind(value)
                     if kind.mask:
                         raise self.error(f"`{stmt.target}` is assigned a mask (a comparison); "
                                          f"use where(mask, a, b) to turn it into numbers",
                                          stmt.value.span)
-            widened = [n for n in names if not tensor_state[n] and builder.kind(env[n]).is_tensor]
             if not widened:
                 break
             for name in widened:

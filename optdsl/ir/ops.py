@@ -172,7 +172,7 @@ for _name, _fn, _sym in (("lt", "less", "<"), ("le", "less_equal", "<="),
                          ("eq", "equal", "=="), ("ne", "not_equal", "!=")):
     _row(Op(_name, 2, COMPARE, getattr(np, _fn), f"bool({{0}} {_sym} {{1}})", _ufunc(_fn, 2),
             f"{{0}} {_sym} {{1}}", symbol=_sym))
-_row(Op("where", 3, SELECT, np.where, "({1} if {0} else {2})",
+_row(Op("where", 3, SELECT, np.where, "np.float64({1} if {0} else {2})",
         "np.copyto({out}, {2}); np.copyto({out}, {1}, where={0})", "tl.where({0}, {1}, {2})",
         dsl="where"))
 

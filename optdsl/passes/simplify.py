@@ -17,7 +17,7 @@ import math
 
 from optdsl.ir.builder import Builder, rebuild
 from optdsl.ir.nodes import Eq, Graph
-from optdsl.ir.ops import OPS
+from optdsl.ir.ops import OPS, result_kind
 
 
 def _const(builder: Builder, v: int) -> float | None:
@@ -51,12 +51,17 @@ def simplify(graph: Graph) -> Graph:
             if _is(consts[1], 2.0):
                 return builder.op("square", (args[0],), eq.line)
         elif op == "where":
-            if args[1] == args[2]:
+            # A branch replaces the where only if it has the where's kind: where(g > 0, t, t)
+            # is a tensor (t broadcast), and a reduction of it must still see a tensor.
+            kind = result_kind(OPS["where"], [builder.kind(a) for a in args])
+            if args[1] == args[2] and builder.kind(args[1]) == kind:
                 return args[1]
             mask = builder.eqs[args[0]]
             if mask.args and all(builder.eqs[a].op == "const" for a in mask.args):
                 chosen = OPS[mask.op].evaluate(*[builder.eqs[a].attr for a in mask.args])
-                return args[1] if chosen else args[2]
+                branch = args[1] if chosen else args[2]
+                if builder.kind(branch) == kind:
+                    return branch
         return None
 
     return rebuild(graph, rewrite)

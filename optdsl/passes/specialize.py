@@ -24,7 +24,9 @@ def flag_masks(graph: Graph) -> tuple[int, ...]:
     read_as_mask = {eq.args[0] for eq in graph.eqs if eq.op == "where"}
     return tuple(v for v in sorted(read_as_mask)
                  if OPS[graph.eqs[v].op].category == COMPARE
-                 and graph.eqs[v].kind.level <= Level.GROUP)
+                 and graph.eqs[v].kind.level <= Level.GROUP
+                 and not any(OPS[graph.eqs[a].op].is_reduction  # global_norm is group-level
+                             for a in _ancestors(graph, [v])))
 
 
 def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
@@ -58,38 +60,38 @@ def _ancestors(graph: Graph, roots) -> set[int]:
 
 
 def specialize(graph: Graph, choice: dict[int, bool]) -> Graph:
-    """Replace where(m, a, b) by a or b for every mask m in ``choice``."""
-
-    # Map old ids to new ones while rewriting; a where over a chosen mask becomes its branch.
-    builder = Builder()
-    alive = _live_with_choice(graph, choice)
-    new_id: dict[int, int] = {}
-    for i, eq in enumerate(graph.eqs):
-        if not alive[i]:
-            continue
-        if eq.op == "where" and eq.args[0] in choice:
-            new_id[i] = new_id[eq.args[1] if choice[eq.args[0]] else eq.args[2]]
-            continue
-        new_id[i] = copy_eq(builder, eq, tuple(new_id[a] for a in eq.args))
-    return builder.graph([(name, new_id[v]) for name, v in graph.outputs], graph.meta)
-
-
-def _live_with_choice(graph: Graph, choice: dict[int, bool]) -> list[bool]:
+    """Replace where(m, a, b) by a or b for every mask m in ``choice`` (unless the branch is
+    of a lower level than the where, e.g. a scalar branch of a tensor where: a reduction
+    of it must still see a tensor, so that where stays)."""
+    picked = _picks(graph, choice)
     alive = [False] * len(graph.eqs)
     for _, v in graph.outputs:
         alive[v] = True
     for i in range(len(graph.eqs) - 1, -1, -1):
+        if alive[i]:
+            for a in (picked[i],) if i in picked else graph.eqs[i].args:
+                alive[a] = True
+    builder = Builder()
+    new_id: dict[int, int] = {}
+    for i, eq in enumerate(graph.eqs):
         if not alive[i]:
             continue
-        eq = graph.eqs[i]
-        if eq.op == "where" and eq.args[0] in choice:
-            alive[eq.args[1] if choice[eq.args[0]] else eq.args[2]] = True
+        if i in picked:
+            new_id[i] = new_id[picked[i]]
         else:
-            for a in eq.args:
-                alive[a] = True
-    return alive
+            new_id[i] = copy_eq(builder, eq, tuple(new_id[a] for a in eq.args))
+    return builder.graph([(name, new_id[v]) for name, v in graph.outputs], graph.meta)
 
 
+def _picks(graph: Graph, choice: dict[int, bool]) -> dict[int, int]:
+    """For each where() that can be resolved, the value it becomes."""
+    picked = {}
+    for i, eq in enumerate(graph.eqs):
+        if eq.op == "where" and eq.args[0] in choice:
+            branch = eq.args[1] if choice[eq.args[0]] else eq.args[2]
+            if graph.eqs[branch].kind == eq.kind:
+                picked[i] = branch
+    return picked
 
 INV_GRAD_SCALE = "__inv_grad_scale"  # user names cannot start with "__" (the checker says so)
 
