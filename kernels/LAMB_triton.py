@@ -233,8 +233,8 @@ def step(hyper, params, launch):
         v34 = bool(v31 > 0.0)  # line 25
         v35 = bool(v32 > 0.0)  # line 25
         v36 = (v31 / v32)  # line 25
-        v37 = (v36 if v35 else 1.0)  # line 25
-        v38 = (v37 if v34 else 1.0)  # line 25
+        v37 = np.float64(v36 if v35 else 1.0)  # line 25
+        v38 = np.float64(v37 if v34 else 1.0)  # line 25
         v39 = (h_lr * v38)  # line 26
         p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v12, v16, v21, v24, v39)  # scalar-table row
     launch(1, params)

@@ -158,8 +158,8 @@ def step(hyper, params, launch):
         v15 = (v9 + v14)  # line 20
         v16 = (v15 + h_eps)  # line 20
         v17 = (v13 / v16)  # line 20
-        v19 = (v17 if v12 else 1.0)  # line 20
-        v20 = (v19 if v11 else 1.0)  # line 20
+        v19 = np.float64(v17 if v12 else 1.0)  # line 20
+        v20 = np.float64(v19 if v11 else 1.0)  # line 20
         v22 = (h_lr * v20)  # line 21
         p.scalars = (h_momentum, h_weight_decay, v22)  # scalar-table row
     launch(1, params)
