@@ -32,7 +32,8 @@ class DslOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
     positional: tuple[str, ...] = ()  # the keywords that may also be given by position
 
-    def __init__(self, params, *args: Any, backend: str = "auto", **kwargs: Any) -> None:
+    def __init__(self, params, *args: Any, backend: str = "auto", skip_nonfinite: bool = False,
+                 **kwargs: Any) -> None:
         specs = self.program.hypers
         if len(args) > len(self.positional):
             raise TypeError(f"{type(self).__name__} takes at most {len(self.positional)} "
@@ -48,6 +49,9 @@ class DslOptimizer(torch.optim.Optimizer):
         select.choose(backend, [])  # reject unknown names before touching params
         self._backend_request = backend
         self._backend: str | None = None
+        # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skipped_steps = 0
         super().__init__(params, defaults)
         self._choose_backend()
 
@@ -77,12 +81,16 @@ class DslOptimizer(torch.optim.Optimizer):
         state = super().__getstate__()
         state["_backend_request"] = self._backend_request
         state["_backend"] = self._backend
+        state["skip_nonfinite"] = self.skip_nonfinite
+        state["skipped_steps"] = self.skipped_steps
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_backend_request", "auto")
         self.__dict__.setdefault("_backend", None)
+        self.__dict__.setdefault("skip_nonfinite", False)
+        self.__dict__.setdefault("skipped_steps", 0)
 
     # -- state --------------------------------------------------------------------------------
     def _state_keys(self) -> list[tuple[str, bool]]:
@@ -113,6 +121,9 @@ class DslOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and float(found_inf) != 0:
             return loss  # GradScaler found inf/NaN: parameters, state and t stay as they are
+        if self.skip_nonfinite and not self._grads_finite():
+            self.skipped_steps += 1
+            return loss
         grad_scale = getattr(self, "grad_scale", None)
         runner = self._runner()
         keys = self._state_keys()
@@ -136,6 +147,13 @@ class DslOptimizer(torch.optim.Optimizer):
             if entries:
                 runner.run(hyper, entries, keys)
         return loss
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        flags = [torch.isfinite(g).all() for g in grads]
+        return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
     def _runner(self):
         if self._backend is None:

@@ -222,3 +222,19 @@ def test_schedule_composes_with_torch_lr_scheduler():
         sched.step()
         expected -= lr * 0.9 ** (t - 1)
         torch.testing.assert_close(w, torch.full((2,), expected, dtype=torch.float64))
+
+
+def test_skip_nonfinite_leaves_everything_unchanged():
+    from optdsl.library import Adam
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Adam([p], lr=0.1, skip_nonfinite=True)
+    p.grad = torch.ones(3)
+    opt.step()
+    before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+    p.grad = torch.tensor([1.0, float("inf"), 1.0])
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert torch.equal(p.detach(), before[0])
+    for key, value in opt.state[p].items():
+        assert torch.equal(value, before[1][key]), key
