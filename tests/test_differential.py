@@ -465,7 +465,7 @@ BAD_VALUES = {
     "Adadelta": [dict(lr=-0.1), dict(rho=1.5), dict(rho=-0.1), dict(eps=-1.0),
                  dict(weight_decay=-1.0)],
     "Rprop": [dict(lr=-0.1), dict(etas=(0.0, 1.2)), dict(etas=(0.5, -1.0))],
-    "Lion": [dict(lr=-0.1), dict(lr=0.0), dict(betas=(1.5, 0.99)), dict(betas=(0.9, -0.1)),
+    "Lion": [dict(lr=-0.1), dict(betas=(1.5, 0.99)), dict(betas=(0.9, -0.1)),
              dict(weight_decay=-1.0)],
     "PolyakSGD": [dict(lr=-0.1), dict(momentum=-1.0), dict(weight_decay=-1.0)],
 }
