@@ -50,25 +50,25 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, sp, CT: tl.constexpr, BLOCK: tl.conste
     v2 = tl.load(sp + 0)  # h_lr
     v3 = tl.load(sp + 1)  # h_beta1
     v4 = tl.load(sp + 2)  # h_beta2
-    v9 = tl.load(sp + 3) != 0.0  # line 21
-    v14 = tl.load(sp + 4)  # line 22
-    v17 = tl.load(sp + 5)  # line 23
-    v24 = tl.load(sp + 6)  # line 25
+    v9 = tl.load(sp + 3) != 0.0  # line 23
+    v14 = tl.load(sp + 4)  # line 24
+    v17 = tl.load(sp + 5)  # line 25
+    v24 = tl.load(sp + 6)  # line 27
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
-    v10 = -v1  # line 21
-    v11 = tl.where(v9, v10, v1)  # line 21
-    v15 = v0 * v14  # line 22
-    v16 = v3 * v7  # line 23
-    v18 = v17 * v11  # line 23
-    v19 = v16 + v18  # line 23
-    v20 = _sign(v19)  # line 23
-    v21 = v2 * v20  # line 24
-    v22 = v15 - v21  # line 24
-    v23 = v4 * v7  # line 25
-    v25 = v24 * v11  # line 25
-    v26 = v23 + v25  # line 25
+    v10 = -v1  # line 23
+    v11 = tl.where(v9, v10, v1)  # line 23
+    v15 = v0 * v14  # line 24
+    v16 = v3 * v7  # line 25
+    v18 = v17 * v11  # line 25
+    v19 = v16 + v18  # line 25
+    v20 = _sign(v19)  # line 25
+    v21 = v2 * v20  # line 26
+    v22 = v15 - v21  # line 26
+    v23 = v4 * v7  # line 27
+    v25 = v24 * v11  # line 27
+    v26 = v23 + v25  # line 27
     tl.store(p_w + offs, _stored(v22, p_w.dtype.element_ty), mask=mask)  # w =
     tl.store(p_s_m + offs, _stored(v26, p_s_m.dtype.element_ty), mask=mask)  # m =
 
@@ -110,11 +110,11 @@ def step(hyper, params, launch):
     h_lr = np.float64(hyper['lr'])
     h_maximize = np.float64(hyper['maximize'])
     h_weight_decay = np.float64(hyper['weight_decay'])
-    v9 = bool(h_maximize != 0.0)  # line 21
-    v13 = (h_lr * h_weight_decay)  # line 22
-    v14 = (1.0 - v13)  # line 22
-    v17 = (1.0 - h_beta1)  # line 23
-    v24 = (1.0 - h_beta2)  # line 25
+    v9 = bool(h_maximize != 0.0)  # line 23
+    v13 = (h_lr * h_weight_decay)  # line 24
+    v14 = (1.0 - v13)  # line 24
+    v17 = (1.0 - h_beta1)  # line 25
+    v24 = (1.0 - h_beta2)  # line 27
     for p in params:  # final pass: updates
         t = np.float64(p.t)
         p.scalars = (h_lr, h_beta1, h_beta2, v9, v14, v17, v24)  # scalar-table row

@@ -57,10 +57,11 @@ class DslError(Exception):
         head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
         if self.source is None or self.span is None:
             return head
-        lines = self.source.splitlines()
+        lines = source_lines(self.source)
         if not 1 <= self.span.line <= len(lines):
             return head
-        text = lines[self.span.line - 1].replace("\t", " ")
+        # tabs and other invisible or control characters show as one space each
+        text = "".join(c if c.isprintable() else " " for c in lines[self.span.line - 1])
         width = max(1, min(self.span.length, len(text) - self.span.column + 1))
         caret = " " * (self.span.column - 1) + "^" * width
         gutter = f"{self.span.line:4d} | "
@@ -68,6 +69,16 @@ class DslError(Exception):
 
     def __reduce__(self):  # keep pickling (multiprocessing) working with keyword-only args
         return (_rebuild, (self.message, self.span, self.filename, self.source))
+
+
+def source_lines(source: str) -> list[str]:
+    r"""The program's lines as the parser numbers them: only ``\n`` ends a line (``\r\n`` is
+    one end), so form feeds, ``\x1c``-``\x1e``, ``\x85`` and U+2028 inside a line or comment
+    do not shift the lines (``str.splitlines`` would)."""
+    lines = source.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _rebuild(message: str, span: Span | None, filename: str, source: str | None) -> DslError:

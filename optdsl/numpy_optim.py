@@ -17,7 +17,7 @@ from optdsl.runtime.numpy_step import COMPUTE_DTYPES, Slot
 
 
 class NumpyOptimizer:
-    def __init__(self, program, arrays: Sequence[np.ndarray], **hypers: Any) -> None:
+    def __init__(self, program, arrays: Sequence[np.ndarray], /, **hypers: Any) -> None:
         self.program = program
         arrays = list(arrays)
         for i, a in enumerate(arrays):

@@ -115,7 +115,7 @@ class Program:
         lr=1e-3)``."""
         return self.optimizer_class(params, backend=backend, **hypers)
 
-    def numpy_optimizer(self, arrays, **hypers: Any):
+    def numpy_optimizer(self, arrays, /, **hypers: Any):
         """An optimizer over plain NumPy arrays, updated in place by ``step(grads)``."""
         from optdsl.numpy_optim import NumpyOptimizer
 

@@ -16,7 +16,7 @@ import torch
 
 from optdsl import hypers as hyper_values
 from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.runtime import select
+from optdsl.runtime import distributed, select
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -91,6 +91,19 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_backend", None)
         self.__dict__.setdefault("skip_nonfinite", False)
         self.__dict__.setdefault("skipped_steps", 0)
+        # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
+        # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
+        specs = self.program.hypers if self.program is not None else {}
+        for group in self.param_groups:
+            for name, spec in specs.items():
+                if not spec.required:
+                    group.setdefault(name, spec.default)
+            for name, default in hyper_values.TORCH_FLAGS.items():
+                group.setdefault(name, default)
+        for param_state in self.state.values():
+            step = param_state.get("step") if isinstance(param_state, dict) else None
+            if step is not None and not torch.is_tensor(step):
+                param_state["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
 
     # -- state --------------------------------------------------------------------------------
     def _state_keys(self) -> list[tuple[str, bool]]:
@@ -145,13 +158,22 @@ class DslOptimizer(torch.optim.Optimizer):
                 step += 1
                 entries.append((param, grad, state, float(step)))
             if entries:
-                runner.run(hyper, entries, keys)
+                # DTensor parameters (FSDP2): the runner updates the local shards, and the
+                # combiner all-reduces reduction partials across ranks; None otherwise.
+                entries, combine = distributed.localize(entries, keys)
+                if combine is None:
+                    runner.run(hyper, entries, keys)
+                else:
+                    runner.run(hyper, entries, keys, combine=combine)
         return loss
 
     def _grads_finite(self) -> bool:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return True
+        agreed = distributed.all_finite(grads)  # DTensor gradients: agreed across ranks
+        if agreed is not None:
+            return agreed
         flags = [torch.isfinite(g).all() for g in grads]
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
@@ -167,6 +189,9 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
     """A state's first value, from its init graph (constants, hypers and w)."""
     from optdsl.ir.evaluate import evaluate
 
+    if distributed.is_dtensor(param):  # state sharded like its parameter, as torch.optim's
+        local = _initial_value(spec, param.to_local(), hyper)
+        return distributed.like_param(param, local) if spec.tensor else local
     graph = spec.init
     (_, out), = graph.outputs
     needs_w = any(eq.op == "w" for eq in graph.eqs)

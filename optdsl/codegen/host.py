@@ -29,7 +29,8 @@ def scalar_ref(graph: Graph, v: int) -> str:
     """How host code refers to scalar value v."""
     eq = graph.eqs[v]
     if eq.op == "const":  # every scalar op has a float64 argument besides, after folding
-        return format_float(eq.attr)
+        text = format_float(eq.attr)
+        return f"({text})" if text.startswith("-") else text  # (-1.0) ** t, not -(1.0 ** t)
     if eq.op == "hyper":
         return hyper_name(eq.attr)
     if eq.op == "state":

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optdsl.errors import DslError, Span, suggest
+from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
 from optdsl.frontend.signature import HyperSpec, Interval, StateSpec
+from optdsl.hypers import TORCH_FLAGS
 from optdsl.ir.builder import Builder
 from optdsl.ir.nodes import Graph
 from optdsl.passes.cse_dce import cse_dce
@@ -26,6 +27,7 @@ from optdsl.ir.ops import (
     COMPARE,
     FUNCTIONS,
     GLOBAL,
+    KEYWORDS,
     OPS,
     REDUCE,
     RESERVED_NAMES,
@@ -36,6 +38,11 @@ from optdsl.ir.ops import (
 
 BUILTIN = ("w", "g", "t")
 RESERVED_KEYS = frozenset({"step"})
+# Keywords of the optimizer a program becomes (optdsl.torch_optim: params, backend,
+# skip_nonfinite and torch's flags): a hyper is a constructor keyword and a param-group
+# key, so it cannot take one of these names.
+CONSTRUCTOR_KEYWORDS = frozenset({"self", "params", "backend", "skip_nonfinite"}) | frozenset(
+    TORCH_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class _Checker:
 
     def declare_hyper(self, item: ast.HyperItem) -> None:
         self._new_name(item.name, item.span, "hyper")
+        self.check_keyword(item.name, item.span)
         interval = self.interval(item.interval) if item.interval else None
         parts = None
         if item.parts is not None:
@@ -119,6 +127,11 @@ class _Checker:
         self.hypers[item.name] = spec
         if parts:
             self.tuple_names[item.name] = spec
+
+    def check_keyword(self, name: str, span: Span) -> None:
+        if name in CONSTRUCTOR_KEYWORDS:
+            raise self.error(f"`{name}` is a keyword of the optimizer's constructor and cannot "
+                             f"name a hyperparameter; choose another name", span)
 
     def check_default(self, name: str, value: float, interval: Interval | None,
                       span: Span) -> None:
@@ -169,7 +182,7 @@ class _Checker:
             return float(_evaluate_constant(builder, value))
 
     def text(self, span: Span) -> str:
-        lines = self.module.source.splitlines()
+        lines = source_lines(self.module.source)
         line = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
         return line[span.column - 1: span.column - 1 + span.length]
 
@@ -185,6 +198,8 @@ class _Checker:
         return op
 
     def check_name(self, name: str, span: Span) -> None:
+        if name in KEYWORDS:
+            raise self.error(f"`{name}` is a keyword and cannot be used as a name", span)
         if name.startswith("__"):
             raise self.error(f"names starting with `__` are reserved for the compiler: "
                              f"`{name}`", span)
@@ -225,6 +240,7 @@ class _Checker:
             raise self.error("the program never assigns `w`; an optimizer must update the "
                              "parameter, e.g. `w = w - lr * g`", last)
         for name, span in inferred_hypers.items():
+            self.check_keyword(name, span)
             self.hypers[name] = HyperSpec(name, None, inferred=True, line=span.line)
             self.hyper_scalars[name] = span
         return list(inferred_hypers)
@@ -361,6 +377,12 @@ class _Checker:
             if item is None:
                 init = builder.const(0.0)
                 key, line = name, self.inferred_states[name].line
+                if key in RESERVED_KEYS:
+                    raise self.error(
+                        f"state `{name}` would be saved under the state_dict key `{key}`, "
+                        f"which holds the step number `t`; rename it, or declare it with "
+                        f"another key: `state {name} = 0 as {name}_value`",
+                        self.inferred_states[name])
             else:
                 env = {"w": builder.leaf("w")}
                 for hyper in self.hyper_scalars:

@@ -12,7 +12,7 @@ from pathlib import Path
 import lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from optdsl.errors import DslError, Span
+from optdsl.errors import DslError, Span, source_lines
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "optdsl.lark"
 
@@ -70,14 +70,19 @@ def _describe(token: lark.Token) -> str:
         return "end of input"
     if token.type == "_NL":
         return "end of line"
-    return f"`{token}`"
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(token))
+    return f"`{text}`"
 
 
 def parse(source: str, filename: str = "<string>") -> lark.Tree:
     """Parse program text; raise DslError (with file, line, column, caret) on a syntax error."""
     if "\x00" in source:
-        raise DslError("program text contains a NUL character", Span(1, 1), filename=filename,
-                       source=source)
+        at = source.index("\x00")
+        line = source.count("\n", 0, at) + 1
+        column = at - (source.rfind("\n", 0, at) + 1) + 1
+        raise DslError("program text contains a NUL character", Span(line, column),
+                       filename=filename, source=source)
     try:
         return _parser().parse(source)
     except UnexpectedInput as exc:  # the one place Lark's errors become ours
@@ -87,20 +92,24 @@ def parse(source: str, filename: str = "<string>") -> lark.Tree:
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str) -> DslError:
     if isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
-        message = f"unexpected character `{char}`"
-        if not char.isascii():
-            message += f" (U+{ord(char):04X}); names and operators are ASCII only"
+        if char.isascii() and char.isprintable():
+            message = f"unexpected character `{char}`"
+        else:  # control and invisible characters are named by code point, never printed
+            shown = f"`{char}` " if char.isprintable() else ""
+            message = f"unexpected character {shown}(U+{ord(char):04X})"
+            if not char.isascii():
+                message += "; names and operators are ASCII only"
         span = Span(exc.line, exc.column)
     elif isinstance(exc, UnexpectedToken):
         token = exc.token
         message = f"unexpected {_describe(token)}" + _expected(exc.accepts or exc.expected)
         if token.type == "$END":
-            lines = source.splitlines() or [""]
+            lines = source_lines(source) or [""]
             span = Span(len(lines), len(lines[-1]) + 1)
         else:
             span = Span(token.line or 1, token.column or 1, max(1, len(str(token).rstrip("\n"))))
     elif isinstance(exc, UnexpectedEOF):
-        lines = source.splitlines() or [""]
+        lines = source_lines(source) or [""]
         message = "unexpected end of input" + _expected(set(exc.expected))
         span = Span(len(lines), len(lines[-1]) + 1)
     else:  # pragma: no cover - Lark has no other UnexpectedInput kinds today

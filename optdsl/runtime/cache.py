@@ -59,16 +59,21 @@ def _writable(path: Path) -> bool:
 
 def cache_dir() -> Path:
     """The cache directory, created if needed; a private temporary one when unwritable."""
-    global _FALLBACK
     path = default_dir()
     if _writable(path):
         return path
+    return _fallback(f"optdsl cache directory {path} is not writable")
+
+
+def _fallback(reason: str) -> Path:
+    """The private temporary cache directory of this process, made (with a warning saying
+    ``reason``) on first use."""
+    global _FALLBACK
     with _LOCK:
         if _FALLBACK is None or not _FALLBACK.is_dir():
             _FALLBACK = Path(tempfile.mkdtemp(prefix="optdsl-cache-"))
-            warnings.warn(f"optdsl cache directory {path} is not writable; using {_FALLBACK} "
-                          f"for this process (set OPTDSL_CACHE_DIR to choose another)",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{reason}; using {_FALLBACK} for this process (set "
+                          f"OPTDSL_CACHE_DIR to choose another)", RuntimeWarning, stacklevel=4)
         return _FALLBACK
 
 
@@ -139,7 +144,14 @@ def _ensure(directory: Path, source: str, tag: str, key: str) -> Path:
         if existing is not None:
             warnings.warn(f"optdsl cache entry {path} is corrupt; rebuilding it",
                           RuntimeWarning, stacklevel=4)
-        _write_atomic(path, source)
+        try:
+            _write_atomic(path, source)
+        except OSError as exc:  # e.g. a directory in the entry's place, or a full disk
+            fallback = _fallback(f"optdsl cache entry {path} cannot be written "
+                                 f"({exc.strerror or type(exc).__name__})")
+            if fallback == directory:
+                raise
+            return _ensure(fallback, source, tag, key)
     return path
 
 
@@ -162,7 +174,11 @@ def load_module(source: str, tag: str, options: Mapping[str, object] | None = No
         except Exception as exc:  # noqa: BLE001 - an entry changed underfoot: rewrite, retry
             warnings.warn(f"optdsl cache entry {path} failed to import ({type(exc).__name__}); "
                           f"rebuilding it", RuntimeWarning, stacklevel=2)
-            _write_atomic(path, source)
+            try:
+                _write_atomic(path, source)
+            except OSError:
+                path = _ensure(_fallback(f"optdsl cache entry {path} cannot be rewritten"),
+                               source, tag, key)
             module = _import(path, name)
         _MODULES[(key, variant)] = module
         return module

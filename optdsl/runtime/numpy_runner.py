@@ -35,6 +35,15 @@ class _Staged:
             self.tensor.copy_(torch.from_numpy(self.array).view(self.tensor.shape))
 
 
+class _Slots(list):
+    """The slots of a distributed step: the generated code calls ``combine`` after each
+    reduction pass (see optdsl.codegen.numpy)."""
+
+    def __init__(self, combine) -> None:
+        super().__init__()
+        self.combine = combine
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -43,10 +52,11 @@ class NumpyRunner:
     def __init__(self, program) -> None:
         self.program = program
 
-    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]]
-            ) -> None:
-        """entries: (param, grad, state dict, t) for each parameter that has a gradient."""
-        slots, written = [], []
+    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
+            combine=None) -> None:
+        """entries: (param, grad, state dict, t) for each parameter that has a gradient.
+        ``combine``: a distributed.ShardCombiner when some parameters are local shards."""
+        slots, written = ([], []) if combine is None else (_Slots(combine), [])
         for param, grad, state, t in entries:
             compute = compute_dtype(param.dtype)
             w = _Staged(param.detach(), compute)

@@ -152,9 +152,10 @@ class TritonRunner:
         return found
 
     # -- one step ------------------------------------------------------------------------------
-    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]]
-            ) -> None:
-        """entries: (param, grad, state dict, t) for each parameter that has a gradient."""
+    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
+            combine=None) -> None:
+        """entries: (param, grad, state dict, t) for each parameter that has a gradient.
+        ``combine``: a distributed.ShardCombiner when some parameters are local shards."""
         module = self.module(self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper))
         tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
         if len(tensor_keys) != len(module.TENSORS) - 2:
@@ -167,7 +168,7 @@ class TritonRunner:
         plan = self._plan(entries, tensor_keys)
 
         def launch(k: int, params: list) -> None:
-            self._launch(module, plan, k, params)
+            self._launch(module, plan, k, params, combine)
 
         with np.errstate(all="ignore"):
             module.step(hyper, slots, launch)
@@ -238,10 +239,11 @@ class TritonRunner:
         return plan
 
     # -- launches ------------------------------------------------------------------------------
-    def _launch(self, module, plan: _Plan, k: int, params: list) -> None:
+    def _launch(self, module, plan: _Plan, k: int, params: list, combiner=None) -> None:
         kernel, width, reductions = module.PASSES[k]
         if kernel is None:
             return
+        finish = _finish if combiner is None else _raw
         pending = []
         for bucket in plan.buckets:
             if width:
@@ -270,16 +272,23 @@ class TritonRunner:
                 combine = np.maximum if kind == "maxabs" else np.add
                 totals = combine.reduceat(column, bucket.first)
                 for m, index in enumerate(bucket.members):
-                    params[index].red[slot] = _finish(kind, totals[m], bucket.sizes_host[m])
+                    params[index].red[slot] = finish(kind, totals[m], bucket.sizes_host[m])
         for index, numel in enumerate(plan.numel):
             if numel == 0:
                 for slot, kind in reductions:
-                    params[index].red[slot] = np.float64(_EMPTY[kind])
+                    params[index].red[slot] = np.float64(_EMPTY[kind] if combiner is None
+                                                         else 0.0)
+        if combiner is not None and reductions:  # sharded parameters: partials across ranks
+            combiner(params, reductions)
 
 
 def _on(device: torch.device):
     """Launch on ``device`` (Triton launches on the current CUDA device)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _raw(kind: str, total: float, n: int) -> np.float64:
+    return np.float64(total)  # finished by the combiner, after the partials are combined
 
 
 def _finish(kind: str, total: float, n: int) -> np.float64:

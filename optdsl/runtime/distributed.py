@@ -1,0 +1,162 @@
+"""Parameters sharded across processes as DTensors (FSDP2's fully_shard, tensor parallelism).
+
+The optimizer updates the shard each rank holds: ``localize`` turns a param group's entries
+into their local shards (``param.to_local()``, the gradient's and every tensor state's local
+shard; writes go through, they share storage) and returns a ``ShardCombiner`` for the runner.
+Element-wise work needs nothing more. Reductions do: a rank computes each parameter's raw
+partial (sum, sum of squares, dot product, max |x|) over its own shard, and the combiner
+all-reduces the partials of sharded parameters over the mesh dimensions the parameter is
+sharded on (SUM, or MAX for maxabs), then finishes them (``sqrt`` for norm, division by the
+full tensor's element count for mean). Group-wide reductions (global_norm, global_sum) are
+summed over parameters afterwards by the generated code, from these per-parameter totals, so
+a replicated (plain) parameter in the same group is counted once. One collective per pass,
+process group and operator: every partial of the pass travels in one float64 tensor.
+
+Every rank runs the same collectives in the same order, including a rank whose local shards
+are empty (zero-size shards when a tensor has fewer rows than ranks): its partials are 0.
+
+Nothing here runs, nor is ``torch.distributed.tensor`` imported, unless a parameter is a
+DTensor; ``DTensor`` can only exist once that module has been imported by someone else.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _dtensor_class() -> type | None:
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def is_dtensor(x: Any) -> bool:
+    cls = _dtensor_class()
+    return cls is not None and isinstance(x, cls)
+
+
+def like_param(param, local: torch.Tensor):
+    """A DTensor sharded as ``param`` whose local shard is ``local`` (new optimizer state)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=param.stride())
+
+
+class _Sharding:
+    """How one parameter is sharded: the process groups to reduce its partials over."""
+
+    __slots__ = ("device", "groups", "key")
+
+    def __init__(self, param) -> None:
+        mesh = param.device_mesh
+        dims = [d for d, placement in enumerate(param.placements) if placement.is_shard()]
+        self.groups = tuple(mesh.get_group(d) for d in dims)
+        self.key = (id(mesh), tuple(dims))
+        self.device = torch.device(mesh.device_type)  # where the backend wants collectives
+
+
+class ShardCombiner:
+    """Combines one param group's reduction partials across ranks, then finishes them.
+
+    Called as ``combiner(params, ((slot, kind), ...))`` after each reduction pass, where
+    ``params[i].red[slot]`` holds entry i's raw partial over its local shard.
+    """
+
+    def __init__(self, shardings: list[_Sharding | None], numel: list[int]) -> None:
+        self.shardings = shardings
+        self.numel = numel  # the full tensor's element count, for mean
+
+    def __call__(self, params, reductions) -> None:
+        import torch.distributed as dist
+
+        batches: dict = {}
+        for index, sharding in enumerate(self.shardings):
+            if sharding is None or not sharding.groups:
+                continue
+            for slot, kind in reductions:
+                op = "max" if kind == "maxabs" else "sum"
+                _, items = batches.setdefault((sharding.key, op), (sharding, []))
+                items.append((index, slot))
+        for (_, op), (sharding, items) in batches.items():
+            values = torch.tensor([float(params[i].red[s]) for i, s in items],
+                                  dtype=torch.float64).to(sharding.device)
+            reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+            for group in sharding.groups:
+                dist.all_reduce(values, op=reduce_op, group=group)
+            for (i, s), value in zip(items, values.cpu().tolist()):
+                params[i].red[s] = np.float64(value)
+        for index, p in enumerate(params):
+            n = self.numel[index]
+            for slot, kind in reductions:
+                if kind == "norm":
+                    p.red[slot] = np.sqrt(np.float64(p.red[slot]))
+                elif kind == "mean":
+                    p.red[slot] = np.float64(p.red[slot]) / n if n else np.float64(math.nan)
+
+
+def all_finite(grads: list) -> bool | None:
+    """Whether every gradient is finite on every rank holding a shard of it, when some are
+    DTensors (every rank must take the same decision: a rank that skips a step would leave
+    the others waiting in the step's collectives); None when none is a DTensor."""
+    cls = _dtensor_class()
+    if cls is None or not any(isinstance(g, cls) for g in grads):
+        return None
+    import torch.distributed as dist
+
+    finite = all(bool(torch.isfinite(g.to_local() if isinstance(g, cls) else g).all())
+                 for g in grads)
+    batches: dict = {}
+    for g in grads:
+        if isinstance(g, cls):
+            sharding = _Sharding(g)
+            batches.setdefault(sharding.key, sharding)
+    for sharding in batches.values():
+        flag = torch.tensor([1.0 if finite else 0.0]).to(sharding.device)
+        for group in sharding.groups:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        finite = bool(flag.item())
+    return finite
+
+
+def _local(param, value: torch.Tensor, what: str) -> torch.Tensor:
+    if not is_dtensor(value):
+        raise RuntimeError(f"{what} of a DTensor parameter is a plain tensor of shape "
+                           f"{tuple(value.shape)}; it must be a DTensor sharded like the "
+                           f"parameter (load sharded checkpoints with torch.distributed."
+                           f"checkpoint's set_optimizer_state_dict)")
+    if value.device_mesh != param.device_mesh or value.placements != param.placements:
+        if what != "the gradient":  # state is written through its local shard
+            raise RuntimeError(f"{what} is sharded as {value.placements} on "
+                               f"{value.device_mesh}, its parameter as {param.placements} "
+                               f"on {param.device_mesh}")
+        value = value.redistribute(param.device_mesh, param.placements)
+    return value.to_local()
+
+
+def localize(entries: list, state_keys: list[tuple[str, bool]]
+             ) -> tuple[list, ShardCombiner | None]:
+    """The entries on local shards and their combiner; ``(entries, None)`` when no parameter
+    is a DTensor (the usual case, which costs one isinstance per parameter)."""
+    cls = _dtensor_class()
+    if cls is None or not any(isinstance(entry[0], cls) for entry in entries):
+        return entries, None
+    local, shardings, numel = [], [], []
+    for param, grad, state, t in entries:
+        if not isinstance(param, cls):
+            local.append((param, grad, state, t))
+            shardings.append(None)
+            numel.append(param.numel())
+            continue
+        view = dict(state)  # scalar states: the same tensors, updated in place by the runner
+        for key, is_tensor in state_keys:
+            if is_tensor:
+                view[key] = _local(param, state[key], f"state[{key!r}]")
+        local.append((param.to_local(), _local(param, grad, "the gradient"), view, t))
+        shardings.append(_Sharding(param))
+        numel.append(param.numel())
+    return local, ShardCombiner(shardings, numel)
