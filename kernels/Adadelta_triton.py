@@ -66,34 +66,36 @@ def pass0_block(offs, n, p_w, p_g, p_s_v, p_s_u, sp, CT: tl.constexpr, BLOCK: tl
     v4 = tl.load(sp + 2)  # h_eps
     v5 = tl.load(sp + 3)  # h_weight_decay
     v10 = tl.load(sp + 4) != 0.0  # line 23
-    v17 = tl.load(sp + 5)  # line 25
+    v13 = tl.load(sp + 5) != 0.0  # line 24
+    v19 = tl.load(sp + 6)  # line 25
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v8 = tl.load(p_s_u + offs, mask=mask).to(CT)  # u
     v11 = -v1  # line 23
     v12 = tl.where(v10, v11, v1)  # line 23
-    v13 = v5 * v0  # line 24
-    v14 = v12 + v13  # line 24
-    v15 = v3 * v7  # line 25
-    v18 = v14 * v14  # line 25
-    v19 = v17 * v18  # line 25
-    v20 = v15 + v19  # line 25
-    v21 = v20 + v4  # line 26
-    v22 = _sqrt(v21)  # line 26
-    v23 = v8 + v4  # line 27
-    v24 = _sqrt(v23)  # line 27
-    v25 = _div(v24, v22)  # line 27
-    v26 = v25 * v14  # line 27
-    v27 = v3 * v8  # line 28
-    v28 = v26 * v26  # line 28
-    v29 = v17 * v28  # line 28
-    v30 = v27 + v29  # line 28
-    v31 = v2 * v26  # line 29
-    v32 = v0 - v31  # line 29
-    tl.store(p_w + offs, _stored(v32, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_v + offs, _stored(v20, p_s_v.dtype.element_ty), mask=mask)  # v =
-    tl.store(p_s_u + offs, _stored(v30, p_s_u.dtype.element_ty), mask=mask)  # u =
+    v14 = v5 * v0  # line 24
+    v15 = v12 + v14  # line 24
+    v16 = tl.where(v13, v15, v12)  # line 24
+    v17 = v3 * v7  # line 25
+    v20 = v16 * v16  # line 25
+    v21 = v19 * v20  # line 25
+    v22 = v17 + v21  # line 25
+    v23 = v22 + v4  # line 26
+    v24 = _sqrt(v23)  # line 26
+    v25 = v8 + v4  # line 27
+    v26 = _sqrt(v25)  # line 27
+    v27 = _div(v26, v24)  # line 27
+    v28 = v27 * v16  # line 27
+    v29 = v3 * v8  # line 28
+    v30 = v28 * v28  # line 28
+    v31 = v19 * v30  # line 28
+    v32 = v29 + v31  # line 28
+    v33 = v2 * v28  # line 29
+    v34 = v0 - v33  # line 29
+    tl.store(p_w + offs, _stored(v34, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_v + offs, _stored(v22, p_s_v.dtype.element_ty), mask=mask)  # v =
+    tl.store(p_s_u + offs, _stored(v32, p_s_u.dtype.element_ty), mask=mask)  # u =
 
 
 @triton.jit
@@ -115,7 +117,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
         p_s_u = tl.multiple_of(p_s_u, 16)
-    sp = scal + 6 * ti
+    sp = scal + 7 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_v, p_s_u, sp, CT, BLOCK, False)
     else:
@@ -124,7 +126,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 6, ()),
+    (pass0_kernel, 7, ()),
 )
 
 
@@ -136,8 +138,9 @@ def step(hyper, params, launch):
     h_rho = np.float64(hyper['rho'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v10 = bool(h_maximize != 0.0)  # line 23
-    v17 = (1.0 - h_rho)  # line 25
+    v13 = bool(h_weight_decay != 0.0)  # line 24
+    v19 = (1.0 - h_rho)  # line 25
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        p.scalars = (h_lr, h_rho, h_eps, h_weight_decay, v10, v17)  # scalar-table row
+        p.scalars = (h_lr, h_rho, h_eps, h_weight_decay, v10, v13, v19)  # scalar-table row
     launch(0, params)

@@ -64,23 +64,25 @@ def pass0_block(offs, n, p_w, p_g, p_s_acc, sp, CT: tl.constexpr, BLOCK: tl.cons
     v5 = tl.load(sp + 0)  # h_weight_decay
     v6 = tl.load(sp + 1)  # h_eps
     v10 = tl.load(sp + 2) != 0.0  # line 28
-    v19 = tl.load(sp + 3)  # line 30
+    v13 = tl.load(sp + 3) != 0.0  # line 29
+    v21 = tl.load(sp + 4)  # line 30
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v8 = tl.load(p_s_acc + offs, mask=mask).to(CT)  # acc
     v11 = -v1  # line 28
     v12 = tl.where(v10, v11, v1)  # line 28
-    v13 = v5 * v0  # line 29
-    v14 = v12 + v13  # line 29
-    v20 = v14 * v14  # line 31
-    v21 = v8 + v20  # line 31
-    v22 = _sqrt(v21)  # line 32
-    v23 = v22 + v6  # line 32
-    v24 = _div(v14, v23)  # line 32
-    v25 = v19 * v24  # line 32
-    v26 = v0 - v25  # line 32
-    tl.store(p_w + offs, _stored(v26, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_acc + offs, _stored(v21, p_s_acc.dtype.element_ty), mask=mask)  # acc =
+    v14 = v5 * v0  # line 29
+    v15 = v12 + v14  # line 29
+    v16 = tl.where(v13, v15, v12)  # line 29
+    v22 = v16 * v16  # line 31
+    v23 = v8 + v22  # line 31
+    v24 = _sqrt(v23)  # line 32
+    v25 = v24 + v6  # line 32
+    v26 = _div(v16, v25)  # line 32
+    v27 = v21 * v26  # line 32
+    v28 = v0 - v27  # line 32
+    tl.store(p_w + offs, _stored(v28, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_acc + offs, _stored(v23, p_s_acc.dtype.element_ty), mask=mask)  # acc =
 
 
 @triton.jit
@@ -100,7 +102,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_acc = tl.multiple_of(p_s_acc, 16)
-    sp = scal + 4 * ti
+    sp = scal + 5 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_acc, sp, CT, BLOCK, False)
     else:
@@ -109,7 +111,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 4, ()),
+    (pass0_kernel, 5, ()),
 )
 
 
@@ -121,11 +123,12 @@ def step(hyper, params, launch):
     h_maximize = np.float64(hyper['maximize'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v10 = bool(h_maximize != 0.0)  # line 28
+    v13 = bool(h_weight_decay != 0.0)  # line 29
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v16 = (t - 1.0)  # line 30
-        v17 = (v16 * h_lr_decay)  # line 30
-        v18 = (1.0 + v17)  # line 30
-        v19 = (h_lr / v18)  # line 30
-        p.scalars = (h_weight_decay, h_eps, v10, v19)  # scalar-table row
+        v18 = (t - 1.0)  # line 30
+        v19 = (v18 * h_lr_decay)  # line 30
+        v20 = (1.0 + v19)  # line 30
+        v21 = (h_lr / v20)  # line 30
+        p.scalars = (h_weight_decay, h_eps, v10, v13, v21)  # scalar-table row
     launch(0, params)

@@ -105,33 +105,35 @@ def pass1_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT: tl.constexpr, BLOCK: tl
     v5 = tl.load(sp + 1)  # h_beta2
     v6 = tl.load(sp + 2)  # h_eps
     v16 = tl.load(sp + 3)  # line 17
-    v19 = tl.load(sp + 4)  # line 18
-    v22 = tl.load(sp + 5)  # line 19
-    v26 = tl.load(sp + 6)  # line 20
-    v33 = tl.load(sp + 7)  # line 21
-    v38 = tl.load(sp + 8)  # line 22
+    v19 = tl.load(sp + 4) != 0.0  # line 18
+    v21 = tl.load(sp + 5)  # line 18
+    v25 = tl.load(sp + 6)  # line 19
+    v29 = tl.load(sp + 7)  # line 20
+    v36 = tl.load(sp + 8)  # line 21
+    v41 = tl.load(sp + 9)  # line 22
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v10 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v17 = v1 * v16  # line 17
-    v20 = v0 * v19  # line 18
-    v21 = v4 * v9  # line 19
-    v23 = v22 * v17  # line 19
-    v24 = v21 + v23  # line 19
-    v25 = v5 * v10  # line 20
-    v27 = v17 * v17  # line 20
-    v28 = v26 * v27  # line 20
-    v29 = v25 + v28  # line 20
-    v30 = _sqrt(v29)  # line 21
-    v34 = _div(v30, v33)  # line 21
-    v35 = v34 + v6  # line 21
-    v39 = _div(v24, v35)  # line 22
-    v40 = v38 * v39  # line 22
-    v41 = v20 - v40  # line 22
-    tl.store(p_w + offs, _stored(v41, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v24, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_v + offs, _stored(v29, p_s_v.dtype.element_ty), mask=mask)  # v =
+    v22 = v0 * v21  # line 18
+    v23 = tl.where(v19, v22, v0)  # line 18
+    v24 = v4 * v9  # line 19
+    v26 = v25 * v17  # line 19
+    v27 = v24 + v26  # line 19
+    v28 = v5 * v10  # line 20
+    v30 = v17 * v17  # line 20
+    v31 = v29 * v30  # line 20
+    v32 = v28 + v31  # line 20
+    v33 = _sqrt(v32)  # line 21
+    v37 = _div(v33, v36)  # line 21
+    v38 = v37 + v6  # line 21
+    v42 = _div(v27, v38)  # line 22
+    v43 = v41 * v42  # line 22
+    v44 = v23 - v43  # line 22
+    tl.store(p_w + offs, _stored(v44, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v27, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_v + offs, _stored(v32, p_s_v.dtype.element_ty), mask=mask)  # v =
 
 
 @triton.jit
@@ -153,7 +155,7 @@ def pass1_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
-    sp = scal + 9 * ti
+    sp = scal + 10 * ti
     if start + BLOCK <= n:
         pass1_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT, BLOCK, False)
     else:
@@ -163,7 +165,7 @@ def pass1_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
     (pass0_kernel, 0, ((0, 'global_norm'),)),
-    (pass1_kernel, 9, ()),
+    (pass1_kernel, 10, ()),
 )
 
 
@@ -186,17 +188,18 @@ def step(hyper, params, launch):
     v13 = (v11 + 1e-06)  # line 17
     v14 = (h_max_norm / v13)  # line 17
     v16 = np.minimum(v14, 1.0)  # line 17
-    v18 = (h_lr * h_weight_decay)  # line 18
-    v19 = (1.0 - v18)  # line 18
-    v22 = (1.0 - h_beta1)  # line 19
-    v26 = (1.0 - h_beta2)  # line 20
+    v19 = bool(h_weight_decay != 0.0)  # line 18
+    v20 = (h_lr * h_weight_decay)  # line 18
+    v21 = (1.0 - v20)  # line 18
+    v25 = (1.0 - h_beta1)  # line 19
+    v29 = (1.0 - h_beta2)  # line 20
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v31 = (h_beta2 ** t)  # line 21
-        v32 = (1.0 - v31)  # line 21
-        v33 = np.sqrt(v32)  # line 21
-        v36 = (h_beta1 ** t)  # line 22
-        v37 = (1.0 - v36)  # line 22
-        v38 = (h_lr / v37)  # line 22
-        p.scalars = (h_beta1, h_beta2, h_eps, v16, v19, v22, v26, v33, v38)  # scalar-table row
+        v34 = (h_beta2 ** t)  # line 21
+        v35 = (1.0 - v34)  # line 21
+        v36 = np.sqrt(v35)  # line 21
+        v39 = (h_beta1 ** t)  # line 22
+        v40 = (1.0 - v39)  # line 22
+        v41 = (h_lr / v40)  # line 22
+        p.scalars = (h_beta1, h_beta2, h_eps, v16, v19, v21, v25, v29, v36, v41)  # scalar-table row
     launch(1, params)

@@ -65,12 +65,13 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT: tl.constexpr,
     v5 = tl.load(sp + 1)  # h_beta2
     v6 = tl.load(sp + 2)  # h_eps
     v14 = tl.load(sp + 3) != 0.0  # line 27
-    v19 = tl.load(sp + 4)  # line 28
-    v22 = tl.load(sp + 5)  # line 29
-    v26 = tl.load(sp + 6)  # line 30
-    v30 = tl.load(sp + 7) != 0.0  # line 31
-    v37 = tl.load(sp + 8)  # line 34
-    v40 = tl.load(sp + 9)  # line 35
+    v17 = tl.load(sp + 4) != 0.0  # line 28
+    v20 = tl.load(sp + 5)  # line 28
+    v24 = tl.load(sp + 6)  # line 29
+    v28 = tl.load(sp + 7)  # line 30
+    v32 = tl.load(sp + 8) != 0.0  # line 31
+    v39 = tl.load(sp + 9)  # line 34
+    v42 = tl.load(sp + 10)  # line 35
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v10 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
@@ -78,27 +79,28 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT: tl.constexpr,
     v12 = tl.load(p_s_vmax + offs, mask=mask).to(CT)  # vmax
     v15 = -v1  # line 27
     v16 = tl.where(v14, v15, v1)  # line 27
-    v20 = v0 * v19  # line 28
-    v21 = v4 * v10  # line 29
-    v23 = v22 * v16  # line 29
-    v24 = v21 + v23  # line 29
-    v25 = v5 * v11  # line 30
-    v27 = v16 * v16  # line 30
-    v28 = v26 * v27  # line 30
-    v29 = v25 + v28  # line 30
-    v31 = tl.maximum(v12, v29, propagate_nan=tl.PropagateNan.ALL)  # line 31
-    v32 = tl.where(v30, v31, v12)  # line 31
-    v38 = tl.where(v30, v32, v29)  # line 35
-    v39 = _sqrt(v38)  # line 35
-    v41 = _div(v39, v40)  # line 35
-    v42 = v41 + v6  # line 35
-    v43 = _div(v24, v42)  # line 36
-    v44 = v37 * v43  # line 36
-    v45 = v20 - v44  # line 36
-    tl.store(p_w + offs, _stored(v45, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v24, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_v + offs, _stored(v29, p_s_v.dtype.element_ty), mask=mask)  # v =
-    tl.store(p_s_vmax + offs, _stored(v32, p_s_vmax.dtype.element_ty), mask=mask)  # vmax =
+    v21 = v0 * v20  # line 28
+    v22 = tl.where(v17, v21, v0)  # line 28
+    v23 = v4 * v10  # line 29
+    v25 = v24 * v16  # line 29
+    v26 = v23 + v25  # line 29
+    v27 = v5 * v11  # line 30
+    v29 = v16 * v16  # line 30
+    v30 = v28 * v29  # line 30
+    v31 = v27 + v30  # line 30
+    v33 = tl.maximum(v12, v31, propagate_nan=tl.PropagateNan.ALL)  # line 31
+    v34 = tl.where(v32, v33, v12)  # line 31
+    v40 = tl.where(v32, v34, v31)  # line 35
+    v41 = _sqrt(v40)  # line 35
+    v43 = _div(v41, v42)  # line 35
+    v44 = v43 + v6  # line 35
+    v45 = _div(v26, v44)  # line 36
+    v46 = v39 * v45  # line 36
+    v47 = v22 - v46  # line 36
+    tl.store(p_w + offs, _stored(v47, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v26, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_v + offs, _stored(v31, p_s_v.dtype.element_ty), mask=mask)  # v =
+    tl.store(p_s_vmax + offs, _stored(v34, p_s_vmax.dtype.element_ty), mask=mask)  # vmax =
 
 
 @triton.jit
@@ -122,7 +124,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
         p_s_vmax = tl.multiple_of(p_s_vmax, 16)
-    sp = scal + 10 * ti
+    sp = scal + 11 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT, BLOCK, False)
     else:
@@ -131,7 +133,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 10, ()),
+    (pass0_kernel, 11, ()),
 )
 
 
@@ -145,18 +147,19 @@ def step(hyper, params, launch):
     h_maximize = np.float64(hyper['maximize'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v14 = bool(h_maximize != 0.0)  # line 27
-    v18 = (h_lr * h_weight_decay)  # line 28
-    v19 = (1.0 - v18)  # line 28
-    v22 = (1.0 - h_beta1)  # line 29
-    v26 = (1.0 - h_beta2)  # line 30
-    v30 = bool(h_amsgrad != 0.0)  # line 31
+    v17 = bool(h_weight_decay != 0.0)  # line 28
+    v19 = (h_lr * h_weight_decay)  # line 28
+    v20 = (1.0 - v19)  # line 28
+    v24 = (1.0 - h_beta1)  # line 29
+    v28 = (1.0 - h_beta2)  # line 30
+    v32 = bool(h_amsgrad != 0.0)  # line 31
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v33 = (h_beta1 ** t)  # line 32
-        v34 = (1.0 - v33)  # line 32
-        v35 = (h_beta2 ** t)  # line 33
-        v36 = (1.0 - v35)  # line 33
-        v37 = (h_lr / v34)  # line 34
-        v40 = np.sqrt(v36)  # line 35
-        p.scalars = (h_beta1, h_beta2, h_eps, v14, v19, v22, v26, v30, v37, v40)  # scalar-table row
+        v35 = (h_beta1 ** t)  # line 32
+        v36 = (1.0 - v35)  # line 32
+        v37 = (h_beta2 ** t)  # line 33
+        v38 = (1.0 - v37)  # line 33
+        v39 = (h_lr / v36)  # line 34
+        v42 = np.sqrt(v38)  # line 35
+        p.scalars = (h_beta1, h_beta2, h_eps, v14, v17, v20, v24, v28, v32, v39, v42)  # scalar-table row
     launch(0, params)

@@ -68,11 +68,12 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT: tl.constexpr,
     v15 = tl.load(sp + 4) != 0.0  # line 32
     v18 = tl.load(sp + 5) != 0.0  # line 33
     v21 = tl.load(sp + 6)  # line 33
-    v28 = tl.load(sp + 7)  # line 35
-    v32 = tl.load(sp + 8)  # line 36
-    v36 = tl.load(sp + 9) != 0.0  # line 37
-    v43 = tl.load(sp + 10)  # line 40
-    v46 = tl.load(sp + 11)  # line 41
+    v24 = tl.load(sp + 7) != 0.0  # line 34
+    v30 = tl.load(sp + 8)  # line 35
+    v34 = tl.load(sp + 9)  # line 36
+    v38 = tl.load(sp + 10) != 0.0  # line 37
+    v45 = tl.load(sp + 11)  # line 40
+    v48 = tl.load(sp + 12)  # line 41
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v11 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
@@ -82,29 +83,30 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT: tl.constexpr,
     v17 = tl.where(v15, v16, v1)  # line 32
     v22 = v0 * v21  # line 33
     v23 = tl.where(v18, v22, v0)  # line 33
-    v24 = v7 * v23  # line 34
-    v25 = v17 + v24  # line 34
-    v26 = tl.where(v18, v17, v25)  # line 34
-    v27 = v4 * v11  # line 35
-    v29 = v28 * v26  # line 35
-    v30 = v27 + v29  # line 35
-    v31 = v5 * v12  # line 36
-    v33 = v26 * v26  # line 36
-    v34 = v32 * v33  # line 36
-    v35 = v31 + v34  # line 36
-    v37 = tl.maximum(v13, v35, propagate_nan=tl.PropagateNan.ALL)  # line 37
-    v38 = tl.where(v36, v37, v13)  # line 37
-    v44 = tl.where(v36, v38, v35)  # line 41
-    v45 = _sqrt(v44)  # line 41
-    v47 = _div(v45, v46)  # line 41
-    v48 = v47 + v6  # line 41
-    v49 = _div(v30, v48)  # line 42
-    v50 = v43 * v49  # line 42
-    v51 = v23 - v50  # line 42
-    tl.store(p_w + offs, _stored(v51, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v30, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_v + offs, _stored(v35, p_s_v.dtype.element_ty), mask=mask)  # v =
-    tl.store(p_s_vmax + offs, _stored(v38, p_s_vmax.dtype.element_ty), mask=mask)  # vmax =
+    v25 = v7 * v23  # line 34
+    v26 = v17 + v25  # line 34
+    v27 = tl.where(v24, v26, v17)  # line 34
+    v28 = tl.where(v18, v17, v27)  # line 34
+    v29 = v4 * v11  # line 35
+    v31 = v30 * v28  # line 35
+    v32 = v29 + v31  # line 35
+    v33 = v5 * v12  # line 36
+    v35 = v28 * v28  # line 36
+    v36 = v34 * v35  # line 36
+    v37 = v33 + v36  # line 36
+    v39 = tl.maximum(v13, v37, propagate_nan=tl.PropagateNan.ALL)  # line 37
+    v40 = tl.where(v38, v39, v13)  # line 37
+    v46 = tl.where(v38, v40, v37)  # line 41
+    v47 = _sqrt(v46)  # line 41
+    v49 = _div(v47, v48)  # line 41
+    v50 = v49 + v6  # line 41
+    v51 = _div(v32, v50)  # line 42
+    v52 = v45 * v51  # line 42
+    v53 = v23 - v52  # line 42
+    tl.store(p_w + offs, _stored(v53, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v32, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_v + offs, _stored(v37, p_s_v.dtype.element_ty), mask=mask)  # v =
+    tl.store(p_s_vmax + offs, _stored(v40, p_s_vmax.dtype.element_ty), mask=mask)  # vmax =
 
 
 @triton.jit
@@ -128,7 +130,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
         p_s_vmax = tl.multiple_of(p_s_vmax, 16)
-    sp = scal + 12 * ti
+    sp = scal + 13 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, sp, CT, BLOCK, False)
     else:
@@ -137,7 +139,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 12, ()),
+    (pass0_kernel, 13, ()),
 )
 
 
@@ -155,16 +157,17 @@ def step(hyper, params, launch):
     v18 = bool(h_decoupled_weight_decay != 0.0)  # line 33
     v20 = (h_lr * h_weight_decay)  # line 33
     v21 = (1.0 - v20)  # line 33
-    v28 = (1.0 - h_beta1)  # line 35
-    v32 = (1.0 - h_beta2)  # line 36
-    v36 = bool(h_amsgrad != 0.0)  # line 37
+    v24 = bool(h_weight_decay != 0.0)  # line 34
+    v30 = (1.0 - h_beta1)  # line 35
+    v34 = (1.0 - h_beta2)  # line 36
+    v38 = bool(h_amsgrad != 0.0)  # line 37
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v39 = (h_beta1 ** t)  # line 38
-        v40 = (1.0 - v39)  # line 38
-        v41 = (h_beta2 ** t)  # line 39
-        v42 = (1.0 - v41)  # line 39
-        v43 = (h_lr / v40)  # line 40
-        v46 = np.sqrt(v42)  # line 41
-        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v15, v18, v21, v28, v32, v36, v43, v46)  # scalar-table row
+        v41 = (h_beta1 ** t)  # line 38
+        v42 = (1.0 - v41)  # line 38
+        v43 = (h_beta2 ** t)  # line 39
+        v44 = (1.0 - v43)  # line 39
+        v45 = (h_lr / v42)  # line 40
+        v48 = np.sqrt(v44)  # line 41
+        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v15, v18, v21, v24, v30, v34, v38, v45, v48)  # scalar-table row
     launch(0, params)

@@ -56,29 +56,31 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT: tl.constexpr, BLOCK: tl
     v6 = tl.load(sp + 2)  # h_eps
     v7 = tl.load(sp + 3)  # h_weight_decay
     v12 = tl.load(sp + 4) != 0.0  # line 22
-    v19 = tl.load(sp + 5)  # line 24
-    v28 = tl.load(sp + 6)  # line 26
+    v15 = tl.load(sp + 5) != 0.0  # line 23
+    v21 = tl.load(sp + 6)  # line 24
+    v30 = tl.load(sp + 7)  # line 26
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v10 = tl.load(p_s_u + offs, mask=mask).to(CT)  # u
     v13 = -v1  # line 22
     v14 = tl.where(v12, v13, v1)  # line 22
-    v15 = v7 * v0  # line 23
-    v16 = v14 + v15  # line 23
-    v17 = v4 * v9  # line 24
-    v20 = v19 * v16  # line 24
-    v21 = v17 + v20  # line 24
-    v22 = v5 * v10  # line 25
-    v23 = tl.abs(v16)  # line 25
-    v24 = v23 + v6  # line 25
-    v25 = tl.maximum(v22, v24, propagate_nan=tl.PropagateNan.ALL)  # line 25
-    v29 = _div(v21, v25)  # line 27
-    v30 = v28 * v29  # line 27
-    v31 = v0 - v30  # line 27
-    tl.store(p_w + offs, _stored(v31, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v21, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_u + offs, _stored(v25, p_s_u.dtype.element_ty), mask=mask)  # u =
+    v16 = v7 * v0  # line 23
+    v17 = v14 + v16  # line 23
+    v18 = tl.where(v15, v17, v14)  # line 23
+    v19 = v4 * v9  # line 24
+    v22 = v21 * v18  # line 24
+    v23 = v19 + v22  # line 24
+    v24 = v5 * v10  # line 25
+    v25 = tl.abs(v18)  # line 25
+    v26 = v25 + v6  # line 25
+    v27 = tl.maximum(v24, v26, propagate_nan=tl.PropagateNan.ALL)  # line 25
+    v31 = _div(v23, v27)  # line 27
+    v32 = v30 * v31  # line 27
+    v33 = v0 - v32  # line 27
+    tl.store(p_w + offs, _stored(v33, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v23, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_u + offs, _stored(v27, p_s_u.dtype.element_ty), mask=mask)  # u =
 
 
 @triton.jit
@@ -100,7 +102,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_u = tl.multiple_of(p_s_u, 16)
-    sp = scal + 7 * ti
+    sp = scal + 8 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT, BLOCK, False)
     else:
@@ -109,7 +111,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 7, ()),
+    (pass0_kernel, 8, ()),
 )
 
 
@@ -122,11 +124,12 @@ def step(hyper, params, launch):
     h_maximize = np.float64(hyper['maximize'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v12 = bool(h_maximize != 0.0)  # line 22
-    v19 = (1.0 - h_beta1)  # line 24
+    v15 = bool(h_weight_decay != 0.0)  # line 23
+    v21 = (1.0 - h_beta1)  # line 24
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v26 = (h_beta1 ** t)  # line 26
-        v27 = (1.0 - v26)  # line 26
-        v28 = (h_lr / v27)  # line 26
-        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v12, v19, v28)  # scalar-table row
+        v28 = (h_beta1 ** t)  # line 26
+        v29 = (1.0 - v28)  # line 26
+        v30 = (h_lr / v29)  # line 26
+        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v12, v15, v21, v30)  # scalar-table row
     launch(0, params)

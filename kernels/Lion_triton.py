@@ -51,26 +51,28 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, sp, CT: tl.constexpr, BLOCK: tl.conste
     v3 = tl.load(sp + 1)  # h_beta1
     v4 = tl.load(sp + 2)  # h_beta2
     v9 = tl.load(sp + 3) != 0.0  # line 23
-    v14 = tl.load(sp + 4)  # line 24
-    v17 = tl.load(sp + 5)  # line 25
-    v24 = tl.load(sp + 6)  # line 27
+    v12 = tl.load(sp + 4) != 0.0  # line 24
+    v15 = tl.load(sp + 5)  # line 24
+    v19 = tl.load(sp + 6)  # line 25
+    v26 = tl.load(sp + 7)  # line 27
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v10 = -v1  # line 23
     v11 = tl.where(v9, v10, v1)  # line 23
-    v15 = v0 * v14  # line 24
-    v16 = v3 * v7  # line 25
-    v18 = v17 * v11  # line 25
-    v19 = v16 + v18  # line 25
-    v20 = _sign(v19)  # line 25
-    v21 = v2 * v20  # line 26
-    v22 = v15 - v21  # line 26
-    v23 = v4 * v7  # line 27
-    v25 = v24 * v11  # line 27
-    v26 = v23 + v25  # line 27
-    tl.store(p_w + offs, _stored(v22, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v26, p_s_m.dtype.element_ty), mask=mask)  # m =
+    v16 = v0 * v15  # line 24
+    v17 = tl.where(v12, v16, v0)  # line 24
+    v18 = v3 * v7  # line 25
+    v20 = v19 * v11  # line 25
+    v21 = v18 + v20  # line 25
+    v22 = _sign(v21)  # line 25
+    v23 = v2 * v22  # line 26
+    v24 = v17 - v23  # line 26
+    v25 = v4 * v7  # line 27
+    v27 = v26 * v11  # line 27
+    v28 = v25 + v27  # line 27
+    tl.store(p_w + offs, _stored(v24, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v28, p_s_m.dtype.element_ty), mask=mask)  # m =
 
 
 @triton.jit
@@ -90,7 +92,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
-    sp = scal + 7 * ti
+    sp = scal + 8 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, sp, CT, BLOCK, False)
     else:
@@ -99,7 +101,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 7, ()),
+    (pass0_kernel, 8, ()),
 )
 
 
@@ -111,11 +113,12 @@ def step(hyper, params, launch):
     h_maximize = np.float64(hyper['maximize'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v9 = bool(h_maximize != 0.0)  # line 23
-    v13 = (h_lr * h_weight_decay)  # line 24
-    v14 = (1.0 - v13)  # line 24
-    v17 = (1.0 - h_beta1)  # line 25
-    v24 = (1.0 - h_beta2)  # line 27
+    v12 = bool(h_weight_decay != 0.0)  # line 24
+    v14 = (h_lr * h_weight_decay)  # line 24
+    v15 = (1.0 - v14)  # line 24
+    v19 = (1.0 - h_beta1)  # line 25
+    v26 = (1.0 - h_beta2)  # line 27
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        p.scalars = (h_lr, h_beta1, h_beta2, v9, v14, v17, v24)  # scalar-table row
+        p.scalars = (h_lr, h_beta1, h_beta2, v9, v12, v15, v19, v26)  # scalar-table row
     launch(0, params)

@@ -69,10 +69,11 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT: tl.constexpr, BLOCK: tl
     v20 = tl.load(sp + 5)  # line 32
     v21 = tl.load(sp + 6) != 0.0  # line 33
     v23 = tl.load(sp + 7)  # line 33
-    v45 = tl.load(sp + 8)  # line 39
-    v49 = tl.load(sp + 9)  # line 40
-    v59 = tl.load(sp + 10)  # line 42
-    v65 = tl.load(sp + 11)  # line 43
+    v26 = tl.load(sp + 8) != 0.0  # line 34
+    v47 = tl.load(sp + 9)  # line 39
+    v51 = tl.load(sp + 10)  # line 40
+    v61 = tl.load(sp + 11)  # line 42
+    v67 = tl.load(sp + 12)  # line 43
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v11 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
@@ -81,28 +82,29 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT: tl.constexpr, BLOCK: tl
     v17 = tl.where(v15, v16, v1)  # line 31
     v24 = v0 * v23  # line 33
     v25 = tl.where(v21, v24, v0)  # line 33
-    v26 = v7 * v25  # line 34
-    v27 = v17 + v26  # line 34
-    v28 = tl.where(v21, v17, v27)  # line 34
-    v44 = v4 * v11  # line 39
-    v46 = v45 * v28  # line 39
-    v47 = v44 + v46  # line 39
-    v48 = v5 * v12  # line 40
-    v50 = v28 * v28  # line 40
-    v51 = v49 * v50  # line 40
-    v52 = v48 + v51  # line 40
-    v53 = _div(v52, v20)  # line 41
-    v54 = _sqrt(v53)  # line 41
-    v55 = v54 + v6  # line 41
-    v60 = _div(v28, v55)  # line 42
-    v61 = v59 * v60  # line 42
-    v62 = v25 - v61  # line 42
-    v66 = _div(v47, v55)  # line 43
-    v67 = v65 * v66  # line 43
-    v68 = v62 - v67  # line 43
-    tl.store(p_w + offs, _stored(v68, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v47, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_v + offs, _stored(v52, p_s_v.dtype.element_ty), mask=mask)  # v =
+    v27 = v7 * v25  # line 34
+    v28 = v17 + v27  # line 34
+    v29 = tl.where(v26, v28, v17)  # line 34
+    v30 = tl.where(v21, v17, v29)  # line 34
+    v46 = v4 * v11  # line 39
+    v48 = v47 * v30  # line 39
+    v49 = v46 + v48  # line 39
+    v50 = v5 * v12  # line 40
+    v52 = v30 * v30  # line 40
+    v53 = v51 * v52  # line 40
+    v54 = v50 + v53  # line 40
+    v55 = _div(v54, v20)  # line 41
+    v56 = _sqrt(v55)  # line 41
+    v57 = v56 + v6  # line 41
+    v62 = _div(v30, v57)  # line 42
+    v63 = v61 * v62  # line 42
+    v64 = v25 - v63  # line 42
+    v68 = _div(v49, v57)  # line 43
+    v69 = v67 * v68  # line 43
+    v70 = v64 - v69  # line 43
+    tl.store(p_w + offs, _stored(v70, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v49, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_v + offs, _stored(v54, p_s_v.dtype.element_ty), mask=mask)  # v =
 
 
 @triton.jit
@@ -124,7 +126,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
-    sp = scal + 12 * ti
+    sp = scal + 13 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT, BLOCK, False)
     else:
@@ -133,7 +135,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 12, ()),
+    (pass0_kernel, 13, ()),
 )
 
 
@@ -151,33 +153,34 @@ def step(hyper, params, launch):
     v21 = bool(h_decoupled_weight_decay != 0.0)  # line 33
     v22 = (h_lr * h_weight_decay)  # line 33
     v23 = (1.0 - v22)  # line 33
-    v45 = (1.0 - h_beta1)  # line 39
-    v49 = (1.0 - h_beta2)  # line 40
+    v26 = bool(h_weight_decay != 0.0)  # line 34
+    v47 = (1.0 - h_beta1)  # line 39
+    v51 = (1.0 - h_beta2)  # line 40
     for p in params:  # final pass: updates
         t = np.float64(p.t)
         s_mu_product = p.states[2]
         v19 = (h_beta2 ** t)  # line 32
         v20 = (1.0 - v19)  # line 32
-        v31 = (t * h_momentum_decay)  # line 35
-        v32 = (0.96 ** v31)  # line 35
-        v33 = (0.5 * v32)  # line 35
-        v34 = (1.0 - v33)  # line 35
-        v35 = (h_beta1 * v34)  # line 35
-        v36 = (t + 1.0)  # line 36
-        v37 = (v36 * h_momentum_decay)  # line 36
-        v38 = (0.96 ** v37)  # line 36
-        v39 = (0.5 * v38)  # line 36
-        v40 = (1.0 - v39)  # line 36
-        v41 = (h_beta1 * v40)  # line 36
-        v42 = (s_mu_product * v35)  # line 37
-        v43 = (v42 * v41)  # line 38
-        v56 = (1.0 - v35)  # line 42
-        v57 = (h_lr * v56)  # line 42
-        v58 = (1.0 - v42)  # line 42
-        v59 = (v57 / v58)  # line 42
-        v63 = (h_lr * v41)  # line 43
-        v64 = (1.0 - v43)  # line 43
-        v65 = (v63 / v64)  # line 43
-        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v15, v20, v21, v23, v45, v49, v59, v65)  # scalar-table row
-        p.states[2] = v42
+        v33 = (t * h_momentum_decay)  # line 35
+        v34 = (0.96 ** v33)  # line 35
+        v35 = (0.5 * v34)  # line 35
+        v36 = (1.0 - v35)  # line 35
+        v37 = (h_beta1 * v36)  # line 35
+        v38 = (t + 1.0)  # line 36
+        v39 = (v38 * h_momentum_decay)  # line 36
+        v40 = (0.96 ** v39)  # line 36
+        v41 = (0.5 * v40)  # line 36
+        v42 = (1.0 - v41)  # line 36
+        v43 = (h_beta1 * v42)  # line 36
+        v44 = (s_mu_product * v37)  # line 37
+        v45 = (v44 * v43)  # line 38
+        v58 = (1.0 - v37)  # line 42
+        v59 = (h_lr * v58)  # line 42
+        v60 = (1.0 - v44)  # line 42
+        v61 = (v59 / v60)  # line 42
+        v65 = (h_lr * v43)  # line 43
+        v66 = (1.0 - v45)  # line 43
+        v67 = (v65 / v66)  # line 43
+        p.scalars = (h_beta1, h_beta2, h_eps, h_weight_decay, v15, v20, v21, v23, v26, v47, v51, v61, v67)  # scalar-table row
+        p.states[2] = v44
     launch(0, params)

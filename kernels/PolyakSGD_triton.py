@@ -56,29 +56,31 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, p_s_avg, sp, CT: tl.constexpr, BLOCK
     v4 = tl.load(sp + 2)  # h_momentum
     v5 = tl.load(sp + 3)  # h_weight_decay
     v10 = tl.load(sp + 4) != 0.0  # line 24
-    v15 = tl.load(sp + 5) != 0.0  # line 26
+    v13 = tl.load(sp + 5) != 0.0  # line 25
     v17 = tl.load(sp + 6) != 0.0  # line 26
+    v19 = tl.load(sp + 7) != 0.0  # line 26
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
     v8 = tl.load(p_s_avg + offs, mask=mask).to(CT)  # avg
     v11 = -v1  # line 24
     v12 = tl.where(v10, v11, v1)  # line 24
-    v13 = v5 * v0  # line 25
-    v14 = v12 + v13  # line 25
-    v18 = v4 * v7  # line 26
-    v19 = v18 + v14  # line 26
-    v20 = tl.where(v17, v14, v19)  # line 26
-    v21 = tl.where(v15, v20, v7)  # line 26
-    v22 = tl.where(v15, v21, v14)  # line 27
-    v23 = v3 * v22  # line 27
-    v24 = v0 - v23  # line 27
-    v25 = v24 - v8  # line 28
-    v26 = _div(v25, v2)  # line 28
-    v27 = v8 + v26  # line 28
-    tl.store(p_w + offs, _stored(v24, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_buf + offs, _stored(v21, p_s_buf.dtype.element_ty), mask=mask)  # buf =
-    tl.store(p_s_avg + offs, _stored(v27, p_s_avg.dtype.element_ty), mask=mask)  # avg =
+    v14 = v5 * v0  # line 25
+    v15 = v12 + v14  # line 25
+    v16 = tl.where(v13, v15, v12)  # line 25
+    v20 = v4 * v7  # line 26
+    v21 = v20 + v16  # line 26
+    v22 = tl.where(v19, v16, v21)  # line 26
+    v23 = tl.where(v17, v22, v7)  # line 26
+    v24 = tl.where(v17, v23, v16)  # line 27
+    v25 = v3 * v24  # line 27
+    v26 = v0 - v25  # line 27
+    v27 = v26 - v8  # line 28
+    v28 = _div(v27, v2)  # line 28
+    v29 = v8 + v28  # line 28
+    tl.store(p_w + offs, _stored(v26, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_buf + offs, _stored(v23, p_s_buf.dtype.element_ty), mask=mask)  # buf =
+    tl.store(p_s_avg + offs, _stored(v29, p_s_avg.dtype.element_ty), mask=mask)  # avg =
 
 
 @triton.jit
@@ -100,7 +102,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
         p_s_avg = tl.multiple_of(p_s_avg, 16)
-    sp = scal + 7 * ti
+    sp = scal + 8 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_buf, p_s_avg, sp, CT, BLOCK, False)
     else:
@@ -109,7 +111,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 7, ()),
+    (pass0_kernel, 8, ()),
 )
 
 
@@ -120,9 +122,10 @@ def step(hyper, params, launch):
     h_momentum = np.float64(hyper['momentum'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v10 = bool(h_maximize != 0.0)  # line 24
-    v15 = bool(h_momentum != 0.0)  # line 26
+    v13 = bool(h_weight_decay != 0.0)  # line 25
+    v17 = bool(h_momentum != 0.0)  # line 26
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v17 = bool(t == 1.0)  # line 26
-        p.scalars = (t, h_lr, h_momentum, h_weight_decay, v10, v15, v17)  # scalar-table row
+        v19 = bool(t == 1.0)  # line 26
+        p.scalars = (t, h_lr, h_momentum, h_weight_decay, v10, v13, v17, v19)  # scalar-table row
     launch(0, params)

@@ -69,12 +69,13 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT: tl.constexpr, BLOCK: tl
     v13 = tl.load(sp + 5) != 0.0  # line 32
     v16 = tl.load(sp + 6) != 0.0  # line 33
     v19 = tl.load(sp + 7)  # line 33
-    v26 = tl.load(sp + 8)  # line 35
-    v30 = tl.load(sp + 9)  # line 36
-    v35 = tl.load(sp + 10)  # line 37
-    v57 = tl.load(sp + 11)  # line 42
-    v58 = tl.load(sp + 12)  # line 43
-    v63 = tl.load(sp + 13) != 0.0  # line 44
+    v22 = tl.load(sp + 8) != 0.0  # line 34
+    v28 = tl.load(sp + 9)  # line 35
+    v32 = tl.load(sp + 10)  # line 36
+    v37 = tl.load(sp + 11)  # line 37
+    v59 = tl.load(sp + 12)  # line 42
+    v60 = tl.load(sp + 13)  # line 43
+    v65 = tl.load(sp + 14) != 0.0  # line 44
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v10 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
@@ -83,28 +84,29 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT: tl.constexpr, BLOCK: tl
     v15 = tl.where(v13, v14, v1)  # line 32
     v20 = v0 * v19  # line 33
     v21 = tl.where(v16, v20, v0)  # line 33
-    v22 = v7 * v21  # line 34
-    v23 = v15 + v22  # line 34
-    v24 = tl.where(v16, v15, v23)  # line 34
-    v25 = v4 * v10  # line 35
-    v27 = v26 * v24  # line 35
-    v28 = v25 + v27  # line 35
-    v29 = v5 * v11  # line 36
-    v31 = v24 * v24  # line 36
-    v32 = v30 * v31  # line 36
-    v33 = v29 + v32  # line 36
-    v38 = _div(v28, v35)  # line 39
-    v59 = _sqrt(v33)  # line 43
-    v60 = v59 + v6  # line 43
-    v61 = _div(v58, v60)  # line 43
-    v64 = v38 * v3  # line 44
-    v65 = v64 * v61  # line 44
-    v66 = v65 * v57  # line 44
-    v67 = tl.where(v63, v66, v64)  # line 44
-    v68 = v21 - v67  # line 44
-    tl.store(p_w + offs, _stored(v68, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v28, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_v + offs, _stored(v33, p_s_v.dtype.element_ty), mask=mask)  # v =
+    v23 = v7 * v21  # line 34
+    v24 = v15 + v23  # line 34
+    v25 = tl.where(v22, v24, v15)  # line 34
+    v26 = tl.where(v16, v15, v25)  # line 34
+    v27 = v4 * v10  # line 35
+    v29 = v28 * v26  # line 35
+    v30 = v27 + v29  # line 35
+    v31 = v5 * v11  # line 36
+    v33 = v26 * v26  # line 36
+    v34 = v32 * v33  # line 36
+    v35 = v31 + v34  # line 36
+    v40 = _div(v30, v37)  # line 39
+    v61 = _sqrt(v35)  # line 43
+    v62 = v61 + v6  # line 43
+    v63 = _div(v60, v62)  # line 43
+    v66 = v40 * v3  # line 44
+    v67 = v66 * v63  # line 44
+    v68 = v67 * v59  # line 44
+    v69 = tl.where(v65, v68, v66)  # line 44
+    v70 = v21 - v69  # line 44
+    tl.store(p_w + offs, _stored(v70, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_m + offs, _stored(v30, p_s_m.dtype.element_ty), mask=mask)  # m =
+    tl.store(p_s_v + offs, _stored(v35, p_s_v.dtype.element_ty), mask=mask)  # v =
 
 
 @triton.jit
@@ -126,7 +128,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_v = tl.multiple_of(p_s_v, 16)
-    sp = scal + 14 * ti
+    sp = scal + 15 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, sp, CT, BLOCK, False)
     else:
@@ -135,7 +137,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 14, ()),
+    (pass0_kernel, 15, ()),
 )
 
 
@@ -152,32 +154,33 @@ def step(hyper, params, launch):
     v16 = bool(h_decoupled_weight_decay != 0.0)  # line 33
     v18 = (h_lr * h_weight_decay)  # line 33
     v19 = (1.0 - v18)  # line 33
-    v26 = (1.0 - h_beta1)  # line 35
-    v30 = (1.0 - h_beta2)  # line 36
-    v40 = (2.0 / v30)  # line 40
-    v41 = (v40 - 1.0)  # line 40
-    v51 = (v41 - 4.0)  # line 42
-    v52 = (v41 - 2.0)  # line 42
-    v53 = (v51 * v52)  # line 42
+    v22 = bool(h_weight_decay != 0.0)  # line 34
+    v28 = (1.0 - h_beta1)  # line 35
+    v32 = (1.0 - h_beta2)  # line 36
+    v42 = (2.0 / v32)  # line 40
+    v43 = (v42 - 1.0)  # line 40
+    v53 = (v43 - 4.0)  # line 42
+    v54 = (v43 - 2.0)  # line 42
+    v55 = (v53 * v54)  # line 42
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v34 = (h_beta1 ** t)  # line 37
-        v35 = (1.0 - v34)  # line 37
-        v36 = (h_beta2 ** t)  # line 38
-        v37 = (1.0 - v36)  # line 38
-        v42 = (2.0 * t)  # line 41
-        v43 = (v42 * v36)  # line 41
-        v44 = (v43 / v37)  # line 41
-        v45 = (v41 - v44)  # line 41
-        v47 = (v45 - 4.0)  # line 42
-        v48 = (v45 - 2.0)  # line 42
-        v49 = (v47 * v48)  # line 42
-        v50 = (v49 * v41)  # line 42
-        v54 = (v53 * v45)  # line 42
-        v55 = (v50 / v54)  # line 42
-        v56 = np.maximum(v55, 0.0)  # line 42
-        v57 = np.sqrt(v56)  # line 42
-        v58 = np.sqrt(v37)  # line 43
-        v63 = bool(v45 > 5.0)  # line 44
-        p.scalars = (h_lr, h_beta1, h_beta2, h_eps, h_weight_decay, v13, v16, v19, v26, v30, v35, v57, v58, v63)  # scalar-table row
+        v36 = (h_beta1 ** t)  # line 37
+        v37 = (1.0 - v36)  # line 37
+        v38 = (h_beta2 ** t)  # line 38
+        v39 = (1.0 - v38)  # line 38
+        v44 = (2.0 * t)  # line 41
+        v45 = (v44 * v38)  # line 41
+        v46 = (v45 / v39)  # line 41
+        v47 = (v43 - v46)  # line 41
+        v49 = (v47 - 4.0)  # line 42
+        v50 = (v47 - 2.0)  # line 42
+        v51 = (v49 * v50)  # line 42
+        v52 = (v51 * v43)  # line 42
+        v56 = (v55 * v47)  # line 42
+        v57 = (v52 / v56)  # line 42
+        v58 = np.maximum(v57, 0.0)  # line 42
+        v59 = np.sqrt(v58)  # line 42
+        v60 = np.sqrt(v39)  # line 43
+        v65 = bool(v47 > 5.0)  # line 44
+        p.scalars = (h_lr, h_beta1, h_beta2, h_eps, h_weight_decay, v13, v16, v19, v22, v28, v32, v37, v59, v60, v65)  # scalar-table row
     launch(0, params)

@@ -67,9 +67,10 @@ def pass0_block(offs, n, p_w, p_g, p_s_v, p_s_buf, p_s_gavg, sp, CT: tl.constexp
     v5 = tl.load(sp + 3)  # h_weight_decay
     v6 = tl.load(sp + 4)  # h_momentum
     v13 = tl.load(sp + 5) != 0.0  # line 28
-    v20 = tl.load(sp + 6)  # line 30
-    v24 = tl.load(sp + 7) != 0.0  # line 31
-    v35 = tl.load(sp + 8) != 0.0  # line 33
+    v16 = tl.load(sp + 6) != 0.0  # line 29
+    v22 = tl.load(sp + 7)  # line 30
+    v26 = tl.load(sp + 8) != 0.0  # line 31
+    v37 = tl.load(sp + 9) != 0.0  # line 33
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
@@ -77,33 +78,34 @@ def pass0_block(offs, n, p_w, p_g, p_s_v, p_s_buf, p_s_gavg, sp, CT: tl.constexp
     v11 = tl.load(p_s_gavg + offs, mask=mask).to(CT)  # gavg
     v14 = -v1  # line 28
     v15 = tl.where(v13, v14, v1)  # line 28
-    v16 = v5 * v0  # line 29
-    v17 = v15 + v16  # line 29
-    v18 = v3 * v9  # line 30
-    v21 = v17 * v17  # line 30
-    v22 = v20 * v21  # line 30
-    v23 = v18 + v22  # line 30
-    v25 = v3 * v11  # line 31
-    v26 = v20 * v17  # line 31
-    v27 = v25 + v26  # line 31
-    v28 = tl.where(v24, v27, v11)  # line 31
-    v29 = v28 * v28  # line 32
-    v30 = v23 - v29  # line 32
-    v31 = _sqrt(v30)  # line 32
-    v32 = _sqrt(v23)  # line 32
-    v33 = tl.where(v24, v31, v32)  # line 32
-    v34 = v33 + v4  # line 32
-    v36 = v6 * v10  # line 33
-    v37 = _div(v17, v34)  # line 33
-    v38 = v36 + v37  # line 33
-    v39 = tl.where(v35, v38, v10)  # line 33
-    v40 = tl.where(v35, v39, v37)  # line 34
-    v41 = v2 * v40  # line 34
-    v42 = v0 - v41  # line 34
-    tl.store(p_w + offs, _stored(v42, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_v + offs, _stored(v23, p_s_v.dtype.element_ty), mask=mask)  # v =
-    tl.store(p_s_buf + offs, _stored(v39, p_s_buf.dtype.element_ty), mask=mask)  # buf =
-    tl.store(p_s_gavg + offs, _stored(v28, p_s_gavg.dtype.element_ty), mask=mask)  # gavg =
+    v17 = v5 * v0  # line 29
+    v18 = v15 + v17  # line 29
+    v19 = tl.where(v16, v18, v15)  # line 29
+    v20 = v3 * v9  # line 30
+    v23 = v19 * v19  # line 30
+    v24 = v22 * v23  # line 30
+    v25 = v20 + v24  # line 30
+    v27 = v3 * v11  # line 31
+    v28 = v22 * v19  # line 31
+    v29 = v27 + v28  # line 31
+    v30 = tl.where(v26, v29, v11)  # line 31
+    v31 = v30 * v30  # line 32
+    v32 = v25 - v31  # line 32
+    v33 = _sqrt(v32)  # line 32
+    v34 = _sqrt(v25)  # line 32
+    v35 = tl.where(v26, v33, v34)  # line 32
+    v36 = v35 + v4  # line 32
+    v38 = v6 * v10  # line 33
+    v39 = _div(v19, v36)  # line 33
+    v40 = v38 + v39  # line 33
+    v41 = tl.where(v37, v40, v10)  # line 33
+    v42 = tl.where(v37, v41, v39)  # line 34
+    v43 = v2 * v42  # line 34
+    v44 = v0 - v43  # line 34
+    tl.store(p_w + offs, _stored(v44, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_v + offs, _stored(v25, p_s_v.dtype.element_ty), mask=mask)  # v =
+    tl.store(p_s_buf + offs, _stored(v41, p_s_buf.dtype.element_ty), mask=mask)  # buf =
+    tl.store(p_s_gavg + offs, _stored(v30, p_s_gavg.dtype.element_ty), mask=mask)  # gavg =
 
 
 @triton.jit
@@ -127,7 +129,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_s_v = tl.multiple_of(p_s_v, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
         p_s_gavg = tl.multiple_of(p_s_gavg, 16)
-    sp = scal + 9 * ti
+    sp = scal + 10 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_v, p_s_buf, p_s_gavg, sp, CT, BLOCK, False)
     else:
@@ -136,7 +138,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 9, ()),
+    (pass0_kernel, 10, ()),
 )
 
 
@@ -150,10 +152,11 @@ def step(hyper, params, launch):
     h_momentum = np.float64(hyper['momentum'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v13 = bool(h_maximize != 0.0)  # line 28
-    v20 = (1.0 - h_alpha)  # line 30
-    v24 = bool(h_centered != 0.0)  # line 31
-    v35 = bool(h_momentum > 0.0)  # line 33
+    v16 = bool(h_weight_decay != 0.0)  # line 29
+    v22 = (1.0 - h_alpha)  # line 30
+    v26 = bool(h_centered != 0.0)  # line 31
+    v37 = bool(h_momentum > 0.0)  # line 33
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        p.scalars = (h_lr, h_alpha, h_eps, h_weight_decay, h_momentum, v13, v20, v24, v35)  # scalar-table row
+        p.scalars = (h_lr, h_alpha, h_eps, h_weight_decay, h_momentum, v13, v16, v22, v26, v37)  # scalar-table row
     launch(0, params)

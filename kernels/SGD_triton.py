@@ -45,30 +45,32 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, sp, CT: tl.constexpr, BLOCK: tl.cons
     v4 = tl.load(sp + 1)  # h_momentum
     v6 = tl.load(sp + 2)  # h_weight_decay
     v11 = tl.load(sp + 3) != 0.0  # line 29
-    v16 = tl.load(sp + 4) != 0.0  # line 31
+    v14 = tl.load(sp + 4) != 0.0  # line 30
     v18 = tl.load(sp + 5) != 0.0  # line 31
-    v20 = tl.load(sp + 6)  # line 31
-    v25 = tl.load(sp + 7) != 0.0  # line 32
+    v20 = tl.load(sp + 6) != 0.0  # line 31
+    v22 = tl.load(sp + 7)  # line 31
+    v27 = tl.load(sp + 8) != 0.0  # line 32
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
     v12 = -v1  # line 29
     v13 = tl.where(v11, v12, v1)  # line 29
-    v14 = v6 * v0  # line 30
-    v15 = v13 + v14  # line 30
-    v19 = v4 * v9  # line 31
-    v21 = v20 * v15  # line 31
-    v22 = v19 + v21  # line 31
-    v23 = tl.where(v18, v15, v22)  # line 31
-    v24 = tl.where(v16, v23, v9)  # line 31
-    v26 = v4 * v24  # line 32
-    v27 = v15 + v26  # line 32
-    v28 = tl.where(v25, v27, v24)  # line 32
-    v29 = tl.where(v16, v28, v15)  # line 33
-    v30 = v3 * v29  # line 33
-    v31 = v0 - v30  # line 33
-    tl.store(p_w + offs, _stored(v31, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_buf + offs, _stored(v24, p_s_buf.dtype.element_ty), mask=mask)  # buf =
+    v15 = v6 * v0  # line 30
+    v16 = v13 + v15  # line 30
+    v17 = tl.where(v14, v16, v13)  # line 30
+    v21 = v4 * v9  # line 31
+    v23 = v22 * v17  # line 31
+    v24 = v21 + v23  # line 31
+    v25 = tl.where(v20, v17, v24)  # line 31
+    v26 = tl.where(v18, v25, v9)  # line 31
+    v28 = v4 * v26  # line 32
+    v29 = v17 + v28  # line 32
+    v30 = tl.where(v27, v29, v26)  # line 32
+    v31 = tl.where(v18, v30, v17)  # line 33
+    v32 = v3 * v31  # line 33
+    v33 = v0 - v32  # line 33
+    tl.store(p_w + offs, _stored(v33, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_buf + offs, _stored(v26, p_s_buf.dtype.element_ty), mask=mask)  # buf =
 
 
 @triton.jit
@@ -88,7 +90,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
-    sp = scal + 8 * ti
+    sp = scal + 9 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_buf, sp, CT, BLOCK, False)
     else:
@@ -97,7 +99,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 8, ()),
+    (pass0_kernel, 9, ()),
 )
 
 
@@ -110,11 +112,12 @@ def step(hyper, params, launch):
     h_nesterov = np.float64(hyper['nesterov'])
     h_weight_decay = np.float64(hyper['weight_decay'])
     v11 = bool(h_maximize != 0.0)  # line 29
-    v16 = bool(h_momentum != 0.0)  # line 31
-    v20 = (1.0 - h_dampening)  # line 31
-    v25 = bool(h_nesterov != 0.0)  # line 32
+    v14 = bool(h_weight_decay != 0.0)  # line 30
+    v18 = bool(h_momentum != 0.0)  # line 31
+    v22 = (1.0 - h_dampening)  # line 31
+    v27 = bool(h_nesterov != 0.0)  # line 32
     for p in params:  # final pass: updates
         t = np.float64(p.t)
-        v18 = bool(t == 1.0)  # line 31
-        p.scalars = (h_lr, h_momentum, h_weight_decay, v11, v16, v18, v20, v25)  # scalar-table row
+        v20 = bool(t == 1.0)  # line 31
+        p.scalars = (h_lr, h_momentum, h_weight_decay, v11, v14, v18, v20, v22, v27)  # scalar-table row
     launch(0, params)

@@ -16,7 +16,7 @@ per-tensor and the group reductions), several statements separated by newlines o
     values only, and NaN == NaN, -0.0 != 0.0;
 (c) the generated NumPy step, run through prog.numpy_optimizer and through the torch wrapper
     (backend="numpy"), equals evaluate_group over two steps on float64 arrays of size 1, odd
-    sizes and 9000 (> optdsl.codegen.numpy.CHUNK), with two parameters in one group so the
+    sizes and sizes above optdsl.codegen.numpy.CHUNK, with two parameters in one group so the
     global reductions mix parameters. For arrays longer than a chunk the generated code sums
     chunk by chunk, so there the reference reductions are accumulated in the same chunk order
     (the element-wise work is still the evaluator's); below a chunk the plain evaluator is the
@@ -34,32 +34,27 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import (  # the program strategies, shared with test_fuzz and bench/fuzz.py
+    ELEMENTWISE_1,
+    ELEMENTWISE_2,
+    REDUCTIONS_1,
+    REDUCTIONS_2,
+    TOKENS,
+    loose_programs,
+    programs,
+)
 
 import optdsl
 import optdsl.ir.evaluate as ev
 from optdsl import hypers as hyper_values
 from optdsl.codegen.numpy import CHUNK
-from optdsl.ir.ops import FUNCTIONS, GLOBAL, OPS, REDUCE
+from optdsl.ir.ops import FUNCTIONS, OPS
 from optdsl.passes import optimize
 
 SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck), "database": None,
             "report_multiple_bugs": False}
 
-# -- the program strategy ------------------------------------------------------------------------
-
-ELEMENTWISE_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
-                       and op.category not in (REDUCE, GLOBAL))
-ELEMENTWISE_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
-                       and op.category not in (REDUCE, GLOBAL))
-REDUCTIONS_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
-                      and op.category in (REDUCE, GLOBAL))
-REDUCTIONS_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
-                      and op.category in (REDUCE, GLOBAL))
-BINOPS = ["+", "-", "*", "/", "^", "**"]
-COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
-CONSTANTS = ["0", "0.0", "-0.0", "1", "-1", "2", "-2.5", "0.5", "3", "1e-8", "inf", "-inf",
-             "1e300", ".25", "7"]
-
+# -- the program strategy: tests/strategies.py ----------------------------------------------
 
 def test_strategy_covers_every_function():
     covered = set(ELEMENTWISE_1) | set(ELEMENTWISE_2) | set(REDUCTIONS_1) | set(REDUCTIONS_2)
@@ -68,86 +63,6 @@ def test_strategy_covers_every_function():
     for name in ("sum", "mean", "norm", "maxabs", "dot", "global_norm", "global_sum", "min",
                  "max", "clamp", "where"):
         assert name in FUNCTIONS
-
-
-@st.composite
-def expressions(draw, names, tensor_names, depth, need_tensor=False):
-    """Expression text over ``names``; surely tensor-valued when ``need_tensor``
-    (``tensor_names`` are names that always hold tensors)."""
-    if depth <= 0 or draw(st.integers(0, 3)) == 0:
-        if need_tensor:
-            return draw(st.sampled_from(tensor_names))
-        if draw(st.booleans()):
-            return draw(st.sampled_from(CONSTANTS))
-        return draw(st.sampled_from(names))
-
-    def sub(tensor=False):
-        return draw(expressions(names, tensor_names, depth - 1, tensor))
-
-    kind = draw(st.sampled_from(["unary", "binop", "func2", "clamp", "where", "reduce",
-                                 "reduce2"]))
-    if kind in ("reduce", "reduce2") and need_tensor:
-        kind = "binop"
-    if kind == "unary":
-        func = draw(st.sampled_from(ELEMENTWISE_1 + ["-"]))
-        return f"-({sub(need_tensor)})" if func == "-" else f"{func}({sub(need_tensor)})"
-    if kind in ("binop", "func2"):
-        first = draw(st.booleans())
-        a, b = sub(need_tensor and first), sub(need_tensor and not first)
-        if kind == "binop":
-            return f"({a}) {draw(st.sampled_from(BINOPS))} ({b})"
-        return f"{draw(st.sampled_from(ELEMENTWISE_2))}({a}, {b})"
-    if kind == "clamp":
-        which = draw(st.integers(0, 2))
-        return "clamp(" + ", ".join(sub(need_tensor and which == j) for j in range(3)) + ")"
-    if kind == "where":
-        which = draw(st.integers(0, 2))
-        cond = f"({sub(need_tensor and which == 0)}) {draw(st.sampled_from(COMPARISONS))} ({sub()})"
-        a, b = sub(need_tensor and which == 1), sub(need_tensor and which == 2)
-        return f"where({cond}, {a}, {b})"
-    if kind == "reduce":
-        return f"{draw(st.sampled_from(REDUCTIONS_1))}({sub(True)})"
-    return f"{draw(st.sampled_from(REDUCTIONS_2))}({sub(True)}, {sub(True)})"
-
-
-@st.composite
-def programs(draw, max_depth=4):
-    """Text of a random valid program."""
-    lines = []
-    if draw(st.booleans()):
-        lines.append('optimizer Random "a random program"')
-    hypers = [f"h{i}" for i in range(draw(st.integers(0, 2)))]
-    for h in hypers:
-        default = draw(st.sampled_from(["0", "1", "0.5", "-2", "1e-3", "inf", "-0.0"]))
-        lines.append(f"hyper {h} = {default}")
-    if draw(st.booleans()):
-        lines.append("hyper bb = (b1 = 0.9, b2 = 0.999) in [0, 1)")
-        hypers += ["b1", "b2"]
-    inferred_hypers = [f"k{i}" for i in range(draw(st.integers(0, 2)))]
-    states = [f"s{i}" for i in range(draw(st.integers(0, 2)))]
-    tensor_names = ["w", "g"]
-    for i, s in enumerate(states):
-        init = draw(st.sampled_from(["0", "1", "-0.0", "w", "0.5*w + 1", "inf", "-w"]))
-        if "w" in init:
-            tensor_names.append(s)
-        key = f" as key{i}" if draw(st.booleans()) else ""
-        lines.append(f"state {s} = {init}{key}")
-    inferred_states = [f"u{i}" for i in range(draw(st.integers(0, 1)))]
-    temps = [f"x{i}" for i in range(draw(st.integers(0, 2)))]
-    names = ["w", "g", "t"] + hypers + inferred_hypers + states + inferred_states + temps
-    targets = states + inferred_states + temps + ["g", "w"]
-    body = []
-    for _ in range(draw(st.integers(1, 5))):
-        target = draw(st.sampled_from(targets))
-        # names that must stay tensors (w, g, states initialised from w) get tensors
-        value = draw(expressions(names, tensor_names, max_depth, target in tensor_names))
-        body.append(f"{target} = {value}")
-    for u in inferred_states:  # read before its first assignment: an inferred state
-        body.insert(0, f"x_{u} = {u} + 1")
-        body.append(f"{u} = {draw(expressions(names, tensor_names, 2))}")
-    body.append(f"w = {draw(expressions(names, tensor_names, max_depth, draw(st.booleans())))}")
-    sep = draw(st.sampled_from(["\n", "; ", "\n\n# comment\n"]))
-    return "\n".join(lines + [sep.join(body)]) + "\n"
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -239,13 +154,6 @@ def test_valid_programs_compile(source):
     prog.ir()
 
 
-TOKENS = ["w", "g", "t", "lr", "m", "x", "=", "+", "-", "*", "/", "^", "**", "(", ")", ",", ";",
-          "\n", " ", "<", "<=", "==", "!=", ">", ">=", "hyper", "state", "optimizer", "in", "as",
-          "inf", "[", "]", "0", "1", "0.5", "1e-8", ".5", "1e999", '"desc"', "# c", "sqrt",
-          "where", "clamp", "sum", "global_norm", "dot", "min", "maxabs", "1e", "e5", "_", "\t",
-          "\r\n", "$", "\x00", "\u0430", "\u00e9", "\\", "'", "@", "..", "1.2.3", "info"]
-
-
 def only_dsl_error(source: str) -> None:
     try:
         prog = optdsl.compile(source)
@@ -269,43 +177,6 @@ def test_token_soup_raises_only_dsl_error(tokens):
                max_size=60))
 def test_random_text_raises_only_dsl_error(source):
     only_dsl_error(source)
-
-
-@st.composite
-def loose_expressions(draw, depth=3):
-    """Expressions that are often wrong: masks as numbers, reductions of scalars, bad arity,
-    unknown functions, functions used as names."""
-    atoms = ["w", "g", "t", "lr", "m", "x", "sqrt", "0", "-0.0", "inf", "1e-8", "2"]
-    funcs = sorted(FUNCTIONS) + ["foo", "sqr"]
-    if depth == 0 or draw(st.integers(0, 3)) == 0:
-        return draw(st.sampled_from(atoms))
-    kind = draw(st.integers(0, 2))
-    if kind == 0:
-        op = draw(st.sampled_from(BINOPS + COMPARISONS))
-        return f"({draw(loose_expressions(depth - 1))}) {op} ({draw(loose_expressions(depth - 1))})"
-    if kind == 1:
-        return f"-({draw(loose_expressions(depth - 1))})"
-    args = [draw(loose_expressions(depth - 1)) for _ in range(draw(st.integers(0, 4)))]
-    return f"{draw(st.sampled_from(funcs))}({', '.join(args)})"
-
-
-@st.composite
-def loose_programs(draw):
-    lines = []
-    for _ in range(draw(st.integers(0, 6))):
-        kind = draw(st.integers(0, 4))
-        if kind == 0:
-            interval = draw(st.sampled_from(["", " in [0, 1)", " in (1, 0)", " in [-inf, inf]"]))
-            name = draw(st.sampled_from(["lr", "x", "w", "sqrt", "m", "t"]))
-            lines.append(f"hyper {name} = {draw(loose_expressions(1))}{interval}")
-        elif kind == 1:
-            key = draw(st.sampled_from(["", " as k", " as step", " as m"]))
-            name = draw(st.sampled_from(["m", "x", "lr", "t"]))
-            lines.append(f"state {name} = {draw(loose_expressions(1))}{key}")
-        else:
-            target = draw(st.sampled_from(["w", "g", "t", "m", "x", "lr", "sqrt"]))
-            lines.append(f"{target} = {draw(loose_expressions())}")
-    return "\n".join(lines)
 
 
 @settings(max_examples=300, **SETTINGS)

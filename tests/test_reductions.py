@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import optdsl
+from optdsl.codegen.numpy import CHUNK
 from optdsl.library import LAMB, LARS, AdamWClip, SGDClip, SGDClipPerTensor
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = [(7,), (3, 5), (1,), (2, 3, 4), (9000,)]  # 9000 > one NumPy chunk
+SHAPES = [(7,), (3, 5), (1,), (2, 3, 4), (CHUNK + 9,)]  # more than one NumPy chunk
 
 
 def params(dtype, seed=0):
@@ -166,7 +167,7 @@ def test_global_norm_excludes_params_without_grad_and_is_per_group():
     torch.testing.assert_close(c, torch.full((2,), -2.0, dtype=torch.float64))  # unclipped
 
 
-@pytest.mark.parametrize("size", [1, 2, 8191, 8192, 8193])
+@pytest.mark.parametrize("size", [1, 2, CHUNK - 1, CHUNK, CHUNK + 1])
 def test_reductions_of_every_kind(size):
     src = """
     hyper lr = 0.1

@@ -29,7 +29,7 @@ from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
 from optdsl.ir.schedule import Pass, Schedule, param_scalars
 from optdsl.numbers import format_float
 
-CHUNK = 8192
+CHUNK = 32768
 _FINISH = {  # per-tensor reduction: what to accumulate per chunk, how to finish
     "sum": "sum", "mean": "sum", "global_sum": "sum", "dot": "dot",
     "norm": "sumsq", "global_norm": "sumsq", "maxabs": "maxabs",
