@@ -188,7 +188,7 @@ def compile_program(source: str, name: str | None = None,
 
 def _default_name(filename: str) -> str:
     stem = Path(filename).stem if not filename.startswith("<") else "program"
-    cleaned = re.sub(r"\W", "_", stem)
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", stem)  # ASCII only (\W keeps Unicode letters)
     return cleaned if cleaned and not cleaned[0].isdigit() else f"program_{cleaned}"
 
 

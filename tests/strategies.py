@@ -34,8 +34,8 @@ REDUCTIONS_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
                       and op.category in (REDUCE, GLOBAL))
 BINOPS = ["+", "-", "*", "/", "^", "**"]
 COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
-CONSTANTS = ["0", "0.0", "-0.0", "1", "2", "0.5", "3", "1e-8", "inf", "-inf", "1e300", ".25",
-             "7"]
+CONSTANTS = ["0", "0.0", "-0.0", "1", "-1", "2", "-2.5", "0.5", "3", "1e-8", "inf", "-inf",
+             "1e300", ".25", "7"]
 
 
 # -- valid programs --------------------------------------------------------------------------
@@ -73,7 +73,8 @@ def expressions(draw, names, tensor_names, depth, need_tensor=False):
     if kind == "where":
         which = draw(st.integers(0, 2))
         cond = f"({sub(need_tensor and which == 0)}) {draw(st.sampled_from(COMPARISONS))} ({sub()})"
-        return f"where({cond}, {sub(need_tensor and which == 1)}, {sub(need_tensor and which == 2)})"
+        a, b = sub(need_tensor and which == 1), sub(need_tensor and which == 2)
+        return f"where({cond}, {a}, {b})"
     if kind == "reduce":
         return f"{draw(st.sampled_from(REDUCTIONS_1))}({sub(True)})"
     return f"{draw(st.sampled_from(REDUCTIONS_2))}({sub(True)}, {sub(True)})"
@@ -246,7 +247,7 @@ def lark_programs(spaced: bool = False):
 def _rule_table():
     """The grammar's rules as {nonterminal: [expansion, ...]} (each a tuple of (name,
     is_terminal)), and each nonterminal's smallest derivation height."""
-    terminals, rules, _ = grammar().grammar.compile(["start"], ())
+    _, rules, _ = grammar().grammar.compile(["start"], ())
     table: dict[str, list[tuple[tuple[str, bool], ...]]] = {}
     for rule in rules:
         table.setdefault(rule.origin.name, []).append(

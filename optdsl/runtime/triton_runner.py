@@ -177,7 +177,9 @@ class TritonRunner:
         for (param, grad, state, t), slot in zip(entries, slots):
             for (key, is_tensor), value in zip(state_keys, slot.states):
                 if not is_tensor:
-                    state[key].fill_(float(value))
+                    # through a float64 tensor: a float32 state overflows to inf (fill_ of
+                    # a Python float too large for the state's dtype raises)
+                    state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
 
     # -- tables --------------------------------------------------------------------------------
     def _plan(self, entries: list, tensor_keys: list[str]) -> _Plan:
