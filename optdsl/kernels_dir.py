@@ -7,11 +7,11 @@ this output for every bundled program (``make kernels``), and a test fails when 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from optdsl.runtime.cache import write_atomic
 
 BACKENDS = {"triton": ("triton",), "numpy": ("numpy",), "all": ("triton", "numpy")}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -57,15 +57,4 @@ def _write(path: Path, text: str) -> None:
             return
     except (OSError, UnicodeDecodeError):
         pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, text, mode=0o644)

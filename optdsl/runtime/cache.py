@@ -96,14 +96,15 @@ def digest(source: str, options: Mapping[str, object] | None = None) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -145,7 +146,7 @@ def _ensure(directory: Path, source: str, tag: str, key: str) -> Path:
             warnings.warn(f"optdsl cache entry {path} is corrupt; rebuilding it",
                           RuntimeWarning, stacklevel=4)
         try:
-            _write_atomic(path, source)
+            write_atomic(path, source)
         except OSError as exc:  # e.g. a directory in the entry's place, or a full disk
             fallback = _fallback(f"optdsl cache entry {path} cannot be written "
                                  f"({exc.strerror or type(exc).__name__})")
@@ -175,7 +176,7 @@ def load_module(source: str, tag: str, options: Mapping[str, object] | None = No
             warnings.warn(f"optdsl cache entry {path} failed to import ({type(exc).__name__}); "
                           f"rebuilding it", RuntimeWarning, stacklevel=2)
             try:
-                _write_atomic(path, source)
+                write_atomic(path, source)
             except OSError:
                 path = _ensure(_fallback(f"optdsl cache entry {path} cannot be rewritten"),
                                source, tag, key)
