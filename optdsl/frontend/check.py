@@ -21,7 +21,6 @@ from optdsl.frontend.signature import HyperSpec, Interval, StateSpec
 from optdsl.hypers import TORCH_FLAGS
 from optdsl.ir.builder import Builder
 from optdsl.ir.nodes import Graph
-from optdsl.passes.cse_dce import cse_dce
 from optdsl.ir.ops import (
     ARITH,
     COMPARE,
@@ -30,11 +29,11 @@ from optdsl.ir.ops import (
     KEYWORDS,
     OPS,
     REDUCE,
-    RESERVED_NAMES,
     SELECT,
     Kind,
     Level,
 )
+from optdsl.passes.cse_dce import cse_dce
 
 BUILTIN = ("w", "g", "t")
 RESERVED_KEYS = frozenset({"step"})
