@@ -87,9 +87,10 @@ def pass1_block(offs, n, p_w, p_g, p_s_buf, sp, CT: tl.constexpr, BLOCK: tl.cons
     v15 = tl.load(sp + 3)  # line 15
     v18 = tl.load(sp + 4) != 0.0  # line 16
     v22 = tl.load(sp + 5) != 0.0  # line 17
-    v24 = tl.load(sp + 6)  # line 17
-    v28 = tl.load(sp + 7) != 0.0  # line 18
-    v32 = tl.load(sp + 8) != 0.0  # line 19
+    v24 = tl.load(sp + 6) != 0.0  # line 17
+    v25 = tl.load(sp + 7)  # line 17
+    v30 = tl.load(sp + 8) != 0.0  # line 18
+    v34 = tl.load(sp + 9) != 0.0  # line 19
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
@@ -98,17 +99,18 @@ def pass1_block(offs, n, p_w, p_g, p_s_buf, sp, CT: tl.constexpr, BLOCK: tl.cons
     v20 = v16 + v19  # line 16
     v21 = tl.where(v18, v20, v16)  # line 16
     v23 = v5 * v9  # line 17
-    v25 = v24 * v21  # line 17
-    v26 = v23 + v25  # line 17
-    v27 = tl.where(v22, v21, v26)  # line 17
-    v29 = v5 * v27  # line 18
-    v30 = v21 + v29  # line 18
-    v31 = tl.where(v28, v30, v27)  # line 18
-    v33 = tl.where(v32, v31, v21)  # line 19
-    v34 = v3 * v33  # line 20
-    v35 = v0 - v34  # line 20
-    tl.store(p_w + offs, _stored(v35, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_buf + offs, _stored(v27, p_s_buf.dtype.element_ty), mask=mask)  # buf =
+    v26 = v25 * v21  # line 17
+    v27 = tl.where(v24, v26, v21)  # line 17
+    v28 = v23 + v27  # line 17
+    v29 = tl.where(v22, v21, v28)  # line 17
+    v31 = v5 * v29  # line 18
+    v32 = v21 + v31  # line 18
+    v33 = tl.where(v30, v32, v29)  # line 18
+    v35 = tl.where(v34, v33, v21)  # line 19
+    v36 = v3 * v35  # line 20
+    v37 = v0 - v36  # line 20
+    tl.store(p_w + offs, _stored(v37, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_buf + offs, _stored(v29, p_s_buf.dtype.element_ty), mask=mask)  # buf =
 
 
 @triton.jit
@@ -128,7 +130,7 @@ def pass1_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
-    sp = scal + 9 * ti
+    sp = scal + 10 * ti
     if start + BLOCK <= n:
         pass1_block(offs, n, p_w, p_g, p_s_buf, sp, CT, BLOCK, False)
     else:
@@ -138,7 +140,7 @@ def pass1_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
     (pass0_kernel, 0, ((0, 'global_norm'),)),
-    (pass1_kernel, 9, ()),
+    (pass1_kernel, 10, ()),
 )
 
 
@@ -162,11 +164,12 @@ def step(hyper, params, launch):
     v13 = (h_max_norm / v12)  # line 15
     v15 = np.minimum(v13, 1.0)  # line 15
     v18 = bool(h_weight_decay != 0.0)  # line 16
-    v24 = (1.0 - h_dampening)  # line 17
-    v28 = bool(h_nesterov != 0.0)  # line 18
-    v32 = bool(h_momentum != 0.0)  # line 19
+    v24 = bool(h_dampening != 0.0)  # line 17
+    v25 = (1.0 - h_dampening)  # line 17
+    v30 = bool(h_nesterov != 0.0)  # line 18
+    v34 = bool(h_momentum != 0.0)  # line 19
     for p in params:  # final pass: updates
         t = np.float64(p.t)
         v22 = bool(t == 1.0)  # line 17
-        p.scalars = (h_lr, h_momentum, h_weight_decay, v15, v18, v22, v24, v28, v32)  # scalar-table row
+        p.scalars = (h_lr, h_momentum, h_weight_decay, v15, v18, v22, v24, v25, v30, v34)  # scalar-table row
     launch(1, params)

@@ -48,8 +48,9 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, sp, CT: tl.constexpr, BLOCK: tl.cons
     v14 = tl.load(sp + 4) != 0.0  # line 30
     v18 = tl.load(sp + 5) != 0.0  # line 31
     v20 = tl.load(sp + 6) != 0.0  # line 31
-    v22 = tl.load(sp + 7)  # line 31
-    v27 = tl.load(sp + 8) != 0.0  # line 32
+    v22 = tl.load(sp + 7) != 0.0  # line 31
+    v23 = tl.load(sp + 8)  # line 31
+    v29 = tl.load(sp + 9) != 0.0  # line 32
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
@@ -59,18 +60,19 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, sp, CT: tl.constexpr, BLOCK: tl.cons
     v16 = v13 + v15  # line 30
     v17 = tl.where(v14, v16, v13)  # line 30
     v21 = v4 * v9  # line 31
-    v23 = v22 * v17  # line 31
-    v24 = v21 + v23  # line 31
-    v25 = tl.where(v20, v17, v24)  # line 31
-    v26 = tl.where(v18, v25, v9)  # line 31
-    v28 = v4 * v26  # line 32
-    v29 = v17 + v28  # line 32
-    v30 = tl.where(v27, v29, v26)  # line 32
-    v31 = tl.where(v18, v30, v17)  # line 33
-    v32 = v3 * v31  # line 33
-    v33 = v0 - v32  # line 33
-    tl.store(p_w + offs, _stored(v33, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_buf + offs, _stored(v26, p_s_buf.dtype.element_ty), mask=mask)  # buf =
+    v24 = v23 * v17  # line 31
+    v25 = tl.where(v22, v24, v17)  # line 31
+    v26 = v21 + v25  # line 31
+    v27 = tl.where(v20, v17, v26)  # line 31
+    v28 = tl.where(v18, v27, v9)  # line 31
+    v30 = v4 * v28  # line 32
+    v31 = v17 + v30  # line 32
+    v32 = tl.where(v29, v31, v28)  # line 32
+    v33 = tl.where(v18, v32, v17)  # line 33
+    v34 = v3 * v33  # line 33
+    v35 = v0 - v34  # line 33
+    tl.store(p_w + offs, _stored(v35, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_s_buf + offs, _stored(v28, p_s_buf.dtype.element_ty), mask=mask)  # buf =
 
 
 @triton.jit
@@ -90,7 +92,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
-    sp = scal + 9 * ti
+    sp = scal + 10 * ti
     if start + BLOCK <= n:
         pass0_block(offs, n, p_w, p_g, p_s_buf, sp, CT, BLOCK, False)
     else:
@@ -99,7 +101,7 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).
 PASSES = (
-    (pass0_kernel, 9, ()),
+    (pass0_kernel, 10, ()),
 )
 
 
@@ -114,10 +116,11 @@ def step(hyper, params, launch):
     v11 = bool(h_maximize != 0.0)  # line 29
     v14 = bool(h_weight_decay != 0.0)  # line 30
     v18 = bool(h_momentum != 0.0)  # line 31
-    v22 = (1.0 - h_dampening)  # line 31
-    v27 = bool(h_nesterov != 0.0)  # line 32
+    v22 = bool(h_dampening != 0.0)  # line 31
+    v23 = (1.0 - h_dampening)  # line 31
+    v29 = bool(h_nesterov != 0.0)  # line 32
     for p in params:  # final pass: updates
         t = np.float64(p.t)
         v20 = bool(t == 1.0)  # line 31
-        p.scalars = (h_lr, h_momentum, h_weight_decay, v11, v14, v18, v20, v22, v27)  # scalar-table row
+        p.scalars = (h_lr, h_momentum, h_weight_decay, v11, v14, v18, v20, v22, v23, v29)  # scalar-table row
     launch(0, params)
