@@ -44,6 +44,20 @@ class Graph:
                 users[a].append(i)
         return users
 
+    def ancestors(self, roots, stop=None) -> set[int]:
+        """Values reachable from ``roots`` through arguments (roots included), not expanding
+        the arguments of a value for which ``stop(v)`` is true."""
+        seen: set[int] = set()
+        stack = list(roots)
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if stop is None or not stop(v):
+                stack.extend(self.eqs[v].args)
+        return seen
+
     def live(self) -> list[bool]:
         """Which values some output depends on."""
         alive = [False] * len(self.eqs)

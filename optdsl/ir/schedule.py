@@ -42,20 +42,6 @@ class Schedule:
         return self.passes[-1]
 
 
-def _closure(graph: Graph, roots: list[int], stop) -> set[int]:
-    """Values reachable from roots through arguments, not expanding below ``stop(v)``."""
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if not stop(v):
-            stack.extend(graph.eqs[v].args)
-    return seen
-
-
 def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
     eqs = graph.eqs
     phase = [0] * len(eqs)
@@ -79,7 +65,7 @@ def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
             reductions = [i for i, eq in enumerate(eqs)
                           if OPS[eq.op].is_reduction and phase[i] == p + 1]
             roots = [a for r in reductions for a in eqs[r].args]
-        tensor = sorted(v for v in _closure(graph, roots, lambda v: not is_tensor(v))
+        tensor = sorted(v for v in graph.ancestors(roots, lambda v: not is_tensor(v))
                         if is_tensor(v))
         scalars = sorted({a for v in tensor for a in eqs[v].args if not is_tensor(a)} |
                          {v for v in roots if not is_tensor(v)})
@@ -93,7 +79,7 @@ def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
         needed = set(ps.scalars_in)
         if ps.final:
             needed |= {v for _, v in scalar_outputs}
-        reach = _closure(graph, list(needed),
+        reach = graph.ancestors(list(needed),
                          lambda v: is_tensor(v) or OPS[eqs[v].op].is_reduction)
         here = sorted(v for v in reach if eqs[v].kind.level <= Level.GROUP
                       and OPS[eqs[v].op].category != LEAF and eqs[v].op != "const"
@@ -108,7 +94,7 @@ def param_scalars(schedule: Schedule, roots: list[int]) -> list[int]:
     """Param-level scalar values needed to compute ``roots`` (in order), stopping at
     reductions (loaded, not recomputed) and at group-level values (already computed)."""
     eqs = schedule.graph.eqs
-    reach = _closure(schedule.graph, roots,
+    reach = schedule.graph.ancestors(roots,
                      lambda v: eqs[v].kind.level != Level.PARAM or OPS[eqs[v].op].is_reduction
                      or OPS[eqs[v].op].category == LEAF)
     return sorted(v for v in reach if eqs[v].kind.level == Level.PARAM)

@@ -26,7 +26,7 @@ def flag_masks(graph: Graph) -> tuple[int, ...]:
                  if OPS[graph.eqs[v].op].category == COMPARE
                  and graph.eqs[v].kind.level <= Level.GROUP
                  and not any(OPS[graph.eqs[a].op].is_reduction  # global_norm is group-level
-                             for a in _ancestors(graph, [v])))
+                             for a in graph.ancestors([v])))
 
 
 def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
@@ -35,7 +35,7 @@ def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
     if not masks:
         return ()
     values: dict[int, object] = {}
-    needed = sorted(_ancestors(graph, masks))
+    needed = sorted(graph.ancestors(masks))
     with np.errstate(all="ignore"):
         for v in needed:
             eq = graph.eqs[v]
@@ -46,17 +46,6 @@ def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
             else:
                 values[v] = OPS[eq.op].evaluate(*[values[a] for a in eq.args])
     return tuple(bool(values[m]) for m in masks)
-
-
-def _ancestors(graph: Graph, roots) -> set[int]:
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        v = stack.pop()
-        if v not in seen:
-            seen.add(v)
-            stack.extend(graph.eqs[v].args)
-    return seen
 
 
 def specialize(graph: Graph, choice: dict[int, bool]) -> Graph:
