@@ -22,6 +22,28 @@ _INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")
 
 
 @triton.jit
+def _mix32(h):
+    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every
+    output bit."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _random_bits(seed, offs, ti, stream: tl.constexpr):
+    """32 random bits per element: a hash of (seed; offset, tensor, column), so every step,
+    tensor and column draws its own stream. (Counter-based, like Philox; written here since
+    triton.language.random cannot be called from interpreted kernels in every mode.)"""
+    h = _mix32(offs.to(tl.uint32) ^ (seed & 0xFFFFFFFF).to(tl.uint32))
+    h = _mix32(h ^ (offs >> 32).to(tl.uint32) ^ (seed >> 32).to(tl.uint32))
+    return _mix32(h ^ (ti.to(tl.uint32) * 0x9E3779B9 + stream))
+
+
+@triton.jit
 def _div(x, y):
     """x / y rounded to nearest, as NumPy divides (float32 `/` in Triton is approximate)."""
     if y.dtype == tl.float64:
@@ -32,19 +54,24 @@ def _div(x, y):
 
 
 @triton.jit
-def _stored(x, DT: tl.constexpr):
-    """x in the storage dtype DT, rounded to nearest even. (The interpreter truncates float32
-    to bfloat16, so there the bits are rounded first.)"""
-    if _INTERPRET:
-        if DT == tl.bfloat16:
-            b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexpr, offs):
+    """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
+    (16 random bits added below the kept bits); else round to nearest even (the interpreter
+    truncates float32 to bfloat16, so there the bits are rounded first)."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        if SR:
+            b = (b + (_random_bits(seed, offs, ti, stream) & 0xFFFF)) & 0xFFFF0000
+            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+        elif _INTERPRET:
             b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
     return x.to(DT)
 
 
 @triton.jit
-def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT: tl.constexpr, BLOCK: tl.constexpr,
+def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, p_wcopy, sp, ti, seed, CT: tl.constexpr,
+                BLOCK: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr,
                 MASKED: tl.constexpr):
     """Pass 0 (updates w, m, u) on one block of one tensor."""
     if MASKED:  # the tensor's last block
@@ -78,35 +105,43 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT: tl.constexpr, BLOCK: tl
     v31 = _div(v23, v27)  # line 27
     v32 = v30 * v31  # line 27
     v33 = v0 - v32  # line 27
-    tl.store(p_w + offs, _stored(v33, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_m + offs, _stored(v23, p_s_m.dtype.element_ty), mask=mask)  # m =
-    tl.store(p_s_u + offs, _stored(v27, p_s_u.dtype.element_ty), mask=mask)  # u =
+    tl.store(p_w + offs, _stored(v33, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
+    if COPY:  # the low-precision parameter of a master weight
+        tl.store(p_wcopy + offs, _stored(v33, p_wcopy.dtype.element_ty, SR, seed, ti, 4, offs), mask=mask)
+    tl.store(p_s_m + offs, _stored(v23, p_s_m.dtype.element_ty, SR, seed, ti, 2, offs), mask=mask)  # m =
+    tl.store(p_s_u + offs, _stored(v27, p_s_u.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)  # u =
 
 
-@triton.jit
-def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                 DT_s_m: tl.constexpr, DT_s_u: tl.constexpr, CT: tl.constexpr,
-                 BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def pass0_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
+                 DT_s_m: tl.constexpr, DT_s_u: tl.constexpr, DT_wcopy: tl.constexpr,
+                 CT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+                 COPY: tl.constexpr, SR: tl.constexpr):
     """Pass 0 (updates w, m, u): one program per (tensor, start) row of `blocks`."""
     pid = tl.program_id(0).to(tl.int64)
     ti = tl.load(blocks + 2 * pid)
     start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
     n = tl.load(sizes + ti)
     offs = start + tl.arange(0, BLOCK)
-    p_w = tl.load(ptrs + 4 * ti + 0).to(tl.pointer_type(DT_w))
-    p_g = tl.load(ptrs + 4 * ti + 1).to(tl.pointer_type(DT_g))
-    p_s_m = tl.load(ptrs + 4 * ti + 2).to(tl.pointer_type(DT_s_m))
-    p_s_u = tl.load(ptrs + 4 * ti + 3).to(tl.pointer_type(DT_s_u))
+    p_w = tl.load(ptrs + 5 * ti + 0).to(tl.pointer_type(DT_w))
+    p_g = tl.load(ptrs + 5 * ti + 1).to(tl.pointer_type(DT_g))
+    p_s_m = tl.load(ptrs + 5 * ti + 2).to(tl.pointer_type(DT_s_m))
+    p_s_u = tl.load(ptrs + 5 * ti + 3).to(tl.pointer_type(DT_s_u))
+    if COPY:  # w is a master weight: its rounded copy
+        p_wcopy = tl.load(ptrs + 5 * ti + 4).to(tl.pointer_type(DT_wcopy))
+    else:
+        p_wcopy = p_w
     if ALIGNED:  # every pointer of the launch is 16-byte aligned
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_s_u = tl.multiple_of(p_s_u, 16)
+        p_wcopy = tl.multiple_of(p_wcopy, 16)
     sp = scal + 8 * ti
     if start + BLOCK <= n:
-        pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT, BLOCK, False)
+        pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, False)
     else:
-        pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, sp, CT, BLOCK, True)
+        pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, True)
 
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).

@@ -22,26 +22,53 @@ _INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")
 
 
 @triton.jit
+def _mix32(h):
+    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every
+    output bit."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _random_bits(seed, offs, ti, stream: tl.constexpr):
+    """32 random bits per element: a hash of (seed; offset, tensor, column), so every step,
+    tensor and column draws its own stream. (Counter-based, like Philox; written here since
+    triton.language.random cannot be called from interpreted kernels in every mode.)"""
+    h = _mix32(offs.to(tl.uint32) ^ (seed & 0xFFFFFFFF).to(tl.uint32))
+    h = _mix32(h ^ (offs >> 32).to(tl.uint32) ^ (seed >> 32).to(tl.uint32))
+    return _mix32(h ^ (ti.to(tl.uint32) * 0x9E3779B9 + stream))
+
+
+@triton.jit
 def _sign(x):
     """-1, 0 or 1 as np.sign: -0.0 gives 0.0, NaN gives NaN."""
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, tl.where(x == 0, 0.0, x)))
 
 
 @triton.jit
-def _stored(x, DT: tl.constexpr):
-    """x in the storage dtype DT, rounded to nearest even. (The interpreter truncates float32
-    to bfloat16, so there the bits are rounded first.)"""
-    if _INTERPRET:
-        if DT == tl.bfloat16:
-            b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexpr, offs):
+    """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
+    (16 random bits added below the kept bits); else round to nearest even (the interpreter
+    truncates float32 to bfloat16, so there the bits are rounded first)."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        if SR:
+            b = (b + (_random_bits(seed, offs, ti, stream) & 0xFFFF)) & 0xFFFF0000
+            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+        elif _INTERPRET:
             b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
     return x.to(DT)
 
 
 @triton.jit
-def pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, sp, CT: tl.constexpr,
-                BLOCK: tl.constexpr, MASKED: tl.constexpr):
+def pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, p_wcopy, sp, ti, seed,
+                CT: tl.constexpr, BLOCK: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr,
+                MASKED: tl.constexpr):
     """Pass 0 (updates w, prev, step_size) on one block of one tensor."""
     if MASKED:  # the tensor's last block
         mask = offs < n
@@ -71,35 +98,43 @@ def pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, sp, CT: tl.constexpr
     v22 = _sign(v21)  # line 30
     v23 = v22 * v20  # line 30
     v24 = v0 - v23  # line 30
-    tl.store(p_w + offs, _stored(v24, p_w.dtype.element_ty), mask=mask)  # w =
-    tl.store(p_s_prev + offs, _stored(v21, p_s_prev.dtype.element_ty), mask=mask)  # prev =
-    tl.store(p_s_step_size + offs, _stored(v20, p_s_step_size.dtype.element_ty), mask=mask)  # step_size =
+    tl.store(p_w + offs, _stored(v24, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
+    if COPY:  # the low-precision parameter of a master weight
+        tl.store(p_wcopy + offs, _stored(v24, p_wcopy.dtype.element_ty, SR, seed, ti, 4, offs), mask=mask)
+    tl.store(p_s_prev + offs, _stored(v21, p_s_prev.dtype.element_ty, SR, seed, ti, 2, offs), mask=mask)  # prev =
+    tl.store(p_s_step_size + offs, _stored(v20, p_s_step_size.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)  # step_size =
 
 
-@triton.jit
-def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                 DT_s_prev: tl.constexpr, DT_s_step_size: tl.constexpr, CT: tl.constexpr,
-                 BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def pass0_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
+                 DT_s_prev: tl.constexpr, DT_s_step_size: tl.constexpr, DT_wcopy: tl.constexpr,
+                 CT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+                 COPY: tl.constexpr, SR: tl.constexpr):
     """Pass 0 (updates w, prev, step_size): one program per (tensor, start) row of `blocks`."""
     pid = tl.program_id(0).to(tl.int64)
     ti = tl.load(blocks + 2 * pid)
     start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
     n = tl.load(sizes + ti)
     offs = start + tl.arange(0, BLOCK)
-    p_w = tl.load(ptrs + 4 * ti + 0).to(tl.pointer_type(DT_w))
-    p_g = tl.load(ptrs + 4 * ti + 1).to(tl.pointer_type(DT_g))
-    p_s_prev = tl.load(ptrs + 4 * ti + 2).to(tl.pointer_type(DT_s_prev))
-    p_s_step_size = tl.load(ptrs + 4 * ti + 3).to(tl.pointer_type(DT_s_step_size))
+    p_w = tl.load(ptrs + 5 * ti + 0).to(tl.pointer_type(DT_w))
+    p_g = tl.load(ptrs + 5 * ti + 1).to(tl.pointer_type(DT_g))
+    p_s_prev = tl.load(ptrs + 5 * ti + 2).to(tl.pointer_type(DT_s_prev))
+    p_s_step_size = tl.load(ptrs + 5 * ti + 3).to(tl.pointer_type(DT_s_step_size))
+    if COPY:  # w is a master weight: its rounded copy
+        p_wcopy = tl.load(ptrs + 5 * ti + 4).to(tl.pointer_type(DT_wcopy))
+    else:
+        p_wcopy = p_w
     if ALIGNED:  # every pointer of the launch is 16-byte aligned
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_prev = tl.multiple_of(p_s_prev, 16)
         p_s_step_size = tl.multiple_of(p_s_step_size, 16)
+        p_wcopy = tl.multiple_of(p_wcopy, 16)
     sp = scal + 5 * ti
     if start + BLOCK <= n:
-        pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, sp, CT, BLOCK, False)
+        pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, False)
     else:
-        pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, sp, CT, BLOCK, True)
+        pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, True)
 
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).

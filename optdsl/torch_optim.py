@@ -5,6 +5,9 @@ schedulers and per-group overrides work), ``state['step']`` is a float32 tensor 
 updates of that parameter (a parameter without a gradient is skipped and its step does not
 advance), state tensors are stored under the program's ``as`` keys, and ``state_dict`` /
 ``load_state_dict`` are torch's own, so checkpoints of a torch.optim twin load here and back.
+Mixed precision (``state_dtype``, ``master_weights``, ``stochastic_rounding``) follows the
+policy of optdsl.precision; loading a checkpoint keeps each state in its policy's dtype
+(torch.optim would cast it to the parameter's).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 
 from optdsl import hypers as hyper_values
+from optdsl import precision
 from optdsl.passes.specialize import INV_GRAD_SCALE
 from optdsl.runtime import distributed, select
 
@@ -33,7 +37,8 @@ class DslOptimizer(torch.optim.Optimizer):
     positional: tuple[str, ...] = ()  # the keywords that may also be given by position
 
     def __init__(self, params, *args: Any, backend: str = "auto", skip_nonfinite: bool = False,
-                 **kwargs: Any) -> None:
+                 state_dtype: precision.StateDtype = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, **kwargs: Any) -> None:
         specs = self.program.hypers
         if len(args) > len(self.positional):
             raise TypeError(f"{type(self).__name__} takes at most {len(self.positional)} "
@@ -49,6 +54,16 @@ class DslOptimizer(torch.optim.Optimizer):
         select.choose(backend, [])  # reject unknown names before touching params
         self._backend_request = backend
         self._backend: str | None = None
+        self.state_dtype = precision.check_state_dtype(state_dtype)
+        self.master_weights = precision.check_flag("master_weights", master_weights)
+        self.stochastic_rounding = precision.check_flag("stochastic_rounding",
+                                                        stochastic_rounding)
+        if self.master_weights and any(s.key == precision.MASTER_KEY
+                                       for s in self.program.states.values()):
+            raise ValueError(f"master_weights=True keeps the master weight in "
+                             f"state[{precision.MASTER_KEY!r}], which this program already "
+                             f"uses for a state")
+        self._rounding = precision.RoundingSeeds(torch.initial_seed())
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
         self.skip_nonfinite = bool(skip_nonfinite)
         self.skipped_steps = 0
@@ -83,6 +98,8 @@ class DslOptimizer(torch.optim.Optimizer):
         state["_backend"] = self._backend
         state["skip_nonfinite"] = self.skip_nonfinite
         state["skipped_steps"] = self.skipped_steps
+        for name in ("state_dtype", "master_weights", "stochastic_rounding", "_rounding"):
+            state[name] = getattr(self, name)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -91,6 +108,10 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_backend", None)
         self.__dict__.setdefault("skip_nonfinite", False)
         self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("stochastic_rounding", False)
+        self.__dict__.setdefault("_rounding", precision.RoundingSeeds(0))
         # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
         # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
         specs = self.program.hypers if self.program is not None else {}
@@ -109,6 +130,34 @@ class DslOptimizer(torch.optim.Optimizer):
     def _state_keys(self) -> list[tuple[str, bool]]:
         return [(spec.key, spec.tensor) for spec in self.program.states.values()]
 
+    def _state_dtype(self, key: str, param: torch.Tensor) -> torch.dtype | None:
+        """The dtype a tensor state ``key`` of ``param`` is kept in (None: not a tensor state
+        of this optimizer's)."""
+        if key == precision.MASTER_KEY:
+            return torch.float32 if precision.needs_master(self.master_weights,
+                                                           param.dtype) else None
+        for spec in self.program.states.values():
+            if spec.key == key:
+                return precision.state_dtype_for(self.state_dtype,
+                                                 param.dtype) if spec.tensor else None
+        return None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, then each tensor state (and master weight) taken again
+        from the checkpoint in the dtype of this optimizer's policy: torch casts every state
+        to its parameter's dtype, which would round an fp32 master weight to bfloat16."""
+        super().load_state_dict(state_dict)
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, param in zip(saved, params):
+            entry = state_dict["state"].get(saved_id)
+            if not isinstance(entry, dict):
+                continue
+            for key, value in entry.items():
+                dtype = self._state_dtype(key, param) if torch.is_tensor(value) else None
+                if dtype is not None and value.is_floating_point():
+                    self.state[param][key] = value.to(device=param.device, dtype=dtype)
+
     def _init_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float]) -> None:
         step = state.get("step")
         if step is None:
@@ -118,10 +167,23 @@ class DslOptimizer(torch.optim.Optimizer):
             state["step"] = torch.tensor(done, dtype=_scalar_dtype())
         elif not torch.is_tensor(step):  # an older checkpoint's float step
             state["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
+        base = param
+        if precision.needs_master(self.master_weights, param.dtype):
+            master = state.get(precision.MASTER_KEY)
+            if master is None:
+                state[precision.MASTER_KEY] = param.detach().to(
+                    torch.float32, memory_format=torch.contiguous_format)
+            elif master.dtype != torch.float32:
+                state[precision.MASTER_KEY] = master.to(torch.float32)
+            base = state[precision.MASTER_KEY]
+        dtype = precision.state_dtype_for(self.state_dtype, param.dtype)
         for spec in self.program.states.values():
-            if spec.key in state:
-                continue
-            state[spec.key] = _initial_value(spec, param, hyper)
+            value = state.get(spec.key)
+            if value is None:
+                value = _initial_value(spec, base, hyper)
+                state[spec.key] = value.to(dtype) if spec.tensor else value
+            elif spec.tensor and value.dtype != dtype:  # e.g. a torch.optim checkpoint's
+                state[spec.key] = value.to(dtype)
 
     # -- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,11 +202,12 @@ class DslOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         runner = self._runner()
         keys = self._state_keys()
-        for group in self.param_groups:
+        self._rounding.next_step()
+        for number, group in enumerate(self.param_groups):
             hyper = hyper_values.scalars(self.program.hypers, group)
             if grad_scale is not None:
                 hyper[INV_GRAD_SCALE] = 1.0 / float(grad_scale)
-            entries = []
+            entries, copies = [], []
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:
@@ -156,15 +219,26 @@ class DslOptimizer(torch.optim.Optimizer):
                 self._init_state(param, state, hyper)
                 step = state["step"]
                 step += 1
-                entries.append((param, grad, state, float(step)))
+                if precision.needs_master(self.master_weights, param.dtype):
+                    entries.append((state[precision.MASTER_KEY], grad, state, float(step)))
+                    copies.append(param)
+                else:
+                    entries.append((param, grad, state, float(step)))
+                    copies.append(None)
             if entries:
+                options: dict[str, Any] = {}
+                if any(c is not None for c in copies):
+                    options["copies"] = copies
+                if self.stochastic_rounding:
+                    options["rounding_seed"] = self._rounding.seed(number)
                 # DTensor parameters (FSDP2): the runner updates the local shards, and the
                 # combiner all-reduces reduction partials across ranks; None otherwise.
                 entries, combine = distributed.localize(entries, keys)
-                if combine is None:
-                    runner.run(hyper, entries, keys)
-                else:
-                    runner.run(hyper, entries, keys, combine=combine)
+                if combine is not None:
+                    options["combine"] = combine
+                    if "copies" in options:
+                        options["copies"] = [distributed.local_tensor(c) for c in copies]
+                runner.run(hyper, entries, keys, **options)
         return loss
 
     def _grads_finite(self) -> bool:
@@ -220,7 +294,9 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
     attrs = {
         "program": program,
         "positional": tuple(program.hypers) if positional is None else tuple(positional),
-        "__doc__": f"{doc}\n\nKeywords: {keywords}; backend='auto'|'numpy'|'triton'.",
+        "__doc__": f"{doc}\n\nKeywords: {keywords}; backend='auto'|'numpy'|'triton'; "
+                   f"skip_nonfinite, state_dtype, master_weights, stochastic_rounding "
+                   f"(see optdsl.precision).",
         "__module__": module or "optdsl.generated",
     }
     return type(cls_name, (DslOptimizer,), attrs)

@@ -315,18 +315,20 @@ LOW = [torch.bfloat16, torch.float16]
 def test_load_casts_state_as_torch_does(name, dtype):
     """torch.optim.Optimizer.load_state_dict casts every floating state tensor to its
     parameter's dtype except `step` (torch issue #74424). So an fp32 checkpoint loaded for
-    bf16/fp16 parameters gives bf16/fp16 state in torch's namesake, and the same here (the
-    class inherits torch's load_state_dict); `step` stays float32."""
-    cfg = CONFIGS[name][-1]
+    bf16/fp16 parameters gives bf16/fp16 state in torch's namesake, and the same here with
+    ``state_dtype="param"`` (torch's policy; the default keeps state in float32, see
+    tests/test_mixed_precision.py); `step` stays float32."""
+    cfg = dict(CONFIGS[name][-1], state_dtype="param")
     p32 = params_of()
-    ref32, ours32 = getattr(torch.optim, name)(clones(p32), **cfg), make(name, p32, **cfg)
+    torch_cfg = {k: v for k, v in cfg.items() if k != "state_dtype"}
+    ref32, ours32 = getattr(torch.optim, name)(clones(p32), **torch_cfg), make(name, p32, **cfg)
     for opt in (ref32, ours32):
         group_params = opt.param_groups[0]["params"]
         for step in range(2):
             set_grads(group_params, step)
             opt.step()
     low = [torch.nn.Parameter(p.detach().to(dtype)) for p in p32]
-    ref = getattr(torch.optim, name)(clones(low), **cfg)
+    ref = getattr(torch.optim, name)(clones(low), **torch_cfg)
     ref.load_state_dict(copy.deepcopy(ref32.state_dict()))
     for checkpoint in (ours32.state_dict(), ref32.state_dict()):  # ours, and torch's
         q = clones(low)
@@ -350,20 +352,26 @@ def test_load_casts_state_as_torch_does(name, dtype):
                 assert value.dtype == want, (key, value.dtype)
 
 
+@pytest.mark.parametrize("policy, state_dtype", [("param", torch.bfloat16),
+                                                  (None, torch.float32)])
 @pytest.mark.parametrize("name, backend", cases())
-def test_load_casts_state_to_param_dtype(name, backend):
-    """The same rule for every bundled optimizer and both back ends: an fp32 checkpoint
-    loaded for bf16 parameters; the step after loading runs on the cast state."""
+def test_load_casts_state_to_policy_dtype(name, backend, policy, state_dtype):
+    """Every bundled optimizer on both back ends: an fp32 checkpoint loaded for bf16
+    parameters gives state in the policy's dtype (torch's rule with "param", float32 by
+    default); the step after loading runs on that state."""
     p32 = params_of()
     opt32 = make(name, p32, backend)
     set_grads(p32, 0)
     opt32.step()
     low = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in p32]
-    opt = make(name, low, backend)
+    opt = make(name, low, backend, state_dtype=policy)
     opt.load_state_dict(copy.deepcopy(opt32.state_dict()))
     for p, st in opt.state.items():
         for key, value in st.items():
-            assert value.dtype == (torch.float32 if key == "step" else torch.bfloat16), key
+            if torch.is_tensor(value) and value.dim() > 0:
+                assert value.dtype == state_dtype, key
+            elif key == "step":
+                assert value.dtype == torch.float32
     set_grads(low, 1)
     opt.step()
     for p, st in opt.state.items():

@@ -161,3 +161,41 @@ def test_one_launch_per_pass_and_dtype(monkeypatch):
     passes = sum(k is not None for k, _, _ in module.PASSES)
     assert len(log) == 2 * passes
     assert sorted(set(log)) == [(1,), (3 + 1 + 1 + 2 + 1,)]
+
+
+# -- mixed precision (see tests/test_mixed_precision.py for the same checks in the interpreter)
+def _mixed(backend: str, device: str, dtype, **options):
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(n, generator=gen).to(device, dtype))
+          for n in (7, 1000, 70001)]
+    opt = library.Adam(ps, lr=1e-3, weight_decay=0.01, backend=backend, **options)
+    gen_g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen_g).to(device, dtype)
+        opt.step()
+    return ps, opt
+
+
+def test_master_weights_and_bf16_state_match_numpy():
+    for options in ({"master_weights": True}, {"state_dtype": torch.bfloat16},
+                    {"master_weights": True, "state_dtype": torch.bfloat16}):
+        ref = _mixed("numpy", "cpu", torch.bfloat16, **options)
+        got = _mixed("triton", "cuda", torch.bfloat16, **options)
+        eps = torch.finfo(torch.bfloat16).eps
+        assert_match(ref, got, rtol=eps, atol=1e-5)
+
+
+def test_stochastic_rounding_on_gpu_is_unbiased_and_reproducible():
+    def run():
+        torch.manual_seed(3)
+        w = torch.nn.Parameter(torch.ones(1 << 20, device="cuda", dtype=torch.bfloat16))
+        opt = library.SGD([w], lr=2.0 ** -10, stochastic_rounding=True, backend="triton")
+        for _ in range(8):
+            w.grad = torch.ones_like(w)
+            opt.step()
+        return w.detach().double()
+
+    first, second = run(), run()
+    assert torch.equal(first, second)
+    assert abs(first.mean().item() - (1 - 8 * 2.0 ** -10)) < 1e-4

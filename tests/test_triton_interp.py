@@ -372,7 +372,7 @@ def test_only_prefixed_names_reach_the_source():
 
 
 # -- the kernels compile for a GPU (no GPU needed: Triton compiles ahead for a target) --------
-def _compile_all(prog, ct, dt, arch=90):
+def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -387,9 +387,11 @@ def _compile_all(prog, ct, dt, arch=90):
         if kernel is None:
             continue
         constexprs = {dtype_param(c): dt for c in module.TENSORS}
-        constexprs.update(CT=ct, BLOCK=1024, ALIGNED=True)
+        constexprs.update(DT_wcopy=copy or dt, CT=ct, BLOCK=1024, ALIGNED=True,
+                          COPY=copy is not None, SR=sr)
         signature = {"ptrs": "*i64", "sizes": "*i64", "blocks": "*i64",
-                     "scal": "*fp64" if ct == tl.float64 else "*fp32", "red": "*fp64"}
+                     "scal": "*fp64" if ct == tl.float64 else "*fp32", "red": "*fp64",
+                     "seed": "i64"}
         signature.update({k: "constexpr" for k in constexprs})
         compiled.append(triton.compile(ASTSource(kernel, signature, constexprs),
                                        target=GPUTarget("cuda", arch, 32),
@@ -422,5 +424,10 @@ def test_kernels_compile_for_cuda(monkeypatch):
     for dt, ct in ((tl.bfloat16, tl.float32), (tl.float16, tl.float32), (tl.float64, tl.float64)):
         for prog in (library.program("Adam"), programs[-1], programs[-2]):
             assert _compile_all(prog, ct, dt)
+    # mixed precision: bf16 state with stochastic rounding, an fp32 master weight's bf16 copy
+    for copy, sr in ((None, True), (tl.bfloat16, False), (tl.bfloat16, True)):
+        (adam,) = _compile_all(library.program("Adam"), tl.float32, tl.bfloat16, copy=copy,
+                               sr=sr)
+        assert "st.global" in adam.asm["ptx"]
     (adam,) = _compile_all(library.program("Adam"), tl.float32, tl.float32)
     assert "ld.global.v4" in adam.asm["ptx"]  # full blocks load 16 bytes at a time

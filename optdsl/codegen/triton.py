@@ -9,6 +9,10 @@ pointers (one row per tensor: w, g, then each tensor state), the tensors' sizes,
 (one ``(tensor, start)`` row per program) and a scalar table (one row per tensor, in the
 compute dtype) holding every non-constant scalar the pass reads. Passes that feed reductions
 store one float64 partial per block and reduction; the runtime sums them in a fixed order.
+Mixed precision (optdsl.precision) is compiled in by constexprs: with ``COPY`` the pointer
+table's extra last column points at a low-precision parameter that receives the updated ``w``
+(which is then its fp32 master weight); with ``SR`` bfloat16 stores round stochastically
+from the ``seed`` argument.
 
 Generated code is deterministic and readable: values are named after the IR (``v12`` is
 ``%12`` of ``optdsl show --ir``), each element-wise line cites its DSL line, and the only
@@ -22,7 +26,7 @@ where ``hyper`` maps hyper names to numbers, each ``p`` in ``params`` has ``t``,
 NUM_REDUCTIONS slots) and ``scalars`` (set here: the pass's scalar-table row), and
 ``launch(k, params)`` runs pass k over every parameter, filling ``p.red`` for the reductions
 that pass produces. ``PASSES[k]`` is ``(kernel or None, scalar-table width, ((slot, kind),
-...))``; ``TENSORS`` names the pointer-table columns.
+...))``; ``TENSORS`` names the pointer-table columns (the table has one more: the copy).
 """
 
 from __future__ import annotations
@@ -144,14 +148,18 @@ class _Generator:
             read = any(self._column_of(v) == col for v in loads)
             if read or any(name == col for name, _ in stores):
                 used.append(col)
-        ptrs = [column_name(c) for c in used]
+        copy = any(name == "w" for name, _ in stores)  # a master weight's copy is written
+        ptrs = [column_name(c) for c in used] + (["p_wcopy"] if copy else [])
         extra = (["sp"] if table else []) + (["rp"] if ps.reductions else [])
+        if stores:
+            extra += ["ti", "seed"]
+        flags = ["COPY: tl.constexpr", "SR: tl.constexpr"] if stores else []
         what = "updates " + ", ".join(n for n, _ in stores) if ps.final else "reductions"
         out.line()
         out.line()
         out.line("@triton.jit")
         *first, last = _signature(f"pass{k}_block", ["offs", "n"] + ptrs + extra + [
-            "CT: tl.constexpr", "BLOCK: tl.constexpr", "MASKED: tl.constexpr"])
+            "CT: tl.constexpr", "BLOCK: tl.constexpr"] + flags + ["MASKED: tl.constexpr"])
         for line in first:
             out.line(line)
         with out.block(last):
@@ -159,10 +167,12 @@ class _Generator:
 
         out.line()
         out.line()
-        out.line("@triton.jit")
-        *first, last = _signature(f"pass{k}_kernel", ["ptrs", "sizes", "blocks", "scal", "red"] + [
+        out.line('@triton.jit(do_not_specialize=["seed"])')
+        *first, last = _signature(f"pass{k}_kernel", [
+            "ptrs", "sizes", "blocks", "scal", "red", "seed"] + [
             f"{dtype_param(c)}: tl.constexpr" for c in self.columns] + [
-            "CT: tl.constexpr", "BLOCK: tl.constexpr", "ALIGNED: tl.constexpr"])
+            "DT_wcopy: tl.constexpr", "CT: tl.constexpr", "BLOCK: tl.constexpr",
+            "ALIGNED: tl.constexpr", "COPY: tl.constexpr", "SR: tl.constexpr"])
         for line in first:
             out.line(line)
         with out.block(last):
@@ -172,18 +182,27 @@ class _Generator:
             out.line("start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)")
             out.line("n = tl.load(sizes + ti)")
             out.line("offs = start + tl.arange(0, BLOCK)")
+            width = len(self.columns) + 1  # the last column: the master weight's copy
             for col in used:
                 j = self.columns.index(col)
-                out.line(f"{column_name(col)} = tl.load(ptrs + {len(self.columns)} * ti + {j})"
+                out.line(f"{column_name(col)} = tl.load(ptrs + {width} * ti + {j})"
                          f".to(tl.pointer_type({dtype_param(col)}))")
+            if copy:
+                with out.block("if COPY:", "w is a master weight: its rounded copy"):
+                    out.line(f"p_wcopy = tl.load(ptrs + {width} * ti + {width - 1})"
+                             f".to(tl.pointer_type(DT_wcopy))")
+                with out.block("else:"):
+                    out.line("p_wcopy = p_w")
             with out.block("if ALIGNED:", "every pointer of the launch is 16-byte aligned"):
-                for col in used:
-                    out.line(f"{column_name(col)} = tl.multiple_of({column_name(col)}, 16)")
+                for col in used + (["wcopy"] if copy else []):
+                    name = "p_wcopy" if col == "wcopy" else column_name(col)
+                    out.line(f"{name} = tl.multiple_of({name}, 16)")
             if table:
                 out.line(f"sp = scal + {len(table)} * ti")
             if ps.reductions:
                 out.line(f"rp = red + {len(ps.reductions)} * pid")
-            args = ", ".join(["offs", "n"] + ptrs + extra + ["CT", "BLOCK"])
+            args = ", ".join(["offs", "n"] + ptrs + extra + ["CT", "BLOCK"] +
+                             (["COPY", "SR"] if stores else []))
             with out.block("if start + BLOCK <= n:"):
                 out.line(f"pass{k}_block({args}, False)")
             with out.block("else:"):
@@ -226,8 +245,14 @@ class _Generator:
             if eqs[v].kind.level != Level.TENSOR:
                 value = f"tl.broadcast_to({value}, [BLOCK])"
             self.helpers.add("_stored")
-            out.line(f"tl.store({ptr} + offs, _stored({value}, {ptr}.dtype.element_ty), "
-                     f"mask=mask)", f"{name} =")
+            stream = self.columns.index(name)  # random stream of the column under SR
+            out.line(f"tl.store({ptr} + offs, _stored({value}, {ptr}.dtype.element_ty, SR, "
+                     f"seed, ti, {stream}, offs), mask=mask)", f"{name} =")
+            if name == "w":
+                with out.block("if COPY:", "the low-precision parameter of a master weight"):
+                    out.line(f"tl.store(p_wcopy + offs, _stored({value}, "
+                             f"p_wcopy.dtype.element_ty, SR, seed, ti, {len(self.columns)}, "
+                             f"offs), mask=mask)")
 
     def _column_of(self, v: int) -> str:
         eq = self.eqs[v]
@@ -433,14 +458,40 @@ def _add(a, b):
     """The combine function of the sums (tl.reduce, a builtin, works in every mode)."""
     return a + b
 ''',
+    "_mix32": '''
+@triton.jit
+def _mix32(h):
+    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every
+    output bit."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+''',
+    "_random_bits": '''
+@triton.jit
+def _random_bits(seed, offs, ti, stream: tl.constexpr):
+    """32 random bits per element: a hash of (seed; offset, tensor, column), so every step,
+    tensor and column draws its own stream. (Counter-based, like Philox; written here since
+    triton.language.random cannot be called from interpreted kernels in every mode.)"""
+    h = _mix32(offs.to(tl.uint32) ^ (seed & 0xFFFFFFFF).to(tl.uint32))
+    h = _mix32(h ^ (offs >> 32).to(tl.uint32) ^ (seed >> 32).to(tl.uint32))
+    return _mix32(h ^ (ti.to(tl.uint32) * 0x9E3779B9 + stream))
+''',
     "_stored": '''
 @triton.jit
-def _stored(x, DT: tl.constexpr):
-    """x in the storage dtype DT, rounded to nearest even. (The interpreter truncates float32
-    to bfloat16, so there the bits are rounded first.)"""
-    if _INTERPRET:
-        if DT == tl.bfloat16:
-            b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexpr, offs):
+    """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
+    (16 random bits added below the kept bits); else round to nearest even (the interpreter
+    truncates float32 to bfloat16, so there the bits are rounded first)."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        if SR:
+            b = (b + (_random_bits(seed, offs, ti, stream) & 0xFFFF)) & 0xFFFF0000
+            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+        elif _INTERPRET:
             b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
     return x.to(DT)
@@ -503,10 +554,12 @@ def _atan2_f64(y, x):
 _DEPENDS = {
     "_pow": ("_pow_f64",), "_tanh": ("_tanh_f64",), "_atan2": ("_atan2_f64",),
     "_pow_f64": ("_signbit_f64",), "_atan2_f64": ("_signbit_f64",),
+    "_stored": ("_random_bits",), "_random_bits": ("_mix32",),
 }
 # Emission order: callees before callers.
-_ORDER = ("_signbit_f64", "_pow_f64", "_tanh_f64", "_atan2_f64", "_add", "_atan2", "_div", "_exp",
-          "_log", "_maxnan", "_pow", "_sign", "_sqrt", "_stored", "_tanh")
+_ORDER = ("_signbit_f64", "_pow_f64", "_tanh_f64", "_atan2_f64", "_mix32", "_random_bits",
+          "_add", "_atan2", "_div", "_exp", "_log", "_maxnan", "_pow", "_sign", "_sqrt",
+          "_stored", "_tanh")
 _USES_LIBDEVICE = frozenset({"_exp", "_log", "_pow", "_tanh", "_atan2"})
 _USES_INTERPRET = _USES_LIBDEVICE | {"_stored"}
 

@@ -38,10 +38,11 @@ from optdsl.passes.cse_dce import cse_dce
 BUILTIN = ("w", "g", "t")
 RESERVED_KEYS = frozenset({"step"})
 # Keywords of the optimizer a program becomes (optdsl.torch_optim: params, backend,
-# skip_nonfinite and torch's flags): a hyper is a constructor keyword and a param-group
-# key, so it cannot take one of these names.
-CONSTRUCTOR_KEYWORDS = frozenset({"self", "params", "backend", "skip_nonfinite"}) | frozenset(
-    TORCH_FLAGS)
+# skip_nonfinite, the mixed-precision options and torch's flags): a hyper is a constructor
+# keyword and a param-group key, so it cannot take one of these names.
+CONSTRUCTOR_KEYWORDS = frozenset({
+    "self", "params", "backend", "skip_nonfinite", "state_dtype", "master_weights",
+    "stochastic_rounding"}) | frozenset(TORCH_FLAGS)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def is_dtensor(x: Any) -> bool:
     return cls is not None and isinstance(x, cls)
 
 
+def local_tensor(x: Any) -> Any:
+    """A DTensor's local shard; anything else as it is."""
+    return x.to_local() if is_dtensor(x) else x
+
+
 def like_param(param, local: torch.Tensor):
     """A DTensor sharded as ``param`` whose local shard is ``local`` (new optimizer state)."""
     from torch.distributed.tensor import DTensor

@@ -2,7 +2,9 @@
 
 float32 and float64 tensors that are contiguous are updated in place through zero-copy
 NumPy views. Other dtypes (float16, bfloat16) and non-contiguous tensors are staged: copied
-to a contiguous float32 (or float64) array, updated, and copied back.
+to a contiguous float32 (or float64) array, updated, and copied back, rounded to nearest or,
+with a rounding seed, bfloat16 ones rounded stochastically (optdsl.precision). A parameter
+with an fp32 master weight is stepped on the master, then the master is copied into it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
+from optdsl.precision import round_bf16_stochastic
 from optdsl.runtime.numpy_step import Slot
 
 _NATIVE = (torch.float32, torch.float64)
@@ -30,9 +33,17 @@ class _Staged:
             self.array = tensor.detach().to(compute).contiguous().view(-1).numpy()
             self.staged = True
 
-    def flush(self) -> None:
+    def flush(self, seed: int | None = None) -> None:
         if self.staged:
-            self.tensor.copy_(torch.from_numpy(self.array).view(self.tensor.shape))
+            write_rounded(self.tensor, self.array, seed)
+
+
+def write_rounded(tensor: torch.Tensor, array: np.ndarray, seed: int | None) -> None:
+    """Copy a flat compute-dtype ``array`` into ``tensor``; with a seed, a bfloat16 tensor
+    gets the values rounded stochastically (others round to nearest)."""
+    if seed is not None and tensor.dtype == torch.bfloat16:
+        array = round_bf16_stochastic(array, seed)
+    tensor.copy_(torch.from_numpy(array).view(tensor.shape))
 
 
 class _Slots(list):
@@ -53,9 +64,12 @@ class NumpyRunner:
         self.program = program
 
     def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
-            combine=None) -> None:
+            combine=None, copies: list | None = None, rounding_seed: int | None = None) -> None:
         """entries: (param, grad, state dict, t) for each parameter that has a gradient.
-        ``combine``: a distributed.ShardCombiner when some parameters are local shards."""
+        ``combine``: a distributed.ShardCombiner when some parameters are local shards.
+        ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
+        parameter (the entry's parameter is then its fp32 master weight).
+        ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
         slots, written = ([], []) if combine is None else (_Slots(combine), [])
         for param, grad, state, t in entries:
             compute = compute_dtype(param.dtype)
@@ -74,8 +88,12 @@ class NumpyRunner:
             written.append(w)
         variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
         variant.numpy_step.run(hyper, slots)
-        for staged in written:
-            staged.flush()
+        for i, staged in enumerate(written):
+            staged.flush(None if rounding_seed is None else rounding_seed + i)
+        for i, copy in enumerate(copies or ()):
+            if copy is not None:
+                seed = None if rounding_seed is None else rounding_seed + len(written) + i
+                write_rounded(copy, slots[i].w, seed)
         for (param, grad, state, t), slot in zip(entries, slots):
             for (key, is_tensor), value in zip(state_keys, slot.states):
                 if not is_tensor:

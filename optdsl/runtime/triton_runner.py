@@ -21,6 +21,12 @@ not contiguous, not on the parameter's device, or of another dtype are staged th
 contiguous copy and copied back after the step. Zero-size parameters take no part in the
 launches (their reductions read as those of an empty tensor).
 
+Mixed precision (optdsl.precision): a parameter with an fp32 master weight comes as the
+master (in the w column) and its low-precision tensor (``copies``), which the final pass
+writes through the pointer table's last column (constexpr COPY; such parameters form their
+own buckets). With a rounding seed, bfloat16 stores round stochastically (constexpr SR; the
+seed of a bucket is the step's seed plus the bucket's index).
+
 Under TRITON_INTERPRET=1 the same kernels and tables run on CPU tensors through Triton's
 interpreter (raw pointers loaded from a table work there, since everything lives in this
 process's memory).
@@ -69,7 +75,10 @@ class _Bucket:
     def __init__(self, device: torch.device, dtypes: tuple, members: list[int],
                  rows: list[list[int]], sizes: list[int], block: int, columns: list[str],
                  blocks_cache: OrderedDict) -> None:
+        """``dtypes``: of each column, then of the copy (None without one); ``rows``: the
+        pointers of each column, then the copy's (0 without one)."""
         tl_types = _tl_dtypes()
+        *dtypes, copy_dtype = dtypes
         self.device = device
         self.members = members
         self.sizes_host = np.asarray(sizes, dtype=np.int64)
@@ -77,9 +86,11 @@ class _Bucket:
         self.np_compute = np.float64 if self.compute == torch.float64 else np.float32
         self.constexprs = {f"DT_{c}" if c in ("w", "g") else f"DT_s_{c}": tl_types[d]
                            for c, d in zip(columns, dtypes)}
+        self.constexprs["DT_wcopy"] = tl_types[copy_dtype or dtypes[0]]
+        self.constexprs["COPY"] = copy_dtype is not None
         self.constexprs["CT"] = tl_types[self.compute]
         self.constexprs["BLOCK"] = block
-        self.constexprs["ALIGNED"] = all(p % 16 == 0 for row in rows for p in row)
+        self.constexprs["ALIGNED"] = all(p % 16 == 0 for row in rows for p in row if p)
         self.ptrs = torch.tensor(rows, dtype=torch.int64).to(device)
         self.sizes = torch.from_numpy(self.sizes_host).to(device)
         key = (str(device), block, tuple(sizes))
@@ -153,9 +164,12 @@ class TritonRunner:
 
     # -- one step ------------------------------------------------------------------------------
     def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
-            combine=None) -> None:
+            combine=None, copies: list | None = None, rounding_seed: int | None = None) -> None:
         """entries: (param, grad, state dict, t) for each parameter that has a gradient.
-        ``combine``: a distributed.ShardCombiner when some parameters are local shards."""
+        ``combine``: a distributed.ShardCombiner when some parameters are local shards.
+        ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
+        parameter (the entry's parameter is then its fp32 master weight).
+        ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
         module = self.module(self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper))
         tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
         if len(tensor_keys) != len(module.TENSORS) - 2:
@@ -165,10 +179,10 @@ class TritonRunner:
             states = [None if is_tensor else np.float64(float(state[key]))
                       for key, is_tensor in state_keys]
             slots.append(_Slot(float(t), states, module.NUM_REDUCTIONS))
-        plan = self._plan(entries, tensor_keys)
+        plan = self._plan(entries, tensor_keys, copies or [None] * len(entries))
 
         def launch(k: int, params: list) -> None:
-            self._launch(module, plan, k, params, combine)
+            self._launch(module, plan, k, params, combine, rounding_seed)
 
         with np.errstate(all="ignore"):
             module.step(hyper, slots, launch)
@@ -182,58 +196,68 @@ class TritonRunner:
                     state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
 
     # -- tables --------------------------------------------------------------------------------
-    def _plan(self, entries: list, tensor_keys: list[str]) -> _Plan:
+    def _plan(self, entries: list, tensor_keys: list[str], copies: list) -> _Plan:
         tl_types = _tl_dtypes()
         signature = []
         direct = True
-        for param, grad, state, _ in entries:
+        for (param, grad, state, _), copy in zip(entries, copies):
             device = param.device
             tensors = [param, grad] + [state[key] for key in tensor_keys]
+            if copy is not None:
+                tensors.append(copy)
             for i, x in enumerate(tensors):
                 if x.numel() != param.numel():
-                    what = "grad" if i == 1 else f"state[{tensor_keys[i - 2]!r}]"
+                    what = ("grad" if i == 1 else "the parameter of a master weight"
+                            if i == len(tensor_keys) + 2 else f"state[{tensor_keys[i - 2]!r}]")
                     raise RuntimeError(f"{what} has {x.numel()} elements but its parameter has "
                                        f"{param.numel()}")
                 if not _usable(x, device, tl_types):
                     direct = False
                 signature.append((x.data_ptr(), x.dtype, x.device))
-            signature.append(param.numel())
+            signature.append((param.numel(), copy is not None))
         signature = tuple(signature)
         if direct:
             found = self._plans.get(signature)
             if found is not None:
                 self._plans.move_to_end(signature)
                 return found
-        plan = self._build(entries, tensor_keys, tl_types)
+        plan = self._build(entries, tensor_keys, copies, tl_types)
         if direct:
             self._plans[signature] = plan
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return plan
 
-    def _build(self, entries: list, tensor_keys: list[str], tl_types: dict) -> _Plan:
+    def _build(self, entries: list, tensor_keys: list[str], copies: list,
+               tl_types: dict) -> _Plan:
         plan = _Plan()
         groups: dict = {}
         columns = list(self.module().TENSORS)
-        for index, (param, grad, state, _) in enumerate(entries):
+        for index, ((param, grad, state, _), copy) in enumerate(zip(entries, copies)):
             plan.numel.append(param.numel())
             if param.numel() == 0:
                 continue
             device = param.device
             used = []
-            for j, x in enumerate([param, grad] + [state[key] for key in tensor_keys]):
+            tensors = [param, grad] + [state[key] for key in tensor_keys]
+            for j, x in enumerate(tensors + ([] if copy is None else [copy])):
                 x = x.detach()
                 if not _usable(x, device, tl_types):
-                    copy = _staged(x, device, tl_types)
+                    staged = _staged(x, device, tl_types)
                     if j != 1:  # the gradient is only read
-                        plan.writeback.append((x, copy))
-                    plan.keep.append(copy)
-                    x = copy
+                        plan.writeback.append((x, staged))
+                    plan.keep.append(staged)
+                    x = staged
                 used.append(x)
-            key = (device, tuple(x.dtype for x in used))
+            if copy is None:
+                key = (device, tuple(x.dtype for x in used) + (None,))
+                row = [x.data_ptr() for x in used] + [0]
+            else:
+                key = (device, tuple(x.dtype for x in used))
+                row = [x.data_ptr() for x in used]
             members, rows, sizes = groups.setdefault(key, ([], [], []))
             members.append(index)
-            rows.append([x.data_ptr() for x in used])
+            rows.append(row)
             sizes.append(param.numel())
         for (device, dtypes), (members, rows, sizes) in groups.items():
             plan.buckets.append(_Bucket(device, dtypes, members, rows, sizes, self.block,
@@ -241,13 +265,14 @@ class TritonRunner:
         return plan
 
     # -- launches ------------------------------------------------------------------------------
-    def _launch(self, module, plan: _Plan, k: int, params: list, combiner=None) -> None:
+    def _launch(self, module, plan: _Plan, k: int, params: list, combiner=None,
+                rounding_seed: int | None = None) -> None:
         kernel, width, reductions = module.PASSES[k]
         if kernel is None:
             return
         finish = _finish if combiner is None else _raw
         pending = []
-        for bucket in plan.buckets:
+        for number, bucket in enumerate(plan.buckets):
             if width:
                 rows = np.array([params[i].scalars for i in bucket.members],
                                 dtype=bucket.np_compute).reshape(len(bucket.members), width)
@@ -262,8 +287,10 @@ class TritonRunner:
             else:
                 red = bucket.dummy_red
             with _on(bucket.device):
+                seed = 0 if rounding_seed is None else rounding_seed + number
                 kernel[(bucket.num_blocks,)](
-                    bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, **bucket.constexprs,
+                    bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, seed,
+                    **bucket.constexprs, SR=rounding_seed is not None,
                     num_warps=self.num_warps, enable_fp_fusion=False)
             if reductions:
                 pending.append((bucket, red))

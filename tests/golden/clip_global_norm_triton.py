@@ -22,18 +22,44 @@ _INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")
 
 
 @triton.jit
+def _mix32(h):
+    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every
+    output bit."""
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _random_bits(seed, offs, ti, stream: tl.constexpr):
+    """32 random bits per element: a hash of (seed; offset, tensor, column), so every step,
+    tensor and column draws its own stream. (Counter-based, like Philox; written here since
+    triton.language.random cannot be called from interpreted kernels in every mode.)"""
+    h = _mix32(offs.to(tl.uint32) ^ (seed & 0xFFFFFFFF).to(tl.uint32))
+    h = _mix32(h ^ (offs >> 32).to(tl.uint32) ^ (seed >> 32).to(tl.uint32))
+    return _mix32(h ^ (ti.to(tl.uint32) * 0x9E3779B9 + stream))
+
+
+@triton.jit
 def _add(a, b):
     """The combine function of the sums (tl.reduce, a builtin, works in every mode)."""
     return a + b
 
 
 @triton.jit
-def _stored(x, DT: tl.constexpr):
-    """x in the storage dtype DT, rounded to nearest even. (The interpreter truncates float32
-    to bfloat16, so there the bits are rounded first.)"""
-    if _INTERPRET:
-        if DT == tl.bfloat16:
-            b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexpr, offs):
+    """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
+    (16 random bits added below the kept bits); else round to nearest even (the interpreter
+    truncates float32 to bfloat16, so there the bits are rounded first)."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        if SR:
+            b = (b + (_random_bits(seed, offs, ti, stream) & 0xFFFF)) & 0xFFFF0000
+            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+        elif _INTERPRET:
             b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
     return x.to(DT)
@@ -53,16 +79,17 @@ def pass0_block(offs, n, p_g, rp, CT: tl.constexpr, BLOCK: tl.constexpr, MASKED:
     tl.store(rp + 0, tl.reduce(x, 0, _add))
 
 
-@triton.jit
-def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                 CT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def pass0_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
+                 DT_wcopy: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+                 ALIGNED: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr):
     """Pass 0 (reductions): one program per (tensor, start) row of `blocks`."""
     pid = tl.program_id(0).to(tl.int64)
     ti = tl.load(blocks + 2 * pid)
     start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
     n = tl.load(sizes + ti)
     offs = start + tl.arange(0, BLOCK)
-    p_g = tl.load(ptrs + 2 * ti + 1).to(tl.pointer_type(DT_g))
+    p_g = tl.load(ptrs + 3 * ti + 1).to(tl.pointer_type(DT_g))
     if ALIGNED:  # every pointer of the launch is 16-byte aligned
         p_g = tl.multiple_of(p_g, 16)
     rp = red + 1 * pid
@@ -73,8 +100,8 @@ def pass0_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.co
 
 
 @triton.jit
-def pass1_block(offs, n, p_w, p_g, sp, CT: tl.constexpr, BLOCK: tl.constexpr,
-                MASKED: tl.constexpr):
+def pass1_block(offs, n, p_w, p_g, p_wcopy, sp, ti, seed, CT: tl.constexpr, BLOCK: tl.constexpr,
+                COPY: tl.constexpr, SR: tl.constexpr, MASKED: tl.constexpr):
     """Pass 1 (updates w) on one block of one tensor."""
     if MASKED:  # the tensor's last block
         mask = offs < n
@@ -85,28 +112,36 @@ def pass1_block(offs, n, p_w, p_g, sp, CT: tl.constexpr, BLOCK: tl.constexpr,
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v11 = v10 * v1  # line 4
     v12 = v0 - v11  # line 4
-    tl.store(p_w + offs, _stored(v12, p_w.dtype.element_ty), mask=mask)  # w =
+    tl.store(p_w + offs, _stored(v12, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
+    if COPY:  # the low-precision parameter of a master weight
+        tl.store(p_wcopy + offs, _stored(v12, p_wcopy.dtype.element_ty, SR, seed, ti, 2, offs), mask=mask)
 
 
-@triton.jit
-def pass1_kernel(ptrs, sizes, blocks, scal, red, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                 CT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def pass1_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
+                 DT_wcopy: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+                 ALIGNED: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr):
     """Pass 1 (updates w): one program per (tensor, start) row of `blocks`."""
     pid = tl.program_id(0).to(tl.int64)
     ti = tl.load(blocks + 2 * pid)
     start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
     n = tl.load(sizes + ti)
     offs = start + tl.arange(0, BLOCK)
-    p_w = tl.load(ptrs + 2 * ti + 0).to(tl.pointer_type(DT_w))
-    p_g = tl.load(ptrs + 2 * ti + 1).to(tl.pointer_type(DT_g))
+    p_w = tl.load(ptrs + 3 * ti + 0).to(tl.pointer_type(DT_w))
+    p_g = tl.load(ptrs + 3 * ti + 1).to(tl.pointer_type(DT_g))
+    if COPY:  # w is a master weight: its rounded copy
+        p_wcopy = tl.load(ptrs + 3 * ti + 2).to(tl.pointer_type(DT_wcopy))
+    else:
+        p_wcopy = p_w
     if ALIGNED:  # every pointer of the launch is 16-byte aligned
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
+        p_wcopy = tl.multiple_of(p_wcopy, 16)
     sp = scal + 1 * ti
     if start + BLOCK <= n:
-        pass1_block(offs, n, p_w, p_g, sp, CT, BLOCK, False)
+        pass1_block(offs, n, p_w, p_g, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, False)
     else:
-        pass1_block(offs, n, p_w, p_g, sp, CT, BLOCK, True)
+        pass1_block(offs, n, p_w, p_g, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, True)
 
 
 # Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).

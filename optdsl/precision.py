@@ -1,0 +1,94 @@
+"""Mixed precision: the dtype a state is stored in, fp32 master weights, stochastic rounding.
+
+The policy, shared by both back ends (optdsl.torch_optim applies it, the runners carry it out):
+
+- ``state_dtype``: tensor states are stored in float32 by default (float64 for float64
+  parameters), whatever the parameter's dtype; ``"param"`` stores them in the parameter's
+  dtype (torch.optim's choice); a torch floating dtype stores every tensor state in it (for
+  example ``torch.bfloat16`` halves the optimizer's memory). Arithmetic is float32 (float64
+  for float64 parameters) in every case.
+- ``master_weights``: a float16/bfloat16 parameter gets a float32 copy, ``state[MASTER_KEY]``;
+  the step reads and updates the copy and writes it, rounded, into the parameter. Updates
+  smaller than half a bfloat16 ulp then accumulate instead of being lost.
+- ``stochastic_rounding``: every bfloat16 write of the step (parameters, states, the rounded
+  copy of a master weight) rounds up or down at random, with the probability that makes the
+  rounding unbiased; float16 writes round to nearest. The random bits come from a seed per
+  step derived from ``torch.initial_seed()`` at construction and a step counter, so runs are
+  reproducible under ``torch.manual_seed`` and the global generator is never drawn from.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+MASTER_KEY = "master_param"
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+STATE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+StateDtype = Union[torch.dtype, str, None]
+
+
+def check_state_dtype(value: StateDtype) -> StateDtype:
+    """``value`` if it is a valid ``state_dtype``; a TypeError or ValueError naming it if not."""
+    if value is None or value == "param":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"state_dtype must be None, 'param' or a torch floating dtype, "
+                         f"got {value!r}")
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"state_dtype must be None, 'param' or a torch.dtype, got "
+                        f"{type(value).__name__}")
+    if value not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of "
+                         f"{', '.join(str(d) for d in STATE_DTYPES)}, got {value}")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def state_dtype_for(policy: StateDtype, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype tensor states of a ``param_dtype`` parameter are stored in."""
+    if policy is None:
+        return torch.float64 if param_dtype == torch.float64 else torch.float32
+    if policy == "param":
+        return param_dtype
+    return policy
+
+
+def needs_master(master_weights: bool, param_dtype: torch.dtype) -> bool:
+    return master_weights and param_dtype in LOW_PRECISION
+
+
+class RoundingSeeds:
+    """The seeds of stochastic rounding: one per (step, param group), from a base seed."""
+
+    def __init__(self, base: int) -> None:
+        self.base = int(base) & (2**64 - 1)
+        self.steps = 0
+
+    def next_step(self) -> None:
+        self.steps += 1
+
+    def seed(self, group: int) -> int:
+        """A 62-bit seed (positive as an int64, with room to add a bucket index)."""
+        words = np.random.SeedSequence([self.base, self.steps, group]).generate_state(
+            1, np.uint64)
+        return int(words[0] >> np.uint64(2))
+
+
+def round_bf16_stochastic(values: np.ndarray, seed: int) -> np.ndarray:
+    """float32 ``values`` with the low 16 bits cleared after adding 16 random bits: each is
+    then exactly a bfloat16 that is the value rounded up or down with probability
+    proportional to its distance from the other (NaN stays NaN, inf stays inf)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    bits = values.view(np.uint32)
+    noise = np.random.default_rng(seed).integers(0, 1 << 16, size=bits.shape, dtype=np.uint32)
+    rounded = ((bits + noise) & np.uint32(0xFFFF0000)).view(np.float32)
+    return np.where(np.isnan(values), values, rounded)
