@@ -28,8 +28,8 @@ Oracles, for every program:
 - for the first ``--triton`` programs that compile, two steps of the Triton kernels run by
   the Triton interpreter (TRITON_INTERPRET=1, CPU tensors, float64) equal the NumPy backend.
 
-A NumPy mismatch explained by a known open bug is counted under its own kind (KNOWN_OPEN,
-e.g. ``known_open:host_pow``) and does not fail the run.
+A mismatch explained by a known open bug would be counted under its own kind (KNOWN_OPEN,
+empty now) and not fail the run.
 
 Writes bench/results/fuzz-<date>.json (counts, failures with their programs, timings, the
 machine) unless --no-save.
@@ -367,32 +367,9 @@ def check_triton(prog, keywords, rng, rtol: float = 1e-9) -> None:
     compare_histories("triton_mismatch", prog, want, have, rtol)
 
 
-# An open bug, told apart from new findings: host code computes a scalar x^y as `x ** y` on
-# NumPy float64 scalars (C's pow), while the op's meaning (the evaluator) is np.power, which
-# differs for (-inf)^y, (-0.0)^y and by an ulp (see tests/test_fuzz.py). A NumPy mismatch
-# that disappears when the host spells pow as np.power is counted under this kind.
-KNOWN_HOST_POW = "known_open:host_pow"
-KNOWN_OPEN = frozenset({KNOWN_HOST_POW})
-
-
-def _host_pow_explains(source: str, keywords, rng_state) -> bool:
-    import dataclasses
-    from unittest import mock
-
-    from optdsl.ir.ops import OPS
-
-    if "np.power" in (OPS["pow"].scalar or ""):
-        return False  # fixed: nothing left to explain
-    patched = {"pow": dataclasses.replace(OPS["pow"], scalar="np.power({0}, {1})")}
-    rng = np.random.default_rng()
-    rng.bit_generator.state = rng_state
-    with mock.patch.dict(OPS, patched), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            check_numpy(optdsl.compile(source), keywords, rng)
-        except Exception:  # noqa: BLE001 - still failing: something else
-            return False
-    return True
+# Kinds of failure explained by a known open bug, told apart from new findings (none now:
+# the host/evaluator disagreement on x^y was fixed by defining `^` as C's pow).
+KNOWN_OPEN: frozenset[str] = frozenset()
 
 
 def check_program(source: str, rng, triton: bool = False) -> dict:
@@ -408,14 +385,7 @@ def check_program(source: str, rng, triton: bool = False) -> dict:
         keywords = keywords_for(prog, rng)
         with np.errstate(all="ignore"):
             check_ir(prog, keywords, rng)
-            before = rng.bit_generator.state
-            try:
-                check_numpy(prog, keywords, rng)
-            except Failure as failure:
-                if failure.kind == "numpy_mismatch" and _host_pow_explains(source, keywords,
-                                                                           before):
-                    raise Failure(KNOWN_HOST_POW, failure.detail) from None
-                raise
+            check_numpy(prog, keywords, rng)
             if triton:
                 result["triton"] = True
                 check_triton(prog, keywords, rng)
@@ -584,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{k} {v}" for k, v in s["dsl_error_categories"].items()))
     print(f"crashes:    {s['crashes']}  (non-DslError exceptions or internal errors in compile)")
     print(f"mismatches: {s['mismatches']}  (IR/NumPy/Triton oracles)")
-    print(f"known open: {s['known_open']}  ({', '.join(sorted(KNOWN_OPEN))}: see bench/fuzz.py)")
+    print(f"known open: {s['known_open']}  ({', '.join(sorted(KNOWN_OPEN)) or 'none'}: "
+          f"see bench/fuzz.py)")
     print(f"failures:   {s['failures'] or 'none'}")
     print(f"triton:     {s['triton_checked']} programs checked in the interpreter")
     print(f"time:       {s['seconds']} s")

@@ -99,7 +99,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_v, p_s_u, p_wcopy, sp, ti, seed, CT: tl.c
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v8 = tl.load(p_s_u + offs, mask=mask).to(CT)  # u
-    v11 = -v1  # line 23
+    v11 = (v1 * -1.0)  # line 23
     v12 = tl.where(v10, v11, v1)  # line 23
     v14 = v5 * v0  # line 24
     v15 = v12 + v14  # line 24

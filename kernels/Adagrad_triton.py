@@ -96,7 +96,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_acc, p_wcopy, sp, ti, seed, CT: tl.conste
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v8 = tl.load(p_s_acc + offs, mask=mask).to(CT)  # acc
-    v11 = -v1  # line 28
+    v11 = (v1 * -1.0)  # line 28
     v12 = tl.where(v10, v11, v1)  # line 28
     v14 = v5 * v0  # line 29
     v15 = v12 + v14  # line 29

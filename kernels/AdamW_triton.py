@@ -104,7 +104,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, p_wcopy, sp, ti, seed
     v10 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v11 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v12 = tl.load(p_s_vmax + offs, mask=mask).to(CT)  # vmax
-    v15 = -v1  # line 27
+    v15 = (v1 * -1.0)  # line 27
     v16 = tl.where(v14, v15, v1)  # line 27
     v21 = v0 * v20  # line 28
     v22 = tl.where(v17, v21, v0)  # line 28

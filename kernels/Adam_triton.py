@@ -106,7 +106,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_s_vmax, p_wcopy, sp, ti, seed
     v11 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v12 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v13 = tl.load(p_s_vmax + offs, mask=mask).to(CT)  # vmax
-    v16 = -v1  # line 32
+    v16 = (v1 * -1.0)  # line 32
     v17 = tl.where(v15, v16, v1)  # line 32
     v22 = v0 * v21  # line 33
     v23 = tl.where(v18, v22, v0)  # line 33

@@ -90,7 +90,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_u, p_wcopy, sp, ti, seed, CT: tl.c
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v10 = tl.load(p_s_u + offs, mask=mask).to(CT)  # u
-    v13 = -v1  # line 22
+    v13 = (v1 * -1.0)  # line 22
     v14 = tl.where(v12, v13, v1)  # line 22
     v16 = v7 * v0  # line 23
     v17 = v14 + v16  # line 23

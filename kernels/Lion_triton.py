@@ -85,7 +85,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_wcopy, sp, ti, seed, CT: tl.constexp
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
-    v10 = -v1  # line 23
+    v10 = (v1 * -1.0)  # line 23
     v11 = tl.where(v9, v10, v1)  # line 23
     v16 = v0 * v15  # line 24
     v17 = tl.where(v12, v16, v0)  # line 24

@@ -105,7 +105,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_wcopy, sp, ti, seed, CT: tl.c
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v11 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v12 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
-    v16 = -v1  # line 31
+    v16 = (v1 * -1.0)  # line 31
     v17 = tl.where(v15, v16, v1)  # line 31
     v24 = v0 * v23  # line 33
     v25 = tl.where(v21, v24, v0)  # line 33

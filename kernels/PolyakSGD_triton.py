@@ -90,7 +90,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, p_s_avg, p_wcopy, sp, ti, seed, CT: 
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
     v8 = tl.load(p_s_avg + offs, mask=mask).to(CT)  # avg
-    v11 = -v1  # line 24
+    v11 = (v1 * -1.0)  # line 24
     v12 = tl.where(v10, v11, v1)  # line 24
     v14 = v5 * v0  # line 25
     v15 = v12 + v14  # line 25

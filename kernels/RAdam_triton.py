@@ -107,7 +107,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_m, p_s_v, p_wcopy, sp, ti, seed, CT: tl.c
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v10 = tl.load(p_s_m + offs, mask=mask).to(CT)  # m
     v11 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
-    v14 = -v1  # line 32
+    v14 = (v1 * -1.0)  # line 32
     v15 = tl.where(v13, v14, v1)  # line 32
     v20 = v0 * v19  # line 33
     v21 = tl.where(v16, v20, v0)  # line 33

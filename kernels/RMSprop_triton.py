@@ -103,7 +103,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_v, p_s_buf, p_s_gavg, p_wcopy, sp, ti, se
     v9 = tl.load(p_s_v + offs, mask=mask).to(CT)  # v
     v10 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
     v11 = tl.load(p_s_gavg + offs, mask=mask).to(CT)  # gavg
-    v14 = -v1  # line 28
+    v14 = (v1 * -1.0)  # line 28
     v15 = tl.where(v13, v14, v1)  # line 28
     v17 = v5 * v0  # line 29
     v18 = v15 + v17  # line 29

@@ -81,7 +81,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_buf, p_wcopy, sp, ti, seed, CT: tl.conste
     v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v9 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
-    v12 = -v1  # line 29
+    v12 = (v1 * -1.0)  # line 29
     v13 = tl.where(v11, v12, v1)  # line 29
     v15 = v6 * v0  # line 30
     v16 = v13 + v15  # line 30

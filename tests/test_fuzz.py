@@ -16,7 +16,7 @@ By default, small samples of every generator of tests/strategies.py:
 
 ``pytest -m slow tests/test_fuzz.py`` runs the whole campaign of ``python bench/fuzz.py
 --programs 10000 --seed 0`` (10,000 programs, 200 of them through the Triton interpreter)
-and requires it to find nothing new (bench/fuzz.py KNOWN_OPEN lists the open bugs it tells
+and requires it to find nothing (bench/fuzz.py KNOWN_OPEN would list open bugs it tells
 apart). Minimal reproductions of what fuzzing found are at the end.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import strategies as S
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -61,7 +62,7 @@ def only_dsl_error(source: str) -> None:
 
 def every_oracle(source: str, seed: int, triton: bool = False) -> dict:
     """Every oracle of the campaign; a failure of a known open kind (bench/fuzz.py
-    KNOWN_OPEN, pinned by an xfail test below) is tolerated."""
+    KNOWN_OPEN, empty now) is tolerated."""
     outcome = fuzz.check_program(source, np.random.default_rng(seed), triton=triton)
     assert outcome["failure"] is None or outcome["failure"] in fuzz.KNOWN_OPEN, (
         f"{outcome['failure']}: {outcome['detail']}\nprogram:\n{source}")
@@ -274,27 +275,28 @@ def test_scalar_state_overflowing_float32_is_inf(backend, monkeypatch, tmp_path)
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.9))
 
 
-@pytest.mark.xfail(strict=True, reason="open: host `**` is C pow, the op's meaning np.power "
-                                       "differs for (-inf)^0.5, (-0.0)^0.5 and by an ulp")
-@pytest.mark.parametrize("base,exponent", [("-inf", 0.5), ("-0.0", 0.5), ("2.5", 2.5)])
-def test_host_power_follows_the_op_table(base, exponent):
-    """Bug (found by the campaign, hostile_names generator): a scalar power is computed on
-    the host as ``x ** y`` on NumPy float64 scalars (C's pow), while the op table's meaning
-    of `^` (the evaluator, the constant folder, the element-wise NumPy code) is np.power,
-    which on this NumPy/CPU (AVX-512) gives nan for (-inf)^0.5 where pow gives inf, -0.0
-    for (-0.0)^0.5 where pow gives 0.0, and differs by an ulp for 2.5^2.5. So
-    `state s = -inf; w = w*0 + s^h` steps differently from the evaluator. (Triton's pow, on
-    the GPU and in the interpreter, is C's.)"""
+@pytest.mark.parametrize("base,exponent", [("-inf", 0.5), ("-0.0", 0.5), ("2.5", 2.5),
+                                           ("-inf", -0.5), ("-0.0", -0.5), ("-8.0", 3.0)])
+def test_power_is_c_pow_everywhere(base, exponent):
+    """Found by the campaign (hostile_names generator): a scalar x^y on the host is C's pow
+    while the evaluator took NumPy's 0-d power ufunc, which on some CPUs gives nan for
+    (-inf)^0.5 and -0.0 for (-0.0)^0.5. `^` is C99's pow (libdevice's pow, torch's
+    tensor ** tensor; torch.pow(x, 0.5) is sqrt and gives nan for -inf): the host, the
+    evaluator and the constant folder agree with it bit for bit."""
+    from optdsl.ir.ops import OPS
+
     with np.errstate(all="ignore"):
-        ufunc = np.power(np.float64(float(base)), np.float64(exponent))
         c_pow = np.float64(float(base)) ** np.float64(exponent)
-    if fuzz.same(ufunc, c_pow, rtol=0) and np.signbit(ufunc) == np.signbit(c_pow):
-        pytest.skip("this machine's np.power agrees with C's pow here")
-    prog = optdsl.compile(f"state s = {base}\nw = w * 0 + s ^ h")
+    evaluated = OPS["pow"].evaluate(np.float64(float(base)), np.float64(exponent))
+    reference = (torch.tensor(float(base), dtype=torch.float64) **
+                 torch.tensor(exponent, dtype=torch.float64)).item()
+    for value in (evaluated, reference):
+        assert fuzz.same(value, c_pow, rtol=0) and np.signbit(value) == np.signbit(c_pow)
+    prog = optdsl.compile(f"state s = {base}\nw = w * 0 + s ^ h")  # on the host
     arrays = [np.zeros(1)]
-    with np.errstate(all="ignore"):
-        prog.numpy_optimizer(arrays, h=exponent).step([np.ones(1)])
-        want = np.power(np.float64(float(base)), np.float64(exponent))
-    have = arrays[0][0]
-    assert (have == want or (np.isnan(have) and np.isnan(want))) and \
-        np.signbit(have) == np.signbit(want), (have, want)
+    prog.numpy_optimizer(arrays, h=exponent).step([np.ones(1)])
+    folded = optdsl.compile(f"w = w * 0 + ({base}) ^ {exponent!r}")  # folded at compile
+    folded_arrays = [np.zeros(1)]
+    folded.numpy_optimizer(folded_arrays).step([np.ones(1)])
+    for have in (arrays[0][0], folded_arrays[0][0]):
+        assert fuzz.same(have, c_pow, rtol=0) and np.signbit(have) == np.signbit(c_pow)

@@ -110,6 +110,19 @@ class Op:
         return self.category in (REDUCE, GLOBAL)
 
 
+def _pow(x, y):
+    """C's pow: the meaning of `^`, as torch.pow, libdevice's pow and the host's `x ** y` on
+    NumPy scalars. NumPy's power ufunc on 0-d operands departs from it on some CPUs
+    ((-inf)^0.5 gives nan, (-0.0)^0.5 gives -0.0), so scalars take NumPy's scalar `**` (C's
+    pow); arrays take the ufunc, as the generated NumPy step does (C's values for these
+    special cases, within an ulp otherwise)."""
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        dtype = np.result_type(x, y)
+        with np.errstate(all="ignore"):
+            return dtype.type(x) ** dtype.type(y)
+    return np.power(x, y)
+
+
 def _ufunc(name: str, arity: int) -> str:
     args = ", ".join("{%d}" % i for i in range(arity))
     return f"np.{name}({args}, out={{out}})"
@@ -129,7 +142,10 @@ for _leaf in ("const", "hyper", "w", "g", "t", "state"):
     _row(Op(_leaf, 0, LEAF, None))
 
 # Element-wise arithmetic.
-_row(Op("neg", 1, ARITH, np.negative, "(-{0})", _ufunc("negative", 1), "-{0}", symbol="-"))
+# Triton negates as 0 - x up to 3.6 (so -(+0.0) is +0.0); x * -1.0 flips the sign in every
+# version.
+_row(Op("neg", 1, ARITH, np.negative, "(-{0})", _ufunc("negative", 1), "({0} * -1.0)",
+        symbol="-"))
 _row(Op("add", 2, ARITH, np.add, "({0} + {1})", _ufunc("add", 2), "{0} + {1}", symbol="+"))
 _row(Op("sub", 2, ARITH, np.subtract, "({0} - {1})", _ufunc("subtract", 2), "{0} - {1}",
         symbol="-"))
@@ -137,7 +153,7 @@ _row(Op("mul", 2, ARITH, np.multiply, "({0} * {1})", _ufunc("multiply", 2), "{0}
         symbol="*"))
 _row(Op("div", 2, ARITH, np.divide, "({0} / {1})", _ufunc("divide", 2), "_div({0}, {1})",
         symbol="/"))
-_row(Op("pow", 2, ARITH, np.power, "({0} ** {1})", _ufunc("power", 2), "_pow({0}, {1})",
+_row(Op("pow", 2, ARITH, _pow, "({0} ** {1})", _ufunc("power", 2), "_pow({0}, {1})",
         symbol="^"))
 _row(Op("square", 1, ARITH, np.square, "({0} * {0})", _ufunc("square", 1), "{0} * {0}"))
 _row(Op("sqrt", 1, ARITH, np.sqrt, "np.sqrt({0})", _ufunc("sqrt", 1), "_sqrt({0})",

@@ -85,7 +85,7 @@ def pass0_block(offs, n, p_w, p_g, p_s_prev, p_s_step_size, p_wcopy, sp, ti, see
     v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
     v7 = tl.load(p_s_prev + offs, mask=mask).to(CT)  # prev
     v8 = tl.load(p_s_step_size + offs, mask=mask).to(CT)  # step_size
-    v11 = -v1  # line 25
+    v11 = (v1 * -1.0)  # line 25
     v12 = tl.where(v10, v11, v1)  # line 25
     v13 = v12 * v7  # line 26
     v14 = v13 > v9  # line 27
