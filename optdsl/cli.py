@@ -37,11 +37,29 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             failed += 1
             continue
+        for note in undeclared_notes(prog, path):
+            print(note, file=sys.stderr)
         if not args.quiet:
             hypers = ", ".join(prog.hypers) or "none"
             states = ", ".join(prog.states) or "none"
             print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})")
     return 1 if failed else 0
+
+
+def undeclared_notes(prog, path: str) -> list[str]:
+    """Notes on names a program with declarations leaves undeclared: each becomes a required
+    hyperparameter (as LANGUAGE.md says), which is what a misspelling (`epsilon` for `eps`)
+    also does. One-line programs, which declare nothing, rely on that and get no note."""
+    from optdsl.errors import suggest
+
+    declared = [n for n, s in prog.hypers.items() if not s.inferred]
+    declared += [part for s in prog.hypers.values() if s.parts for part in s.parts]
+    states = [n for n, s in prog.states.items() if not s.inferred]
+    if not declared and not states:
+        return []
+    return [f"{path}:{spec.line}: note: `{name}` is not declared, so it is a required "
+            f"hyperparameter{suggest(name, declared + states)}"
+            for name, spec in prog.hypers.items() if spec.inferred]
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
   succeed, without warnings, and leave exactly one complete entry per program (no temporary
   files) that a later process loads silently and trains with;
 - a writer killed (SIGKILL) in the middle of writing an entry leaves no entry (only its
-  temporary file); the next process writes the entry afresh, without a warning;
+  temporary file); the next process writes the entry afresh, without a warning, and sweeps
+  the temporary file once it is stale;
 - a corrupted entry (truncated, empty, NUL-filled, invalid UTF-8, other valid Python, a
   directory or a dangling link in its place) is rebuilt with a RuntimeWarning and the
   program trains;
@@ -258,6 +259,12 @@ def test_writer_killed_mid_write_leaves_no_partial_entry(tmp_path):
     assert tmp.name.startswith(".triton_Clip_") and tmp.name.endswith(".tmp")
     source = _sources()["Clip"]
     assert 0 < len(tmp.read_text()) < len(source)
+    # Aged past STALE_SECONDS, the dead writer's file is swept by the next writer of the
+    # entry; a recent one (a writer that may still be at work) is left alone.
+    old = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(tmp, (old, old))
+    inflight = tmp.with_name(tmp.name.rsplit("-", 1)[0] + "-inflight.tmp")
+    inflight.write_text("partial")
 
     # The next process sees a miss (not a corrupt entry: no warning), writes and trains.
     done = _run("""
@@ -269,6 +276,7 @@ def test_writer_killed_mid_write_leaves_no_partial_entry(tmp_path):
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
     (entry,) = _entries(directory)
     assert entry.read_text() == source
+    assert _leftovers(directory) == [inflight]
 
 
 @needs_triton

@@ -101,3 +101,16 @@ def test_show_bad_file(tmp_path):
     result = optdsl_cli("show", "bad.opt", "--ir", cwd=tmp_path)
     assert result.returncode == 1
     assert "bad.opt:1:9:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_notes_an_undeclared_name_in_a_declared_program(tmp_path):
+    """A misspelled hyper silently becomes a required one (LANGUAGE.md); check says so."""
+    (tmp_path / "typo.opt").write_text("hyper lr = 0.1, eps = 1e-8\nstate v = 0\n"
+                                       "v = v + g * g\nw = w - lr * g / (sqrt(v) + epsilon)\n")
+    result = optdsl_cli("check", "typo.opt", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr.strip() == ("typo.opt:4: note: `epsilon` is not declared, so it is a "
+                                     "required hyperparameter (did you mean `eps`?)")
+    (tmp_path / "one.opt").write_text("v = a*v - lr*g; w = w + v\n")  # declares nothing
+    result = optdsl_cli("check", "one.opt", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,6 +115,21 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
+STALE_SECONDS = 600.0  # a temporary file older than this lost its writer (killed mid-write)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what killed writers of ``path`` left (write_atomic's temporaries); a recent one
+    may belong to a writer still at work and stays."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.stem}-*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete
+
+
 def _import(path: Path, name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -145,6 +161,7 @@ def _ensure(directory: Path, source: str, tag: str, key: str) -> Path:
         if existing is not None:
             warnings.warn(f"optdsl cache entry {path} is corrupt; rebuilding it",
                           RuntimeWarning, stacklevel=4)
+        _remove_stale_temporaries(path)
         try:
             write_atomic(path, source)
         except OSError as exc:  # e.g. a directory in the entry's place, or a full disk
