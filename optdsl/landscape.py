@@ -36,15 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from optdsl.demo import (
+from optdsl.demo import Progress, new_agg_figure, one_torch_thread, racer_device
+from optdsl.racers import (
     OptimizerSpec,
-    Progress,
     check_racers,
     make_optimizer,
-    new_agg_figure,
-    one_torch_thread,
     parse_optimizer_spec,
-    racer_device,
     resolve_optimizer_specs,
 )
 
