@@ -457,10 +457,10 @@ def test_random_programs_with_hostile_names(data):
 
 def structural_floats() -> set[float]:
     """Float constants the Triton helpers are made of (used only when a helper is)."""
-    from optdsl.codegen.triton import _HELPERS
+    from optdsl.codegen.triton_helpers import HELPERS
 
     found = {0.0, 1.0, -1.0}
-    for text in _HELPERS.values():
+    for text in HELPERS.values():
         floats, _ = numbers(ast.parse(text))
         found.update(floats)
     return found
