@@ -35,12 +35,23 @@ def _mix32(h):
 
 @triton.jit
 def _random_bits(seed, offs, ti, stream: tl.constexpr):
-    """32 random bits per element: a hash of (seed; offset, tensor, column), so every step,
-    tensor and column draws its own stream. (Counter-based, like Philox; written here since
-    triton.language.random cannot be called from interpreted kernels in every mode.)"""
-    h = _mix32(offs.to(tl.uint32) ^ (seed & 0xFFFFFFFF).to(tl.uint32))
-    h = _mix32(h ^ (offs >> 32).to(tl.uint32) ^ (seed >> 32).to(tl.uint32))
-    return _mix32(h ^ (ti.to(tl.uint32) * 0x9E3779B9 + stream))
+    """32 random bits per element: a hash of the offset under a key hashed from (seed,
+    tensor, column), so every step, tensor and column draws its own stream. (Counter-based,
+    like Philox; written here since triton.language.random cannot be called from interpreted
+    kernels in every mode.)"""
+    key = _mix32((seed & 0xFFFFFFFF).to(tl.uint32) ^ _mix32(ti.to(tl.uint32) * 0x9E3779B9))
+    column = ti.to(tl.uint32) * 0 + stream
+    key = _mix32(key ^ (seed >> 32).to(tl.uint32) ^ _mix32(column * 0x85EBCA6B + 1))
+    h = _mix32(offs.to(tl.uint32) ^ key)
+    return _mix32(h ^ (offs >> 32).to(tl.uint32) ^ _mix32(key))
+
+
+@triton.jit
+def _bf16_high(x, r):
+    """The bfloat16 whose bits are the high half of r, a rounded float32 x (by bits: the
+    interpreter's own cast mishandles subnormals); a NaN x stays a quiet NaN."""
+    r = tl.where(x != x, x.to(tl.uint32, bitcast=True) | 0x400000, r)
+    return (r >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -50,19 +61,37 @@ def _add(a, b):
 
 
 @triton.jit
+def _loaded(ptr, offs, mask, CT: tl.constexpr):
+    """The elements at ptr + offs in the compute dtype CT (a bfloat16 by its bits under the
+    interpreter, whose own cast mishandles subnormals)."""
+    if _INTERPRET:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            bits = tl.load(ptr.to(tl.pointer_type(tl.uint16)) + offs, mask=mask)
+            x = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            x = tl.load(ptr + offs, mask=mask)
+    else:
+        x = tl.load(ptr + offs, mask=mask)
+    return x.to(CT)
+
+
+@triton.jit
 def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexpr, offs):
     """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
     (16 random bits added below the kept bits); else round to nearest even (the interpreter
     truncates float32 to bfloat16, so there the bits are rounded first)."""
     if DT == tl.bfloat16:
-        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        x = x.to(tl.float32)  # (float64 to bfloat16 is no conversion every Triton has right)
+        b = x.to(tl.uint32, bitcast=True)
         if SR:
-            b = (b + (_random_bits(seed, offs, ti, stream) & 0xFFFF)) & 0xFFFF0000
-            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
+            y = _bf16_high(x, b + (_random_bits(seed, offs, ti, stream) & 0xFFFF))
         elif _INTERPRET:
-            b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-            x = tl.where(x != x, x, b.to(tl.float32, bitcast=True))
-    return x.to(DT)
+            y = _bf16_high(x, b + 0x7FFF + ((b >> 16) & 1))
+        else:
+            y = x.to(DT)
+    else:
+        y = x.to(DT)
+    return y
 
 
 @triton.jit
@@ -72,7 +101,7 @@ def pass0_block(offs, n, p_g, rp, CT: tl.constexpr, BLOCK: tl.constexpr, MASKED:
         mask = offs < n
     else:
         mask = None
-    v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
+    v1 = _loaded(p_g, offs, mask, CT)  # g
     x = (v1 * v1).to(tl.float64)  # line 12: norm
     if MASKED:
         x = tl.where(mask, x, 0.0)
@@ -114,9 +143,9 @@ def pass1_block(offs, n, p_w, p_g, p_s_buf, p_wcopy, sp, ti, seed, CT: tl.conste
     v12 = tl.load(sp + 2)  # line 12
     v14 = tl.load(sp + 3) != 0.0  # line 13
     v19 = tl.load(sp + 4) != 0.0  # line 14
-    v0 = tl.load(p_w + offs, mask=mask).to(CT)  # w
-    v1 = tl.load(p_g + offs, mask=mask).to(CT)  # g
-    v6 = tl.load(p_s_buf + offs, mask=mask).to(CT)  # buf
+    v0 = _loaded(p_w, offs, mask, CT)  # w
+    v1 = _loaded(p_g, offs, mask, CT)  # g
+    v6 = _loaded(p_s_buf, offs, mask, CT)  # buf
     v13 = v1 * v12  # line 12
     v15 = v5 * v6  # line 13
     v16 = v15 + v13  # line 13

@@ -13,8 +13,10 @@ The policy, shared by both back ends (optdsl.torch_optim applies it, the runners
 - ``stochastic_rounding``: every bfloat16 write of the step (parameters, states, the rounded
   copy of a master weight) rounds up or down at random, with the probability that makes the
   rounding unbiased; float16 writes round to nearest. The random bits come from a seed per
-  step derived from ``torch.initial_seed()`` at construction and a step counter, so runs are
-  reproducible under ``torch.manual_seed`` and the global generator is never drawn from.
+  (param group, step), derived from ``torch.initial_seed()`` at construction and the group's
+  step count (``state["step"]``), so runs are reproducible under ``torch.manual_seed``, a run
+  resumed from a checkpoint rounds as the uninterrupted one would, and torch's generator is
+  never drawn from.
 """
 
 from __future__ import annotations
@@ -67,20 +69,22 @@ def needs_master(master_weights: bool, param_dtype: torch.dtype) -> bool:
 
 
 class RoundingSeeds:
-    """The seeds of stochastic rounding: one per (step, param group), from a base seed."""
+    """The seeds of stochastic rounding: one per (param group, step), from a base seed."""
 
     def __init__(self, base: int) -> None:
         self.base = int(base) & (2**64 - 1)
-        self.steps = 0
 
-    def next_step(self) -> None:
-        self.steps += 1
+    def seed(self, group: int, step: int) -> int:
+        """A 62-bit seed (positive as an int64)."""
+        return derive_seed(self.base, step, group)
 
-    def seed(self, group: int) -> int:
-        """A 62-bit seed (positive as an int64, with room to add a bucket index)."""
-        words = np.random.SeedSequence([self.base, self.steps, group]).generate_state(
-            1, np.uint64)
-        return int(words[0] >> np.uint64(2))
+
+def derive_seed(*words: int) -> int:
+    """A 62-bit seed hashed from ``words`` (SeedSequence: nearby inputs give unrelated
+    seeds, which the kernels' hash needs; adding 1 to a seed would not do)."""
+    state = np.random.SeedSequence([int(w) & (2**64 - 1) for w in words]).generate_state(
+        1, np.uint64)
+    return int(state[0] >> np.uint64(2))
 
 
 def round_bf16_stochastic(values: np.ndarray, seed: int) -> np.ndarray:

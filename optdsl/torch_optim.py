@@ -130,7 +130,7 @@ class DslOptimizer(torch.optim.Optimizer):
     def _state_keys(self) -> list[tuple[str, bool]]:
         return [(spec.key, spec.tensor) for spec in self.program.states.values()]
 
-    def _state_dtype(self, key: str, param: torch.Tensor) -> torch.dtype | None:
+    def _policy_dtype(self, key: str, param: torch.Tensor) -> torch.dtype | None:
         """The dtype a tensor state ``key`` of ``param`` is kept in (None: not a tensor state
         of this optimizer's)."""
         if key == precision.MASTER_KEY:
@@ -154,9 +154,16 @@ class DslOptimizer(torch.optim.Optimizer):
             if not isinstance(entry, dict):
                 continue
             for key, value in entry.items():
-                dtype = self._state_dtype(key, param) if torch.is_tensor(value) else None
+                dtype = self._policy_dtype(key, param) if torch.is_tensor(value) else None
                 if dtype is not None and value.is_floating_point():
-                    self.state[param][key] = value.to(device=param.device, dtype=dtype)
+                    # a copy where torch's cast made one: the checkpoint's tensors are not
+                    # shared with this optimizer's state where they were not before
+                    copy = value.dtype != param.dtype or value.device != param.device
+                    self.state[param][key] = value.to(device=param.device, dtype=dtype,
+                                                      copy=copy)
+            if not precision.needs_master(self.master_weights, param.dtype):
+                # a master this optimizer would not update could later revert the parameter
+                self.state[param].pop(precision.MASTER_KEY, None)
 
     def _init_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float]) -> None:
         step = state.get("step")
@@ -176,6 +183,8 @@ class DslOptimizer(torch.optim.Optimizer):
             elif master.dtype != torch.float32:
                 state[precision.MASTER_KEY] = master.to(torch.float32)
             base = state[precision.MASTER_KEY]
+        elif precision.MASTER_KEY in state:  # left by an optimizer with master weights
+            del state[precision.MASTER_KEY]
         dtype = precision.state_dtype_for(self.state_dtype, param.dtype)
         for spec in self.program.states.values():
             value = state.get(spec.key)
@@ -202,7 +211,6 @@ class DslOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         runner = self._runner()
         keys = self._state_keys()
-        self._rounding.next_step()
         for number, group in enumerate(self.param_groups):
             hyper = hyper_values.scalars(self.program.hypers, group)
             if grad_scale is not None:
@@ -229,13 +237,16 @@ class DslOptimizer(torch.optim.Optimizer):
                 options: dict[str, Any] = {}
                 if any(c is not None for c in copies):
                     options["copies"] = copies
-                if self.stochastic_rounding:
-                    options["rounding_seed"] = self._rounding.seed(number)
+                if self.stochastic_rounding:  # per group and step count: resumable
+                    options["rounding_seed"] = self._rounding.seed(number, int(entries[0][3]))
                 # DTensor parameters (FSDP2): the runner updates the local shards, and the
                 # combiner all-reduces reduction partials across ranks; None otherwise.
                 entries, combine = distributed.localize(entries, keys)
                 if combine is not None:
                     options["combine"] = combine
+                    if "rounding_seed" in options:  # each rank's shard rounds by its own bits
+                        options["rounding_seed"] = precision.derive_seed(
+                            options["rounding_seed"], distributed.rank())
                     if "copies" in options:
                         options["copies"] = [distributed.local_tensor(c) for c in copies]
                 runner.run(hyper, entries, keys, **options)

@@ -5,7 +5,9 @@ with element-wise, per-tensor-reduction and global_norm programs (NumPy back end
 in its interpreter when Triton is installed), and torch.distributed.checkpoint's
 get/set_optimizer_state_dict (full and sharded, and through dcp.save/dcp.load). Each is
 compared with one process running the same optimizer on the same global batch (float64, so
-tolerances are tight).
+tolerances are tight). Mixed precision under FSDP2 (bfloat16 parameters: float32 state, fp32
+master weights, stochastic rounding, a DCP round trip) is compared with one process stepping
+on the same gradients, gathered.
 
 The two processes are started once for the module (spawn, a FileStore rendezvous: no port to
 pick) and run every scenario in turn; each test checks one scenario's report. Collectives
@@ -298,12 +300,189 @@ def _fsdp_checkpoint(rank: int) -> dict:
     return out
 
 
+# -- mixed precision under FSDP2: bfloat16 parameters, float32 state and master weights -------
+MASTER = "master_param"
+MIXED = {  # label: (optimizer, its mixed-precision options); a step of each on bf16 shards
+    "master": ("Adam", {"master_weights": True}),
+    "master/LAMB": ("LAMB", {"master_weights": True}),  # norms of the master's shards
+    "default": ("Adam", {}),  # no master: fp32 state, the bf16 parameter stepped directly
+    "stochastic": ("Adam", {"master_weights": True, "stochastic_rounding": True}),
+}
+MIXED_LR = 0.01  # steps of a few bfloat16 ulps of these weights: rounding them shows
+
+
+def _bf16_model() -> torch.nn.Module:
+    return _model().to(torch.bfloat16)
+
+
+def _rows(full: torch.Tensor, rank: int) -> torch.Tensor:
+    """The rows of ``full`` that ``rank`` holds under fully_shard (Shard(0): torch.chunk's
+    pieces; none when the tensor has fewer rows than ranks)."""
+    pieces = full.chunk(WORLD)
+    return pieces[rank] if rank < len(pieces) else full[:0]
+
+
+def _mixed_step(model, opt, ref, ref_opt, x, y, rank) -> None:
+    """A step of the sharded model on this rank's half batch, and of the unsharded reference
+    on the same full gradients (FSDP2's averaged bfloat16 gradients, gathered)."""
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.mse_loss(model(_local(x, rank).to(torch.bfloat16)),
+                                        _local(y, rank).to(torch.bfloat16))
+    loss.backward()
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        q.grad = p.grad.full_tensor()
+    opt.step()
+    ref_opt.step()
+
+
+def _shard_report(param, state: dict, ref_param, ref_state: dict, rank: int) -> dict:
+    """One DTensor parameter's local shard and state against the reference's rows."""
+    out = {"param_dtype": param.dtype,
+           "param_diff": (param.to_local().double()
+                          - _rows(ref_param.detach(), rank).double()).abs().max().item()
+           if param.to_local().numel() else 0.0,
+           "states": {}}
+    for key, value in state.items():
+        entry = {"type": type(value).__name__, "dtype": value.dtype}
+        if distributed.is_dtensor(value):
+            entry["placements"] = value.placements == param.placements
+            entry["mesh"] = value.device_mesh == param.device_mesh
+            entry["shape"] = tuple(value.shape) == tuple(param.shape)
+            local = value.to_local()
+            expected = _rows(ref_state[key], rank)
+            entry["local_shape"] = tuple(local.shape) == tuple(expected.shape)
+            entry["diff"] = ((local.double() - expected.double()).abs().max().item()
+                             if local.numel() else 0.0)
+        else:
+            entry["diff"] = abs(float(value) - float(ref_state[key]))
+        out["states"][key] = entry
+    master = state.get(MASTER)
+    if master is not None:
+        local = master.to_local()
+        # The parameter is its master rounded to nearest bfloat16, bit for bit ...
+        out["param_is_rounded_master"] = torch.equal(param.to_local(),
+                                                     local.to(torch.bfloat16))
+        # ... and the master holds what bfloat16 cannot (0 would make the master pointless).
+        out["master_below_bf16"] = ((local - local.to(torch.bfloat16).float()).abs().max()
+                                    .item() if local.numel() else 0.0)
+        # Stochastic rounding: the parameter is its master rounded toward zero (the low 16
+        # bits cleared) or away from it (one bfloat16 ulp more), whichever is nearer or not.
+        toward = local.view(torch.int32) & -(1 << 16)
+        written = param.to_local().float()
+        out["param_brackets_master"] = bool(
+            ((written == toward.view(torch.float32))
+             | (written == (toward + (1 << 16)).view(torch.float32))).all())
+        out["param_not_nearest"] = int((param.to_local() != local.to(torch.bfloat16)).sum())
+    return out
+
+
+def _fsdp_mixed(rank: int) -> dict:
+    mesh = _mesh()
+    out, finals = {}, {}
+    for label, (name, options) in MIXED.items():
+        cls = _optimizer_class(name)
+        ref = _bf16_model()
+        ref_opt = cls(ref.parameters(), backend="numpy", lr=MIXED_LR, **options)
+        model = _shard(_bf16_model(), mesh)
+        opt = cls(model.parameters(), backend="numpy", lr=MIXED_LR, **options)
+        for x, y in _batches():
+            _mixed_step(model, opt, ref, ref_opt, x, y, rank)
+        out[label] = [_shard_report(p, opt.state[p], q, ref_opt.state[q], rank)
+                      for p, q in zip(model.parameters(), ref.parameters(), strict=True)]
+        out[f"{label}/local_numel"] = [p.to_local().numel() for p in model.parameters()]
+        out[f"{label}/moved"] = _max_diff(model.parameters(), _bf16_model().parameters())
+        # The updates reach what fully_shard gathers: both models compute the same outputs.
+        x = _local(_batches(1, seed=11)[0][0], rank).to(torch.bfloat16)
+        with torch.no_grad():
+            out[f"{label}/forward"] = (model(x) - ref(x)).abs().max().item()
+        finals[label] = [_full(p).detach() for p in model.parameters()]
+    # Master weights change the result: the bfloat16 roundings do not accumulate with them.
+    out["master_vs_default"] = _max_diff(finals["master"], finals["default"])
+    return out
+
+
+def _fsdp_mixed_checkpoint(rank: int) -> dict:
+    """dcp.save / dcp.load (and a full state dict) of Adam with master weights on bf16
+    shards: master and states stay float32, and training goes on as if never stopped."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    mesh = _mesh()
+    out = {}
+    batches = _batches(STEPS + 2)
+    hypers = {"lr": MIXED_LR, "master_weights": True, "backend": "numpy"}
+    ref = _bf16_model()
+    ref_opt = library.Adam(ref.parameters(), **hypers)
+    model = _shard(_bf16_model(), mesh)
+    opt = library.Adam(model.parameters(), **hypers)
+    for x, y in batches[:STEPS]:
+        _mixed_step(model, opt, ref, ref_opt, x, y, rank)
+    full_options = StateDictOptions(full_state_dict=True)
+    full = get_optimizer_state_dict(model, opt, options=full_options)
+    sharded = get_optimizer_state_dict(model, opt)
+    out["sharded_dtypes"] = {(type(v).__name__, k, v.dtype) for s in sharded["state"].values()
+                             for k, v in s.items()}
+    out["full_dtypes"] = {(type(v).__name__, k, v.dtype) for s in full["state"].values()
+                          for k, v in s.items()}
+    names = [n for n, _ in ref.named_parameters()]
+    ref_state = {names[i]: s for i, s in ref_opt.state_dict()["state"].items()}
+    out["full_vs_reference"] = _state_diff(full["state"], ref_state)
+
+    model_state = get_model_state_dict(model)
+    path = os.path.join(_OUT_DIR, "dcp-mixed")
+    dcp.save({"optim": sharded}, checkpoint_id=path)
+    reloaded = {}
+    for label, saved, options in (("full", full, full_options), ("saved", None, None)):
+        again = _shard(_bf16_model(), mesh)
+        set_model_state_dict(again, model_state)
+        again_opt = library.Adam(again.parameters(), lr=1.0, master_weights=True,
+                                 backend="numpy")
+        if saved is None:
+            target = {"optim": get_optimizer_state_dict(again, again_opt)}
+            dcp.load(target, checkpoint_id=path)
+            saved = target["optim"]
+        set_optimizer_state_dict(again, again_opt, copy.deepcopy(saved), options=options)
+        out[f"{label}/lr"] = again_opt.param_groups[0]["lr"]
+        out[f"{label}/state"] = [
+            {k: (type(v).__name__, v.dtype,
+                 not distributed.is_dtensor(v) or v.placements == p.placements)
+             for k, v in again_opt.state[p].items()} for p in again.parameters()]
+        # Bit for bit: a master weight cast through bfloat16 on the way would differ here.
+        out[f"{label}/reloaded_state"] = _state_diff(
+            {i: again_opt.state[p] for i, p in enumerate(again.parameters())},
+            {i: opt.state[p] for i, p in enumerate(model.parameters())})
+        reloaded[label] = (again, again_opt)
+    out["master_below_bf16"] = max(
+        (_full(opt.state[p][MASTER]) - _full(p).float()).abs().max().item()
+        for p in model.parameters())
+    for x, y in batches[STEPS:]:
+        _mixed_step(model, opt, ref, ref_opt, x, y, rank)
+        for again, again_opt in reloaded.values():
+            again_opt.zero_grad(set_to_none=True)
+            for p, q in zip(again.parameters(), model.parameters(), strict=True):
+                p.grad = q.grad  # the gradients the reference stepped on
+            again_opt.step()
+    for label, (again, again_opt) in reloaded.items():
+        out[f"{label}/continued"] = [
+            _shard_report(p, again_opt.state[p], q, ref_opt.state[q], rank)
+            for p, q in zip(again.parameters(), ref.parameters(), strict=True)]
+    return out
+
+
 SCENARIOS = {
     "ddp": _ddp,
     "zero": _zero,
     "fsdp": _fsdp,
     "fsdp_checkpoint": _fsdp_checkpoint,
     "fsdp_triton": lambda rank: _fsdp(rank, backend="triton"),
+    "fsdp_mixed": _fsdp_mixed,
+    "fsdp_mixed_checkpoint": _fsdp_mixed_checkpoint,
 }
 
 
@@ -453,6 +632,103 @@ def test_fsdp2_distributed_checkpoint_round_trip(reports):
             assert out[f"{label}/lr"] == LR
             assert out[f"{label}/reloaded_state"] == 0.0
             assert out[f"{label}/continued"] < TIGHT
+
+
+# Mixed precision (bfloat16 parameters): the sharded step does on each rank's rows exactly what
+# the unsharded one does on the same full gradients (Adam is element-wise: the same float32
+# operations on the same numbers). LAMB's norms add the shards' partials in another order:
+# float32 master and states then agree to a few ulps and a weight to one bfloat16 ulp (its
+# weights are below 1 in magnitude).
+MIXED_TOLERANCES = {  # label: (master and float32 states, bfloat16 parameter)
+    "master": (0.0, 0.0),
+    "master/LAMB": (1e-6, 2.0**-8),
+    "default": (0.0, 0.0),
+    "stochastic": (0.0, 2.0**-8),  # the master is exact; its copy rounds either way
+}
+
+
+def _check_fp32_dtensor_state(shard: dict, keys: set[str], tolerance: float) -> None:
+    """Every tensor state (the master weight included) a float32 DTensor sharded like its
+    bfloat16 parameter, equal to the reference's rows; ``step`` a plain float32 tensor."""
+    states = shard["states"]
+    assert set(states) == keys | {"step"}, sorted(states)
+    assert shard["param_dtype"] == torch.bfloat16
+    assert states["step"]["type"] == "Tensor" and states["step"]["dtype"] == torch.float32
+    assert states["step"]["diff"] == 0.0
+    for key in keys:
+        entry = states[key]
+        assert entry["type"] == "DTensor" and entry["dtype"] == torch.float32, (key, entry)
+        assert entry["placements"] and entry["mesh"], (key, entry)
+        assert entry["shape"] and entry["local_shape"], (key, entry)
+        assert entry["diff"] <= tolerance, (key, entry)
+
+
+@pytest.mark.parametrize("label", ["master", "master/LAMB"])
+def test_fsdp2_bf16_master_weights_equal_unsharded(reports, label):
+    ranks = _report(reports, "fsdp_mixed")
+    assert ranks[0][f"{label}/local_numel"] == [10, 2, 3, 1]
+    assert ranks[1][f"{label}/local_numel"] == [5, 1, 0, 0]  # zero-size shards on rank 1
+    states, params = MIXED_TOLERANCES[label]
+    name = MIXED[label][0]
+    keys = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if name == "Adam" else set())
+    for out in ranks:
+        assert out[f"{label}/moved"] > 0
+        for shard in out[label]:
+            _check_fp32_dtensor_state(shard, keys | {MASTER}, states)
+            assert shard["param_is_rounded_master"]  # bit for bit, on every rank's shard
+            assert shard["param_diff"] <= params
+        if params == 0.0:
+            assert out[f"{label}/forward"] == 0.0
+    # The masters hold more than their bfloat16 parameters (else the checks above are moot).
+    assert min(max(s["master_below_bf16"] for s in out[label]) for out in ranks) > 0
+
+
+def test_fsdp2_bf16_stochastic_rounding_of_master_weights(reports):
+    """Each rank rounds its shard's copy of the master up or down at random; the masters
+    themselves are the unsharded run's, exactly."""
+    ranks = _report(reports, "fsdp_mixed")
+    states, params = MIXED_TOLERANCES["stochastic"]
+    for out in ranks:
+        for shard in out["stochastic"]:
+            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq",
+                                              MASTER}, states)
+            assert shard["param_brackets_master"]
+            assert shard["param_diff"] <= params
+    # Rounded to nearest everywhere would mean the option did nothing.
+    assert sum(s["param_not_nearest"] for out in ranks for s in out["stochastic"]) > 0
+    assert all(s["param_not_nearest"] == 0 for out in ranks for s in out["master"])
+
+
+def test_fsdp2_bf16_parameters_keep_fp32_state(reports):
+    ranks = _report(reports, "fsdp_mixed")
+    for out in ranks:
+        assert out["default/moved"] > 0
+        for shard in out["default"]:
+            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, 0.0)
+            assert shard["param_diff"] == 0.0
+        assert out["default/forward"] == 0.0
+        # The same steps with master weights end elsewhere: the two runs are not one.
+        assert out["master_vs_default"] > 0
+
+
+def test_fsdp2_bf16_master_weights_distributed_checkpoint(reports):
+    fp32_states = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", MASTER, "step"}
+    for out in _report(reports, "fsdp_mixed_checkpoint"):
+        assert out["sharded_dtypes"] == {("DTensor" if k != "step" else "Tensor", k,
+                                          torch.float32) for k in fp32_states}
+        assert out["full_dtypes"] == {("Tensor", k, torch.float32) for k in fp32_states}
+        assert out["full_vs_reference"] == 0.0
+        # A master cast through bfloat16 on the way would lose this much at least.
+        assert out["master_below_bf16"] > 1e-4
+        for label in ("full", "saved"):
+            assert out[f"{label}/lr"] == MIXED_LR
+            for state in out[f"{label}/state"]:
+                assert state == {k: ("DTensor" if k != "step" else "Tensor", torch.float32,
+                                     True) for k in fp32_states}
+            assert out[f"{label}/reloaded_state"] == 0.0
+            for shard in out[f"{label}/continued"]:
+                _check_fp32_dtensor_state(shard, fp32_states - {"step"}, 0.0)
+                assert shard["param_is_rounded_master"] and shard["param_diff"] == 0.0
 
 
 # -- single process -----------------------------------------------------------------------------

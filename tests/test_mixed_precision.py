@@ -198,14 +198,56 @@ def test_stochastic_rounding_is_reproducible_and_leaves_global_rng_alone(backend
     assert torch.equal(first[2], torch.rand(3))  # the optimizer drew nothing from torch's RNG
 
 
-def test_stochastic_rounding_differs_between_steps_and_tensors():
+def test_rounding_seeds_differ_between_steps_and_groups():
     seeds = precision.RoundingSeeds(5)
-    seeds.next_step()
-    a = seeds.seed(0)
-    assert seeds.seed(1) != a
-    seeds.next_step()
-    assert seeds.seed(0) != a
+    a = seeds.seed(0, 1)
+    assert seeds.seed(1, 1) != a and seeds.seed(0, 2) != a
+    assert seeds.seed(0, 1) == a  # a function of (base, group, step) only
     assert 0 <= a < 2 ** 62
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stochastic_rounding_streams_are_independent_across_buckets(backend):
+    """Found in review: bucket seeds were seed + index, and the kernel's hash turned that
+    into the same random bits a few elements away. Halfway values in two buckets (fp32 and
+    bf16 parameters with bf16 state) must round independently: no shift of one tensor's
+    decisions matches the other's."""
+    n = 4096
+    torch.manual_seed(1)
+    p0 = torch.nn.Parameter(torch.full((n,), 2.0 ** -8))
+    p1 = torch.nn.Parameter(torch.full((n,), 2.0 ** -8, dtype=torch.bfloat16))
+    opt = SGD([p0, p1], lr=0.0, momentum=0.9, weight_decay=1.0, state_dtype=torch.bfloat16,
+              stochastic_rounding=True, backend=_backend(backend))
+    p0.grad, p1.grad = torch.ones(n), torch.ones(n, dtype=torch.bfloat16)
+    opt.step()  # momentum_buffer = 1 + 2^-8: halfway between two bfloat16 values
+    up0 = opt.state[p0]["momentum_buffer"].float() > 1
+    up1 = opt.state[p1]["momentum_buffer"].float() > 1
+    assert 0.45 < up0.float().mean() < 0.55 and 0.45 < up1.float().mean() < 0.55
+    index = torch.arange(n)
+    agreement = max((up0 == up1[index ^ d]).float().mean().item() for d in range(256))
+    assert agreement < 0.56
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resumed_run_rounds_as_the_uninterrupted_one(backend):
+    def make(params):
+        torch.manual_seed(11)
+        return Adam(params, lr=1e-3, state_dtype=torch.bfloat16, stochastic_rounding=True,
+                    backend=_backend(backend))
+
+    params = _params(torch.bfloat16, sizes=(300,))
+    grads = _grads(params, 4)
+    whole = make(params)
+    _run(whole, params, grads)
+    resumed_params = _params(torch.bfloat16, sizes=(300,))
+    first = make(resumed_params)
+    _run(first, resumed_params, grads[:2])
+    second = make(resumed_params)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    _run(second, resumed_params, grads[2:])
+    assert torch.equal(params[0], resumed_params[0])
+    assert torch.equal(whole.state[params[0]]["exp_avg"],
+                       second.state[resumed_params[0]]["exp_avg"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -218,6 +260,29 @@ def test_stochastic_rounding_keeps_special_values(backend):
     assert torch.isnan(got[0])
     assert torch.equal(got[1:], values[1:].to(torch.bfloat16).float())
     assert torch.signbit(got[4])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sr", [False, True])
+def test_bf16_state_of_float64_and_subnormal_values(backend, sr):
+    """Found in review: float64 values stored as bfloat16 (Triton converted float64 to
+    bfloat16 wrongly) and bfloat16 subnormals (the interpreter's cast mishandles them)."""
+    x = torch.tensor([1.3, -2.7, 1e-3, 1.01e-39, -3.03e-39], dtype=torch.float64)
+    p = torch.nn.Parameter(x.clone())
+    opt = SGD([p], lr=0.0, momentum=0.9, state_dtype=torch.bfloat16, stochastic_rounding=sr,
+              backend=_backend(backend))
+    p.grad = x.clone()
+    opt.step()
+    got = opt.state[p]["momentum_buffer"].double()
+    ulp = torch.tensor([2 ** -7, 2 ** -6, 2 ** -17, 2 ** -133, 2 ** -133], dtype=torch.float64)
+    assert ((got - x).abs() <= ulp).all(), got  # within a bfloat16 ulp of the value
+    if not sr:
+        assert torch.equal(got, x.float().to(torch.bfloat16).double())
+    w = torch.nn.Parameter(torch.tensor([1.01e-39, -3.03e-39]).to(torch.bfloat16))
+    kept = w.detach().clone()
+    w.grad = torch.zeros_like(w)
+    SGD([w], lr=0.0, stochastic_rounding=sr, backend=_backend(backend)).step()
+    assert torch.equal(w.detach(), kept)  # subnormal bfloat16 parameters survive a step
 
 
 def test_round_bf16_stochastic_helper():
@@ -255,6 +320,34 @@ def test_checkpoint_keeps_policy_dtypes(backend):
     _run(fresh, params, grads)
     for p, a in zip(params, after):
         assert torch.equal(p.detach(), a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_master_left_behind_is_dropped(backend):
+    """Found in review: a master kept (and not updated) by an optimizer without master
+    weights, loaded later by one with them, reverted the parameter."""
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    grad = [[torch.ones(4, dtype=torch.bfloat16)]]
+    a = SGD([p], lr=0.5, master_weights=True, backend=_backend(backend))
+    _run(a, [p], grad)  # p = 0.5
+    b = SGD([p], lr=0.5, backend=_backend(backend))
+    b.load_state_dict(a.state_dict())
+    assert precision.MASTER_KEY not in b.state[p]
+    _run(b, [p], grad * 3)  # p = -1.0
+    c = SGD([p], lr=0.5, master_weights=True, backend=_backend(backend))
+    c.load_state_dict(b.state_dict())
+    _run(c, [p], grad)
+    assert torch.equal(p.detach().float(), torch.full((4,), -1.5))
+
+
+def test_loaded_state_does_not_share_the_checkpoints_tensors():
+    params = _params(torch.bfloat16, sizes=(10,))
+    opt = Adam(params, lr=1e-3)
+    _run(opt, params, _grads(params, 1))
+    other = Adam(params, lr=1e-3)
+    other.load_state_dict(opt.state_dict())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert other.state[params[0]][key].data_ptr() != opt.state[params[0]][key].data_ptr()
 
 
 def test_torch_checkpoint_of_bf16_params_loads_into_fp32_state():

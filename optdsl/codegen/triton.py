@@ -231,8 +231,8 @@ class _Generator:
             eq = eqs[v]
             if OPS[eq.op].category == LEAF:
                 col = self._column_of(v)
-                out.line(f"{value_name(v)} = tl.load({column_name(col)} + offs, mask=mask)"
-                         f".to(CT)", col)
+                self.helpers.add("_loaded")
+                out.line(f"{value_name(v)} = _loaded({column_name(col)}, offs, mask, CT)", col)
                 continue
             template = OPS[eq.op].triton
             self.helpers.update(re.findall(r"\b(_[a-z0-9]+)\(", template))

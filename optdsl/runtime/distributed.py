@@ -39,6 +39,13 @@ def is_dtensor(x: Any) -> bool:
     return cls is not None and isinstance(x, cls)
 
 
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def local_tensor(x: Any) -> Any:
     """A DTensor's local shard; anything else as it is."""
     return x.to_local() if is_dtensor(x) else x

@@ -149,6 +149,7 @@ class NumpyRunner:
         # torch's intra-op thread count (torch.set_num_threads) sets the step's threads too
         threads = torch.get_num_threads() if combine is None else 1
         variant.numpy_step.run(hyper, slots, threads=threads)
+        # (NumPy's generator hashes its seed, so consecutive seeds give unrelated streams)
         for i, staged in enumerate(written):
             staged.flush(None if rounding_seed is None else rounding_seed + i)
         for i, copy in enumerate(copies or ()):

@@ -25,7 +25,7 @@ Mixed precision (optdsl.precision): a parameter with an fp32 master weight comes
 master (in the w column) and its low-precision tensor (``copies``), which the final pass
 writes through the pointer table's last column (constexpr COPY; such parameters form their
 own buckets). With a rounding seed, bfloat16 stores round stochastically (constexpr SR; the
-seed of a bucket is the step's seed plus the bucket's index).
+seed of a bucket is hashed from the step's seed and the bucket's index).
 
 Under TRITON_INTERPRET=1 the same kernels and tables run on CPU tensors through Triton's
 interpreter (raw pointers loaded from a table work there, since everything lives in this
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
+from optdsl.precision import derive_seed
 from optdsl.runtime import cache, select
 
 _CACHED_PLANS = 8  # tensor sets remembered per runner (param groups x optimizers)
@@ -287,7 +288,7 @@ class TritonRunner:
             else:
                 red = bucket.dummy_red
             with _on(bucket.device):
-                seed = 0 if rounding_seed is None else rounding_seed + number
+                seed = 0 if rounding_seed is None else derive_seed(rounding_seed, number)
                 kernel[(bucket.num_blocks,)](
                     bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, seed,
                     **bucket.constexprs, SR=rounding_seed is not None,
