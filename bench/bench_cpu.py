@@ -14,7 +14,8 @@ timed steps. Bandwidth is bytes that must move per step / median time:
 Adam fp32 = 28 B/param (read w, g, m, v; write w, m, v),
 SGD with momentum fp32 = 20 B/param (read w, g, buf; write w, buf).
 The reference copy bandwidth counts 8 B/param (read src, write dst) for a copy of the same
-total size (one flat tensor).
+total size (one flat tensor). ``--threads`` sets torch's thread count; optdsl's NumPy step
+runs on one thread.
 
 Writes bench/results/cpu-<date>.json and .md unless --no-save; --json PATH writes the JSON
 (also) to PATH.
@@ -364,8 +365,9 @@ def main(argv=None):
                 results[kind + "_target"]["contended"] = True
                 md += ["", "**CONTENDED RUN**: other processes kept the CPUs busy "
                        f"(median background load {statistics.median(loads):.2f}). "
-                       + ("torch's multi-threaded (OpenMP) ops stall on a busy machine, so "
-                          "these ratios flatter optdsl; re-run on a quiet machine, or with "
+                       + ("multi-threaded steps (torch's OpenMP ops most) stall on a "
+                          "busy machine, so these ratios are unreliable; re-run on a quiet "
+                          "machine, or with "
                           "--threads 1." if torch.get_num_threads() > 1 else
                           "torch runs single-threaded here (--threads 1), so both sides "
                           "share the slowdown; absolute times are inflated.")]

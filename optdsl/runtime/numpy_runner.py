@@ -11,9 +11,6 @@ and its tensor states, keyed weakly by the parameter): building NumPy views cost
 microseconds a tensor, a tenth of a step of a model of ~100 tensors. The Slot is rebuilt when
 the parameter's storage moves or a state tensor is replaced (e.g. by load_state_dict); the
 gradient, a new tensor after zero_grad, is viewed afresh every step and not kept.
-
-The step runs in ``torch.get_num_threads()`` threads when it has no reductions and enough
-elements (optdsl.runtime.numpy_step); ``torch.set_num_threads(1)`` makes it single-threaded.
 """
 
 from __future__ import annotations
@@ -146,9 +143,7 @@ class NumpyRunner:
             slots.append(Slot(t, w.array, g.array, states))
             written.append(w)
         variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
-        # torch's intra-op thread count (torch.set_num_threads) sets the step's threads too
-        threads = torch.get_num_threads() if combine is None else 1
-        variant.numpy_step.run(hyper, slots, threads=threads)
+        variant.numpy_step.run(hyper, slots)
         # (NumPy's generator hashes its seed, so consecutive seeds give unrelated streams)
         for i, staged in enumerate(written):
             staged.flush(None if rounding_seed is None else rounding_seed + i)
