@@ -203,8 +203,12 @@ class DslOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and float(found_inf) != 0:
-            return loss  # GradScaler found inf/NaN: parameters, state and t stay as they are
+        # GradScaler found inf/NaN: parameters, state and t stay as they are. With DTensor
+        # parameters (FSDP2) the ranks agree (an inf on any rank skips the step on all), as
+        # found_inf may reflect only this rank's shards; otherwise no collective runs.
+        if found_inf is not None and distributed.agreed_found_inf(
+                found_inf, [p for g in self.param_groups for p in g["params"]]):
+            return loss
         if self.skip_nonfinite and not self._grads_finite():
             self.skipped_steps += 1
             return loss

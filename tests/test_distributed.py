@@ -475,6 +475,88 @@ def _fsdp_mixed_checkpoint(rank: int) -> dict:
     return out
 
 
+# -- torch.amp.GradScaler under FSDP2: an inf in one rank's shard skips the step on every rank --
+SCALE = 2.0**8  # a power of two: scaling and unscaling are exact in float64
+
+
+def _snapshot(model, opt) -> tuple[list[torch.Tensor], dict]:
+    """The full parameters and optimizer state (gathered: every rank runs the same gathers)."""
+    params = [_full(p).detach().clone() for p in model.parameters()]
+    state = {i: {k: _full(v).detach().clone() if torch.is_tensor(v) else v
+                 for k, v in opt.state[p].items()}
+             for i, p in enumerate(model.parameters())}
+    return params, state
+
+
+def _scaled_step(model, opt, scaler, x, y, rank: int, inf_rank: int | None = None) -> float:
+    """One iteration on this rank's half batch with a scaled loss; ``inf_rank`` puts an inf
+    into that rank's local shard of the first gradient (after FSDP's reduce-scatter: no other
+    rank holds it). Returns the found_inf the optimizer was given on this rank.
+
+    ``scaler`` is a torch.amp.GradScaler, or None: then the step is driven as GradScaler
+    drives an optimizer with ``_step_supports_amp_scaling`` (``grad_scale`` and ``found_inf``
+    set on it around ``step()``), with found_inf from this rank's local gradient shards
+    only, as GradScaler computed it before DTensor reduced it (pytorch/pytorch#132816) and
+    as any unscaler that looks at local shards does (torch's GradScaler now gives both ranks
+    the inf)."""
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.mse_loss(model(_local(x, rank)), _local(y, rank))
+    (scaler.scale(loss) if scaler is not None else loss * SCALE).backward()
+    if rank == inf_rank:
+        next(model.parameters()).grad.to_local()[0, 0] = math.inf
+    if scaler is not None:
+        scaler.step(opt)  # sets opt.grad_scale and opt.found_inf, calls opt.step()
+        found = sum(float(f) for f in scaler._found_inf_per_device(opt).values())
+        scaler.update()
+        return found
+    grads = [p.grad.to_local() for p in model.parameters() if p.grad is not None]
+    found = 0.0 if all(bool(torch.isfinite(g).all()) for g in grads) else 1.0
+    opt.grad_scale, opt.found_inf = torch.tensor(SCALE), torch.tensor(found)
+    try:
+        opt.step()
+    finally:
+        del opt.grad_scale, opt.found_inf
+    return found
+
+
+def _fsdp_found_inf(rank: int) -> dict:
+    mesh = _mesh()
+    out = {}
+    batches = _batches(3)
+    # Adam is element-wise (a rank stepping alone would go unnoticed but for its shards);
+    # AdamWClip's global_norm all-reduces in the step (a rank stepping alone would wait in
+    # it for the other). The local found_inf runs last: without agreement it would hang.
+    for mode in ("scaler", "local"):
+        for name in ("Adam", "AdamWClip"):
+            cls = _optimizer_class(name)
+            ref = _model()
+            ref_opt = cls(ref.parameters(), backend="numpy", **HYPERS[name])
+            model = _shard(_model(), mesh)
+            opt = cls(model.parameters(), backend="numpy", **HYPERS[name])
+            scaler = torch.amp.GradScaler("cpu", init_scale=SCALE) if mode == "scaler" else None
+            label = f"{mode}/{name}"
+            _scaled_step(model, opt, scaler, *batches[0], rank)
+            _train_step(ref, ref_opt, *batches[0])
+            params, state = _snapshot(model, opt)
+            out[f"{label}/found_inf"] = _scaled_step(model, opt, scaler, *batches[1], rank,
+                                                     inf_rank=1)
+            skipped_params, skipped_state = _snapshot(model, opt)
+            out[f"{label}/skip/moved"] = _max_diff(skipped_params, params)
+            out[f"{label}/skip/state"] = _state_diff(skipped_state, state)
+            out[f"{label}/skip/steps"] = [int(opt.state[p]["step"])
+                                          for p in model.parameters()]
+            out[f"{label}/next/found_inf"] = _scaled_step(model, opt, scaler, *batches[2],
+                                                          rank)
+            _train_step(ref, ref_opt, *batches[2])  # the reference never saw batch 1
+            out[f"{label}/next/steps"] = [int(opt.state[p]["step"])
+                                          for p in model.parameters()]
+            out[f"{label}/next/moved"] = _max_diff(model.parameters(), skipped_params)
+            out[f"{label}/next/params"] = _max_diff(model.parameters(), ref.parameters())
+            out[f"{label}/next/state"] = _state_diff(opt.state_dict()["state"],
+                                                     ref_opt.state_dict()["state"])
+    return out
+
+
 SCENARIOS = {
     "ddp": _ddp,
     "zero": _zero,
@@ -483,6 +565,7 @@ SCENARIOS = {
     "fsdp_triton": lambda rank: _fsdp(rank, backend="triton"),
     "fsdp_mixed": _fsdp_mixed,
     "fsdp_mixed_checkpoint": _fsdp_mixed_checkpoint,
+    "fsdp_found_inf": _fsdp_found_inf,
 }
 
 
@@ -605,6 +688,28 @@ def test_fsdp2_equals_unsharded(reports, name):
 def test_fsdp2_skip_nonfinite_agrees_across_ranks(reports):
     for out in _report(reports, "fsdp"):
         assert out["skip/skipped"] == 1 and out["skip/moved"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["scaler", "local"])
+@pytest.mark.parametrize("name", ["Adam", "AdamWClip"])
+def test_fsdp2_grad_scaler_found_inf_agrees_across_ranks(reports, mode, name):
+    """An inf in rank 1's gradient shard under GradScaler: both ranks skip the step
+    (parameters, state and step counts as they were), then both take the next one, as the
+    unsharded optimizer does without the skipped batch. "local": the found_inf each rank gets
+    is its own shards' (1 on rank 1 only); the step agrees across ranks itself."""
+    ranks = _report(reports, "fsdp_found_inf")
+    label = f"{mode}/{name}"
+    found = [out[f"{label}/found_inf"] for out in ranks]
+    assert found[1] == 1.0
+    if mode == "local":
+        assert found == [0.0, 1.0]
+    for out in ranks:
+        assert out[f"{label}/skip/moved"] == 0.0 and out[f"{label}/skip/state"] == 0.0
+        assert out[f"{label}/skip/steps"] == [1, 1, 1, 1]
+        assert out[f"{label}/next/found_inf"] == 0.0
+        assert out[f"{label}/next/steps"] == [2, 2, 2, 2]
+        assert out[f"{label}/next/moved"] > 0
+        assert out[f"{label}/next/params"] < TIGHT and out[f"{label}/next/state"] < TIGHT
 
 
 def test_fsdp2_zero_size_shards_and_dtensor_state(reports):

@@ -15,6 +15,12 @@ process group and operator: every partial of the pass travels in one float64 ten
 Every rank runs the same collectives in the same order, including a rank whose local shards
 are empty (zero-size shards when a tensor has fewer rows than ranks): its partials are 0.
 
+Decisions to skip a step are agreed across ranks too, so that every rank skips or steps
+alike: ``skip_nonfinite`` (``all_finite``) and torch.amp.GradScaler's ``found_inf``
+(``agreed_found_inf``: it may reflect only this rank's shards) each all-reduce a flag with
+MIN over the process groups of the DTensors (``all_ranks``): an inf or NaN on one rank skips
+the step on all of them.
+
 Nothing here runs, nor is ``torch.distributed.tensor`` imported, unless a parameter is a
 DTensor; ``DTensor`` can only exist once that module has been imported by someone else.
 """
@@ -111,6 +117,29 @@ class ShardCombiner:
                     p.red[slot] = np.float64(p.red[slot]) / n if n else np.float64(math.nan)
 
 
+def all_ranks(flag: bool, tensors: list) -> bool | None:
+    """Whether ``flag`` holds on every rank holding a shard of one of the DTensors among
+    ``tensors`` (a MIN all-reduce of the flag over each process group they are sharded on:
+    one small collective per sharding), for a decision every rank must take alike; None
+    when none of them is a DTensor (nothing runs then)."""
+    cls = _dtensor_class()
+    if cls is None or not any(isinstance(t, cls) for t in tensors):
+        return None
+    import torch.distributed as dist
+
+    batches: dict = {}
+    for t in tensors:
+        if isinstance(t, cls):
+            sharding = _Sharding(t)
+            batches.setdefault(sharding.key, sharding)
+    for sharding in batches.values():
+        value = torch.tensor([1.0 if flag else 0.0]).to(sharding.device)
+        for group in sharding.groups:
+            dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
+        flag = bool(value.item())
+    return flag
+
+
 def all_finite(grads: list) -> bool | None:
     """Whether every gradient is finite on every rank holding a shard of it, when some are
     DTensors (every rank must take the same decision: a rank that skips a step would leave
@@ -118,21 +147,22 @@ def all_finite(grads: list) -> bool | None:
     cls = _dtensor_class()
     if cls is None or not any(isinstance(g, cls) for g in grads):
         return None
-    import torch.distributed as dist
-
     finite = all(bool(torch.isfinite(g.to_local() if isinstance(g, cls) else g).all())
                  for g in grads)
-    batches: dict = {}
-    for g in grads:
-        if isinstance(g, cls):
-            sharding = _Sharding(g)
-            batches.setdefault(sharding.key, sharding)
-    for sharding in batches.values():
-        flag = torch.tensor([1.0 if finite else 0.0]).to(sharding.device)
-        for group in sharding.groups:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
-        finite = bool(flag.item())
-    return finite
+    return all_ranks(finite, grads)
+
+
+def agreed_found_inf(found: Any, params: list) -> bool:
+    """Whether to skip the step for torch.amp.GradScaler's ``found_inf``: this rank's flag,
+    or, when some parameter is a DTensor, whether any rank holding a shard of one had it set,
+    so that every rank skips or steps alike (the parameters' shards stay in step and no rank
+    leaves the others waiting in a reduction's collective). torch's GradScaler reduces
+    found_inf over the mesh of the first gradient it unscales (DTensor's handler of
+    ``_amp_foreach_non_finite_check_and_unscale_``); an unscaler that checks local shards
+    (or gradients on several meshes) gives each rank its own."""
+    found = float(found) != 0
+    agreed = all_ranks(not found, params)
+    return found if agreed is None else not agreed
 
 
 def _local(param, value: torch.Tensor, what: str) -> torch.Tensor:
