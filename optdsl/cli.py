@@ -37,12 +37,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             failed += 1
             continue
-        for note in undeclared_notes(prog, path):
-            print(note, file=sys.stderr)
         if not args.quiet:
             hypers = ", ".join(prog.hypers) or "none"
             states = ", ".join(prog.states) or "none"
-            print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})")
+            print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})", flush=True)
+        for note in undeclared_notes(prog, path):  # after the ok line, as a terminal shows
+            print(note, file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("OPTDSL_DEBUG"):
             raise
         print(f"optdsl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. `-o` names a file, or a directory that cannot be written
+        if os.environ.get("OPTDSL_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"optdsl {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -65,7 +65,7 @@ class DslOptimizer(torch.optim.Optimizer):
                              f"uses for a state")
         self._rounding = precision.RoundingSeeds(torch.initial_seed())
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
         super().__init__(params, defaults)
         self._choose_backend()
@@ -153,6 +153,8 @@ class DslOptimizer(torch.optim.Optimizer):
             entry = state_dict["state"].get(saved_id)
             if not isinstance(entry, dict):
                 continue
+            if "step" not in entry:  # (torch.optim.SGD keeps none) state saved after >= 1 update
+                self.state[param]["step"] = torch.tensor(1.0, dtype=_scalar_dtype())
             for key, value in entry.items():
                 dtype = self._policy_dtype(key, param) if torch.is_tensor(value) else None
                 if dtype is not None and value.is_floating_point():
@@ -165,7 +167,12 @@ class DslOptimizer(torch.optim.Optimizer):
                 # a master this optimizer would not update could later revert the parameter
                 self.state[param].pop(precision.MASTER_KEY, None)
 
-    def _init_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float]) -> None:
+    def _init_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
+                    live: frozenset[str] | None = None) -> None:
+        """Create what the step needs: ``step``, the master, and each scalar state and each
+        tensor state in ``live`` (the tensor states the group's step reads or changes; None:
+        all). A tensor state that is not live is not created (torch.optim.Adam keeps no
+        max_exp_avg_sq without amsgrad); one that exists is kept in its policy's dtype."""
         step = state.get("step")
         if step is None:
             # A checkpoint with state but no step (torch.optim.SGD keeps none) has done at
@@ -189,6 +196,8 @@ class DslOptimizer(torch.optim.Optimizer):
         for spec in self.program.states.values():
             value = state.get(spec.key)
             if value is None:
+                if spec.tensor and live is not None and spec.name not in live:
+                    continue
                 value = _initial_value(spec, base, hyper)
                 state[spec.key] = value.to(dtype) if spec.tensor else value
             elif spec.tensor and value.dtype != dtype:  # e.g. a torch.optim checkpoint's
@@ -220,6 +229,7 @@ class DslOptimizer(torch.optim.Optimizer):
             if grad_scale is not None:
                 hyper[INV_GRAD_SCALE] = 1.0 / float(grad_scale)
             entries, copies = [], []
+            live = self.program.variant(hyper).schedule.live_states
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:
@@ -228,7 +238,7 @@ class DslOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        f"gradients")
                 state = self.state[param]
-                self._init_state(param, state, hyper)
+                self._init_state(param, state, hyper, live)
                 step = state["step"]
                 step += 1
                 if precision.needs_master(self.master_weights, param.dtype):

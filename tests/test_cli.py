@@ -114,3 +114,13 @@ def test_check_notes_an_undeclared_name_in_a_declared_program(tmp_path):
     (tmp_path / "one.opt").write_text("v = a*v - lr*g; w = w + v\n")  # declares nothing
     result = optdsl_cli("check", "one.opt", cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_compile_to_a_file_or_under_one_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for out in ("afile", "afile/sub"):
+        result = optdsl_cli("compile", str(ROOT / "examples" / "adam.opt"), "-o", out,
+                            cwd=tmp_path)
+        assert result.returncode == 1, result
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("optdsl compile: error: afile")

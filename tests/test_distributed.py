@@ -718,7 +718,7 @@ def test_fsdp2_zero_size_shards_and_dtensor_state(reports):
     assert ranks[1]["local_numel"] == [5, 1, 0, 0]  # Linear(3, 1): empty on rank 1
     for out in ranks:  # as torch.optim.Adam under fully_shard: DTensor state, a plain step
         assert out["state_types"] == {"step": "Tensor", "exp_avg": "DTensor",
-                                      "exp_avg_sq": "DTensor", "max_exp_avg_sq": "DTensor"}
+                                      "exp_avg_sq": "DTensor"}  # no amsgrad: no max_exp_avg_sq
 
 
 def test_fsdp2_triton_backend_equals_unsharded(reports):
@@ -774,8 +774,7 @@ def test_fsdp2_bf16_master_weights_equal_unsharded(reports, label):
     assert ranks[0][f"{label}/local_numel"] == [10, 2, 3, 1]
     assert ranks[1][f"{label}/local_numel"] == [5, 1, 0, 0]  # zero-size shards on rank 1
     states, params = MIXED_TOLERANCES[label]
-    name = MIXED[label][0]
-    keys = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if name == "Adam" else set())
+    keys = {"exp_avg", "exp_avg_sq"}  # (Adam without amsgrad keeps no max_exp_avg_sq)
     for out in ranks:
         assert out[f"{label}/moved"] > 0
         for shard in out[label]:
@@ -795,8 +794,7 @@ def test_fsdp2_bf16_stochastic_rounding_of_master_weights(reports):
     states, params = MIXED_TOLERANCES["stochastic"]
     for out in ranks:
         for shard in out["stochastic"]:
-            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq",
-                                              MASTER}, states)
+            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq", MASTER}, states)
             assert shard["param_brackets_master"]
             assert shard["param_diff"] <= params
     # Rounded to nearest everywhere would mean the option did nothing.
@@ -809,7 +807,7 @@ def test_fsdp2_bf16_parameters_keep_fp32_state(reports):
     for out in ranks:
         assert out["default/moved"] > 0
         for shard in out["default"]:
-            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, 0.0)
+            _check_fp32_dtensor_state(shard, {"exp_avg", "exp_avg_sq"}, 0.0)
             assert shard["param_diff"] == 0.0
         assert out["default/forward"] == 0.0
         # The same steps with master weights end elsewhere: the two runs are not one.
@@ -817,7 +815,7 @@ def test_fsdp2_bf16_parameters_keep_fp32_state(reports):
 
 
 def test_fsdp2_bf16_master_weights_distributed_checkpoint(reports):
-    fp32_states = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", MASTER, "step"}
+    fp32_states = {"exp_avg", "exp_avg_sq", MASTER, "step"}
     for out in _report(reports, "fsdp_mixed_checkpoint"):
         assert out["sharded_dtypes"] == {("DTensor" if k != "step" else "Tensor", k,
                                           torch.float32) for k in fp32_states}

@@ -380,6 +380,7 @@ def test_options_survive_pickle_and_deepcopy():
     ({"state_dtype": torch.int32}, ValueError, "state_dtype"),
     ({"master_weights": "yes"}, TypeError, "master_weights"),
     ({"stochastic_rounding": 1}, TypeError, "stochastic_rounding"),
+    ({"skip_nonfinite": "no"}, TypeError, "skip_nonfinite"),
 ])
 def test_bad_options_name_themselves(kwargs, error, text):
     with pytest.raises(error, match=text):

@@ -48,5 +48,9 @@ def test_kept_slots_follow_replaced_and_moved_tensors(monkeypatch):
     assert np.shares_memory(slot.w, kept[1].detach().numpy())
     assert np.shares_memory(slot.states[0], opt.state[kept[1]]["exp_avg"].numpy())
     monkeypatch.setattr(NumpyRunner, "_kept_slot", lambda *args: None)
-    plain, _ = _train_reload_move()
+    plain, plain_opt = _train_reload_move()
     assert all(torch.equal(a, b) for a, b in zip(kept, plain))
+    # params[0] only had its states replaced: the step must have updated the new ones
+    for a, b in zip(kept, plain):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[a][key], plain_opt.state[b][key]), key

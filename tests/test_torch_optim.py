@@ -645,3 +645,30 @@ def test_hyper_named_like_an_optimizer_keyword(name):
         w.grad = torch.ones(3)
         opt.step()
         assert torch.equal(w.detach(), torch.full((3,), expected))
+
+
+@pytest.mark.parametrize("name, config", [
+    ("SGD", {}), ("SGD", {"momentum": 0.9}), ("Adam", {}), ("Adam", {"amsgrad": True}),
+    ("AdamW", {}), ("RMSprop", {}), ("RMSprop", {"centered": True, "momentum": 0.5}),
+    ("Adagrad", {}), ("Adamax", {}), ("NAdam", {}), ("RAdam", {}), ("Adadelta", {}),
+    ("Rprop", {}),
+])
+def test_state_holds_what_torch_holds(name, config):
+    """A state the group's step neither reads nor writes (Adam's max_exp_avg_sq without
+    amsgrad, SGD's momentum_buffer without momentum) is not created: the same state keys as
+    torch.optim (plus `step`, which torch's SGD does not keep), no memory spent on it."""
+    from optdsl import library
+
+    ours_params, theirs_params = make_params(), make_params()
+    ours = getattr(library, name)(ours_params, lr=1e-2, **config)
+    theirs = getattr(torch.optim, name)(theirs_params, lr=1e-2, **config)
+    for opt, params in ((ours, ours_params), (theirs, theirs_params)):
+        set_grads(params, 0)
+        opt.step()
+    for p, q in zip(ours_params, theirs_params):
+        assert set(ours.state[p]) - {"step"} == set(theirs.state[q]) - {"step"}
+    if name == "Adam" and not config:  # switching amsgrad on later creates the state then
+        ours.param_groups[0]["amsgrad"] = True
+        set_grads(ours_params, 1)
+        ours.step()
+        assert "max_exp_avg_sq" in ours.state[ours_params[0]]

@@ -114,7 +114,7 @@ class _Generator:
             head.line("    pass")
             head.line()
             head.line()
-            head.line("# True under TRITON_INTERPRET=1, which has no libdevice (decided as triton.jit was).")
+            head.line("# True under TRITON_INTERPRET=1 (no libdevice there), as triton.jit decided.")
             head.line('_INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")')
         parts = [head.text()]
         for name in helpers:

@@ -22,7 +22,8 @@ import numpy as np
 
 
 class Level(IntEnum):
-    """Where a value lives: computed once ever, once per group, once per parameter, or per element."""
+    """Where a value lives: computed once ever, once per group, once per parameter, or per
+    element."""
 
     CONST = 0
     GROUP = 1

@@ -34,12 +34,20 @@ class Schedule:
     phase: tuple[int, ...]
     passes: tuple[Pass, ...]
     group_values: tuple[tuple[int, ...], ...]  # per pass: group scalars first needed there
-    tensor_outputs: tuple[tuple[str, int], ...]  # w and tensor states
+    tensor_outputs: tuple[tuple[str, int], ...]  # w and tensor states that change
     scalar_outputs: tuple[tuple[str, int], ...]  # scalar states
 
     @property
     def final(self) -> Pass:
         return self.passes[-1]
+
+    @property
+    def live_states(self) -> frozenset[str]:
+        """The tensor states the step reads or changes. The others (Adam's max_exp_avg_sq
+        without amsgrad, once the switch is compiled away) need no memory at all."""
+        eqs = self.graph.eqs
+        read = {eqs[v].attr for ps in self.passes for v in ps.tensor if eqs[v].op == "state"}
+        return frozenset(read | {n for n, _ in self.tensor_outputs if n != "w"})
 
 
 def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
@@ -48,7 +56,12 @@ def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
     for i, eq in enumerate(eqs):
         base = max((phase[a] for a in eq.args), default=0)
         phase[i] = base + 1 if OPS[eq.op].is_reduction else base
-    tensor_outputs = tuple((n, v) for n, v in graph.outputs if n == "w" or n in tensor_states)
+    def unchanged(name: str, v: int) -> bool:  # an output that is its own input
+        eq = eqs[v]
+        return eq.op == "w" if name == "w" else (eq.op == "state" and eq.attr == name)
+
+    tensor_outputs = tuple((n, v) for n, v in graph.outputs
+                           if (n == "w" or n in tensor_states) and not unchanged(n, v))
     scalar_outputs = tuple((n, v) for n, v in graph.outputs if n != "w" and n not in tensor_states)
     final_phase = max((phase[v] for _, v in graph.outputs), default=0)
 

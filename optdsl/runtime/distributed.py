@@ -197,7 +197,8 @@ def localize(entries: list, state_keys: list[tuple[str, bool]]
         view = dict(state)  # scalar states: the same tensors, updated in place by the runner
         for key, is_tensor in state_keys:
             if is_tensor:
-                view[key] = _local(param, state[key], f"state[{key!r}]")
+                if state.get(key) is not None:  # (a state the step does not use: absent)
+                    view[key] = _local(param, state[key], f"state[{key!r}]")
         local.append((param.to_local(), _local(param, grad, "the gradient"), view, t))
         shardings.append(_Sharding(param))
         numel.append(param.numel())

@@ -74,8 +74,12 @@ class _Views:
     def __init__(self, ptr: int, states: tuple, slot: Slot) -> None:
         self.ptr = ptr
         self.states = states
-        self.ptrs = tuple(s.data_ptr() for s in states)
+        self.ptrs = _pointers(states)
         self.slot = slot
+
+
+def _pointers(tensors: tuple) -> tuple:
+    return tuple(0 if x is None else x.data_ptr() for x in tensors)
 
 
 def _in_place(t: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -94,14 +98,16 @@ class NumpyRunner:
         dtype = param.dtype
         if dtype not in _NATIVE or not _in_place(grad, dtype):
             return None
-        tensors = tuple(state[key] for key, is_tensor in state_keys if is_tensor)
+        tensors = tuple(state.get(key) for key, is_tensor in state_keys if is_tensor)
         views = self._views.get(param)
         if (views is None or views.ptr != param.data_ptr()
                 or any(a is not b for a, b in zip(views.states, tensors))
-                or views.ptrs != tuple(x.data_ptr() for x in tensors)):
-            if not (param.is_contiguous() and all(_in_place(x, dtype) for x in tensors)):
+                or views.ptrs != _pointers(tensors)):
+            if not (param.is_contiguous()
+                    and all(x is None or _in_place(x, dtype) for x in tensors)):
                 return None
-            arrays = iter([x.detach().view(-1).numpy() for x in tensors])
+            arrays = iter([None if x is None else x.detach().view(-1).numpy()
+                           for x in tensors])
             states = [next(arrays) if is_tensor else None for _, is_tensor in state_keys]
             slot = Slot(t, param.detach().view(-1).numpy(), None, states)
             views = _Views(param.data_ptr(), tensors, slot)
@@ -133,8 +139,10 @@ class NumpyRunner:
             g = _Staged(grad.detach(), compute)
             states: list = []
             for key, is_tensor in state_keys:
-                value = state[key]
-                if is_tensor:
+                value = state.get(key)
+                if is_tensor and value is None:  # a state this step neither reads nor writes
+                    states.append(None)
+                elif is_tensor:
                     staged = _Staged(value, compute)
                     states.append(staged.array)
                     written.append(staged)

@@ -85,8 +85,9 @@ class _Bucket:
         self.sizes_host = np.asarray(sizes, dtype=np.int64)
         self.compute = torch.float64 if dtypes[0] == torch.float64 else torch.float32
         self.np_compute = np.float64 if self.compute == torch.float64 else np.float32
-        self.constexprs = {f"DT_{c}" if c in ("w", "g") else f"DT_s_{c}": tl_types[d]
-                           for c, d in zip(columns, dtypes)}
+        # (a column of a state the step does not use has no tensor: a placeholder dtype)
+        self.constexprs = {f"DT_{c}" if c in ("w", "g") else f"DT_s_{c}":
+                           tl_types[d or torch.float32] for c, d in zip(columns, dtypes)}
         self.constexprs["DT_wcopy"] = tl_types[copy_dtype or dtypes[0]]
         self.constexprs["COPY"] = copy_dtype is not None
         self.constexprs["CT"] = tl_types[self.compute]
@@ -203,10 +204,13 @@ class TritonRunner:
         direct = True
         for (param, grad, state, _), copy in zip(entries, copies):
             device = param.device
-            tensors = [param, grad] + [state[key] for key in tensor_keys]
+            tensors = [param, grad] + [state.get(key) for key in tensor_keys]
             if copy is not None:
                 tensors.append(copy)
             for i, x in enumerate(tensors):
+                if x is None:  # a state this step neither reads nor writes
+                    signature.append(None)
+                    continue
                 if x.numel() != param.numel():
                     what = ("grad" if i == 1 else "the parameter of a master weight"
                             if i == len(tensor_keys) + 2 else f"state[{tensor_keys[i - 2]!r}]")
@@ -240,8 +244,11 @@ class TritonRunner:
                 continue
             device = param.device
             used = []
-            tensors = [param, grad] + [state[key] for key in tensor_keys]
+            tensors = [param, grad] + [state.get(key) for key in tensor_keys]
             for j, x in enumerate(tensors + ([] if copy is None else [copy])):
+                if x is None:
+                    used.append(None)
+                    continue
                 x = x.detach()
                 if not _usable(x, device, tl_types):
                     staged = _staged(x, device, tl_types)
@@ -250,12 +257,12 @@ class TritonRunner:
                     plan.keep.append(staged)
                     x = staged
                 used.append(x)
+            dtypes = tuple(None if x is None else x.dtype for x in used)
+            row = [0 if x is None else x.data_ptr() for x in used]
             if copy is None:
-                key = (device, tuple(x.dtype for x in used) + (None,))
-                row = [x.data_ptr() for x in used] + [0]
+                key, row = (device, dtypes + (None,)), row + [0]
             else:
-                key = (device, tuple(x.dtype for x in used))
-                row = [x.data_ptr() for x in used]
+                key = (device, dtypes)
             members, rows, sizes = groups.setdefault(key, ([], [], []))
             members.append(index)
             rows.append(row)

@@ -17,7 +17,7 @@ def _probe():
     pass
 
 
-# True under TRITON_INTERPRET=1, which has no libdevice (decided as triton.jit was).
+# True under TRITON_INTERPRET=1 (no libdevice there), as triton.jit decided.
 _INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")
 
 
