@@ -373,7 +373,7 @@ def test_only_prefixed_names_reach_the_source():
 
 
 # -- the kernels compile for a GPU (no GPU needed: Triton compiles ahead for a target) --------
-def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False):
+def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False, columns=None):
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -387,7 +387,7 @@ def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False):
     for kernel, _, _ in module.PASSES:
         if kernel is None:
             continue
-        constexprs = {dtype_param(c): dt for c in module.TENSORS}
+        constexprs = {dtype_param(c): (columns or {}).get(c, dt) for c in module.TENSORS}
         constexprs.update(DT_wcopy=copy or dt, CT=ct, BLOCK=1024, ALIGNED=True,
                           COPY=copy is not None, SR=sr)
         signature = {"ptrs": "*i64", "sizes": "*i64", "blocks": "*i64",
@@ -430,5 +430,10 @@ def test_kernels_compile_for_cuda(monkeypatch):
         (adam,) = _compile_all(library.program("Adam"), tl.float32, tl.bfloat16, copy=copy,
                                sr=sr)
         assert "st.global" in adam.asm["ptx"]
+    # as a bf16 model with master weights runs it: fp32 master and states, bf16 grads and copy
+    (adam,) = _compile_all(library.program("Adam"), tl.float32, tl.float32, copy=tl.bfloat16,
+                           sr=True, columns={"g": tl.bfloat16})
+    ptx = adam.asm["ptx"]
+    assert "ld.global.v4" in ptx and "cvt.rn.f32.f64" not in ptx
     (adam,) = _compile_all(library.program("Adam"), tl.float32, tl.float32)
     assert "ld.global.v4" in adam.asm["ptx"]  # full blocks load 16 bytes at a time
