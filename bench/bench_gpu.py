@@ -25,7 +25,10 @@ caches ("cold") and again with the caches it filled ("warm").
 CUDA graphs are not reported: the step computes bias corrections on the host and copies them
 each step, which a captured graph would freeze (see the closing note of issue #3).
 
-Writes bench/results/gpu-<date>-<device>.json and .md unless --no-save.
+Writes bench/results/gpu-<date>-<device>-<cases>.json and .md unless --no-save. The whole
+set takes minutes (torch.compile of 436 tensors most); on a machine with a per-command time
+limit run the cases one at a time (``--cases linear10``, ``--cases gpt2``, ``--cases large
+--no-latency``).
 """
 
 from __future__ import annotations
@@ -273,7 +276,8 @@ def main(argv=None) -> int:
     text = markdown(meta, results, latency)
     if not args.no_save:
         slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
-        stem = ROOT / "bench" / "results" / f"gpu-{meta['date']}-{slug}"
+        cases = "-".join(args.cases)  # one run per case fits a 10-minute device call
+        stem = ROOT / "bench" / "results" / f"gpu-{meta['date']}-{slug}-{cases}"
         stem.with_suffix(".md").write_text(text)
         stem.with_suffix(".json").write_text(json.dumps(
             {"meta": meta, "results": results, "first_step_s": latency}, indent=2))
