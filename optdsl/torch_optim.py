@@ -64,6 +64,9 @@ class DslOptimizer(torch.optim.Optimizer):
                              f"state[{precision.MASTER_KEY!r}], which this program already "
                              f"uses for a state")
         self._rounding = precision.RoundingSeeds(torch.initial_seed())
+        # id(param) -> _Ready (see _step_count); params live as long as the optimizer, and a
+        # replaced state is told by identity (load_state_dict clears it all)
+        self._ready: dict[int, _Ready] = {}
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
         self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
@@ -112,6 +115,7 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("_rounding", precision.RoundingSeeds(0))
+        self.__dict__.setdefault("_ready", {})
         # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
         # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
         specs = self.program.hypers if self.program is not None else {}
@@ -147,6 +151,7 @@ class DslOptimizer(torch.optim.Optimizer):
         from the checkpoint in the dtype of this optimizer's policy: torch casts every state
         to its parameter's dtype, which would round an fp32 master weight to bfloat16."""
         super().load_state_dict(state_dict)
+        self._ready.clear()
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
@@ -238,14 +243,12 @@ class DslOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        f"gradients")
                 state = self.state[param]
-                self._init_state(param, state, hyper, live)
-                step = state["step"]
-                step += 1
+                t = self._step_count(param, state, hyper, live)
                 if precision.needs_master(self.master_weights, param.dtype):
-                    entries.append((state[precision.MASTER_KEY], grad, state, float(step)))
+                    entries.append((state[precision.MASTER_KEY], grad, state, t))
                     copies.append(param)
                 else:
-                    entries.append((param, grad, state, float(step)))
+                    entries.append((param, grad, state, t))
                     copies.append(None)
             if entries:
                 options: dict[str, Any] = {}
@@ -266,6 +269,28 @@ class DslOptimizer(torch.optim.Optimizer):
                 runner.run(hyper, entries, keys, **options)
         return loss
 
+    def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
+                    live: frozenset[str]) -> float:
+        """Count an update of ``param`` in ``state["step"]`` and return the new count, making
+        its state first. Host time matters here (a GPU step of a small model takes less than
+        a torch op per parameter): while the state dict, its step tensor and the live states
+        are those of the last step, the state is known to be made and the count is bumped
+        through a NumPy view of the CPU step tensor (a tenth of a torch op's cost)."""
+        ready = self._ready.get(id(param))
+        step = state.get("step")
+        if (ready is None or ready.state is not state or ready.step is not step
+                or ready.live != live):
+            self._init_state(param, state, hyper, live)
+            step = state["step"]
+            ready = _Ready(state, step, live)
+            self._ready[id(param)] = ready
+        view = ready.view
+        if view is None:
+            step += 1
+            return float(step)
+        view += 1
+        return float(view)
+
     def _grads_finite(self) -> bool:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
@@ -282,6 +307,20 @@ class DslOptimizer(torch.optim.Optimizer):
         if self._backend == "numpy":
             return self.program.numpy_runner
         return self.program.triton_runner
+
+
+class _Ready:
+    """What a parameter's state was made for, and a NumPy view of its step counter."""
+
+    __slots__ = ("state", "step", "live", "view")
+
+    def __init__(self, state: dict, step: torch.Tensor, live: frozenset[str]) -> None:
+        self.state = state
+        self.step = step
+        self.live = live
+        plain = (step.device.type == "cpu" and step.dim() == 0 and not step.requires_grad
+                 and not distributed.is_dtensor(step))
+        self.view = step.numpy() if plain else None
 
 
 def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.Tensor:

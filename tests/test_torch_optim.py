@@ -672,3 +672,25 @@ def test_state_holds_what_torch_holds(name, config):
         set_grads(ours_params, 1)
         ours.step()
         assert "max_exp_avg_sq" in ours.state[ours_params[0]]
+
+
+def test_step_counter_follows_a_replaced_step_or_state():
+    """The step count is bumped through a kept view of state['step'] while the state is the
+    one of the last step; a step tensor or state dict replaced in between is taken up."""
+    from optdsl import library
+
+    params = make_params()
+    opt = library.Adam(params, lr=1e-2)
+    for step in range(3):
+        set_grads(params, step)
+        opt.step()
+    p = params[0]
+    assert float(opt.state[p]["step"]) == 3.0
+    opt.state[p]["step"] = torch.tensor(10.0)
+    set_grads(params, 3)
+    opt.step()
+    assert float(opt.state[p]["step"]) == 11.0 and float(opt.state[params[1]]["step"]) == 4.0
+    opt.state[p] = {}  # a fresh state: made again, counting from 0
+    opt.step()
+    assert float(opt.state[p]["step"]) == 1.0 and set(opt.state[p]) == {
+        "step", "exp_avg", "exp_avg_sq"}

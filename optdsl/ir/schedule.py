@@ -13,6 +13,7 @@ param-level scalars once per parameter (host code), tensor-level values per elem
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from optdsl.ir.nodes import Graph
@@ -41,7 +42,7 @@ class Schedule:
     def final(self) -> Pass:
         return self.passes[-1]
 
-    @property
+    @functools.cached_property
     def live_states(self) -> frozenset[str]:
         """The tensor states the step reads or changes. The others (Adam's max_exp_avg_sq
         without amsgrad, once the switch is compiled away) need no memory at all."""

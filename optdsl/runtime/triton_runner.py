@@ -200,26 +200,32 @@ class TritonRunner:
     # -- tables --------------------------------------------------------------------------------
     def _plan(self, entries: list, tensor_keys: list[str], copies: list) -> _Plan:
         tl_types = _tl_dtypes()
-        signature = []
+        signature: list = []
+        add = signature.append
         direct = True
+        # (runs every step for every tensor: kept to plain attribute reads, no device objects
+        # per tensor; a tensor on another device than its parameter is not `direct`)
         for (param, grad, state, _), copy in zip(entries, copies):
+            n = param.numel()
             device = param.device
+            add((n, device, copy is not None))
             tensors = [param, grad] + [state.get(key) for key in tensor_keys]
             if copy is not None:
                 tensors.append(copy)
             for i, x in enumerate(tensors):
                 if x is None:  # a state this step neither reads nor writes
-                    signature.append(None)
+                    add(None)
                     continue
-                if x.numel() != param.numel():
+                if x.numel() != n:
                     what = ("grad" if i == 1 else "the parameter of a master weight"
                             if i == len(tensor_keys) + 2 else f"state[{tensor_keys[i - 2]!r}]")
                     raise RuntimeError(f"{what} has {x.numel()} elements but its parameter has "
-                                       f"{param.numel()}")
-                if not _usable(x, device, tl_types):
+                                       f"{n}")
+                dtype = x.dtype
+                if direct and not (dtype in tl_types and x.is_contiguous()
+                                   and (i == 0 or x.device == device)):
                     direct = False
-                signature.append((x.data_ptr(), x.dtype, x.device))
-            signature.append((param.numel(), copy is not None))
+                add((x.data_ptr(), dtype))
         signature = tuple(signature)
         if direct:
             found = self._plans.get(signature)
