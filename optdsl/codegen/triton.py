@@ -114,7 +114,8 @@ class _Generator:
             head.line("    pass")
             head.line()
             head.line()
-            head.line("# True under TRITON_INTERPRET=1 (no libdevice there), as triton.jit decided.")
+            head.line("# True under TRITON_INTERPRET=1 (no libdevice there), as triton.jit "
+                      "decided.")
             head.line('_INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")')
         parts = [head.text()]
         for name in helpers:
