@@ -11,6 +11,8 @@ DSL optimizer is an ordinary ``torch.optim.Optimizer`` whose ``lr`` is a param-g
     python examples/train_transformer.py --optimizer Lion --lr 3e-4
     python examples/train_transformer.py --optimizer examples/momentum.opt --lr 0.05 --hyper a=0.9
     python examples/train_transformer.py --device cuda --backend triton    # on a GPU
+    python examples/train_transformer.py --bf16 --master-weights           # bf16 model
+    python examples/train_transformer.py --bf16 --stochastic-rounding --state-dtype bf16
 
 It prints the mean training loss and the held-out token accuracy after each epoch. The
 default run (600 steps) takes well under a minute on two CPU cores.
@@ -114,6 +116,21 @@ def make_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int, lr: float)
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "param": "param"}
+
+
+def precision_options(args: argparse.Namespace) -> dict:
+    """The optimizer's mixed-precision keywords the flags ask for."""
+    options: dict = {}
+    if args.master_weights:
+        options["master_weights"] = True
+    if args.stochastic_rounding:
+        options["stochastic_rounding"] = True
+    if args.state_dtype:
+        options["state_dtype"] = STATE_DTYPES[args.state_dtype]
+    return options
+
+
 # -- training -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -137,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=16)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 parameters and activations (optimizer state stays fp32 "
+                             "unless --state-dtype says otherwise)")
+    parser.add_argument("--master-weights", action="store_true",
+                        help="the optimizer steps an fp32 copy of each bf16 parameter")
+    parser.add_argument("--stochastic-rounding", action="store_true",
+                        help="bf16 writes round up or down at random, unbiased")
+    parser.add_argument("--state-dtype", choices=sorted(STATE_DTYPES),
+                        help="optimizer state dtype (default fp32)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: the model is small, and more "
                              "threads mostly wait on each other)")
@@ -154,18 +180,24 @@ def main(argv: list[str] | None = None) -> int:
                              torch.Generator().manual_seed(args.seed + 1), device)
 
     model = Reverser(args.vocab, args.length, d_model=args.d_model).to(device)
+    if args.bf16:
+        model = model.to(torch.bfloat16)
     try:
         prog = load_optimizer_program(args.optimizer)
         opt = make_optimizer(prog, model, args.lr, args.weight_decay, args.backend,
-                             **parse_hypers(args.hyper))
+                             **parse_hypers(args.hyper), **precision_options(args))
     except (optdsl.DslError, ValueError, TypeError, RuntimeError) as exc:
         print(exc, file=sys.stderr)
         return 1
     sched = make_scheduler(opt, args.schedule, args.steps, args.lr)
     loss_fn = nn.CrossEntropyLoss()
     n_params = sum(p.numel() for p in model.parameters())
+    precision = ", ".join(["bf16" if args.bf16 else "fp32"] + [
+        name for name, on in (("master weights", args.master_weights),
+                              ("stochastic rounding", args.stochastic_rounding)) if on] + (
+        [f"{args.state_dtype} state"] if args.state_dtype else []))
     print(f"{prog.name} ({args.backend} backend) on {device}, {args.schedule} schedule, "
-          f"{n_params} parameters, {args.steps} steps")
+          f"{n_params} parameters ({precision}), {args.steps} steps")
 
     bounds = [round(args.steps * (e + 1) / args.epochs) for e in range(args.epochs)]
     start, step, epoch = time.perf_counter(), 0, 0

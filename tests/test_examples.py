@@ -487,6 +487,18 @@ def test_train_transformer_options(train_transformer, capsys):
         train_transformer.main(["--optimizer", "NoSuchOptimizer"])
 
 
+def test_train_transformer_mixed_precision(train_transformer, capsys):
+    """--bf16 with each mixed-precision option: it trains, and the optimizer has them."""
+    for flags, header in (
+            (["--master-weights"], "(bf16, master weights)"),
+            (["--stochastic-rounding", "--state-dtype", "bf16"],
+             "(bf16, stochastic rounding, bf16 state)")):
+        assert train_transformer.main(["--steps", "3", "--epochs", "1", "--d-model", "16",
+                                       "--bf16", *flags]) == 0
+        out = capsys.readouterr().out
+        assert header in out.splitlines()[0] and len(epoch_losses(out)) == 1
+
+
 # -- examples/README.md ----------------------------------------------------------------------------
 def test_readme_lists_every_example():
     readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
