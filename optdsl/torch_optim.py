@@ -67,6 +67,7 @@ class DslOptimizer(torch.optim.Optimizer):
         # id(param) -> _Ready (see _step_count); params live as long as the optimizer, and a
         # replaced state is told by identity (load_state_dict clears it all)
         self._ready: dict[int, _Ready] = {}
+        self._views: dict = {}  # the NumPy runner's kept views of this optimizer's tensors
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
         self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
@@ -116,6 +117,7 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("_rounding", precision.RoundingSeeds(0))
         self.__dict__.setdefault("_ready", {})
+        self.__dict__.setdefault("_views", {})
         # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
         # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
         specs = self.program.hypers if self.program is not None else {}
@@ -152,6 +154,7 @@ class DslOptimizer(torch.optim.Optimizer):
         to its parameter's dtype, which would round an fp32 master weight to bfloat16."""
         super().load_state_dict(state_dict)
         self._ready.clear()
+        self._views.clear()  # (views of the replaced states would keep them alive)
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
@@ -201,8 +204,9 @@ class DslOptimizer(torch.optim.Optimizer):
         for spec in self.program.states.values():
             value = state.get(spec.key)
             if value is None:
-                if spec.tensor and live is not None and spec.name not in live:
-                    continue
+                if (spec.tensor and live is not None and spec.name not in live
+                        and _constant_init(spec)):
+                    continue  # made when a step first uses it, with the same value
                 value = _initial_value(spec, base, hyper)
                 state[spec.key] = value.to(dtype) if spec.tensor else value
             elif spec.tensor and value.dtype != dtype:  # e.g. a torch.optim checkpoint's
@@ -266,6 +270,8 @@ class DslOptimizer(torch.optim.Optimizer):
                             options["rounding_seed"], distributed.rank())
                     if "copies" in options:
                         options["copies"] = [distributed.local_tensor(c) for c in copies]
+                if self._backend == "numpy" and combine is None:
+                    options["views"] = self._views
                 runner.run(hyper, entries, keys, **options)
         return loss
 
@@ -273,16 +279,19 @@ class DslOptimizer(torch.optim.Optimizer):
                     live: frozenset[str]) -> float:
         """Count an update of ``param`` in ``state["step"]`` and return the new count, making
         its state first. Host time matters here (a GPU step of a small model takes less than
-        a torch op per parameter): while the state dict, its step tensor and the live states
-        are those of the last step, the state is known to be made and the count is bumped
-        through a NumPy view of the CPU step tensor (a tenth of a torch op's cost)."""
+        a torch op per parameter): while the state dict (same object, same number of
+        entries), its step tensor (same object and storage), the parameter's dtype and the
+        live states are those of the last step, the state is known to be made, and the count
+        is bumped through a NumPy view of the CPU step tensor (a tenth of a torch op's
+        cost)."""
         ready = self._ready.get(id(param))
         step = state.get("step")
-        if (ready is None or ready.state is not state or ready.step is not step
-                or ready.live != live):
+        if (ready is None or ready.state is not state or ready.size != len(state)
+                or ready.step is not step or ready.ptr != step.data_ptr()
+                or ready.dtype is not param.dtype or ready.live != live):
             self._init_state(param, state, hyper, live)
             step = state["step"]
-            ready = _Ready(state, step, live)
+            ready = _Ready(state, step, param.dtype, live)
             self._ready[id(param)] = ready
         view = ready.view
         if view is None:
@@ -312,15 +321,27 @@ class DslOptimizer(torch.optim.Optimizer):
 class _Ready:
     """What a parameter's state was made for, and a NumPy view of its step counter."""
 
-    __slots__ = ("state", "step", "live", "view")
+    __slots__ = ("state", "size", "step", "ptr", "dtype", "live", "view")
 
-    def __init__(self, state: dict, step: torch.Tensor, live: frozenset[str]) -> None:
+    def __init__(self, state: dict, step: torch.Tensor, dtype: torch.dtype,
+                 live: frozenset[str]) -> None:
         self.state = state
+        self.size = len(state)
         self.step = step
+        self.ptr = step.data_ptr()
+        self.dtype = dtype
         self.live = live
         plain = (step.device.type == "cpu" and step.dim() == 0 and not step.requires_grad
                  and not distributed.is_dtensor(step))
         self.view = step.numpy() if plain else None
+
+
+def _constant_init(spec) -> bool:
+    """Whether a state's initial value is a constant (no `w`, no hyper): then making it only
+    when a step first uses it gives the value it would have had from the first update (a
+    state the step does not use keeps its initial value). One read from `w` or a hyper is
+    made on the first update, as documented."""
+    return not any(eq.op in ("w", "hyper") for eq in spec.init.eqs)
 
 
 def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.Tensor:

@@ -7,20 +7,21 @@ with a rounding seed, bfloat16 ones rounded stochastically (optdsl.precision). A
 with an fp32 master weight is stepped on the master, then the master is copied into it.
 
 A parameter whose tensors are all viewed in place keeps its Slot between steps (views of w
-and its tensor states, keyed weakly by the parameter): building NumPy views costs a few
-microseconds a tensor, a tenth of a step of a model of ~100 tensors. The Slot is rebuilt when
-the parameter's storage moves or a state tensor is replaced (e.g. by load_state_dict); the
-gradient, a new tensor after zero_grad, is viewed afresh every step and not kept.
+and its tensor states) in a ``views`` dict the optimizer owns (so they die with it):
+building NumPy views costs a few microseconds a tensor, a tenth of a step of a model of
+~100 tensors. The Slot is rebuilt when the parameter's storage, size or layout changes or a
+state tensor is replaced or moves; the gradient, a new tensor after zero_grad, is viewed
+afresh every step and not kept.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
 from optdsl.precision import round_bf16_stochastic
+from optdsl.runtime import select
 from optdsl.runtime.numpy_step import Slot
 
 _NATIVE = (torch.float32, torch.float64)
@@ -69,10 +70,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Views:
     """A parameter's Slot of zero-copy views and what it was built from."""
 
-    __slots__ = ("ptr", "states", "ptrs", "slot")
+    __slots__ = ("param", "ptr", "numel", "states", "ptrs", "slot")
 
-    def __init__(self, ptr: int, states: tuple, slot: Slot) -> None:
-        self.ptr = ptr
+    def __init__(self, param: torch.Tensor, states: tuple, slot: Slot) -> None:
+        self.param = param
+        self.ptr = param.data_ptr()
+        self.numel = param.numel()
         self.states = states
         self.ptrs = _pointers(states)
         self.slot = slot
@@ -89,18 +92,18 @@ def _in_place(t: torch.Tensor, dtype: torch.dtype) -> bool:
 class NumpyRunner:
     def __init__(self, program) -> None:
         self.program = program
-        self._views = WeakIdKeyDictionary()
 
-    def _kept_slot(self, param: torch.Tensor, grad: torch.Tensor, state: dict, t: float,
-                   state_keys: list[tuple[str, bool]]) -> Slot | None:
-        """The parameter's kept Slot, updated for this step; None when some tensor must be
-        staged (then the general path runs)."""
+    def _kept_slot(self, kept: dict, param: torch.Tensor, grad: torch.Tensor, state: dict,
+                   t: float, state_keys: list[tuple[str, bool]]) -> Slot | None:
+        """The parameter's Slot kept in ``kept`` (id(param) -> _Views), updated for this
+        step; None when some tensor must be staged (then the general path runs)."""
         dtype = param.dtype
         if dtype not in _NATIVE or not _in_place(grad, dtype):
             return None
         tensors = tuple(state.get(key) for key, is_tensor in state_keys if is_tensor)
-        views = self._views.get(param)
-        if (views is None or views.ptr != param.data_ptr()
+        views = kept.get(id(param))
+        if (views is None or views.param is not param or views.ptr != param.data_ptr()
+                or views.numel != param.numel() or not param.is_contiguous()
                 or any(a is not b for a, b in zip(views.states, tensors))
                 or views.ptrs != _pointers(tensors)):
             if not (param.is_contiguous()
@@ -110,8 +113,8 @@ class NumpyRunner:
                            for x in tensors])
             states = [next(arrays) if is_tensor else None for _, is_tensor in state_keys]
             slot = Slot(t, param.detach().view(-1).numpy(), None, states)
-            views = _Views(param.data_ptr(), tensors, slot)
-            self._views[param] = views
+            views = _Views(param, tensors, slot)
+            kept[id(param)] = views
         slot = views.slot
         slot.t = t
         slot.g = grad.detach().view(-1).numpy()
@@ -121,16 +124,21 @@ class NumpyRunner:
         return slot
 
     def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
-            combine=None, copies: list | None = None, rounding_seed: int | None = None) -> None:
+            combine=None, copies: list | None = None, rounding_seed: int | None = None,
+            views: dict | None = None) -> None:
         """entries: (param, grad, state dict, t) for each parameter that has a gradient.
         ``combine``: a distributed.ShardCombiner when some parameters are local shards.
         ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
         parameter (the entry's parameter is then its fp32 master weight).
-        ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
+        ``rounding_seed``: round bfloat16 writes stochastically from this seed.
+        ``views``: where to keep the parameters' Slots between steps (None: not kept)."""
         slots, written = ([], []) if combine is None else (_Slots(combine), [])
+        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
+        required = select.required_states(self.program, variant, state_keys)
         for param, grad, state, t in entries:
-            if combine is None:  # (local shards are new tensor objects every step)
-                slot = self._kept_slot(param, grad, state, t, state_keys)
+            select.check_states(required, state)
+            if views is not None:
+                slot = self._kept_slot(views, param, grad, state, t, state_keys)
                 if slot is not None:
                     slots.append(slot)
                     continue
@@ -150,7 +158,6 @@ class NumpyRunner:
                     states.append(np.float64(value.item()))
             slots.append(Slot(t, w.array, g.array, states))
             written.append(w)
-        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
         variant.numpy_step.run(hyper, slots)
         # (NumPy's generator hashes its seed, so consecutive seeds give unrelated streams)
         for i, staged in enumerate(written):

@@ -172,12 +172,15 @@ class TritonRunner:
         ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
         parameter (the entry's parameter is then its fp32 master weight).
         ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
-        module = self.module(self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper))
+        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
+        module = self.module(variant)
+        required = select.required_states(self.program, variant, state_keys)
         tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
         if len(tensor_keys) != len(module.TENSORS) - 2:
             raise RuntimeError("state keys do not match the program's tensor states")
         slots = []
         for param, grad, state, t in entries:
+            select.check_states(required, state)
             states = [None if is_tensor else np.float64(float(state[key]))
                       for key, is_tensor in state_keys]
             slots.append(_Slot(float(t), states, module.NUM_REDUCTIONS))

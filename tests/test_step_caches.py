@@ -1,0 +1,161 @@
+"""What the optimizer keeps between steps to save host time: the step counter's NumPy view
+and made-state marker (optdsl.torch_optim ``_step_count``), the NumPy runner's kept views
+(``views``), and the states made only when a step uses them (``live_states``). Each must
+notice what changes under it; these are the cases a review found."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+import optdsl
+from optdsl import library
+
+BACKENDS = ("numpy", "triton")
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+
+
+def _backend(name: str) -> str:
+    if name == "triton":
+        pytest.importorskip("triton")
+    return name
+
+
+def _steps(opt, params, n, grad=1.0):
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.full_like(p, grad)
+        opt.step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_counter_follows_a_moved_step_storage(backend):
+    """share_memory_() (what torch.multiprocessing does to a sent state_dict) and
+    `.data =` give the same step tensor a new storage; counting goes on in it."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = library.Adam([p], lr=0.1, backend=_backend(backend))
+    _steps(opt, [p], 3)
+    opt.state[p]["step"].share_memory_()
+    _steps(opt, [p], 3)
+    assert float(opt.state[p]["step"]) == 6.0
+    opt.state[p]["step"].data = torch.tensor(100.0)
+    _steps(opt, [p], 1)
+    assert float(opt.state[p]["step"]) == 101.0
+    reference = torch.nn.Parameter(torch.ones(4))
+    ref = torch.optim.Adam([reference], lr=0.1)
+    _steps(ref, [reference], 6)
+    ref.state[reference]["step"].fill_(100.0)
+    _steps(ref, [reference], 1)
+    torch.testing.assert_close(p.detach(), reference.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_master_made_when_the_model_turns_bf16(backend):
+    model = torch.nn.Linear(4, 3)
+    opt = library.Adam(model.parameters(), lr=0.1, master_weights=True,
+                       backend=_backend(backend))
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    model.to(torch.bfloat16)
+    opt.zero_grad()
+    model(torch.randn(2, 4, dtype=torch.bfloat16)).sum().backward()
+    opt.step()
+    for p in model.parameters():
+        assert opt.state[p]["master_param"].dtype == torch.float32
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+    model.double()
+    opt.zero_grad()
+    model(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
+    opt.step()
+    for p in model.parameters():  # float64 parameters: float64 state, no master
+        assert opt.state[p]["exp_avg"].dtype == torch.float64
+        assert "master_param" not in opt.state[p]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_deleted_state_is_made_again(backend):
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = library.Adam([p], lr=0.1, backend=_backend(backend))
+    _steps(opt, [p], 1)
+    del opt.state[p]["exp_avg"]
+    _steps(opt, [p], 1)
+    assert opt.state[p]["exp_avg"].shape == (4,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runner_refuses_a_missing_state_the_step_uses(backend):
+    """A runner called without a state its step reads raises; it never reads a null
+    column (on a GPU, an illegal address)."""
+    prog = library.program("Adam")
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = prog.optimizer([p], lr=0.1, backend=_backend(backend))
+    _steps(opt, [p], 1)
+    state = dict(opt.state[p])
+    del state["exp_avg"]
+    from optdsl import hypers
+
+    hyper = hypers.scalars(prog.hypers, opt.param_groups[0])
+    with pytest.raises(RuntimeError, match="state\\['exp_avg'\\] of a parameter is missing"):
+        opt._runner().run(hyper, [(p, p.grad, state, 2.0)], opt._state_keys())
+
+
+def test_states_die_with_the_optimizer_and_on_reload():
+    model = torch.nn.Linear(64, 64)
+    opt = library.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    old = [weakref.ref(opt.state[p]["exp_avg"]) for p in model.parameters()]
+    opt.load_state_dict(opt.state_dict() | {"state": {
+        k: {n: (v.clone() if torch.is_tensor(v) else v) for n, v in s.items()}
+        for k, s in opt.state_dict()["state"].items()}})
+    gc.collect()
+    assert all(ref() is None for ref in old)  # released at load, not at the next step
+    opt.step()
+    kept = [weakref.ref(opt.state[p]["exp_avg"]) for p in model.parameters()]
+    del opt
+    gc.collect()
+    assert all(ref() is None for ref in kept)
+
+
+@pytest.mark.parametrize("change", ["prune", "transpose"])
+def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change):
+    def run(cls):
+        p = torch.nn.Parameter(torch.arange(6.0).view(3, 2))
+        opt = cls([p], lr=1.0)
+        p.grad = torch.zeros(3, 2)
+        opt.step()
+        with torch.no_grad():
+            if change == "prune":
+                p.data = p.data[:2]
+            else:
+                p.t_()
+        p.grad = torch.arange(float(p.numel())).view(p.shape)
+        opt.step()
+        return p.detach()
+
+    torch.testing.assert_close(run(lambda ps, lr: library.SGD(ps, lr=lr, backend="numpy")),
+                               run(torch.optim.SGD))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_read_from_w_is_made_on_the_first_update(backend):
+    """A state a switch leaves unused is made only when used if its initial value is a
+    constant; one read from `w` (or a hyper) is made on the first update, as documented."""
+    prog = optdsl.compile("optimizer Anchor\nhyper lr = 0.1\nhyper anchored = 0\n"
+                          "state w0 = w as anchor\nstate m = 0 as m\nm = 0.9 * m + g\n"
+                          "w = where(anchored != 0, w - lr * (m + w - w0), w - lr * m)\n")
+    p = torch.nn.Parameter(torch.tensor([0.6614, 0.2669, 0.0617]))
+    start = p.detach().clone()
+    opt = prog.optimizer([p], backend=_backend(backend))
+    _steps(opt, [p], 2)
+    opt.param_groups[0]["anchored"] = 1
+    _steps(opt, [p], 1)
+    torch.testing.assert_close(opt.state[p]["anchor"], start)
