@@ -80,6 +80,8 @@ def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexp
     """x in the storage dtype DT. A bfloat16 under SR rounds up or down at random, unbiased
     (16 random bits added below the kept bits); else round to nearest even (the interpreter
     truncates float32 to bfloat16, so there the bits are rounded first)."""
+    if DT == tl.float16:  # through float32, as torch converts a float64 (and NumPy's path)
+        x = x.to(tl.float32)
     if DT == tl.bfloat16:
         x = x.to(tl.float32)  # (float64 to bfloat16 is no conversion every Triton has right)
         b = x.to(tl.uint32, bitcast=True)

@@ -14,8 +14,9 @@ The policy, shared by both back ends (optdsl.torch_optim applies it, the runners
   copy of a master weight) rounds up or down at random, with the probability that makes the
   rounding unbiased; float16 writes round to nearest. The random bits come from a seed per
   (param group, step), derived from ``torch.initial_seed()`` at construction and the group's
-  step count (``state["step"]``), so runs are reproducible under ``torch.manual_seed``, a run
-  resumed from a checkpoint rounds as the uninterrupted one would, and torch's generator is
+  total update count (from ``state["step"]``), so runs are reproducible under
+  ``torch.manual_seed``, a run resumed from a checkpoint (with the same ``manual_seed``
+  before construction) rounds as the uninterrupted one would, and torch's generator is
   never drawn from.
 """
 
@@ -50,9 +51,10 @@ def check_state_dtype(value: StateDtype) -> StateDtype:
 
 
 def check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
+    """A bool keyword: True, False (or 1, 0); anything else is a TypeError naming it."""
+    if isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def state_dtype_for(policy: StateDtype, param_dtype: torch.dtype) -> torch.dtype:
@@ -74,17 +76,18 @@ class RoundingSeeds:
     def __init__(self, base: int) -> None:
         self.base = int(base) & (2**64 - 1)
 
-    def seed(self, group: int, step: int) -> int:
-        """A 62-bit seed (positive as an int64)."""
-        return derive_seed(self.base, step, group)
+    def seed(self, group: int, count: int, *more: int) -> int:
+        """The seed of a group's step (``count``: the group's total update count)."""
+        return derive_seed(self.base, count, group, *more)
 
 
 def derive_seed(*words: int) -> int:
-    """A 62-bit seed hashed from ``words`` (SeedSequence: nearby inputs give unrelated
-    seeds, which the kernels' hash needs; adding 1 to a seed would not do)."""
+    """A seed hashed from ``words`` (SeedSequence: nearby inputs give unrelated seeds, which
+    the kernels' hash needs; adding 1 to a seed would not do), in [2^61, 2^62): positive as
+    an int64 and never small enough for Triton to pass it as an int32."""
     state = np.random.SeedSequence([int(w) & (2**64 - 1) for w in words]).generate_state(
         1, np.uint64)
-    return int(state[0] >> np.uint64(2))
+    return int(state[0] >> np.uint64(3)) | (1 << 61)
 
 
 def round_bf16_stochastic(values: np.ndarray, seed: int) -> np.ndarray:

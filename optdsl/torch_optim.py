@@ -258,16 +258,18 @@ class DslOptimizer(torch.optim.Optimizer):
                 options: dict[str, Any] = {}
                 if any(c is not None for c in copies):
                     options["copies"] = copies
-                if self.stochastic_rounding:  # per group and step count: resumable
-                    options["rounding_seed"] = self._rounding.seed(number, int(entries[0][3]))
+                if self.stochastic_rounding:
+                    # per group and the group's total update count (it grows every step and
+                    # comes from the state: resumable); sharded tensors add the rank's shard
+                    # coordinates, so shards round independently and replicas alike
+                    count = int(sum(entry[3] for entry in entries))
+                    coordinates = distributed.shard_coordinates([e[0] for e in entries])
+                    options["rounding_seed"] = self._rounding.seed(number, count, *coordinates)
                 # DTensor parameters (FSDP2): the runner updates the local shards, and the
                 # combiner all-reduces reduction partials across ranks; None otherwise.
                 entries, combine = distributed.localize(entries, keys)
                 if combine is not None:
                     options["combine"] = combine
-                    if "rounding_seed" in options:  # each rank's shard rounds by its own bits
-                        options["rounding_seed"] = precision.derive_seed(
-                            options["rounding_seed"], distributed.rank())
                     if "copies" in options:
                         options["copies"] = [distributed.local_tensor(c) for c in copies]
                 if self._backend == "numpy" and combine is None:

@@ -202,8 +202,11 @@ def test_rounding_seeds_differ_between_steps_and_groups():
     seeds = precision.RoundingSeeds(5)
     a = seeds.seed(0, 1)
     assert seeds.seed(1, 1) != a and seeds.seed(0, 2) != a
-    assert seeds.seed(0, 1) == a  # a function of (base, group, step) only
-    assert 0 <= a < 2 ** 62
+    assert seeds.seed(0, 1) == a  # a function of (base, group, count) only
+    assert seeds.seed(0, 1, 3) != a  # (a shard's coordinates)
+    # never small enough for Triton to pass as an int32 (found in review: a seed below 2^32
+    # made `seed & 0xFFFFFFFF` overflow in the kernel)
+    assert all(2 ** 61 <= seeds.seed(0, n) < 2 ** 62 for n in range(1000))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -226,6 +229,35 @@ def test_stochastic_rounding_streams_are_independent_across_buckets(backend):
     index = torch.arange(n)
     agreement = max((up0 == up1[index ^ d]).float().mean().item() for d in range(256))
     assert agreement < 0.56
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rounding_noise_is_fresh_every_step_whichever_parameter_comes_first(backend):
+    """Found in review: the seed came from the first parameter's step count, so when
+    parameters take turns (experts of a mixture), a tensor got the same noise twice."""
+    a, a2, b = (torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16)) for _ in range(3))
+    opt = SGD([a, a2, b], lr=1.0, stochastic_rounding=True, backend=_backend(backend))
+    ups = []
+    for first in (a, a2):  # a steps first, then a2: both have count 1 then
+        for p in (a, a2, b):
+            p.grad = None
+        first.grad = torch.zeros_like(first)
+        b.grad = torch.full_like(b, -(2.0 ** -9))  # a quarter ulp up from b's value
+        before = b.detach().clone()
+        opt.step()
+        ups.append(b.detach() > before)
+    assert not torch.equal(ups[0], ups[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_values_stored_as_float16_round_alike(backend):
+    """Found in review: Triton converted float64 to float16 directly, NumPy via float32."""
+    x = torch.full((4,), 1 + 2.0 ** -11 + 2.0 ** -40, dtype=torch.float64)
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    opt = SGD([p], lr=0.0, momentum=0.9, state_dtype=torch.float16, backend=_backend(backend))
+    p.grad = x.clone()
+    opt.step()
+    assert torch.equal(opt.state[p]["momentum_buffer"], x.float().half())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -379,7 +411,7 @@ def test_options_survive_pickle_and_deepcopy():
     ({"state_dtype": 3}, TypeError, "state_dtype"),
     ({"state_dtype": torch.int32}, ValueError, "state_dtype"),
     ({"master_weights": "yes"}, TypeError, "master_weights"),
-    ({"stochastic_rounding": 1}, TypeError, "stochastic_rounding"),
+    ({"stochastic_rounding": 2}, TypeError, "stochastic_rounding"),
     ({"skip_nonfinite": "no"}, TypeError, "skip_nonfinite"),
 ])
 def test_bad_options_name_themselves(kwargs, error, text):
@@ -398,3 +430,33 @@ def test_master_key_taken_by_a_program_state():
 def test_option_names_cannot_be_hypers(name):
     with pytest.raises(optdsl.DslError, match="keyword of the optimizer"):
         optdsl.compile(f"hyper {name} = 1\nw = w - {name} * g")
+
+
+def test_shard_coordinates_cover_sharded_mesh_dims_only(tmp_path):
+    """Stochastic rounding hashes the rank's coordinates along the mesh dimensions a group's
+    DTensors are sharded on: shards round independently, replicas (tensor-parallel
+    replicated weights, HSDP's replicate dimension) alike (found in review: the global rank
+    made replicas drift apart). One process, a 1x1 mesh, in a subprocess."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, torch, torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+        from optdsl.runtime.distributed import shard_coordinates
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+        dist.init_process_group("gloo", rank=0, world_size=1,
+                                store=dist.HashStore())
+        mesh = init_device_mesh("cpu", (1, 1))
+        hsdp = distribute_tensor(torch.ones(4), mesh, [Replicate(), Shard(0)])
+        tp = distribute_tensor(torch.ones(4), mesh, [Replicate(), Replicate()])
+        print(shard_coordinates([hsdp, hsdp]), shard_coordinates([tp]),
+              shard_coordinates([hsdp, tp]), shard_coordinates([torch.ones(2)]))
+        dist.destroy_process_group()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(0,)", "()", "()", "()"]

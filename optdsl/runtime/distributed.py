@@ -45,11 +45,20 @@ def is_dtensor(x: Any) -> bool:
     return cls is not None and isinstance(x, cls)
 
 
-def rank() -> int:
-    """This process's rank in the default process group (0 without one)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def shard_coordinates(params: list) -> tuple[int, ...]:
+    """This rank's coordinates along the mesh dimensions that DTensor ``params`` are sharded
+    on, when they all share one mesh and placements; () otherwise, and for dimensions they
+    are replicated on (ranks holding one replica must round it alike). Stochastic rounding
+    hashes them into its seed, so the shards of a tensor round independently."""
+    cls = _dtensor_class()
+    layouts = {(id(p.device_mesh), tuple(p.placements)) for p in params
+               if cls is not None and isinstance(p, cls)}
+    if len(layouts) != 1:
+        return ()
+    param = next(p for p in params if isinstance(p, cls))
+    coordinate = param.device_mesh.get_coordinate() or ()
+    return tuple(int(coordinate[d]) for d, placement in enumerate(param.placements)
+                 if placement.is_shard() and d < len(coordinate))
 
 
 def local_tensor(x: Any) -> Any:
