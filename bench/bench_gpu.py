@@ -8,7 +8,8 @@ Cases (parameter shapes): ``linear10`` ten Linear(1024, 1024) with biases (10.5M
 ``gpt2`` GPT-2 124M (tied embedding, 148 tensors), ``large`` GPT-2 large (774M, 436 tensors).
 Precisions: ``fp32`` (params, grads, state) and ``bf16`` (bf16 params and grads; optdsl keeps
 fp32 state by default, torch.optim keeps bf16 state, so a row "optdsl, bf16 state" runs
-optdsl with ``state_dtype="param"`` as torch does).
+optdsl with ``state_dtype="param"`` as torch does, and a row "optdsl, master weights" adds
+fp32 master weights).
 
 Contenders, each measured in the same run on the same parameters and gradients: optdsl
 (``backend="triton"``), torch.optim.Adam with ``foreach=False`` (for-loop), ``foreach=True``,
@@ -109,30 +110,36 @@ def copy_bandwidth(nbytes: int, device: torch.device, repeats: int = 20) -> floa
     return 2 * nbytes / statistics.median(times)
 
 
-def adam_bytes(params, state_dtype: torch.dtype | None) -> int:
-    """Bytes one Adam step must move: read w, g, m, v and write w, m, v."""
+def adam_bytes(params, state_dtype: torch.dtype | None, master: bool = False) -> int:
+    """Bytes one Adam step must move: read w, g, m, v and write w, m, v; with an fp32
+    master weight, w is the master (read and written) and the parameter is only written."""
     total = 0
     for p in params:
         s = (state_dtype or p.dtype).itemsize
-        total += p.numel() * (3 * p.element_size() + 4 * s)
+        w = 2 * 4 + p.element_size() if master else 2 * p.element_size()
+        total += p.numel() * (w + p.element_size() + 4 * s)
     return total
 
 
 # -- contenders -----------------------------------------------------------------------------------
-def contenders(params, precision: str, compile_step: bool) -> list[tuple[str, object, object]]:
-    """(name, make optimizer, dtype of its state or None for the parameter's)."""
+def contenders(params, precision: str, compile_step: bool) -> list[tuple[str, object, int]]:
+    """(name, make optimizer, bytes its step must move)."""
+    same = adam_bytes(params, None)
     out = [("optdsl", lambda: Adam(params, lr=LR, backend="triton"),
-            torch.float32 if precision == "bf16" else None)]
+            adam_bytes(params, torch.float32 if precision == "bf16" else None))]
     if precision == "bf16":
         out.append(("optdsl, bf16 state",
-                    lambda: Adam(params, lr=LR, backend="triton", state_dtype="param"), None))
+                    lambda: Adam(params, lr=LR, backend="triton", state_dtype="param"), same))
+        out.append(("optdsl, master weights",
+                    lambda: Adam(params, lr=LR, backend="triton", master_weights=True),
+                    adam_bytes(params, torch.float32, master=True)))
     out += [
-        ("torch for-loop", lambda: torch.optim.Adam(params, lr=LR, foreach=False), None),
-        ("torch foreach", lambda: torch.optim.Adam(params, lr=LR, foreach=True), None),
-        ("torch fused", lambda: torch.optim.Adam(params, lr=LR, fused=True), None),
+        ("torch for-loop", lambda: torch.optim.Adam(params, lr=LR, foreach=False), same),
+        ("torch foreach", lambda: torch.optim.Adam(params, lr=LR, foreach=True), same),
+        ("torch fused", lambda: torch.optim.Adam(params, lr=LR, fused=True), same),
     ]
     if compile_step:
-        out.append(("torch.compile", lambda: _compiled(params), None))
+        out.append(("torch.compile", lambda: _compiled(params), same))
     return out
 
 
@@ -154,7 +161,7 @@ def bench_case(case: str, precision: str, device: torch.device, args) -> dict:
     numel = sum(p.numel() for p in params)
     copy_bw = copy_bandwidth(max(adam_bytes(params, None) // 2, 1 << 20), device)
     rows = []
-    for name, make, state_dtype in contenders(params, precision, args.compile):
+    for name, make, moved in contenders(params, precision, args.compile):
         opt = make()
         begin = time.perf_counter()
         for _ in range(args.warmup):
@@ -163,7 +170,6 @@ def bench_case(case: str, precision: str, device: torch.device, args) -> dict:
         warm = time.perf_counter() - begin
         times = [time_steps(opt.step, args.steps, device) for _ in range(args.rounds)]
         median = statistics.median(times)
-        moved = adam_bytes(params, state_dtype)
         rows.append({"name": name, "ms": median * 1e3, "min_ms": min(times) * 1e3,
                      "warmup_s": warm, "bytes": moved, "GBps": moved / median / 1e9,
                      "copy_share": moved / median / copy_bw})

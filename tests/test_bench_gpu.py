@@ -23,8 +23,8 @@ def test_gpu_benchmark_smoke(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for name in ("optdsl", "optdsl, bf16 state", "torch for-loop", "torch foreach",
-                 "torch fused"):
+    for name in ("optdsl", "optdsl, bf16 state", "optdsl, master weights", "torch for-loop",
+                 "torch foreach", "torch fused"):
         assert f"| {name} |" in out
     assert "## tiny, fp32" in out and "## tiny, bf16" in out
     assert "cold caches:" in out and "warm caches:" in out
