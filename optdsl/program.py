@@ -138,6 +138,24 @@ class Variant:
         return self.program.name + "_" + "".join("1" if k else "0" for k in self.key)
 
     @functools.cached_property
+    def required_keys(self) -> tuple[str, ...]:
+        """The state keys of the tensor states this step reads or changes: a parameter must
+        have them (one a step does not use may be absent)."""
+        live = self.schedule.live_states
+        return tuple(spec.key for name, spec in self.program.states.items()
+                     if spec.tensor and name in live)
+
+    def check_states(self, state: dict) -> None:
+        """Raise if a parameter's ``state`` lacks a tensor state this step uses (a runner
+        would read a null column)."""
+        for key in self.required_keys:
+            if state.get(key) is None:
+                raise RuntimeError(f"state[{key!r}] of a parameter is missing, and this step "
+                                   f"uses it; load it from a checkpoint, or clear the "
+                                   f"parameter's state (opt.state[p] = {{}}) to start it "
+                                   f"afresh")
+
+    @functools.cached_property
     def numpy_source(self) -> str:
         from optdsl.codegen.numpy import generate
 

@@ -21,7 +21,6 @@ import torch
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
 from optdsl.precision import round_bf16_stochastic
-from optdsl.runtime import select
 from optdsl.runtime.numpy_step import Slot
 
 _NATIVE = (torch.float32, torch.float64)
@@ -134,9 +133,8 @@ class NumpyRunner:
         ``views``: where to keep the parameters' Slots between steps (None: not kept)."""
         slots, written = ([], []) if combine is None else (_Slots(combine), [])
         variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
-        required = select.required_states(self.program, variant, state_keys)
         for param, grad, state, t in entries:
-            select.check_states(required, state)
+            variant.check_states(state)
             if views is not None:
                 slot = self._kept_slot(views, param, grad, state, t, state_keys)
                 if slot is not None:

@@ -19,22 +19,6 @@ def triton_available() -> bool:
     return True
 
 
-def required_states(program, variant, state_keys: list[tuple[str, bool]]) -> list[str]:
-    """The keys of the tensor states ``variant`` reads or changes: each parameter must have
-    them (a state a step does not use may be absent)."""
-    live = variant.schedule.live_states
-    return [key for name, (key, is_tensor) in zip(program.states, state_keys)
-            if is_tensor and name in live]
-
-
-def check_states(required: list[str], state: dict) -> None:
-    for key in required:
-        if state.get(key) is None:
-            raise RuntimeError(f"state[{key!r}] of a parameter is missing, and this step uses "
-                               f"it; load it from a checkpoint, or clear the parameter's state "
-                               f"(opt.state[p] = {{}}) to start it afresh")
-
-
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 

@@ -174,13 +174,12 @@ class TritonRunner:
         ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
         variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
         module = self.module(variant)
-        required = select.required_states(self.program, variant, state_keys)
         tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
         if len(tensor_keys) != len(module.TENSORS) - 2:
             raise RuntimeError("state keys do not match the program's tensor states")
         slots = []
         for param, grad, state, t in entries:
-            select.check_states(required, state)
+            variant.check_states(state)
             states = [None if is_tensor else np.float64(float(state[key]))
                       for key, is_tensor in state_keys]
             slots.append(_Slot(float(t), states, module.NUM_REDUCTIONS))
@@ -304,10 +303,12 @@ class TritonRunner:
             else:
                 red = bucket.dummy_red
             with _on(bucket.device):
-                seed = 0 if rounding_seed is None else derive_seed(rounding_seed, number)
+                # (only the final pass, the one without reductions, stores and so rounds)
+                stores = rounding_seed is not None and not reductions
+                seed = derive_seed(rounding_seed, number) if stores else 0
                 kernel[(bucket.num_blocks,)](
                     bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, seed,
-                    **bucket.constexprs, SR=rounding_seed is not None,
+                    **bucket.constexprs, SR=stores,
                     num_warps=self.num_warps, enable_fp_fusion=False)
             if reductions:
                 pending.append((bucket, red))
