@@ -62,7 +62,7 @@ import strategies as S
 
 import optdsl
 import optdsl.ir.evaluate as ev
-from optdsl import hypers as hyper_values
+from optdsl.optim import hypers as hyper_values
 from optdsl.passes import optimize
 
 # Names that are valid DSL identifiers but mean something to Python, NumPy, Triton or the

@@ -70,7 +70,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from optdsl.kernels_dir import write_kernels
+    from optdsl.runtime.export import write_kernels
 
     out = Path(args.output)
     programs = [_load(path) for path in args.files]
@@ -80,7 +80,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from optdsl.demo import format_table, run_demo
+    from optdsl.apps.demo import format_table, run_demo
 
     optimizers = args.optimizers or None
     results = run_demo(epochs=args.epochs, optimizers=optimizers, backend=args.backend,
@@ -92,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from optdsl.landscape import format_table, run_landscape
+    from optdsl.apps.landscape import format_table, run_landscape
 
     results = run_landscape(programs=args.programs or None, out_dir=args.out,
                             max_iters=args.max_iters, tol=args.tol, backend=args.backend)
@@ -101,7 +101,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from optdsl.bench_cli import run
+    from optdsl.apps.bench import run
 
     return run(args)
 

@@ -106,7 +106,7 @@ class Program:
     # -- optimizers ----------------------------------------------------------------------------
     @functools.cached_property
     def optimizer_class(self) -> type:
-        from optdsl.torch_optim import make_optimizer_class
+        from optdsl.optim.torch_optimizer import make_optimizer_class
 
         return make_optimizer_class(self)
 
@@ -117,7 +117,7 @@ class Program:
 
     def numpy_optimizer(self, arrays, /, **hypers: Any):
         """An optimizer over plain NumPy arrays, updated in place by ``step(grads)``."""
-        from optdsl.numpy_optim import NumpyOptimizer
+        from optdsl.optim.numpy_optimizer import NumpyOptimizer
 
         return NumpyOptimizer(self, arrays, **hypers)
 

@@ -1,4 +1,4 @@
-"""The training demo (optdsl.demo): digits MLP trained by compiled optimizers, tiny settings."""
+"""The training demo (optdsl.apps.demo): digits MLP trained by compiled optimizers, tiny settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from optdsl.demo import (
+from optdsl.apps.demo import (
     DEFAULT_OPTIMIZERS,
     format_table,
     parse_optimizer_spec,

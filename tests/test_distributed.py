@@ -39,7 +39,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 import optdsl
 from optdsl import library
-from optdsl.runtime import distributed
+from optdsl.optim import distributed
 from optdsl.runtime.numpy_runner import NumpyRunner
 
 WORLD = 2

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 import optdsl
 import optdsl.ir.evaluate as ev
-from optdsl import hypers as hyper_values
+from optdsl.optim import hypers as hyper_values
 from optdsl.codegen.numpy import CHUNK
 
 SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck), "database": None}

@@ -9,7 +9,7 @@ import pytest
 
 import optdsl
 from optdsl import library
-from optdsl.kernels_dir import file_names, write_kernels
+from optdsl.runtime.export import file_names, write_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"

@@ -1,4 +1,4 @@
-"""The optimizer race on 2-D landscapes (optdsl.landscape), with few iterations."""
+"""The optimizer race on 2-D landscapes (optdsl.apps.landscape), with few iterations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from optdsl.landscape import (
+from optdsl.apps.landscape import (
     LANDSCAPES,
     format_landscape,
     format_table,

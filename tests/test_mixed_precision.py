@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import optdsl
-from optdsl import precision
+from optdsl.optim import precision
 from optdsl.library import SGD, Adam
 
 BACKENDS = ("numpy", "triton")
@@ -445,7 +445,7 @@ def test_shard_coordinates_cover_sharded_mesh_dims_only(tmp_path):
         import os, torch, torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-        from optdsl.runtime.distributed import shard_coordinates
+        from optdsl.optim.distributed import shard_coordinates
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
         dist.init_process_group("gloo", rank=0, world_size=1,
                                 store=dist.HashStore())

@@ -46,7 +46,7 @@ from strategies import (  # the program strategies, shared with test_fuzz and be
 
 import optdsl
 import optdsl.ir.evaluate as ev
-from optdsl import hypers as hyper_values
+from optdsl.optim import hypers as hyper_values
 from optdsl.codegen.numpy import CHUNK
 from optdsl.ir.ops import FUNCTIONS, OPS
 from optdsl.passes import optimize

@@ -1,5 +1,5 @@
 """What the optimizer keeps between steps to save host time: the step counter's NumPy view
-and made-state marker (optdsl.torch_optim ``_step_count``), the NumPy runner's kept views
+and made-state marker (optdsl.optim.torch_optimizer ``_step_count``), the NumPy runner's kept views
 (``views``), and the states made only when a step uses them (``live_states``). Each must
 notice what changes under it; these are the cases a review found."""
 
@@ -100,7 +100,7 @@ def test_runner_refuses_a_missing_state_the_step_uses(backend):
     _steps(opt, [p], 1)
     state = dict(opt.state[p])
     del state["exp_avg"]
-    from optdsl import hypers
+    from optdsl.optim import hypers
 
     hyper = hypers.scalars(prog.hypers, opt.param_groups[0])
     with pytest.raises(RuntimeError, match="state\\['exp_avg'\\] of a parameter is missing"):

@@ -543,8 +543,8 @@ def test_one_liner_momentum_trains_linear_regression(momentum):
 # -- the NumPy optimizer -------------------------------------------------------------------------
 
 numpy_optim = pytest.mark.skipif(
-    importlib.util.find_spec("optdsl.numpy_optim") is None,
-    reason="optdsl/numpy_optim.py (prog.numpy_optimizer) does not exist yet")
+    importlib.util.find_spec("optdsl.optim.numpy_optimizer") is None,
+    reason="optdsl/optim/numpy_optimizer.py (prog.numpy_optimizer) does not exist yet")
 
 
 @numpy_optim

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.ir.nodes import Graph
+from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import OPS
-from optdsl.numbers import format_float
 
 
 def hyper_name(name: str) -> str:

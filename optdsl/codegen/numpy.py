@@ -15,7 +15,7 @@ parameter's dtype and NUM_MASKS bool arrays, each CHUNK long).
 Reductions: a pass stores each parameter's raw partial in ``p.red`` (a float64 sum, sum of
 squares, dot product or max |x|), then finishes the per-tensor ones (``sqrt`` for norm, ``/ n``
 for mean) in a loop of its own; group-wide ones are summed over ``params`` before the next
-pass. Distributed runs (optdsl.runtime.distributed) hand in ``params`` with a ``combine``
+pass. Distributed runs (optdsl.optim.distributed) hand in ``params`` with a ``combine``
 attribute: ``combine(params, ((slot, kind), ...))`` is then called instead of the finish
 loop, to combine the partials of sharded parameters across ranks and finish them itself.
 """
@@ -25,9 +25,9 @@ from __future__ import annotations
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.host import emit_scalar, hyper_name, scalar_ref, state_name, value_name
 from optdsl.ir.nodes import Graph
+from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
 from optdsl.ir.schedule import Pass, Schedule, param_scalars
-from optdsl.numbers import format_float
 
 CHUNK = 32768
 _FINISH = {  # per-tensor reduction: what to accumulate per chunk, how to finish

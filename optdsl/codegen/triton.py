@@ -9,7 +9,7 @@ pointers (one row per tensor: w, g, then each tensor state), the tensors' sizes,
 (one ``(tensor, start)`` row per program) and a scalar table (one row per tensor, in the
 compute dtype) holding every non-constant scalar the pass reads. Passes that feed reductions
 store one float64 partial per block and reduction; the runtime sums them in a fixed order.
-Mixed precision (optdsl.precision) is compiled in by constexprs: with ``COPY`` the pointer
+Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the pointer
 table's extra last column points at a low-precision parameter that receives the updated ``w``
 (which is then its fp32 master weight); with ``SR`` bfloat16 stores round stochastically
 from the ``seed`` argument.
@@ -37,9 +37,9 @@ import re
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.host import emit_scalar, hyper_name, scalar_ref, state_name, value_name
 from optdsl.codegen.triton_helpers import HELPERS, USES_INTERPRET, USES_LIBDEVICE, closure
+from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
 from optdsl.ir.schedule import Pass, Schedule, param_scalars
-from optdsl.numbers import format_float
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

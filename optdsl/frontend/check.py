@@ -17,8 +17,7 @@ import numpy as np
 
 from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
-from optdsl.frontend.signature import HyperSpec, Interval, StateSpec
-from optdsl.hypers import TORCH_FLAGS
+from optdsl.frontend.signature import CONSTRUCTOR_KEYWORDS, HyperSpec, Interval, StateSpec
 from optdsl.ir.builder import Builder
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import (
@@ -37,12 +36,6 @@ from optdsl.passes.cse_dce import cse_dce
 
 BUILTIN = ("w", "g", "t")
 RESERVED_KEYS = frozenset({"step"})
-# Keywords of the optimizer a program becomes (optdsl.torch_optim: params, backend,
-# skip_nonfinite, the mixed-precision options and torch's flags): a hyper is a constructor
-# keyword and a param-group key, so it cannot take one of these names.
-CONSTRUCTOR_KEYWORDS = frozenset({
-    "self", "params", "backend", "skip_nonfinite", "state_dtype", "master_weights",
-    "stochastic_rounding"}) | frozenset(TORCH_FLAGS)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ from optdsl.ir.nodes import Graph
 
 Number = int | float
 
+# Keywords every torch.optim optimizer accepts; the optimizer layer (optdsl.optim.hypers)
+# gives them their defaults and meaning.
+TORCH_FLAG_NAMES = ("foreach", "fused", "capturable", "differentiable")
+# Keywords of the optimizer a program becomes (params, backend, skip_nonfinite, the
+# mixed-precision options and torch's flags): a hyper is a constructor keyword and a
+# param-group key, so it cannot take one of these names.
+CONSTRUCTOR_KEYWORDS = frozenset({
+    "self", "params", "backend", "skip_nonfinite", "state_dtype", "master_weights",
+    "stochastic_rounding"}) | frozenset(TORCH_FLAG_NAMES)
+
 
 @dataclass(frozen=True)
 class Interval:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optdsl.ir.nodes import Graph
-from optdsl.numbers import format_float
+from optdsl.ir.numbers import format_float
 
 
 def format_value(graph: Graph, v: int) -> str:

@@ -68,7 +68,7 @@ def _torch_positional(name: str) -> tuple[str, ...] | None:
 
 @functools.lru_cache(maxsize=None)
 def _optimizer_class(name: str) -> type:
-    from optdsl.torch_optim import make_optimizer_class
+    from optdsl.optim.torch_optimizer import make_optimizer_class
 
     cls = make_optimizer_class(program(name), name=name, module=__name__,
                                positional=_torch_positional(name))

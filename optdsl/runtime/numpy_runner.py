@@ -3,7 +3,7 @@
 float32 and float64 tensors that are contiguous are updated in place through zero-copy
 NumPy views. Other dtypes (float16, bfloat16) and non-contiguous tensors are staged: copied
 to a contiguous float32 (or float64) array, updated, and copied back, rounded to nearest or,
-with a rounding seed, bfloat16 ones rounded stochastically (optdsl.precision). A parameter
+with a rounding seed, bfloat16 ones rounded stochastically (optdsl.optim.precision). A parameter
 with an fp32 master weight is stepped on the master, then the master is copied into it.
 
 A parameter whose tensors are all viewed in place keeps its Slot between steps (views of w
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.precision import round_bf16_stochastic
 from optdsl.runtime.numpy_step import Slot
+from optdsl.runtime.rounding import round_bf16_stochastic
 
 _NATIVE = (torch.float32, torch.float64)
 

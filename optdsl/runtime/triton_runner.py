@@ -21,7 +21,7 @@ not contiguous, not on the parameter's device, or of another dtype are staged th
 contiguous copy and copied back after the step. Zero-size parameters take no part in the
 launches (their reductions read as those of an empty tensor).
 
-Mixed precision (optdsl.precision): a parameter with an fp32 master weight comes as the
+Mixed precision (optdsl.optim.precision): a parameter with an fp32 master weight comes as the
 master (in the w column) and its low-precision tensor (``copies``), which the final pass
 writes through the pointer table's last column (constexpr COPY; such parameters form their
 own buckets). With a rounding seed, bfloat16 stores round stochastically (constexpr SR; the
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.precision import derive_seed
 from optdsl.runtime import cache, select
+from optdsl.runtime.rounding import derive_seed
 
 _CACHED_PLANS = 8  # tensor sets remembered per runner (param groups x optimizers)
 _EMPTY = {"sum": 0.0, "global_sum": 0.0, "dot": 0.0, "norm": 0.0, "global_norm": 0.0,

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from optdsl import hypers as hyper_values
 from optdsl.ir.evaluate import evaluate
+from optdsl.optim import hypers as hyper_values
 from optdsl.runtime.numpy_step import COMPUTE_DTYPES, Slot
 
 

@@ -11,12 +11,13 @@ import numbers
 from typing import Any, Mapping
 
 from optdsl.errors import suggest
-from optdsl.frontend.signature import HyperSpec
+from optdsl.frontend.signature import TORCH_FLAG_NAMES, HyperSpec
 
 # Keywords every torch.optim optimizer accepts that do not change the math here: the step
 # is always one fused pass, so `foreach`, `fused` and `capturable` are accepted and kept in
 # the param groups (as torch does) but have no effect.
 TORCH_FLAGS = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+assert tuple(TORCH_FLAGS) == TORCH_FLAG_NAMES
 
 
 def to_number(name: str, value: Any) -> float:

@@ -1,7 +1,7 @@
 """Optimizers racing on 2-D functions: where each one goes, and how fast.
 
 The racers are the very optimizers used for training (the bundled :mod:`optdsl.library`
-classes, or any ``.opt`` program by path; see :mod:`optdsl.demo` for the spec syntax), driving
+classes, or any ``.opt`` program by path; see :mod:`optdsl.apps.demo` for the spec syntax), driving
 one parameter: a float64 tensor of shape (2,) holding the point (x, y), with gradients from
 autograd.  Four landscapes:
 
@@ -18,7 +18,7 @@ settles there.  Anything that becomes non-finite or runs off to |p| > 1e6 has "d
 
 Typical use::
 
-    from optdsl.landscape import run_landscape, format_landscape
+    from optdsl.apps.landscape import run_landscape, format_landscape
     results = run_landscape(out_dir="landscape-out")   # writes landscape_<name>.png
     print(format_landscape(results))
 """
@@ -36,14 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from optdsl.demo import Progress, new_agg_figure, one_torch_thread, racer_device
-from optdsl.racers import (
+from optdsl.apps.racers import (
     OptimizerSpec,
     check_racers,
     make_optimizer,
     parse_optimizer_spec,
     resolve_optimizer_specs,
 )
+from optdsl.apps.ui import Progress, new_agg_figure, one_torch_thread, racer_device
 
 __all__ = [
     "DEFAULT_RACERS",
@@ -301,7 +301,7 @@ def run_landscape(
     """Race optimizers on the 2-D landscapes; optionally draw one contour plot per function.
 
     Args:
-        programs: racer specs as in :mod:`optdsl.demo` (bundled names such as "adam",
+        programs: racer specs as in :mod:`optdsl.apps.demo` (bundled names such as "adam",
             ``.opt`` paths, ``:name=value`` overrides); None races :data:`DEFAULT_RACERS`.
             A list of only ``.opt`` paths races them alongside the defaults.  Learning rates
             not given as overrides come from each landscape's table.
@@ -367,7 +367,7 @@ def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-#: The same as :func:`format_landscape`, under the name :mod:`optdsl.demo` uses.
+#: The same as :func:`format_landscape`, under the name :mod:`optdsl.apps.demo` uses.
 format_table = format_landscape
 
 

@@ -6,7 +6,7 @@ updates of that parameter (a parameter without a gradient is skipped and its ste
 advance), state tensors are stored under the program's ``as`` keys, and ``state_dict`` /
 ``load_state_dict`` are torch's own, so checkpoints of a torch.optim twin load here and back.
 Mixed precision (``state_dtype``, ``master_weights``, ``stochastic_rounding``) follows the
-policy of optdsl.precision; loading a checkpoint keeps each state in its policy's dtype
+policy of optdsl.optim.precision; loading a checkpoint keeps each state in its policy's dtype
 (torch.optim would cast it to the parameter's).
 """
 
@@ -17,10 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from optdsl import hypers as hyper_values
-from optdsl import precision
+from optdsl.optim import distributed, precision
+from optdsl.optim import hypers as hyper_values
 from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.runtime import distributed, select
+from optdsl.runtime import select
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -383,7 +383,7 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
         "positional": tuple(program.hypers) if positional is None else tuple(positional),
         "__doc__": f"{doc}\n\nKeywords: {keywords}; backend='auto'|'numpy'|'triton'; "
                    f"skip_nonfinite, state_dtype, master_weights, stochastic_rounding "
-                   f"(see optdsl.precision).",
+                   f"(see optdsl.optim.precision).",
         "__module__": module or "optdsl.generated",
     }
     return type(cls_name, (DslOptimizer,), attrs)

@@ -12,8 +12,8 @@ bundled DSL optimizers from :mod:`optdsl.library` (SGD, momentum, Nesterov, AdaG
 Adam), ``torch.optim.SGD`` as a reference for the compiled SGD, and any ``.opt`` program a
 user passes by path.
 
-Optimizer specs (the strings in ``optimizers=``) are those of :mod:`optdsl.racers`, shared
-with :mod:`optdsl.landscape`.
+Optimizer specs (the strings in ``optimizers=``) are those of :mod:`optdsl.apps.racers`, shared
+with :mod:`optdsl.apps.landscape`.
 
 A user program's ``lr`` with no default is taken from a default table (``lr=0.1`` here);
 any other hyperparameter without a default must be given as an override, otherwise a
@@ -21,30 +21,28 @@ any other hyperparameter without a default must be given as an override, otherwi
 
 Typical use::
 
-    from optdsl.demo import run_demo, format_table
+    from optdsl.apps.demo import run_demo, format_table
     results = run_demo(epochs=10, out_dir="demo-out")
     print(format_table(results))
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from optdsl.racers import (
+from optdsl.apps.racers import (
     BUILTIN_OPTIMIZERS,
     OptimizerSpec,
     check_racers,
@@ -52,6 +50,7 @@ from optdsl.racers import (
     parse_optimizer_spec,
     resolve_optimizer_specs,
 )
+from optdsl.apps.ui import Progress, new_agg_figure, one_torch_thread, racer_device
 
 __all__ = [
     "BUILTIN_OPTIMIZERS",
@@ -95,55 +94,6 @@ DEMO_LEARNING_RATES: dict[str, float] = {
     "torch-sgd": 1.0,
     "user": 0.1,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# A tiny progress bar
-# --------------------------------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, else printed once."""
-
-    def __init__(
-        self,
-        label: str,
-        total: int,
-        *,
-        enabled: bool = True,
-        stream: TextIO | None = None,
-        width: int = 24,
-        label_width: int = 18,
-    ) -> None:
-        self.label = label
-        self.total = max(1, total)
-        self.enabled = enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-        self.label_width = label_width
-        self.interactive = enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.start = time.perf_counter()
-
-    def _line(self, done: int, info: str) -> str:
-        filled = round(self.width * min(done, self.total) / self.total)
-        bar = "#" * filled + "-" * (self.width - filled)
-        elapsed = time.perf_counter() - self.start
-        label = self.label[: self.label_width].ljust(self.label_width)
-        return f"{label} [{bar}] {done}/{self.total} {elapsed:5.1f}s {info}".rstrip()
-
-    def update(self, done: int, info: str = "") -> None:
-        """Redraw the bar at ``done`` of ``total`` (only on an interactive terminal)."""
-        if self.interactive:
-            self.stream.write("\r\033[K" + self._line(done, info))
-            self.stream.flush()
-
-    def close(self, info: str = "") -> None:
-        """Draw the finished bar and end the line."""
-        if not self.enabled:
-            return
-        prefix = "\r\033[K" if self.interactive else ""
-        self.stream.write(prefix + self._line(self.total, info) + "\n")
-        self.stream.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,24 +212,6 @@ def _train_one(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run tiny CPU models on one intra-op thread (more only contend on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def racer_device(backend: str) -> torch.device:
-    """CPU, except that backend="triton" runs on the GPU when there is one."""
-    if backend == "triton" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def run_demo(
     epochs: int = 10,
     optimizers: Sequence[str | os.PathLike[str]] | None = None,
@@ -386,16 +318,6 @@ def write_outputs(
     png_path = out / "loss_curves.png"
     plot_curves(results, png_path)
     return png_path, json_path
-
-
-def new_agg_figure(**kwargs: Any) -> Any:
-    """A matplotlib Figure drawn by the Agg canvas: no pyplot, no global backend switch."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def plot_curves(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
