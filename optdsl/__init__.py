@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from optdsl.errors import DslError
 from optdsl.program import Program, compile_program, load_program
+from optdsl.version import VERSION
 
 __all__ = ["DslError", "Program", "compile", "load", "__version__"]
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def compile(source: str, name: str | None = None) -> Program:  # noqa: A001 - API name

@@ -64,7 +64,7 @@ def undeclared_notes(prog, path: str) -> list[str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     prog = _load(args.file)
-    what = "ir" if args.ir else "triton" if args.triton else "numpy"
+    what = args.what or "numpy"
     sys.stdout.write(prog.source(what).rstrip("\n") + "\n")
     return 0
 
@@ -116,25 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(run=cmd_check)
 
+    from optdsl.runtime import backends
+
     p = sub.add_parser("show", help="print a program's IR or generated code")
     p.add_argument("file", metavar="FILE")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--ir", action="store_true", help="the optimized IR")
-    what.add_argument("--numpy", action="store_true", help="the NumPy step (default)")
-    what.add_argument("--triton", action="store_true", help="the Triton kernels")
-    p.set_defaults(run=cmd_show)
+    what.add_argument("--ir", dest="what", action="store_const", const="ir",
+                      help="the optimized IR")
+    for name, backend in backends.BACKENDS.items():
+        default = " (default)" if name == "numpy" else ""
+        what.add_argument(f"--{name}", dest="what", action="store_const", const=name,
+                          help=f"the generated code of the {name} back end: "
+                               f"{backend.summary}{default}")
+    p.set_defaults(run=cmd_show, what=None)
 
     p = sub.add_parser("compile", help="write generated kernels to a directory")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
-    p.add_argument("--backend", choices=["triton", "numpy", "all"], default="triton")
+    p.add_argument("--backend", choices=list(backends.BACKENDS) + ["all"], default="triton")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("demo", help="train a small MLP on the 8x8 digits with several optimizers")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--optimizers", nargs="*", metavar="NAME_OR_FILE",
                    help="bundled names or .opt files (default: the lecture's set)")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "triton"])
+    p.add_argument("--backend", default="auto", choices=list(backends.names()))
     p.add_argument("--out", default="demo-out", metavar="DIR",
                    help="where to write loss_curves.png and results.json (default: demo-out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -145,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="landscape-out", metavar="DIR")
     p.add_argument("--max-iters", type=int, default=5000)
     p.add_argument("--tol", type=float, default=1e-3)
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "triton"])
+    p.add_argument("--backend", default="auto", choices=list(backends.names()))
     p.set_defaults(run=cmd_landscape)
 
     p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")

@@ -91,3 +91,32 @@ def suggest(name: str, candidates: list[str] | set[str]) -> str:
 
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+class CompilerBug(Exception):
+    """An internal failure while compiling the part of a program at ``span``: a bug of the
+    compiler, reported to users as a DslError positioned there (optdsl.program)."""
+
+    def __init__(self, span: Span | None, cause: BaseException) -> None:
+        self.span = span
+        self.cause = cause
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
+class located:  # noqa: N801 - used as a context manager, like contextlib's
+    """``with located(eq.span): ...``: an unexpected exception inside is re-raised as a
+    CompilerBug at ``span`` (the innermost span wins; DslError and CompilerBug pass through)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span | None) -> None:
+        self.span = span
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (DslError, CompilerBug, RecursionError)) or \
+                not isinstance(exc, Exception):
+            return False
+        raise CompilerBug(self.span, exc) from exc

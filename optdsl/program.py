@@ -1,19 +1,28 @@
 """A compiled program: the object behind ``optdsl.compile`` and ``optdsl.load``.
 
-It owns the pipeline in one place: parse, AST, check, optimize, schedule, and the generated
-sources, produced lazily and kept. It makes torch optimizers (``optimizer``,
-``optimizer_class``) and NumPy optimizers (``numpy_optimizer``).
+It owns the pipeline, top to bottom in one place: parse, AST, check, optimize (the rewrites
+of optdsl.passes); per param group a variant (switches specialized, AMP unscaling); per back
+end, legalize and schedule into a compilation unit, generate its source, load it. Sources
+and modules are produced lazily and kept. Every failure of the compiler, also one that
+happens lazily at the first ``step()``, reaches users as one DslError, positioned at the
+expression being compiled when it is known (``OPTDSL_DEBUG=1`` re-raises the raw error).
+It makes torch optimizers (``optimizer``, ``optimizer_class``) and NumPy optimizers
+(``numpy_optimizer``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from optdsl.errors import DslError, Span
+from optdsl.codegen.contract import GeneratedModule
+from optdsl.codegen.unit import Unit
+from optdsl.errors import CompilerBug, DslError, Span
 from optdsl.frontend.check import Checked, check
 from optdsl.frontend.parse import parse
 from optdsl.frontend.signature import HyperSpec, StateSpec
@@ -22,9 +31,38 @@ from optdsl.ir.nodes import Graph
 from optdsl.ir.printer import print_graph
 from optdsl.ir.schedule import Schedule, schedule
 from optdsl.passes import optimize
+from optdsl.passes.legalize import legalize
 from optdsl.passes.specialize import flag_masks, flag_values, specialize, unscale_gradient
 
 DEBUG = bool(os.environ.get("OPTDSL_DEBUG"))
+
+
+@contextlib.contextmanager
+def compile_boundary(filename: str, source: str) -> Iterator[None]:
+    """Where compiler errors become the user's DslError (with the program's text)."""
+    try:
+        yield
+    except DslError as exc:
+        if exc.source is None:
+            raise exc.with_source(filename, source) from None
+        raise
+    except RecursionError:
+        raise DslError("program nested too deeply to compile", Span(1, 1), filename=filename,
+                       source=source) from None
+    except CompilerBug as exc:
+        if DEBUG:
+            raise exc.cause from exc
+        raise _internal(exc.cause, exc.span or Span(1, 1), filename, source) from None
+    except Exception as exc:  # a compiler bug must still not show users an internal frame
+        if DEBUG:
+            raise
+        raise _internal(exc, Span(1, 1), filename, source) from None
+
+
+def _internal(exc: BaseException, span: Span, filename: str, source: str) -> DslError:
+    return DslError(f"internal compiler error ({type(exc).__name__}: {exc}); please report "
+                    f"it with this program (set OPTDSL_DEBUG=1 for details)", span,
+                    filename=filename, source=source)
 
 
 class Program:
@@ -40,21 +78,22 @@ class Program:
         self.states: dict[str, StateSpec] = dict(checked.states)
         self.graph: Graph = checked.graph
         self.optimized: Graph = optimize(checked.graph, check=DEBUG)
-        self.tensor_states = {n for n, s in self.states.items() if s.tensor}
+        self.tensor_states = frozenset(n for n, s in self.states.items() if s.tensor)
         self.schedule: Schedule = schedule(self.optimized, self.tensor_states)
         self.flags = flag_masks(self.optimized)
         self._variants: dict[tuple[bool, ...], Variant] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<optdsl.Program {self.name} hypers={list(self.hypers)} states={list(self.states)}>"
 
+    def boundary(self):
+        """The compile boundary for this program's text (see ``compile_boundary``)."""
+        return compile_boundary(self.filename, self.text)
+
     # -- generated code -----------------------------------------------------------------------
     def ir(self, optimized: bool = True) -> str:
         return print_graph(self.optimized if optimized else self.graph, self.name)
-
-    @functools.cached_property
-    def _numpy_source(self) -> str:
-        return self.generic.numpy_source
 
     @functools.cached_property
     def generic(self) -> Variant:
@@ -63,45 +102,34 @@ class Program:
 
     def variant(self, hyper: dict[str, float], unscale: bool = False) -> Variant:
         """The step specialized for this group's switches (see optdsl.passes.specialize);
-        with ``unscale`` the gradients are read divided by the AMP grad scale (the hyper
-        ``INV_GRAD_SCALE`` holds its inverse)."""
+        with ``unscale`` the gradients are read divided by the AMP grad scale."""
         if not self.flags and not unscale:
             return self.generic
         key = flag_values(self.optimized, self.flags, hyper) + ((True,) if unscale else ())
         found = self._variants.get(key)
         if found is None:
-            graph = specialize(self.optimized, dict(zip(self.flags, key)))
-            if unscale:
-                graph = unscale_gradient(graph)
-            found = Variant(self, key, optimize(graph, check=DEBUG))
-            self._variants[key] = found
+            with self._lock, self.boundary():
+                found = self._variants.get(key)
+                if found is None:
+                    graph = specialize(self.optimized, dict(zip(self.flags, key)))
+                    if unscale:
+                        graph = unscale_gradient(graph)
+                    found = Variant(self, key, optimize(graph, check=DEBUG))
+                    self._variants[key] = found
         return found
 
-    @functools.cached_property
-    def _triton_source(self) -> str:
-        return self.generic.triton_source
-
     def source(self, backend: str = "numpy") -> str:
-        """The generated code for ``backend`` ("numpy" or "triton"), or the IR ("ir")."""
-        if backend == "numpy":
-            return self._numpy_source
-        if backend == "triton":
-            return self._triton_source
+        """The generated code of a registered back end ("numpy", "triton", ...), or the IR
+        ("ir")."""
+        from optdsl.runtime import backends
+
         if backend == "ir":
             return self.ir()
-        raise ValueError(f"backend must be 'numpy', 'triton' or 'ir', got {backend!r}")
-
-    @functools.cached_property
-    def numpy_runner(self):
-        from optdsl.runtime.numpy_runner import NumpyRunner
-
-        return NumpyRunner(self)
-
-    @functools.cached_property
-    def triton_runner(self):
-        from optdsl.runtime.triton_runner import TritonRunner
-
-        return TritonRunner(self)
+        if backend not in backends.BACKENDS:
+            raise ValueError(f"backend must be one of "
+                             f"{', '.join(map(repr, backends.names(False) + ('ir',)))}, "
+                             f"got {backend!r}")
+        return self.generic.source(backend)
 
     # -- optimizers ----------------------------------------------------------------------------
     @functools.cached_property
@@ -123,13 +151,18 @@ class Program:
 
 
 class Variant:
-    """A program's step compiled for one setting of its switches (key None: any setting)."""
+    """A program's step compiled for one setting of its switches (key None: any setting);
+    per back end, its compilation unit, source and loaded module."""
 
     def __init__(self, program: Program, key: tuple[bool, ...] | None, graph: Graph) -> None:
         self.program = program
         self.key = key
         self.graph = graph
         self.schedule: Schedule = schedule(graph, program.tensor_states)
+        self._units: dict[str, Unit] = {}
+        self._sources: dict[str, str] = {}
+        self._modules: dict[tuple[str, str], GeneratedModule] = {}
+        self._lock = threading.RLock()
 
     @functools.cached_property
     def title(self) -> str:
@@ -138,12 +171,16 @@ class Variant:
         return self.program.name + "_" + "".join("1" if k else "0" for k in self.key)
 
     @functools.cached_property
+    def live_states(self) -> frozenset[str]:
+        """The tensor states this step reads or changes (see Schedule.live_states)."""
+        return self.schedule.live_states
+
+    @functools.cached_property
     def required_keys(self) -> tuple[str, ...]:
         """The state keys of the tensor states this step reads or changes: a parameter must
         have them (one a step does not use may be absent)."""
-        live = self.schedule.live_states
         return tuple(spec.key for name, spec in self.program.states.items()
-                     if spec.tensor and name in live)
+                     if spec.tensor and name in self.live_states)
 
     def check_states(self, state: dict) -> None:
         """Raise if a parameter's ``state`` lacks a tensor state this step uses (a runner
@@ -155,24 +192,46 @@ class Variant:
                                    f"parameter's state (opt.state[p] = {{}}) to start it "
                                    f"afresh")
 
-    @functools.cached_property
-    def numpy_source(self) -> str:
-        from optdsl.codegen.numpy import generate
+    def unit(self, backend: str) -> Unit:
+        """The compilation unit of a back end: this step legalized for it, and scheduled."""
+        found = self._units.get(backend)
+        if found is None:
+            from optdsl.runtime import backends
 
-        return generate(self.schedule, list(self.program.states), self.program.tensor_states,
-                        self.title)
+            with self._lock, self.program.boundary():
+                graph = legalize(self.graph, backends.get(backend).spells)
+                found = Unit(self.title, schedule(graph, self.program.tensor_states),
+                             tuple(self.program.states), self.program.tensor_states)
+                self._units[backend] = found
+        return found
 
-    @functools.cached_property
-    def triton_source(self) -> str:
-        from optdsl.codegen.triton import generate_variant
+    def source(self, backend: str) -> str:
+        """The generated source of a back end."""
+        found = self._sources.get(backend)
+        if found is None:
+            from optdsl.runtime import backends
 
-        return generate_variant(self)
+            unit = self.unit(backend)
+            with self._lock, self.program.boundary():
+                found = backends.get(backend).generate(unit)
+                self._sources[backend] = found
+        return found
 
-    @functools.cached_property
-    def numpy_step(self):
-        from optdsl.runtime.numpy_step import NumpyStep
+    def generated(self, backend: str) -> GeneratedModule:
+        """The loaded module of a back end (once per process and load mode)."""
+        from optdsl.runtime import backends
 
-        return NumpyStep(self.numpy_source, self.title)
+        info = backends.get(backend)
+        key = (backend, info.load_mode())
+        found = self._modules.get(key)
+        if found is None:
+            source = self.source(backend)
+            with self._lock:
+                found = self._modules.get(key)
+                if found is None:
+                    found = info.load(source, self.unit(backend).safe_title)
+                    self._modules[key] = found
+        return found
 
 
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -185,23 +244,10 @@ def compile_program(source: str, name: str | None = None,
         raise TypeError(f"program source must be a str, got {type(source).__name__}")
     if name is not None and (not isinstance(name, str) or not _CLASS_NAME.fullmatch(name)):
         raise ValueError(f"name must be an identifier, got {name!r}")
-    try:
+    with compile_boundary(filename, source):
         checked = check(to_ast(parse(source, filename), filename, source))
         title = name or checked.name or _default_name(filename)
         return Program(checked, source, filename, title)
-    except DslError as exc:
-        if exc.source is None:
-            raise exc.with_source(filename, source) from None
-        raise
-    except RecursionError:
-        raise DslError("program nested too deeply to compile", Span(1, 1), filename=filename,
-                       source=source) from None
-    except Exception as exc:  # a compiler bug must still not show users an internal frame
-        if DEBUG:
-            raise
-        raise DslError(f"internal compiler error ({type(exc).__name__}: {exc}); please report "
-                       f"it with this program (set OPTDSL_DEBUG=1 for details)", Span(1, 1),
-                       filename=filename, source=source) from None
 
 
 def _default_name(filename: str) -> str:

@@ -22,7 +22,7 @@ import re
 
 from hypothesis import strategies as st
 
-from optdsl.ir.ops import FUNCTIONS, GLOBAL, REDUCE
+from optdsl.ir.ops import FUNCTIONS, GLOBAL, REDUCE, SELECT
 
 ELEMENTWISE_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
                        and op.category not in (REDUCE, GLOBAL))
@@ -32,10 +32,12 @@ REDUCTIONS_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
                       and op.category in (REDUCE, GLOBAL))
 REDUCTIONS_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
                       and op.category in (REDUCE, GLOBAL))
+ELEMENTWISE_3 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 3
+                       and op.category not in (REDUCE, GLOBAL, SELECT))
 BINOPS = ["+", "-", "*", "/", "^", "**"]
 COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
 CONSTANTS = ["0", "0.0", "-0.0", "1", "-1", "2", "-2.5", "0.5", "3", "1e-8", "inf", "-inf",
-             "1e300", ".25", "7"]
+             "1e300", ".25", "7", "nan"]
 
 
 # -- valid programs --------------------------------------------------------------------------
@@ -69,10 +71,16 @@ def expressions(draw, names, tensor_names, depth, need_tensor=False):
         return f"{draw(st.sampled_from(ELEMENTWISE_2))}({a}, {b})"
     if kind == "clamp":
         which = draw(st.integers(0, 2))
-        return "clamp(" + ", ".join(sub(need_tensor and which == j) for j in range(3)) + ")"
+        func = draw(st.sampled_from(ELEMENTWISE_3))
+        return f"{func}(" + ", ".join(sub(need_tensor and which == j) for j in range(3)) + ")"
     if kind == "where":
         which = draw(st.integers(0, 2))
         cond = f"({sub(need_tensor and which == 0)}) {draw(st.sampled_from(COMPARISONS))} ({sub()})"
+        combine = draw(st.sampled_from(["", "and", "or", "not"]))
+        if combine == "not":
+            cond = f"not {cond}"
+        elif combine:
+            cond = f"{cond} {combine} ({sub()}) {draw(st.sampled_from(COMPARISONS))} ({sub()})"
         a, b = sub(need_tensor and which == 1), sub(need_tensor and which == 2)
         return f"where({cond}, {a}, {b})"
     if kind == "reduce":
@@ -111,7 +119,8 @@ def programs(draw, max_depth=4):
         target = draw(st.sampled_from(targets))
         # names that must stay tensors (w, g, states initialised from w) get tensors
         value = draw(expressions(names, tensor_names, max_depth, target in tensor_names))
-        body.append(f"{target} = {value}")
+        assign = draw(st.sampled_from(["=", "=", "=", "+=", "-=", "*=", "/="]))
+        body.append(f"{target} {assign} {value}")
     for u in inferred_states:  # read before its first assignment: an inferred state
         body.insert(0, f"x_{u} = {u} + 1")
         body.append(f"{u} = {draw(expressions(names, tensor_names, 2))}")

@@ -164,7 +164,7 @@ def test_eight_processes_fill_an_empty_cache_at_once(tmp_path):
             cache.clear_memory()
             for name in names:
                 m = module(name)
-                assert callable(m.step) and m.PASSES, name
+                assert callable(m.step) and m.SWEEPS, name
         print("ok", os.getpid())
     """
     procs = [subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(child)],

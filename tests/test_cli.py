@@ -92,7 +92,7 @@ def test_show_numpy(tmp_path):
     (tmp_path / "momentum.opt").write_text("v = a*v - lr*g; w = w + v\n")
     result = optdsl_cli("show", "momentum.opt", "--numpy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "def step(hyper, params):" in result.stdout
+    assert "def step(ctx, params):" in result.stdout
     compile(result.stdout, "<generated>", "exec")  # valid Python
 
 

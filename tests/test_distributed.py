@@ -41,6 +41,7 @@ import optdsl
 from optdsl import library
 from optdsl.optim import distributed
 from optdsl.runtime.numpy_runner import NumpyRunner
+from optdsl.runtime.step import Entry, StepOptions
 
 WORLD = 2
 PG_TIMEOUT = 45  # seconds a collective may wait before the process group raises
@@ -874,23 +875,21 @@ def _slots_run(prog, sizes, combine):
     params = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
     grads = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
     opt = prog.optimizer(params, backend="numpy")
-    keys = opt._state_keys()
     hyper = {"lr": LR}
     entries = []
     for p, g in zip(params, grads):
         state = opt.state[p]
         opt._init_state(p, state, hyper)
         entries.append((p, g, state, 1.0))
-    NumpyRunner(prog).run(hyper, entries, keys, **({"combine": combine(sizes)} if combine
-                                                  else {}))
+    options = StepOptions(hyper, combine=combine(sizes) if combine else None)
+    NumpyRunner(prog).run(prog.variant(hyper), [Entry(*e) for e in entries], options)
     return params
 
 
 def test_combiner_without_sharded_parameters_equals_the_plain_path():
-    """The generated code hands raw partials to ``combine``; with nothing sharded, its
-    finishing (norm, mean of a zero-size tensor) equals the generated finish loop."""
+    """The runtime hands raw partials to ``combine``; with nothing sharded, the result
+    (norm, mean of a zero-size tensor) equals the plain path's."""
     prog = optdsl.compile(REDUCTIONS)
-    assert 'combine = getattr(params, "combine", None)' in prog.source("numpy")
     sizes = [7, 0, 9000]
     plain = _slots_run(prog, sizes, None)
     hooked = _slots_run(prog, sizes,
@@ -900,10 +899,11 @@ def test_combiner_without_sharded_parameters_equals_the_plain_path():
 
 
 def test_mean_of_a_zero_size_parameter_is_nan_under_the_combiner():
-    class Slot:
-        def __init__(self) -> None:
-            self.red = [np.float64(0.0), np.float64(4.0)]
+    from optdsl.codegen.contract import ParamSlot
+    from optdsl.runtime.reduce import finish
 
-    slot = Slot()
-    distributed.ShardCombiner([None], [0])([slot], ((0, "mean"), (1, "norm")))
+    slot = ParamSlot(1.0, [], 2)
+    combine = distributed.ShardCombiner([None], [0])
+    finish(((0, "mean"), (1, "norm")), [slot], [[np.float64(0.0), np.float64(4.0)]], [0],
+           [None, None], combine)
     assert math.isnan(slot.red[0]) and slot.red[1] == 2.0

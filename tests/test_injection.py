@@ -58,7 +58,7 @@ NEUTRAL = re.compile(r"zq\d+")
 HOSTILE = [
     # Python and its builtins
     "lambda", "def", "class", "None", "True", "False", "import", "from", "return", "yield",
-    "and", "or", "not", "is", "if", "else", "elif", "for", "while", "pass", "del", "global",
+    "is", "if", "else", "elif", "for", "while", "pass", "del", "global",
     "nonlocal", "try", "except", "finally", "raise", "with", "async", "await", "assert",
     "break", "continue", "exec", "eval", "print", "float", "int", "len", "range", "object",
     "type", "globals", "locals", "vars", "open", "compile", "getattr", "cls", "_", "_x",
@@ -72,12 +72,16 @@ HOSTILE = [
     "rp", "ptrs", "sizes", "blocks", "scal", "red", "CT", "BLOCK", "MASKED", "ALIGNED",
     "_div", "_sqrt", "_pow", "_exp", "_stored", "_add", "_maxnan", "_INTERPRET", "_probe",
     "pass0_kernel", "pass1_block", "pass0_block", "states", "buffers", "masks", "scalars",
+    "ctx", "SWEEPS", "sweep0", "sweep1", "sweep0_kernel", "sweep1_block", "partials", "s",
+    "totals", "inv_grad_scale",
     # runtime and wrapper words
     "state_dict", "grad", "lr", "INV_GRAD_SCALE", "program", "arrays", "defaults",
     "param_groups", "maximize", "positional", "kwargs", "args", "closure", "zero_grad",
 ]
 # Names that may be refused (with a DslError at the name) or accepted, by role.
-MAY_REFUSE = ["in", "as", "hyper", "state", "optimizer", "info", "inf"]
+# (`and`, `or`, `not` and `nan` became keywords of the language in December 2026.)
+MAY_REFUSE = ["in", "as", "hyper", "state", "optimizer", "info", "inf", "and", "or", "not",
+              "nan"]
 CONSTRUCTOR_KEYWORDS = ["self", "params", "backend", "skip_nonfinite", "foreach", "fused",
                         "capturable", "differentiable"]
 
@@ -377,8 +381,8 @@ def test_hostile_names_run_in_the_triton_interpreter(index, interpreter):
 @pytest.mark.parametrize("name", MAY_REFUSE + ["step"])
 @pytest.mark.parametrize("role", ROLES)
 def test_keyword_like_names_are_mangled_or_refused(name, role):
-    if name == "inf" and role == "req":
-        pytest.skip("`inf` read in an expression is the number: there is no name to mangle")
+    if name in ("inf", "nan") and role == "req":
+        pytest.skip(f"`{name}` read in an expression is the number: there is no name to mangle")
     names = {r: f"n_{r}" for r in ROLES}
     names[role] = name
     source = render(names)

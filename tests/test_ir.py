@@ -351,11 +351,12 @@ def test_adam_numpy_source_computes_bias_corrections_once_per_parameter():
     assert len(loops) == 1
     for line in loops[0]:
         assert "beta" not in line and "** t" not in line
-    # the group-level 1 - beta1 comes before the loop over parameters
-    assert source.index("(1.0 - h_beta1)") < source.index("for p in params")
-    # the param-level bias correction is inside the loop over parameters, before the chunks
-    assert source.index("for p in params") < source.index("h_beta1 ** t") < \
-        source.index("for lo in range")
+    # in the host step, the group-level 1 - beta1 comes before the loop over parameters, and
+    # the param-level bias correction is inside that loop; the chunks are the sweep's
+    step = source[source.index("def step(ctx, params):"):]
+    assert step.index("(1.0 - h_beta1)") < step.index("for p in params")
+    assert step.index("for p in params") < step.index("h_beta1 ** t")
+    assert "for lo in range" not in step and "for lo in range" in source
 
 
 def test_generated_source_contains_no_user_text_but_identifiers():

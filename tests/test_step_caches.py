@@ -101,10 +101,12 @@ def test_runner_refuses_a_missing_state_the_step_uses(backend):
     state = dict(opt.state[p])
     del state["exp_avg"]
     from optdsl.optim import hypers
+    from optdsl.runtime.step import Entry, StepOptions
 
     hyper = hypers.scalars(prog.hypers, opt.param_groups[0])
     with pytest.raises(RuntimeError, match="state\\['exp_avg'\\] of a parameter is missing"):
-        opt._runner().run(hyper, [(p, p.grad, state, 2.0)], opt._state_keys())
+        opt._runner().run(prog.variant(hyper), [Entry(p, p.grad, state, 2.0)],
+                          StepOptions(hyper))
 
 
 def test_states_die_with_the_optimizer_and_on_reload():

@@ -13,7 +13,6 @@ pytest.importorskip("triton")
 
 import optdsl
 from optdsl import library
-from optdsl.runtime.triton_runner import TritonRunner
 
 pytestmark = [
     pytest.mark.cuda,
@@ -135,9 +134,11 @@ def test_non_contiguous_and_misaligned():
 
 
 def test_one_launch_per_pass_and_dtype(monkeypatch):
+    import dataclasses
+
     prog = optdsl.compile(REDUCTIONS)
-    runner = TritonRunner(prog)
-    module = runner.module()
+    variant = prog.generic
+    module = variant.generated("triton")
     log: list = []
 
     class Counting:
@@ -148,9 +149,10 @@ def test_one_launch_per_pass_and_dtype(monkeypatch):
             log.append(grid)
             return self.kernel[grid]
 
-    monkeypatch.setattr(module, "PASSES", tuple(
-        (Counting(k) if k else None, w, r) for k, w, r in module.PASSES))
-    prog.__dict__["triton_runner"] = runner
+    counted = dataclasses.replace(module, sweeps=tuple(
+        dataclasses.replace(s, kernel=Counting(s.kernel) if s.kernel else None)
+        for s in module.sweeps))
+    monkeypatch.setitem(variant._modules, ("triton", ""), counted)
     sizes = [3000, 1024, 5, 2048, 77]
     ps = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in sizes]
     ps.append(torch.nn.Parameter(torch.randn(9, device="cuda", dtype=torch.float64)))
@@ -158,8 +160,8 @@ def test_one_launch_per_pass_and_dtype(monkeypatch):
     for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()
-    passes = sum(k is not None for k, _, _ in module.PASSES)
-    assert len(log) == 2 * passes
+    sweeps = sum(s.kernel is not None for s in module.sweeps)
+    assert len(log) == 2 * sweeps
     assert sorted(set(log)) == [(1,), (3 + 1 + 1 + 2 + 1,)]
 
 

@@ -127,7 +127,7 @@ def test_examples_match_numpy(path):
 
 def test_reductions_match_numpy():
     prog = optdsl.compile(REDUCTIONS)
-    assert len(prog.schedule.passes) == 3
+    assert len(prog.schedule.sweeps) == 3
     ref, got = run_both(prog, sizes=(1, 7, 0, 1000, 4099, 300), steps=4)
     assert_match(ref, got, rtol=1e-6)
     assert got[1].state[got[0][2]] != {}  # the zero-size parameter was stepped
@@ -239,21 +239,26 @@ class _Counting:
 
 
 def test_one_launch_per_pass_and_bucket(monkeypatch):
+    import dataclasses
+
     prog = optdsl.compile(REDUCTIONS)
     runner = TritonRunner(prog, block=64)
-    module = runner.module()
+    variant = prog.generic
+    module = variant.generated("triton")
     log: list = []
-    monkeypatch.setattr(module, "PASSES", tuple(
-        (_Counting(k, log) if k else None, width, reds) for k, width, reds in module.PASSES))
-    prog.__dict__["triton_runner"] = runner  # the cached_property's slot
+    counted = dataclasses.replace(module, sweeps=tuple(
+        dataclasses.replace(s, kernel=_Counting(s.kernel, log) if s.kernel else None)
+        for s in module.sweeps))
+    monkeypatch.setitem(variant._modules, ("triton", "interpret"), counted)
     ps = [torch.nn.Parameter(torch.randn(n, dtype=dt)) for n, dt in
           ((100, torch.float32), (64, torch.float32), (3, torch.float64), (0, torch.float32))]
     opt = prog.optimizer(ps, backend="triton")
+    opt._runner_of = ("triton", runner)  # this optimizer's runner, with 64-element blocks
     for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()
-    # each pass x 2 buckets (float32, float64); grids of 2 + 1 and 1 blocks of 64.
-    assert len(log) == 2 * sum(k is not None for k, _, _ in module.PASSES) == 6
+    # each sweep x 2 buckets (float32, float64); grids of 2 + 1 and 1 blocks of 64.
+    assert len(log) == 2 * sum(s.kernel is not None for s in module.sweeps) == 6
     assert sorted(set(log)) == [(1,), (3,)]
     plan_count = len(runner._plans)
     opt.step()
@@ -369,7 +374,7 @@ def test_only_prefixed_names_reach_the_source():
     source = prog.source("triton")
     compile(source, "<generated>", "exec")
     assert "h_import_" in source and "s_lambda_" in source
-    assert "def step(hyper, params, launch)" in source
+    assert "def step(ctx, params)" in source
 
 
 # -- the kernels compile for a GPU (no GPU needed: Triton compiles ahead for a target) --------
@@ -384,7 +389,7 @@ def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False, columns=None):
     source = prog.source("triton")
     module = cache.load_module(source, "compiled", {"kind": "triton-step"}, "")
     compiled = []
-    for kernel, _, _ in module.PASSES:
+    for kernel, _, _ in module.SWEEPS:
         if kernel is None:
             continue
         constexprs = {dtype_param(c): (columns or {}).get(c, dt) for c in module.TENSORS}

@@ -1,28 +1,38 @@
-"""Host (scalar) code shared by both back ends: group- and param-level values as Python over
-NumPy float64 scalars, computed once per group or once per parameter, never per element.
-
-Names in generated code never contain user text except validated identifiers behind a
-prefix: hypers are ``h_<name>``, states ``s_<name>``, values ``v<number>``.
+"""Host code, shared by every back end whose host step is Python: the spelling of scalar ops
+over NumPy float64 scalars, and the one emitter of the host ``step`` (the contract of
+optdsl.codegen.contract). Group-level values are computed once per group, param-level values
+once per parameter, never per element; the element code of each sweep is the back end's.
 """
 
 from __future__ import annotations
 
 from optdsl.codegen.buffer import CodeBuffer
+from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
+from optdsl.errors import located
 from optdsl.ir.nodes import Graph
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import OPS
+from optdsl.ir.ops import LEAF, OPS
+from optdsl.ir.schedule import param_scalars
+
+# How host code writes each op over float64 scalars ({0}, {1}...: the arguments). Masks are
+# Python bools.
+SPELLING: dict[str, str] = {
+    "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
+    "div": "({0} / {1})", "pow": "({0} ** {1})", "square": "({0} * {0})",
+    "sqrt": "np.sqrt({0})", "rsqrt": "(1.0 / np.sqrt({0}))", "exp": "np.exp({0})",
+    "log": "np.log({0})", "abs": "np.abs({0})", "sign": "np.sign({0})",
+    "floor": "np.floor({0})", "ceil": "np.ceil({0})", "tanh": "np.tanh({0})",
+    "min": "np.minimum({0}, {1})", "max": "np.maximum({0}, {1})",
+    "clamp": "np.minimum(np.maximum({0}, {1}), {2})", "atan2": "np.arctan2({0}, {1})",
+    "lt": "bool({0} < {1})", "le": "bool({0} <= {1})", "gt": "bool({0} > {1})",
+    "ge": "bool({0} >= {1})", "eq": "bool({0} == {1})", "ne": "bool({0} != {1})",
+    "and": "({0} and {1})", "or": "({0} or {1})", "not": "(not {0})",
+    "where": "np.float64({1} if {0} else {2})",
+}
 
 
-def hyper_name(name: str) -> str:
-    return f"h_{name}"
-
-
-def state_name(name: str) -> str:
-    return f"s_{name}"
-
-
-def value_name(v: int) -> str:
-    return f"v{v}"
+def spells(name: str) -> bool:
+    return name in SPELLING
 
 
 def scalar_ref(graph: Graph, v: int) -> str:
@@ -35,15 +45,67 @@ def scalar_ref(graph: Graph, v: int) -> str:
         return hyper_name(eq.attr)
     if eq.op == "state":
         return state_name(eq.attr)
-    if eq.op == "t":
-        return "t"
+    if eq.op in ("t", "inv_grad_scale"):
+        return eq.op
     return value_name(v)
 
 
-def emit_scalar(out: CodeBuffer, graph: Graph, v: int) -> None:
+def emit_scalar(out: CodeBuffer, unit: Unit, v: int) -> None:
     """One line computing scalar value v from its (already computed) arguments."""
-    eq = graph.eqs[v]
-    template = OPS[eq.op].scalar
-    assert template is not None, f"{eq.op} has no scalar form"
-    args = [scalar_ref(graph, a) for a in eq.args]
-    out.line(f"{value_name(v)} = {template.format(*args)}", f"line {eq.line}" if eq.line else None)
+    eq = unit.graph.eqs[v]
+    args = [scalar_ref(unit.graph, a) for a in eq.args]
+    with located(eq.span):
+        out.line(f"{value_name(v)} = {SPELLING[eq.op].format(*args)}", unit.cite(v))
+
+
+def emit_step(out: CodeBuffer, unit: Unit) -> None:
+    """The host step: ``step(ctx, params)``, the same for every back end."""
+    eqs = unit.graph.eqs
+    schedule = unit.schedule
+    with out.block("def step(ctx, params):"):
+        out.line(f'"""One optimizer step of {unit.safe_title} for the parameters of one '
+                 f'group."""')
+        for name in sorted({eq.attr for eq in eqs if eq.op == "hyper"}):
+            out.line(f"{hyper_name(name)} = np.float64(ctx.hyper[{name!r}])")
+        if any(eq.op == "inv_grad_scale" for eq in eqs):
+            out.line("inv_grad_scale = np.float64(ctx.inv_grad_scale)")
+        for sweep, group_values in zip(schedule.sweeps, schedule.group_values):
+            for v in group_values:
+                if eqs[v].op == "reduce_group":
+                    out.line(f"{value_name(v)} = ctx.totals[{unit.slot[v]}]", unit.cite(v))
+                else:
+                    emit_scalar(out, unit, v)
+            _emit_param_loop(out, unit, sweep)
+            if unit.runs(sweep):
+                out.line(f"ctx.sweep({sweep.index}, params)")
+
+
+def _emit_param_loop(out: CodeBuffer, unit: Unit, sweep) -> None:
+    """Per parameter: its scalars, the row its sweep reads, and (final sweep) its scalar
+    states' new values. Nothing is emitted when there is nothing to do per parameter."""
+    graph, eqs = unit.graph, unit.graph.eqs
+    schedule = unit.schedule
+    roots = list(sweep.scalars_in)
+    if sweep.final:
+        roots += [v for _, v in schedule.scalar_outputs]
+    values = [v for v in param_scalars(schedule, roots) if OPS[eqs[v].op].category != LEAF]
+    writes = schedule.scalar_outputs if sweep.final else ()
+    if not (values or writes or unit.runs(sweep)):
+        return
+    label = "final sweep: updates" if sweep.final else f"sweep {sweep.index}: reductions"
+    with out.block("for p in params:", label):
+        out.line("t = np.float64(p.t)")
+        for j, name in enumerate(unit.state_order):
+            if name not in unit.tensor_states:
+                out.line(f"{state_name(name)} = p.states[{j}]")
+        for v in values:
+            if eqs[v].op == "reduce":
+                out.line(f"{value_name(v)} = p.red[{unit.slot[v]}]", unit.cite(v))
+            else:
+                emit_scalar(out, unit, v)
+        if unit.runs(sweep):
+            row = [scalar_ref(graph, v) for v in unit.row(sweep)]
+            out.line(f"p.scalars = ({', '.join(row)}{',' if len(row) == 1 else ''})",
+                     "the sweep's scalar row")
+        for name, v in writes:
+            out.line(f"p.states[{unit.state_order.index(name)}] = {scalar_ref(graph, v)}")

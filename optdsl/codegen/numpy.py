@@ -1,172 +1,170 @@
-"""The NumPy back end: a Graph's Schedule to the source of a Python ``step`` function.
+"""The NumPy back end: a compilation unit to the source of a Python module (the contract of
+optdsl.codegen.contract) whose sweeps run over NumPy arrays in place.
 
-The step updates parameters and state in place. Element-wise work runs in cache-sized
-chunks: every temporary is a slice of a preallocated buffer (``p.buffers``), so no step
-allocates memory proportional to the model and temporaries stay in cache. Scalar work is
-host code (optdsl.codegen.host) done once per group or once per parameter.
+Element-wise work runs in cache-sized chunks: every temporary is a slice of a preallocated
+buffer, so no step allocates memory proportional to the model and temporaries stay in
+cache (optdsl.codegen.numpy_buffers). Scalars arrive in each parameter's row, as Python
+floats so that float32 stays float32; the host step is the shared one (optdsl.codegen.host).
 
-Contract with the runtime (optdsl.runtime.numpy_step): ``step(hyper, params)`` where
-``hyper`` maps each hyper's scalar name to a number and each ``p`` in ``params`` has ``t``
-(the step number of this update), ``w`` and ``g`` (1-D arrays of one dtype), ``states``
-(1-D arrays for tensor states, numbers for scalar states, in the program's order), ``red``
-(a list of NUM_REDUCTIONS slots) and ``buffers``/``masks`` (NUM_BUFFERS float arrays of the
-parameter's dtype and NUM_MASKS bool arrays, each CHUNK long).
-
-Reductions: a pass stores each parameter's raw partial in ``p.red`` (a float64 sum, sum of
-squares, dot product or max |x|), then finishes the per-tensor ones (``sqrt`` for norm, ``/ n``
-for mean) in a loop of its own; group-wide ones are summed over ``params`` before the next
-pass. Distributed runs (optdsl.optim.distributed) hand in ``params`` with a ``combine``
-attribute: ``combine(params, ((slot, kind), ...))`` is then called instead of the finish
-loop, to combine the partials of sharded parameters across ranks and finish them itself.
+Each ``sweep<k>(params)`` reads, for every ``p`` in ``params``: ``p.scalars`` (the row),
+``p.arrays`` (1-D arrays of one dtype in the order of TENSORS: w, g, each tensor state),
+``p.buffers``/``p.masks`` (NUM_BUFFERS float arrays of that dtype and NUM_MASKS bool arrays,
+each CHUNK long), and writes each reduction's raw float64 partial into ``p.partials`` (in
+the order of the sweep's reductions), which the runtime combines and finishes.
 """
 
 from __future__ import annotations
 
+from optdsl.codegen import host
 from optdsl.codegen.buffer import CodeBuffer
-from optdsl.codegen.host import emit_scalar, hyper_name, scalar_ref, state_name, value_name
-from optdsl.ir.nodes import Graph
+from optdsl.codegen.numpy_buffers import Allocator, Spelling
+from optdsl.codegen.unit import Unit, column_var, temp_column, value_name
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
-from optdsl.ir.schedule import Pass, Schedule, param_scalars
+from optdsl.ir.ops import LEAF, OPS
+from optdsl.ir.reductions import REDUCTIONS
+from optdsl.ir.schedule import Sweep
 
 CHUNK = 32768
-_FINISH = {  # per-tensor reduction: what to accumulate per chunk, how to finish
-    "sum": "sum", "mean": "sum", "global_sum": "sum", "dot": "dot",
-    "norm": "sumsq", "global_norm": "sumsq", "maxabs": "maxabs",
+
+
+def _ufunc(name: str, arity: int) -> Spelling:
+    args = ", ".join("{%d}" % i for i in range(arity))
+    return Spelling(f"np.{name}({args}, out={{out}})")
+
+
+# How element code writes each op into {out}. Not spelled here: what legalize expands
+# (sigmoid, softsign, lerp: their decompositions).
+SPELLING: dict[str, Spelling] = {
+    "neg": _ufunc("negative", 1), "add": _ufunc("add", 2), "sub": _ufunc("subtract", 2),
+    "mul": _ufunc("multiply", 2), "div": _ufunc("divide", 2), "pow": _ufunc("power", 2),
+    "square": _ufunc("square", 1), "sqrt": _ufunc("sqrt", 1), "exp": _ufunc("exp", 1),
+    "rsqrt": Spelling("np.sqrt({0}, out={out}); np.divide(1.0, {out}, out={out})"),
+    "log": _ufunc("log", 1), "abs": _ufunc("absolute", 1), "sign": _ufunc("sign", 1),
+    "floor": _ufunc("floor", 1), "ceil": _ufunc("ceil", 1), "tanh": _ufunc("tanh", 1),
+    "min": _ufunc("minimum", 2), "max": _ufunc("maximum", 2),
+    "clamp": Spelling("np.maximum({0}, {1}, out={out}); np.minimum({out}, {2}, out={out})",
+                      frozenset({2})),
+    "atan2": _ufunc("arctan2", 2),
+    "lt": _ufunc("less", 2), "le": _ufunc("less_equal", 2), "gt": _ufunc("greater", 2),
+    "ge": _ufunc("greater_equal", 2), "eq": _ufunc("equal", 2), "ne": _ufunc("not_equal", 2),
+    "and": _ufunc("logical_and", 2), "or": _ufunc("logical_or", 2),
+    "not": _ufunc("logical_not", 1),
+    "where": Spelling("np.copyto({out}, {2}); np.copyto({out}, {1}, where={0})",
+                      frozenset({0, 1})),
 }
 
 
-def generate(schedule: Schedule, state_order: list[str], tensor_states: set[str],
-             title: str = "program") -> str:
-    """The source of a module defining CHUNK, NUM_BUFFERS, NUM_MASKS, NUM_REDUCTIONS, step."""
-    graph = schedule.graph
-    reductions = [r for ps in schedule.passes for r in ps.reductions]
-    slot = {r: i for i, r in enumerate(reductions)}
-    body = CodeBuffer()
+def spells(name: str, tensor: bool) -> bool:
+    return name in SPELLING if tensor else host.spells(name)
+
+
+def generate(unit: Unit) -> str:
+    """The source of the module: CHUNK, NUM_BUFFERS, NUM_MASKS, the contract's names."""
+    sweeps = CodeBuffer()
     usage = {"buffers": 0, "masks": 0}
-    with body.block("def step(hyper, params):"):
-        body.line(f'"""One optimizer step of {title} for the parameters of one group."""')
-        hypers = sorted({eq.attr for eq in graph.eqs if eq.op == "hyper"})
-        for name in hypers:
-            body.line(f"{hyper_name(name)} = np.float64(hyper[{name!r}])")
-        if reductions:
-            body.line('combine = getattr(params, "combine", None)')
-        for ps, group_values in zip(schedule.passes, schedule.group_values):
-            for v in group_values:
-                if OPS[graph.eqs[v].op].category == GLOBAL:
-                    _emit_global_finish(body, graph, v, slot[v])
-                else:
-                    emit_scalar(body, graph, v)
-            _emit_pass(body, schedule, ps, state_order, tensor_states, slot, usage)
-            if ps.reductions:
-                _emit_finish(body, graph, ps, slot)
-    head = CodeBuffer()
-    head.line(f'"""NumPy step of {title}, generated by optdsl. Do not edit."""')
-    head.line("import numpy as np")
-    head.line()
-    head.line(f"CHUNK = {CHUNK}")
-    head.line(f"NUM_BUFFERS = {usage['buffers']}")
-    head.line(f"NUM_MASKS = {usage['masks']}")
-    head.line(f"NUM_REDUCTIONS = {len(reductions)}")
-    head.line()
-    head.line()
-    return head.text() + body.text()
+    rows = []
+    for sweep in unit.schedule.sweeps:
+        name = _emit_sweep(sweeps, unit, sweep, usage) if unit.runs(sweep) else None
+        rows.append(f"({name or 'None'}, {len(unit.row(sweep))}, "
+                    f"{unit.reductions_of(sweep)!r}),")
+    steps = CodeBuffer()
+    host.emit_step(steps, unit)
+    out = CodeBuffer()
+    out.line(f'"""NumPy step of {unit.safe_title}, generated by optdsl. Do not edit.')
+    out.line()
+    out.line("Contract: optdsl.codegen.contract; element code: optdsl.codegen.numpy.")
+    out.line('"""')
+    out.line("import numpy as np")
+    out.line()
+    out.line(f"CHUNK = {CHUNK}")
+    out.line(f"NUM_BUFFERS = {usage['buffers']}")
+    out.line(f"NUM_MASKS = {usage['masks']}")
+    out.line(f"NUM_REDUCTIONS = {len(unit.slot)}")
+    out.line(f"TENSORS = {unit.columns!r}")
+    text = out.text() + sweeps.text()
+    table = CodeBuffer()
+    table.line()
+    table.line()
+    table.line("# Per sweep: (function, scalar-row width, reductions produced as (slot, kind)).")
+    with table.block("SWEEPS = ("):
+        for row in rows:
+            table.line(row)
+    table.line(")")
+    table.line()
+    table.line()
+    return text + table.text() + steps.text()
 
 
-def _emit_global_finish(out: CodeBuffer, graph: Graph, v: int, slot: int) -> None:
-    eq = graph.eqs[v]
-    out.line("acc = np.float64(0.0)")
-    with out.block("for p in params:"):
-        out.line(f"acc += p.red[{slot}]")
-    finish = "np.sqrt(acc)" if _FINISH[eq.op] == "sumsq" else "acc"
-    out.line(f"{value_name(v)} = {finish}", f"line {eq.line}" if eq.line else None)
+def _emit_sweep(out: CodeBuffer, unit: Unit, sweep: Sweep, usage: dict[str, int]) -> str:
+    eqs = unit.graph.eqs
+    name = f"sweep{sweep.index}"
+    what = ("updates " + ", ".join(n for n, _ in unit.stores(sweep))) if sweep.final \
+        else "reductions"
+    out.line()
+    out.line()
+    with out.block(f"def {name}(params):"):
+        out.line(f'"""Sweep {sweep.index} ({what}) over every parameter, in chunks."""')
+        with out.block("for p in params:"):
+            row = unit.row(sweep)
+            if row:
+                out.line("s = p.scalars")
+            for j, v in enumerate(row):
+                out.line(f"f{v} = float(s[{j}])", _comment(unit, v))
+            storage = _storage(out, unit, sweep)
+            outputs = list(unit.stores(sweep)) + list(unit.saves(sweep))
+            plan = Allocator(unit.schedule, sweep, storage, SPELLING, outputs).run()
+            for r in sweep.reductions:
+                identity = format_float(REDUCTIONS[eqs[r].attr].identity)
+                out.line(f"acc{r} = np.float64({identity})")
+            if plan.buffers:
+                out.line("B = p.buffers")
+            if plan.masks:
+                out.line("M = p.masks")
+            out.line("n = a_w.shape[0]")
+            _emit_chunks(out, storage, plan)
+            for j, r in enumerate(sweep.reductions):
+                out.line(f"p.partials[{j}] = acc{r}", f"{unit.cite(r) or 'reduce'}: "
+                                                    f"{eqs[r].attr}")
+    usage["buffers"] = max(usage["buffers"], plan.buffers)
+    usage["masks"] = max(usage["masks"], plan.masks)
+    return name
 
 
-def _emit_finish(out: CodeBuffer, graph: Graph, ps: Pass, slot: dict[int, int]) -> None:
-    """After a reduction pass: combine (distributed runs) or finish the raw partials."""
-    kinds = tuple((slot[r], graph.eqs[r].op) for r in ps.reductions)
-    finish = [(s, kind) for s, kind in kinds if kind in ("norm", "mean")]
-    with out.block("if combine is not None:", "partials of sharded parameters, across ranks"):
-        out.line(f"combine(params, {kinds!r})")
-    if not finish:
-        return
-    with out.block("else:"), out.block("for p in params:"):
-        if any(kind == "mean" for _, kind in finish):
-            out.line("n = p.w.shape[0]")
-        for s, kind in finish:
-            if kind == "norm":
-                out.line(f"p.red[{s}] = np.sqrt(p.red[{s}])")
-            else:
-                out.line(f"p.red[{s}] = p.red[{s}] / n if n else np.float64('nan')")
+def _comment(unit: Unit, v: int) -> str | None:
+    ref = host.scalar_ref(unit.graph, v)
+    return ref if ref != value_name(v) else unit.cite(v)
 
 
-def _emit_pass(out: CodeBuffer, schedule: Schedule, ps: Pass, state_order: list[str],
-               tensor_states: set[str], slot: dict[int, int], usage: dict[str, int]) -> None:
-    graph = schedule.graph
-    eqs = graph.eqs
-    label = "final pass: updates" if ps.final else f"pass {ps.index}: reductions"
-    for v in ps.scalars_in:  # group-level scalars enter element code as Python floats
-        if eqs[v].op != "const" and eqs[v].kind.level <= Level.GROUP:
-            out.line(f"f{v} = float({scalar_ref(graph, v)})")
-    with out.block("for p in params:", label):
-        out.line("t = np.float64(p.t)")
-        for j, name in enumerate(state_order):
-            if name not in tensor_states:
-                out.line(f"{state_name(name)} = p.states[{j}]")
-        roots = list(ps.scalars_in)
-        if ps.final:
-            roots += [v for _, v in schedule.scalar_outputs]
-        for v in param_scalars(schedule, roots):
-            eq = eqs[v]
-            if OPS[eq.op].is_reduction:
-                out.line(f"{value_name(v)} = p.red[{slot[v]}]")
-            elif OPS[eq.op].category != LEAF:
-                emit_scalar(out, graph, v)
-        if ps.tensor or ps.final:  # the final pass writes outputs even when all are scalar
-            _emit_elementwise(out, schedule, ps, state_order, slot, usage)
-        if ps.final:
-            for name, v in schedule.scalar_outputs:
-                j = state_order.index(name)
-                out.line(f"p.states[{j}] = {scalar_ref(graph, v)}")
-
-
-def _emit_elementwise(out: CodeBuffer, schedule: Schedule, ps: Pass, state_order: list[str],
-                      slot: dict[int, int], usage: dict[str, int]) -> None:
-    graph = schedule.graph
-    eqs = graph.eqs
-    leaves = [v for v in ps.tensor if OPS[eqs[v].op].category == LEAF]
-    storage = {}  # leaf value -> (array name, chunk name)
-    for v in leaves:
+def _storage(out: CodeBuffer, unit: Unit, sweep: Sweep) -> dict:
+    """The arrays the sweep reads or writes: value read from memory (a leaf, or a value
+    stored by an earlier sweep), or ("out", column) -> (array name, chunk name); emits the
+    lines binding the arrays (w is always bound: it gives n)."""
+    eqs = unit.graph.eqs
+    storage: dict = {}
+    columns: dict[str, None] = {"w": None}
+    for v in sweep.tensor:
         eq = eqs[v]
-        if eq.op == "state":
-            storage[v] = (f"a_{state_name(eq.attr)}", f"c_{state_name(eq.attr)}")
+        if v in sweep.loads:
+            column = temp_column(v)
+        elif OPS[eq.op].category == LEAF:
+            column = eq.attr if eq.op == "state" else eq.op
         else:
-            storage[v] = (f"a_{eq.op}", f"c_{eq.op}")
-    destinations = {}  # output name -> chunk name
-    for name, _ in schedule.tensor_outputs if ps.final else ():
-        destinations[name] = "c_w" if name == "w" else f"c_{state_name(name)}"
-    for name in destinations:
-        arr = "a_w" if name == "w" else f"a_{state_name(name)}"
-        storage.setdefault(("out", name), (arr, destinations[name]))
-    for arr in dict.fromkeys(a for a, _ in storage.values()):
-        source = arr[2:]
-        if source.startswith("s_"):
-            source = f"p.states[{state_order.index(source[2:])}]"
-        else:
-            source = f"p.{source}"
-        out.line(f"{arr} = {source}")
+            continue
+        storage[v] = _names(column)
+        columns[column] = None
+    for name, _ in list(unit.stores(sweep)) + list(unit.saves(sweep)):
+        storage.setdefault(("out", name), _names(name))
+        columns[name] = None
+    for column in columns:
+        out.line(f"{_names(column)[0]} = p.arrays[{unit.columns.index(column)}]")
+    return storage
 
-    for v in ps.scalars_in:  # param-level scalars enter element code as Python floats
-        if eqs[v].op != "const" and eqs[v].kind.level == Level.PARAM:
-            out.line(f"f{v} = float({scalar_ref(graph, v)})")
-    plan = _allocate(schedule, ps, storage)
-    for r in ps.reductions:
-        out.line(f"acc{r} = np.float64({'-1.0' if _FINISH[eqs[r].op] == 'maxabs' else '0.0'})")
-    if plan.buffers:
-        out.line("B = p.buffers")
-    if plan.masks:
-        out.line("M = p.masks")
-    out.line("n = p.w.shape[0]")
+
+def _names(column: str) -> tuple[str, str]:
+    return f"a_{column_var(column)}", f"c_{column_var(column)}"
+
+
+def _emit_chunks(out: CodeBuffer, storage: dict, plan) -> None:
     with out.block("for lo in range(0, n, CHUNK):"):
         out.line("hi = lo + CHUNK")
         for arr, chunk in dict.fromkeys(storage.values()):
@@ -181,144 +179,3 @@ def _emit_elementwise(out: CodeBuffer, schedule: Schedule, ps: Pass, state_order
                 out.line(f"{', '.join(names)}, = {', '.join(x + '[:k]' for x in full)},")
         for line, comment in plan.code:
             out.line(line, comment)
-    for r in ps.reductions:  # raw partials; norm and mean are finished after the pass
-        acc = f"acc{r}"
-        if eqs[r].op == "maxabs":
-            acc = f"max(acc{r}, np.float64(0.0))"
-        out.line(f"p.red[{slot[r]}] = {acc}", f"line {eqs[r].line}" if eqs[r].line else None)
-    usage["buffers"] = max(usage["buffers"], plan.buffers)
-    usage["masks"] = max(usage["masks"], plan.masks)
-
-
-class _Plan:
-    def __init__(self) -> None:
-        self.code: list[tuple[str, str | None]] = []
-        self.buffers = 0
-        self.masks = 0
-
-
-def _allocate(schedule: Schedule, ps: Pass, storage: dict) -> _Plan:
-    """Order the pass's element-wise ops and give each result a chunk buffer, reusing buffers
-    once their value is dead and writing an output straight into its destination when no
-    later read needs the old contents."""
-    graph = schedule.graph
-    eqs = graph.eqs
-    plan = _Plan()
-    END = len(eqs) + 1
-    outputs = [(name, v) for name, v in schedule.tensor_outputs] if ps.final else []
-    last_use: dict[int, int] = {}
-    for v in ps.tensor:
-        for a in eqs[v].args:
-            last_use[a] = max(last_use.get(a, -1), v)
-    for r in ps.reductions:
-        for a in eqs[r].args:
-            last_use[a] = max(last_use.get(a, -1), END - 1)
-    for _, v in outputs:
-        last_use[v] = END
-
-    leaf_of = {}  # storage name -> leaf value id in this graph
-    for v in ps.tensor:
-        eq = eqs[v]
-        if eq.op == "w":
-            leaf_of["w"] = v
-        elif eq.op == "state":
-            leaf_of[eq.attr] = v
-    dest_chunk = {name: storage[("out", name)][1] for name, _ in outputs}
-    # Outputs computed straight into their destination: the value is produced by an op in
-    # this pass, the old contents are never read after that op, and no earlier output
-    # claimed the value.
-    direct: dict[int, str] = {}
-    for name, v in outputs:
-        if v in direct or v not in ps.tensor or OPS[eqs[v].op].category == LEAF:
-            continue
-        old = leaf_of.get(name)
-        if old is not None and last_use.get(old, -1) > v:
-            continue
-        if eqs[v].op == "where" and old is not None and eqs[v].args[1] == old:
-            continue  # where's template writes the false branch first
-        if eqs[v].op == "clamp" and old is not None and old in eqs[v].args[1:]:
-            continue
-        direct[v] = dest_chunk[name]
-    ref: dict[int, str] = {}
-    for v, (arr, chunk) in storage.items():
-        if isinstance(v, int):
-            ref[v] = chunk
-    free_b: list[int] = []
-    free_m: list[int] = []
-
-    def take(mask: bool) -> str:
-        pool = free_m if mask else free_b
-        if pool:
-            return ("m" if mask else "b") + str(pool.pop())
-        if mask:
-            plan.masks += 1
-            return f"m{plan.masks - 1}"
-        plan.buffers += 1
-        return f"b{plan.buffers - 1}"
-
-    def release(name: str) -> None:
-        if name[0] == "b" and name[1:].isdigit():
-            free_b.append(int(name[1:]))
-            free_b.sort(reverse=True)
-        elif name[0] == "m" and name[1:].isdigit():
-            free_m.append(int(name[1:]))
-            free_m.sort(reverse=True)
-
-    def arg(a: int) -> str:
-        eq = eqs[a]
-        if eq.kind.level == Level.TENSOR:
-            return ref[a]
-        if eq.op == "const":
-            return format_float(eq.attr)
-        return f"f{a}"
-
-    for v in ps.tensor:
-        eq = eqs[v]
-        if OPS[eq.op].category == LEAF:
-            continue
-        target = direct.get(v) or take(eq.kind.mask)
-        ref[v] = target
-        template = OPS[eq.op].numpy
-        text = template.format(*[arg(a) for a in eq.args], out=target)
-        plan.code.append((text, f"line {eq.line}" if eq.line else None))
-        for a in set(eq.args):
-            if last_use.get(a) == v and a in ref:
-                release(ref[a])
-    for r in ps.reductions:
-        eq = eqs[r]
-        kind = _FINISH[eq.op]
-        args = [arg(a) for a in eq.args]
-        tmp = take(False)
-        if kind == "sum":
-            plan.code.append((f"acc{r} += np.sum({args[0]}, dtype=np.float64)", None))
-        elif kind == "sumsq":
-            plan.code.append((f"np.square({args[0]}, out={tmp}); "
-                              f"acc{r} += np.sum({tmp}, dtype=np.float64)", None))
-        elif kind == "dot":
-            plan.code.append((f"np.multiply({args[0]}, {args[1]}, out={tmp}); "
-                              f"acc{r} += np.sum({tmp}, dtype=np.float64)", None))
-        else:  # maxabs; NaN propagates through np.maximum
-            plan.code.append((f"np.absolute({args[0]}, out={tmp}); "
-                              f"acc{r} = np.maximum(acc{r}, np.max({tmp}))", None))
-        release(tmp)
-    # Outputs: values read from storage that another output overwrites are saved first.
-    written = {name for name, _ in outputs}
-    saved: dict[int, str] = {}
-    for name, v in outputs:
-        eq = eqs[v]
-        src_storage = "w" if eq.op == "w" else eq.attr if eq.op == "state" else None
-        if src_storage is not None and src_storage != name and src_storage in written \
-                and v not in saved:
-            tmp = take(False)
-            plan.code.append((f"np.copyto({tmp}, {ref[v]})", f"keep old {src_storage}"))
-            saved[v] = tmp
-    for name, v in outputs:
-        dest = dest_chunk[name]
-        if direct.get(v) == dest:
-            continue
-        eq = eqs[v]
-        if eq.op in ("w", "state") and (eq.attr if eq.op == "state" else "w") == name:
-            continue  # unchanged
-        source = saved.get(v) or (ref[v] if eq.kind.level == Level.TENSOR else arg(v))
-        plan.code.append((f"np.copyto({dest}, {source})", f"{name} ="))
-    return plan

@@ -1,32 +1,23 @@
-"""The Triton back end: a Program's Schedule to the source of a Python module holding one
-@triton.jit kernel per pass and the host ``step`` function that drives them.
+"""The Triton back end: a compilation unit to the source of a Python module (the contract of
+optdsl.codegen.contract) holding one @triton.jit kernel per sweep, plus the shared host step.
 
-The structure mirrors the NumPy back end (optdsl.codegen.numpy): the same pass loop and the
-same host scalar code (optdsl.codegen.host), computed once per group or per parameter;
-only the element-wise work becomes kernels. One launch of ``pass<k>_kernel`` covers every
-tensor of a (device, dtype) bucket of the group: the runtime hands it a table of data
-pointers (one row per tensor: w, g, then each tensor state), the tensors' sizes, a block map
-(one ``(tensor, start)`` row per program) and a scalar table (one row per tensor, in the
-compute dtype) holding every non-constant scalar the pass reads. Passes that feed reductions
-store one float64 partial per block and reduction; the runtime sums them in a fixed order.
-Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the pointer
-table's extra last column points at a low-precision parameter that receives the updated ``w``
-(which is then its fp32 master weight); with ``SR`` bfloat16 stores round stochastically
-from the ``seed`` argument.
+One launch of ``sweep<k>_kernel`` covers every tensor of a (device, dtype) bucket of the
+group: the runtime hands it a table of data pointers (one row per tensor, in the order of
+TENSORS, then the copy), the tensors' sizes, a block map (one ``(tensor, start)`` row per
+program) and a scalar table (one row per tensor, in the compute dtype: the parameter's row
+of optdsl.codegen.contract). Sweeps that feed reductions store one float64 partial per block
+and reduction, the descriptor's per-element map combined over the block (padding
+contributes the identity); the runtime combines them per tensor in a fixed order and
+finishes them. Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with
+``COPY`` the pointer table's extra last column points at a low-precision parameter that
+receives the updated ``w`` (which is then its fp32 master weight); with ``SR`` bfloat16
+stores round stochastically from the ``seed`` argument.
 
-Generated code is deterministic and readable: values are named after the IR (``v12`` is
-``%12`` of ``optdsl show --ir``), each element-wise line cites its DSL line, and the only
-names taken from the program are validated identifiers behind a prefix (``h_lr``, ``s_m``).
-Constants are typed ``tl.full([], c, CT)`` values spelled by format_float (inf, nan and -0.0
-included), so float64 kernels keep them exact.
-
-Contract with the runtime (optdsl.runtime.triton_runner): ``step(hyper, params, launch)``
-where ``hyper`` maps hyper names to numbers, each ``p`` in ``params`` has ``t``, ``states``
-(scalar states as numbers in program order; tensor states are None), ``red`` (a list of
-NUM_REDUCTIONS slots) and ``scalars`` (set here: the pass's scalar-table row), and
-``launch(k, params)`` runs pass k over every parameter, filling ``p.red`` for the reductions
-that pass produces. ``PASSES[k]`` is ``(kernel or None, scalar-table width, ((slot, kind),
-...))``; ``TENSORS`` names the pointer-table columns (the table has one more: the copy).
+Generated code is deterministic and readable: values are named after the lowered IR, each
+element-wise line cites its DSL line, and the only names taken from the program are
+validated identifiers behind a prefix (``h_lr``, ``s_m``). Constants are typed
+``tl.full([], c, CT)`` values spelled by format_float (inf, nan and -0.0 included), so
+float64 kernels keep them exact.
 """
 
 from __future__ import annotations
@@ -34,68 +25,86 @@ from __future__ import annotations
 import math
 import re
 
+from optdsl.codegen import host
 from optdsl.codegen.buffer import CodeBuffer
-from optdsl.codegen.host import emit_scalar, hyper_name, scalar_ref, state_name, value_name
 from optdsl.codegen.triton_helpers import HELPERS, USES_INTERPRET, USES_LIBDEVICE, closure
+from optdsl.codegen.unit import Unit, column_var, temp_column, value_name
+from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
-from optdsl.ir.schedule import Pass, Schedule, param_scalars
+from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.reductions import REDUCTIONS
+from optdsl.ir.schedule import Sweep
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAN = "tl.PropagateNan.ALL"
+
+# How element code writes each op, as a Triton expression over {0}, {1}...; the helpers it
+# names (_div _sqrt _pow ...) are optdsl.codegen.triton_helpers'. Triton negates as 0 - x up
+# to 3.6 (so -(+0.0) is +0.0); x * -1.0 flips the sign in every version.
+SPELLING: dict[str, str] = {
+    "neg": "({0} * -1.0)", "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}",
+    "div": "_div({0}, {1})", "pow": "_pow({0}, {1})", "square": "{0} * {0}",
+    "sqrt": "_sqrt({0})", "rsqrt": "_div(1.0, _sqrt({0}))", "exp": "_exp({0})",
+    "log": "_log({0})", "abs": "tl.abs({0})", "sign": "_sign({0})", "floor": "tl.floor({0})",
+    "ceil": "tl.ceil({0})", "tanh": "_tanh({0})",
+    "min": f"tl.minimum({{0}}, {{1}}, propagate_nan={_NAN})",
+    "max": f"tl.maximum({{0}}, {{1}}, propagate_nan={_NAN})",
+    "clamp": f"tl.minimum(tl.maximum({{0}}, {{1}}, propagate_nan={_NAN}), {{2}}, "
+             f"propagate_nan={_NAN})",
+    "atan2": "_atan2({0}, {1})",
+    "lt": "{0} < {1}", "le": "{0} <= {1}", "gt": "{0} > {1}", "ge": "{0} >= {1}",
+    "eq": "{0} == {1}", "ne": "{0} != {1}",
+    # (through int8: the interpreter cannot & a block of int1 with an int1 scalar)
+    "and": "(({0}).to(tl.int8) & ({1}).to(tl.int8) != 0)",
+    "or": "(({0}).to(tl.int8) | ({1}).to(tl.int8) != 0)", "not": "({0} == 0)",
+    "where": "tl.where({0}, {1}, {2})",
+}
 
 
-def generate(program) -> str:
-    """The source of the Triton module of ``program`` (an optdsl.program.Program)."""
-    return generate_variant(program.generic)
+def spells(name: str, tensor: bool) -> bool:
+    return name in SPELLING if tensor else host.spells(name)
 
 
-def generate_variant(variant) -> str:
-    """The source of the Triton module of one variant (optdsl.program.Variant) of a program."""
-    program = variant.program
-    title = variant.title if _IDENT.fullmatch(variant.title or "") else "program"
-    return _Generator(variant.schedule, list(program.states), set(program.tensor_states),
-                      title).source()
+def generate(unit: Unit) -> str:
+    """The source of the Triton module of a compilation unit."""
+    return _Generator(unit).source()
 
 
 def column_name(column: str) -> str:
-    """The pointer variable of a pointer-table column ('w', 'g' or a tensor state)."""
-    return f"p_{column}" if column in ("w", "g") else f"p_{state_name(column)}"
+    """The pointer variable of a pointer-table column (w, g, a tensor state, a scratch)."""
+    return f"p_{column_var(column)}"
 
 
 def dtype_param(column: str) -> str:
     """The constexpr kernel parameter holding a column's element dtype."""
-    return f"DT_{column}" if column in ("w", "g") else f"DT_{state_name(column)}"
+    return f"DT_{column_var(column)}"
 
 
 class _Generator:
-    def __init__(self, schedule: Schedule, state_order: list[str], tensor_states: set[str],
-                 title: str) -> None:
-        self.schedule = schedule
-        self.graph = schedule.graph
-        self.eqs = schedule.graph.eqs
-        self.state_order = state_order
-        self.tensor_states = tensor_states
-        self.title = title
-        self.columns = ["w", "g"] + [n for n in state_order if n in tensor_states]
-        reductions = [r for ps in schedule.passes for r in ps.reductions]
-        self.slot = {r: i for i, r in enumerate(reductions)}
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.schedule = unit.schedule
+        self.graph = unit.graph
+        self.eqs = unit.graph.eqs
+        self.columns = list(unit.columns)
+        self.slot = unit.slot
+        self.title = unit.safe_title
         self.helpers: set[str] = set()
 
     # -- the module --------------------------------------------------------------------------
     def source(self) -> str:
         kernels = CodeBuffer()
         table = []
-        for ps in self.schedule.passes:
-            table.append(self._emit_kernels(kernels, ps))
-        host = CodeBuffer()
-        self._emit_step(host, table)
+        for sweep in self.schedule.sweeps:
+            table.append(self._emit_kernels(kernels, sweep))
+        steps = CodeBuffer()
+        host.emit_step(steps, self.unit)
 
         head = CodeBuffer()
         head.line(f'"""Triton step of {self.title}, generated by optdsl. Do not edit.')
         head.line()
-        head.line("Element-wise work runs in one kernel launch per pass for all tensors of a")
+        head.line("Element-wise work runs in one kernel launch per sweep for all tensors of a")
         head.line("(device, dtype) bucket; scalars are computed by `step` on the host, once per")
-        head.line("group or per parameter. Contract: optdsl.codegen.triton.")
+        head.line("group or per parameter. Contract: optdsl.codegen.contract.")
         head.line('"""')
         head.line("import numpy as np")
         head.line("import triton")
@@ -124,31 +133,32 @@ class _Generator:
         meta = CodeBuffer()
         meta.line()
         meta.line()
-        meta.line("# Per pass: (kernel, scalar-table width, reductions produced as (slot, kind)).")
-        with meta.block("PASSES = ("):
+        meta.line("# Per sweep: (kernel, scalar-table width, reductions produced as (slot, kind)).")
+        with meta.block("SWEEPS = ("):
             for kernel, width, reds in table:
                 meta.line(f"({kernel or 'None'}, {width}, {reds!r}),")
         meta.line(")")
         meta.line()
         meta.line()
         parts.append(meta.text())
-        parts.append(host.text())
+        parts.append(steps.text())
         return "".join(parts)
 
     # -- kernels -------------------------------------------------------------------------------
-    def _emit_kernels(self, out: CodeBuffer, ps: Pass):
+    def _emit_kernels(self, out: CodeBuffer, ps: Sweep):
         eqs = self.eqs
         k = ps.index
-        stores = self._stores(ps)
-        if not stores and not ps.reductions:
+        stores = list(self.unit.stores(ps))
+        if not self.unit.runs(ps):
             return None, 0, ()
-        table = [v for v in ps.scalars_in if eqs[v].op != "const"]
+        table = list(self.unit.row(ps))
         consts = [v for v in ps.scalars_in if eqs[v].op == "const"]
-        loads = [v for v in ps.tensor if OPS[eqs[v].op].category == LEAF]
+        loads = [v for v in ps.tensor if OPS[eqs[v].op].category == LEAF or v in ps.loads]
+        written = stores + list(self.unit.saves(ps))
         used = []
         for col in self.columns:
             read = any(self._column_of(v) == col for v in loads)
-            if read or any(name == col for name, _ in stores):
+            if read or any(name == col for name, _ in written):
                 used.append(col)
         copy = any(name == "w" for name, _ in stores)  # a master weight's copy is written
         ptrs = [column_name(c) for c in used] + (["p_wcopy"] if copy else [])
@@ -160,7 +170,7 @@ class _Generator:
         out.line()
         out.line()
         out.line("@triton.jit")
-        *first, last = _signature(f"pass{k}_block", ["offs", "n"] + ptrs + extra + [
+        *first, last = _signature(f"sweep{k}_block", ["offs", "n"] + ptrs + extra + [
             "CT: tl.constexpr", "BLOCK: tl.constexpr"] + flags + ["MASKED: tl.constexpr"])
         for line in first:
             out.line(line)
@@ -170,7 +180,7 @@ class _Generator:
         out.line()
         out.line()
         out.line('@triton.jit(do_not_specialize=["seed"])')
-        *first, last = _signature(f"pass{k}_kernel", [
+        *first, last = _signature(f"sweep{k}_kernel", [
             "ptrs", "sizes", "blocks", "scal", "red", "seed"] + [
             f"{dtype_param(c)}: tl.constexpr" for c in self.columns] + [
             "DT_wcopy: tl.constexpr", "CT: tl.constexpr", "BLOCK: tl.constexpr",
@@ -178,7 +188,7 @@ class _Generator:
         for line in first:
             out.line(line)
         with out.block(last):
-            out.line(f'"""Pass {k} ({what}): one program per (tensor, start) row of `blocks`."""')
+            out.line(f'"""Sweep {k} ({what}): one program per (tensor, start) row of `blocks`."""')
             out.line("pid = tl.program_id(0).to(tl.int64)")
             out.line("ti = tl.load(blocks + 2 * pid)")
             out.line("start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)")
@@ -206,23 +216,22 @@ class _Generator:
             args = ", ".join(["offs", "n"] + ptrs + extra + ["CT", "BLOCK"] +
                              (["COPY", "SR"] if stores else []))
             with out.block("if start + BLOCK <= n:"):
-                out.line(f"pass{k}_block({args}, False)")
+                out.line(f"sweep{k}_block({args}, False)")
             with out.block("else:"):
-                out.line(f"pass{k}_block({args}, True)")
-        reds = tuple((self.slot[r], eqs[r].op) for r in ps.reductions)
-        return f"pass{k}_kernel", len(table), reds
+                out.line(f"sweep{k}_block({args}, True)")
+        return f"sweep{k}_kernel", len(table), self.unit.reductions_of(ps)
 
-    def _emit_block(self, out: CodeBuffer, ps: Pass, what: str, table: list[int],
+    def _emit_block(self, out: CodeBuffer, ps: Sweep, what: str, table: list[int],
                     consts: list[int], stores: list[tuple[str, int]]) -> None:
         eqs = self.eqs
-        out.line(f'"""Pass {ps.index} ({what}) on one block of one tensor."""')
+        out.line(f'"""Sweep {ps.index} ({what}) on one block of one tensor."""')
         with out.block("if MASKED:", "the tensor's last block"):
             out.line("mask = offs < n")
         with out.block("else:"):
             out.line("mask = None")
         for j, v in enumerate(table):
             cmp = " != 0.0" if eqs[v].kind.mask else ""
-            ref = scalar_ref(self.graph, v)
+            ref = host.scalar_ref(self.graph, v)
             if ref == value_name(v):
                 ref = f"line {eqs[v].line}" if eqs[v].line else None
             out.line(f"{value_name(v)} = tl.load(sp + {j}){cmp}", ref)
@@ -230,17 +239,21 @@ class _Generator:
             out.line(f"{value_name(v)} = {_const(eqs[v].attr)}")
         for v in ps.tensor:
             eq = eqs[v]
-            if OPS[eq.op].category == LEAF:
+            if OPS[eq.op].category == LEAF or v in ps.loads:
                 col = self._column_of(v)
                 self.helpers.add("_loaded")
                 out.line(f"{value_name(v)} = _loaded({column_name(col)}, offs, mask, CT)", col)
                 continue
-            template = OPS[eq.op].triton
-            self.helpers.update(re.findall(r"\b(_[a-z0-9]+)\(", template))
-            text = template.format(*[value_name(a) for a in eq.args])
+            with located(eq.span):
+                template = SPELLING[eq.op]
+                self.helpers.update(re.findall(r"\b(_[a-z0-9]+)\(", template))
+                text = template.format(*[value_name(a) for a in eq.args])
             out.line(f"{value_name(v)} = {text}", f"line {eq.line}" if eq.line else None)
         for j, r in enumerate(ps.reductions):
             self._emit_reduction(out, r, j)
+        for name, v in self.unit.saves(ps):  # scratch, in the compute dtype: no rounding
+            out.line(f"tl.store({column_name(name)} + offs, {value_name(v)}, mask=mask)",
+                     "stored for later sweeps")
         for name, v in stores:
             ptr = column_name(name)
             value = value_name(v)
@@ -253,92 +266,27 @@ class _Generator:
             if name == "w":
                 with out.block("if COPY:", "the low-precision parameter of a master weight"):
                     out.line(f"tl.store(p_wcopy + offs, _stored({value}, "
-                             f"p_wcopy.dtype.element_ty, SR, seed, ti, {len(self.columns)}, "
-                             f"offs), mask=mask)")
+                             f"p_wcopy.dtype.element_ty, SR, seed, ti, "
+                             f"{self.unit.num_state_columns}, offs), mask=mask)")
 
     def _column_of(self, v: int) -> str:
         eq = self.eqs[v]
-        return eq.attr if eq.op == "state" else eq.op
-
-    def _stores(self, ps: Pass) -> list[tuple[str, int]]:
-        """The tensor outputs the pass writes: all of them in the final pass, except one
-        whose value is its own unchanged input."""
-        if not ps.final:
-            return []
-        stores = []
-        for name, v in self.schedule.tensor_outputs:
-            eq = self.eqs[v]
-            if eq.op in ("w", "state") and self._column_of(v) == name:
-                continue
-            stores.append((name, v))
-        return stores
+        if eq.op == "state":
+            return eq.attr
+        return eq.op if OPS[eq.op].category == LEAF else temp_column(v)
 
     def _emit_reduction(self, out: CodeBuffer, r: int, j: int) -> None:
+        """The block's partial of one reduction: its mapped values (already computed) in
+        float64, padding set to the identity, combined by the descriptor's combine."""
         eq = self.eqs[r]
-        args = [value_name(a) for a in eq.args]
-        comment = f"line {eq.line}: {eq.op}" if eq.line else eq.op
-        self.helpers.add("_maxnan" if eq.op == "maxabs" else "_add")
-        if eq.op == "maxabs":
-            out.line(f"x = tl.abs({args[0]})", comment)
-        elif eq.op in ("norm", "global_norm"):
-            out.line(f"x = ({args[0]} * {args[0]}).to(tl.float64)", comment)
-        elif eq.op == "dot":
-            out.line(f"x = ({args[0]} * {args[1]}).to(tl.float64)", comment)
-        else:  # sum, mean, global_sum
-            out.line(f"x = {args[0]}.to(tl.float64)", comment)
+        desc = REDUCTIONS[eq.attr]
+        combine = "_maxnan" if desc.combine == "max" else "_add"
+        self.helpers.add(combine)
+        out.line(f"x = {value_name(eq.args[0])}.to(tl.float64)",
+                 f"line {eq.line}: {desc.name}" if eq.line else desc.name)
         with out.block("if MASKED:"):
-            out.line("x = tl.where(mask, x, 0.0)")
-        if eq.op == "maxabs":
-            out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, _maxnan).to(tl.float64))")
-        else:
-            out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, _add))")
-
-    # -- host ----------------------------------------------------------------------------------
-    def _emit_step(self, out: CodeBuffer, table) -> None:
-        graph, eqs = self.graph, self.eqs
-        with out.block("def step(hyper, params, launch):"):
-            out.line(f'"""One optimizer step of {self.title} for the parameters of one group."""')
-            for name in sorted({eq.attr for eq in eqs if eq.op == "hyper"}):
-                out.line(f"{hyper_name(name)} = np.float64(hyper[{name!r}])")
-            for ps, group_values, (kernel, _, _) in zip(self.schedule.passes,
-                                                         self.schedule.group_values, table):
-                for v in group_values:
-                    if OPS[eqs[v].op].category == GLOBAL:
-                        self._emit_global_finish(out, v)
-                    else:
-                        emit_scalar(out, graph, v)
-                label = "final pass: updates" if ps.final else f"pass {ps.index}: reductions"
-                with out.block("for p in params:", label):
-                    out.line("t = np.float64(p.t)")
-                    for j, name in enumerate(self.state_order):
-                        if name not in self.tensor_states:
-                            out.line(f"{state_name(name)} = p.states[{j}]")
-                    roots = list(ps.scalars_in)
-                    if ps.final:
-                        roots += [v for _, v in self.schedule.scalar_outputs]
-                    for v in param_scalars(self.schedule, roots):
-                        if OPS[eqs[v].op].is_reduction:
-                            out.line(f"{value_name(v)} = p.red[{self.slot[v]}]")
-                        elif OPS[eqs[v].op].category != LEAF:
-                            emit_scalar(out, graph, v)
-                    row = [scalar_ref(graph, v) for v in ps.scalars_in if eqs[v].op != "const"]
-                    if kernel:
-                        out.line(f"p.scalars = ({', '.join(row)}{',' if len(row) == 1 else ''})",
-                                 "scalar-table row")
-                    if ps.final:
-                        for name, v in self.schedule.scalar_outputs:
-                            j = self.state_order.index(name)
-                            out.line(f"p.states[{j}] = {scalar_ref(graph, v)}")
-                if kernel:
-                    out.line(f"launch({ps.index}, params)")
-
-    def _emit_global_finish(self, out: CodeBuffer, v: int) -> None:
-        eq = self.eqs[v]
-        out.line("acc = np.float64(0.0)")
-        with out.block("for p in params:"):
-            out.line(f"acc += p.red[{self.slot[v]}]")
-        finish = "np.sqrt(acc)" if eq.op == "global_norm" else "acc"
-        out.line(f"{value_name(v)} = {finish}", f"line {eq.line}" if eq.line else None)
+            out.line(f"x = tl.where(mask, x, {format_float(desc.identity)})")
+        out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, {combine}))")
 
 
 def _signature(name: str, params: list[str]) -> list[str]:

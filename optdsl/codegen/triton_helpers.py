@@ -1,6 +1,6 @@
 """The @triton.jit helper functions that generated Triton modules call, as source text.
 
-The op table's Triton templates (optdsl.ir.ops) and the generator (optdsl.codegen.triton) name
+The Triton spellings of the ops and the generator (both optdsl.codegen.triton) name
 helpers such as ``_div`` or ``_stored``; ``closure`` gives the helpers a set of names needs,
 callees first, and ``HELPERS`` their source. Every generated module carries its own copy, so
 each stands alone.

@@ -18,21 +18,21 @@ import numpy as np
 from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
 from optdsl.frontend.signature import CONSTRUCTOR_KEYWORDS, HyperSpec, Interval, StateSpec
-from optdsl.ir.builder import Builder
+from optdsl.ir.builder import Builder, pruned
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import (
     ARITH,
     COMPARE,
-    FUNCTIONS,
     GLOBAL,
     KEYWORDS,
+    LOGIC,
     OPS,
     REDUCE,
     SELECT,
     Kind,
     Level,
+    functions,
 )
-from optdsl.passes.cse_dce import cse_dce
 
 BUILTIN = ("w", "g", "t")
 RESERVED_KEYS = frozenset({"step"})
@@ -85,7 +85,7 @@ class _Checker:
         if name in BUILTIN:
             raise self.error(f"`{name}` is built in (the parameter, its gradient or the step "
                              f"number) and cannot be declared as a {what}", span)
-        if name in FUNCTIONS:
+        if name in functions():
             raise self.error(f"`{name}` is a built-in function and cannot be declared as a "
                              f"{what}", span)
         if name in self.hyper_scalars or name in self.state_items or name in self.tuple_names:
@@ -158,7 +158,8 @@ class _Checker:
                     raise self.error(f"{what} must be a constant scalar, but `{node.id}` is a "
                                      f"tensor", node.span)
                 raise self.error(f"{what} must be a number; `{node.id}` is a name", node.span)
-            if isinstance(node, ast.Binary) and OPS[node.op].category == COMPARE:
+            if isinstance(node, ast.Binary) and OPS[node.op].category in (COMPARE, LOGIC) or \
+                    isinstance(node, ast.Unary) and node.op == "not":
                 raise self.error(f"{what} must be a number, not a comparison", node.span)
             if isinstance(node, ast.Call):
                 op = self.function(node)
@@ -180,9 +181,9 @@ class _Checker:
         return line[span.column - 1: span.column - 1 + span.length]
 
     def function(self, node: ast.Call):
-        op = FUNCTIONS.get(node.func)
+        op = functions().get(node.func)
         if op is None:
-            raise self.error(f"unknown function `{node.func}`" + suggest(node.func, FUNCTIONS),
+            raise self.error(f"unknown function `{node.func}`" + suggest(node.func, functions()),
                              node.func_span)
         if len(node.args) != op.arity:
             plural = "s" if op.arity != 1 else ""
@@ -212,7 +213,7 @@ class _Checker:
                     continue
                 name = node.id
                 self.check_name(name, node.span)
-                if name in FUNCTIONS:
+                if name in functions():
                     raise self.error(f"`{name}` is a function; call it as `{name}(...)`",
                                      node.span)
                 if name in self.tuple_names:
@@ -243,7 +244,7 @@ class _Checker:
         self.check_name(name, span)
         if name == "t":
             raise self.error("`t` is the step number and cannot be assigned", span)
-        if name in FUNCTIONS:
+        if name in functions():
             raise self.error(f"`{name}` is a built-in function and cannot be assigned", span)
         if name in self.tuple_names or name in self.hyper_scalars:
             raise self.error(f"`{name}` is a hyperparameter and cannot be assigned; "
@@ -259,7 +260,7 @@ class _Checker:
             env = self.initial_env(builder, tensor_state)
             widened: list[str] = []
             for stmt in self.assigns:
-                value = self.lower_expr(stmt.value, env, builder, line=stmt.span.line)
+                value = self.lower_expr(stmt.value, env, builder)
                 env[stmt.target] = value
                 if stmt.target in tensor_state and not tensor_state[stmt.target] and \
                         builder.kind(value).is_tensor and stmt.target not in widened:
@@ -292,15 +293,14 @@ class _Checker:
             env[name] = builder.leaf("state", name, kind)
         return env
 
-    def lower_expr(self, root: ast.Expr, env: dict[str, int], builder: Builder,
-                   line: int = 0) -> int:
+    def lower_expr(self, root: ast.Expr, env: dict[str, int], builder: Builder) -> int:
         """Lower one expression (post-order, explicit stack), checking kinds on the way."""
         values: dict[int, int] = {}
         stack: list[tuple[ast.Expr, bool]] = [(root, False)]
         while stack:
             node, expanded = stack.pop()
             if isinstance(node, ast.Num):
-                values[id(node)] = builder.const(node.value, line)
+                values[id(node)] = builder.const(node.value, node.span)
                 continue
             if isinstance(node, ast.Name):
                 if node.id not in env:
@@ -313,7 +313,7 @@ class _Checker:
                 stack.extend((c, False) for c in reversed(children))
                 continue
             args = [values[id(c)] for c in children]
-            values[id(node)] = self.lower_op(node, children, args, builder, line)
+            values[id(node)] = self.lower_op(node, children, args, builder)
         return values[id(root)]
 
     @staticmethod
@@ -329,17 +329,20 @@ class _Checker:
     def unknown_name(self, node: ast.Name, env: dict[str, int]) -> DslError:
         return self.error(f"unknown name `{node.id}`" + suggest(node.id, set(env)), node.span)
 
-    def lower_op(self, node: ast.Expr, children, args: list[int], builder: Builder,
-                 line: int) -> int:
+    def lower_op(self, node: ast.Expr, children, args: list[int], builder: Builder) -> int:
         kinds = [builder.kind(a) for a in args]
+        span = node.span
+        if isinstance(node, (ast.Unary, ast.Binary)) and OPS[node.op].category == LOGIC:
+            self.only_masks(node.op, children, kinds)
+            return builder.op(node.op, args, span)
         if isinstance(node, ast.Unary):
             self.no_masks(children, kinds, "`-`")
-            return builder.op("neg", args, line)
+            return builder.op("neg", args, span)
         if isinstance(node, ast.Binary):
             info = OPS[node.op]
             symbol = info.symbol or node.op
             self.no_masks(children, kinds, f"`{symbol}`")
-            return builder.op(node.op, args, line)
+            return builder.op(node.op, args, span)
         assert isinstance(node, ast.Call)
         op = self.function(node)
         if op.category == SELECT:
@@ -354,7 +357,13 @@ class _Checker:
                 if not kind.is_tensor:
                     raise self.error(f"`{node.func}()` reduces a tensor, but its argument is a "
                                      f"scalar", child.span)
-        return builder.op(op.name, args, line)
+        return builder.op(op.name, args, span)
+
+    def only_masks(self, op: str, children, kinds: list[Kind]) -> None:
+        for child, kind in zip(children, kinds):
+            if not kind.mask:
+                raise self.error(f"`{op}` combines masks (comparisons such as `x > 0`), but "
+                                 f"this is a number; compare it, e.g. `x != 0`", child.span)
 
     def no_masks(self, children, kinds: list[Kind], where: str) -> None:
         for child, kind in zip(children, kinds):
@@ -388,12 +397,12 @@ class _Checker:
                                 f"initial value of `{name}` (initial values use constants, "
                                 f"hypers and `w`)", node.span)
                         raise self.unknown_name(node, env)
-                init = self.lower_expr(item.init, env, builder, line=item.span.line)
+                init = self.lower_expr(item.init, env, builder)
                 if builder.kind(init).mask:
                     raise self.error(f"the initial value of `{name}` is a mask",
                                      item.init.span)
                 key, line = item.key or name, item.span.line
-            graph = cse_dce(builder.graph([("init", init)]))  # only what the init reads
+            graph = pruned(builder.graph([("init", init)]))  # only what the init reads
             specs[name] = StateSpec(name, key, is_tensor, graph, item is None, line)
         return specs
 
@@ -404,7 +413,7 @@ def _evaluate_constant(builder: Builder, value: int) -> float:
         if eq.op == "const":
             results.append(np.float64(eq.attr))
         else:
-            results.append(OPS[eq.op].evaluate(*[results[a] for a in eq.args]))
+            results.append(OPS[eq.op].meaning(*[results[a] for a in eq.args]))
     return results[value]
 
 

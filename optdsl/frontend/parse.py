@@ -21,6 +21,11 @@ _TERMINAL_WORDS = {
     "NAME": "a name",
     "NUMBER": "a number",
     "INF": "a number",
+    "NAN": "a number",
+    "_AND": "`and`",
+    "_OR": "`or`",
+    "_NOT": "`not`",
+    "AUGOP": "`+=`, `-=`, `*=` or `/=`",
     "STRING": "a quoted description",
     "_NL": "end of line",
     "SEMICOLON": "`;`",
@@ -89,7 +94,40 @@ def parse(source: str, filename: str = "<string>") -> lark.Tree:
         raise _syntax_error(exc, source, filename) from None
 
 
+# What to write instead of a construct of other languages (appended to the syntax error).
+_MASK_HINT = "; combine masks with `and`, `or`, `not`"
+_IF_HINT = ("; optdsl has no `if`: choose between values with where(mask, a, b), e.g. "
+            "`w = where(g > 0, w - lr, w)`")
+
+
+def _hint(source: str, line: int, column: int) -> str:
+    """A suggestion for the fault at (line, column), or ''."""
+    lines = source_lines(source)
+    if not 1 <= line <= len(lines):
+        return ""
+    text = lines[line - 1]
+    before, at = text[:column - 1], text[column - 1:]
+    words = before.split()
+    if words and words[0] in ("if", "elif", "else", "while", "for") or at.startswith("if "):
+        return _IF_HINT
+    if at[:1] in ("&", "|") or (at.startswith("!") and not at.startswith("!=")):
+        return _MASK_HINT
+    if at.startswith("+") and before.rstrip().endswith("+") or at.startswith("++"):
+        return "; `x++` is not optdsl: write `x += 1`"
+    if at.startswith("--") and not at[2:].strip():
+        return "; `x--` is not optdsl: write `x -= 1`"
+    return ""
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str) -> DslError:
+    error = _plain_syntax_error(exc, source, filename)
+    hint = _hint(source, error.line, error.column)
+    if hint:
+        return DslError(error.message + hint, error.span, filename=filename, source=source)
+    return error
+
+
+def _plain_syntax_error(exc: UnexpectedInput, source: str, filename: str) -> DslError:
     if isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
         if char.isascii() and char.isprintable():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 from optdsl.ir.nodes import Graph
 
@@ -76,3 +77,29 @@ class StateSpec:
     init: Graph  # outputs ("init", value): an expression of constants, hypers and w
     inferred: bool = False
     line: int = 0
+
+    @property
+    def reads_w(self) -> bool:
+        """Whether the initial value depends on the parameter."""
+        return any(eq.op == "w" for eq in self.init.eqs)
+
+    @property
+    def constant(self) -> bool:
+        """Whether the initial value is a constant (no `w`, no hyper)."""
+        return not any(eq.op in ("w", "hyper") for eq in self.init.eqs)
+
+    @property
+    def copies_w(self) -> bool:
+        """Whether the initial value is the parameter itself (``state s = w``)."""
+        (_, out), = self.init.outputs
+        return self.init.eqs[out].op == "w"
+
+    def initial_value(self, hyper: Mapping[str, float], w=None):
+        """The initial value for these hypers (and parameter ``w``, a NumPy array, when the
+        value reads it): a float64 scalar or an array."""
+        from optdsl.ir.evaluate import evaluate
+
+        inputs: dict = {"hyper": dict(hyper)}
+        if w is not None:
+            inputs["w"] = w
+        return evaluate(self.init, inputs)["init"]

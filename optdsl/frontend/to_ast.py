@@ -16,6 +16,8 @@ from optdsl.frontend import ast
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _BINARY = {"add", "sub", "mul", "div", "pow"}
+_LOGIC = {"and_": "and", "or_": "or"}
+_AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div"}
 
 
 def _span_of(node: lark.Tree | lark.Token) -> Span:
@@ -79,7 +81,7 @@ class _Converter:
 
     def _number(self, token: lark.Token) -> ast.Num:
         text = str(token)
-        value = math.inf if text == "inf" else float(text)
+        value = math.inf if text == "inf" else math.nan if text == "nan" else float(text)
         if math.isinf(value) and text != "inf":
             raise self.error(f"number `{text}` is too large for a float; write `inf`",
                              _span_of(token))
@@ -97,9 +99,13 @@ class _Converter:
             func = node.children[0]
             args = tuple(done[id(c)] for c in node.children[1:] if c is not None)
             return ast.Call(span, str(func), args, _span_of(func))
-        if kind == "neg":
+        if kind in ("neg", "not_"):
             operand = [c for c in node.children if isinstance(c, lark.Tree)][0]
-            return ast.Unary(span, "neg", done[id(operand)])
+            return ast.Unary(span, "neg" if kind == "neg" else "not", done[id(operand)])
+        if kind in _LOGIC:
+            left, right = [c for c in node.children if isinstance(c, lark.Tree)]
+            return ast.Binary(span, _LOGIC[kind], done[id(left)], done[id(right)],
+                              _op_span(node, left))
         if kind == "comparison":
             left, op, right = node.children
             op_token_span = _span_of(op)
@@ -127,6 +133,14 @@ class _Converter:
     def _assign(self, node: lark.Tree) -> ast.Assign:
         target, value = node.children
         return ast.Assign(str(target), _span_of(target), self.expr(value), _span_of(node))
+
+    def _aug_assign(self, node: lark.Tree) -> ast.Assign:
+        """``x += e`` is ``x = x + e`` (likewise -=, *=, /=)."""
+        target, op, value = node.children
+        read = ast.Name(_span_of(target), str(target))
+        total = ast.Binary(_span_of(node), _AUGMENTED[str(op)], read, self.expr(value),
+                           _span_of(op))
+        return ast.Assign(str(target), _span_of(target), total, _span_of(node))
 
     def _hyper_decl(self, node: lark.Tree) -> ast.HyperDecl:
         return ast.HyperDecl(tuple(self._hyper_item(c) for c in node.children), _span_of(node))

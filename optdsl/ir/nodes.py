@@ -3,14 +3,18 @@
 Value ``i`` is the result of ``graph.eqs[i]``; arguments always refer to earlier values, so
 the list is topologically ordered by construction. Inputs are leaf equations: ``const``
 (attr: the float), ``hyper`` (attr: the hyperparameter's name), ``state`` (attr: the state
-variable's name), and ``w``, ``g``, ``t``.
+variable's name), ``w``, ``g``, ``t`` and ``inv_grad_scale``. A lowered reduction
+(``reduce``, ``reduce_group``) has its descriptor's name as attr. Each equation keeps the
+span of the DSL text it came from (None: synthesized), so that generated code can cite the
+line and a compiler failure can point at the expression.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from optdsl.ir.ops import OPS, Kind, Op
+from optdsl.errors import Span
+from optdsl.ir.ops import Kind
 
 
 @dataclass(frozen=True)
@@ -19,11 +23,12 @@ class Eq:
     args: tuple[int, ...]
     attr: object
     kind: Kind
-    line: int = 0  # the DSL line this value came from (0: synthesized)
+    span: Span | None = None
 
     @property
-    def info(self) -> Op:
-        return OPS[self.op]
+    def line(self) -> int:
+        """The DSL line this value came from (0: synthesized)."""
+        return self.span.line if self.span is not None else 0
 
 
 @dataclass(frozen=True)
@@ -31,18 +36,6 @@ class Graph:
     eqs: tuple[Eq, ...]
     # ("w", id) first, then one (state name, id) per state variable, in declaration order.
     outputs: tuple[tuple[str, int], ...]
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-    def output(self, name: str) -> int:
-        return dict(self.outputs)[name]
-
-    def uses(self) -> list[list[int]]:
-        """For each value, the values that read it."""
-        users: list[list[int]] = [[] for _ in self.eqs]
-        for i, eq in enumerate(self.eqs):
-            for a in eq.args:
-                users[a].append(i)
-        return users
 
     def ancestors(self, roots, stop=None) -> set[int]:
         """Values reachable from ``roots`` through arguments (roots included), not expanding

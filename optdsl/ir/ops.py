@@ -1,29 +1,33 @@
-"""THE op table: every operation of the language and IR, described once.
+"""THE op table: what every operation of the language and IR means, described once.
 
-Each row says how many arguments an op takes, how its result kind follows from its
-arguments' kinds, what it means (a NumPy function, used by the constant folder and the
-reference evaluator), and how each code generator spells it:
+A row says how many arguments an op takes, its category (from which its result kind
+follows), what it means (a NumPy function: the constant folder and the reference evaluator
+use it, so there is one meaning of each op), and its algebraic traits: whether it commutes,
+its identities (``x * 1 = x``), whether it undoes itself (``-(-x) = x``), and optionally a
+decomposition into other ops. Rows hold no spelling: each code generator has its own table
+of how it writes the ops it can emit, and the legalize rewrite (optdsl.passes.legalize)
+expands the others through their decompositions. An op with a decomposition and no NumPy
+function of its own means exactly its decomposition.
 
-- ``scalar``: a Python expression over NumPy float64 scalars (host code, once per step),
-- ``numpy``: lines computing into a preallocated chunk buffer ``{out}`` (element-wise code),
-- ``triton``: a Triton expression (element-wise code inside a kernel); the helpers it names
-  (``_div _sqrt _pow _exp _log _tanh _atan2 _sign``) are defined by optdsl.codegen.triton.
+Reductions are rows too (category ``reduce`` or ``global``); what they compute is their
+descriptor in optdsl.ir.reductions, which registers their rows.
 
-Adding a function to the language is one row here plus tests.
+Adding an element-wise function is one ``register(Op(...))`` call: with a decomposition it
+runs on every back end at once; a back end that spells it natively only gets faster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 
 
 class Level(IntEnum):
-    """Where a value lives: computed once ever, once per group, once per parameter, or per
-    element."""
+    """How often a value changes: once ever, once per group, once per parameter, or per
+    element. (Where a value is computed, host or device, is the schedule's placement.)"""
 
     CONST = 0
     GROUP = 1
@@ -42,18 +46,9 @@ class Kind:
     def is_tensor(self) -> bool:
         return self.level == Level.TENSOR
 
-    @property
-    def is_scalar(self) -> bool:
-        return self.level < Level.TENSOR
-
     def __str__(self) -> str:
-        base = "tensor" if self.is_tensor else "scalar"
-        if self.level == Level.CONST:
-            base = "const"
-        elif self.level == Level.GROUP:
-            base = "group"
-        elif self.level == Level.PARAM:
-            base = "param"
+        base = {Level.CONST: "const", Level.GROUP: "group", Level.PARAM: "param",
+                Level.TENSOR: "tensor"}[self.level]
         return base + ("-mask" if self.mask else "")
 
 
@@ -61,37 +56,14 @@ class Kind:
 LEAF = "leaf"  # const and inputs
 ARITH = "arith"  # element-wise numeric -> numeric
 COMPARE = "compare"  # numeric x numeric -> mask
+LOGIC = "logic"  # masks -> mask (and, or, not)
 SELECT = "select"  # where(mask, a, b)
 REDUCE = "reduce"  # tensor -> per-parameter scalar
 GLOBAL = "global"  # tensor -> per-group scalar (over every parameter of the group)
 
-
-def _rsqrt(x):
-    return np.divide(1.0, np.sqrt(x))
-
-
-def _clamp(x, lo, hi):
-    return np.minimum(np.maximum(x, lo), hi)
-
-
-def _sum(x):
-    return np.sum(x, dtype=np.float64)
-
-
-def _mean(x):
-    return np.float64(np.sum(x, dtype=np.float64) / x.size) if x.size else np.float64("nan")
-
-
-def _norm(x):
-    return np.sqrt(np.sum(np.square(x, dtype=np.float64)))
-
-
-def _maxabs(x):
-    return np.float64(np.max(np.abs(x))) if x.size else np.float64(0.0)
-
-
-def _dot(a, b):
-    return np.sum(np.multiply(a, b, dtype=np.float64))
+# A decomposition: an op name and its arguments, each an argument index of the decomposed
+# op (int), a constant (float) or another decomposition.
+Expr = Union[int, float, tuple]
 
 
 @dataclass(frozen=True)
@@ -99,16 +71,39 @@ class Op:
     name: str
     arity: int
     category: str
-    evaluate: Callable | None  # NumPy meaning; also the constant folder
-    scalar: str | None = None  # host expression over {0}, {1}, ...
-    numpy: str | None = None  # chunk statement(s) writing {out}; {0}.. are arrays or scalars
-    triton: str | None = None  # Triton expression over {0}, {1}, ...
+    evaluate: Callable | None = None  # NumPy meaning (None: that of `decompose`)
     dsl: str | None = None  # the function name users call, if any
     symbol: str | None = None  # the infix spelling, for the IR printer
+    commutative: bool = False
+    identity: float | None = None  # op(x, e) == x for every x, bit for bit
+    left_identity: float | None = None  # op(e, x) == x for every x, bit for bit
+    involution: bool = False  # op(op(x)) == x for every x
+    decompose: Expr | None = None  # the same value from other ops
+    reduction: str | None = None  # REDUCE/GLOBAL: the descriptor's name (ir.reductions)
 
     @property
     def is_reduction(self) -> bool:
         return self.category in (REDUCE, GLOBAL)
+
+    def meaning(self, *args):
+        """The op's value on NumPy arguments (arrays or float64 scalars)."""
+        if self.evaluate is not None:
+            return self.evaluate(*args)
+        if self.decompose is None:
+            raise TypeError(f"op {self.name!r} has no meaning: give it evaluate or decompose")
+        return evaluate_expr(self.decompose, args)
+
+
+def evaluate_expr(expr: Expr, args: tuple):
+    """The value of a decomposition on NumPy arguments, op by op with each op's meaning."""
+    if isinstance(expr, bool):
+        raise TypeError("a decomposition argument is an index (int) or a constant (float)")
+    if isinstance(expr, int):
+        return args[expr]
+    if isinstance(expr, float):
+        return np.float64(expr)
+    name, *parts = expr
+    return OPS[name].meaning(*[evaluate_expr(p, args) for p in parts])
 
 
 def _pow(x, y):
@@ -124,87 +119,83 @@ def _pow(x, y):
     return np.power(x, y)
 
 
-def _ufunc(name: str, arity: int) -> str:
-    args = ", ".join("{%d}" % i for i in range(arity))
-    return f"np.{name}({args}, out={{out}})"
-
-
-_NAN = "tl.PropagateNan.ALL"
-
 OPS: dict[str, Op] = {}
+FUNCTIONS: dict[str, Op] = {}  # the functions programs may call, by name (kept by register)
 
 
-def _row(op: Op) -> None:
+def register(op: Op) -> Op:
+    """Add a row to the table (an extension point: a new function is one call)."""
+    if op.name in OPS or (op.dsl and op.dsl in FUNCTIONS):
+        raise ValueError(f"op {op.name!r} is already in the table")
+    if op.evaluate is None and op.decompose is None and op.category not in (LEAF, REDUCE,
+                                                                              GLOBAL):
+        raise ValueError(f"op {op.name!r} needs a NumPy meaning or a decomposition")
     OPS[op.name] = op
+    if op.dsl:
+        FUNCTIONS[op.dsl] = op
+    return op
 
 
-# Leaves: the constant and the inputs. Their numpy/triton forms are handled by the generators.
-for _leaf in ("const", "hyper", "w", "g", "t", "state"):
-    _row(Op(_leaf, 0, LEAF, None))
+def unregister(name: str) -> None:
+    """Remove a row (for tests that register throwaway ops)."""
+    op = OPS.pop(name)
+    if op.dsl:
+        FUNCTIONS.pop(op.dsl, None)
 
-# Element-wise arithmetic.
-# Triton negates as 0 - x up to 3.6 (so -(+0.0) is +0.0); x * -1.0 flips the sign in every
-# version.
-_row(Op("neg", 1, ARITH, np.negative, "(-{0})", _ufunc("negative", 1), "({0} * -1.0)",
-        symbol="-"))
-_row(Op("add", 2, ARITH, np.add, "({0} + {1})", _ufunc("add", 2), "{0} + {1}", symbol="+"))
-_row(Op("sub", 2, ARITH, np.subtract, "({0} - {1})", _ufunc("subtract", 2), "{0} - {1}",
-        symbol="-"))
-_row(Op("mul", 2, ARITH, np.multiply, "({0} * {1})", _ufunc("multiply", 2), "{0} * {1}",
-        symbol="*"))
-_row(Op("div", 2, ARITH, np.divide, "({0} / {1})", _ufunc("divide", 2), "_div({0}, {1})",
-        symbol="/"))
-_row(Op("pow", 2, ARITH, _pow, "({0} ** {1})", _ufunc("power", 2), "_pow({0}, {1})",
-        symbol="^"))
-_row(Op("square", 1, ARITH, np.square, "({0} * {0})", _ufunc("square", 1), "{0} * {0}"))
-_row(Op("sqrt", 1, ARITH, np.sqrt, "np.sqrt({0})", _ufunc("sqrt", 1), "_sqrt({0})",
-        dsl="sqrt"))
-_row(Op("rsqrt", 1, ARITH, _rsqrt, "(1.0 / np.sqrt({0}))",
-        "np.sqrt({0}, out={out}); np.divide(1.0, {out}, out={out})", "_div(1.0, _sqrt({0}))",
-        dsl="rsqrt"))
-_row(Op("exp", 1, ARITH, np.exp, "np.exp({0})", _ufunc("exp", 1), "_exp({0})", dsl="exp"))
-_row(Op("log", 1, ARITH, np.log, "np.log({0})", _ufunc("log", 1), "_log({0})", dsl="log"))
-_row(Op("abs", 1, ARITH, np.abs, "np.abs({0})", _ufunc("absolute", 1), "tl.abs({0})",
-        dsl="abs"))
-_row(Op("sign", 1, ARITH, np.sign, "np.sign({0})", _ufunc("sign", 1), "_sign({0})", dsl="sign"))
-_row(Op("floor", 1, ARITH, np.floor, "np.floor({0})", _ufunc("floor", 1), "tl.floor({0})",
-        dsl="floor"))
-_row(Op("ceil", 1, ARITH, np.ceil, "np.ceil({0})", _ufunc("ceil", 1), "tl.ceil({0})",
-        dsl="ceil"))
-_row(Op("tanh", 1, ARITH, np.tanh, "np.tanh({0})", _ufunc("tanh", 1), "_tanh({0})", dsl="tanh"))
-_row(Op("min", 2, ARITH, np.minimum, "np.minimum({0}, {1})", _ufunc("minimum", 2),
-        f"tl.minimum({{0}}, {{1}}, propagate_nan={_NAN})", dsl="min"))
-_row(Op("max", 2, ARITH, np.maximum, "np.maximum({0}, {1})", _ufunc("maximum", 2),
-        f"tl.maximum({{0}}, {{1}}, propagate_nan={_NAN})", dsl="max"))
-_row(Op("clamp", 3, ARITH, _clamp, "np.minimum(np.maximum({0}, {1}), {2})",
-        "np.maximum({0}, {1}, out={out}); np.minimum({out}, {2}, out={out})",
-        f"tl.minimum(tl.maximum({{0}}, {{1}}, propagate_nan={_NAN}), {{2}}, propagate_nan={_NAN})",
-        dsl="clamp"))
-_row(Op("atan2", 2, ARITH, np.arctan2, "np.arctan2({0}, {1})", _ufunc("arctan2", 2),
-        "_atan2({0}, {1})", dsl="atan2"))
 
-# Comparisons (masks) and selection.
+# Leaves: the constant and the inputs. ``inv_grad_scale`` is the inverse of torch.amp's
+# GradScaler scale, read by the step that unscales gradients itself.
+for _leaf in ("const", "hyper", "w", "g", "t", "state", "inv_grad_scale"):
+    register(Op(_leaf, 0, LEAF))
+
+# Element-wise arithmetic. (x + 0 is not x: -0.0 + 0.0 = +0.0; x + -0.0 is x for every x.)
+register(Op("neg", 1, ARITH, np.negative, symbol="-", involution=True))
+register(Op("add", 2, ARITH, np.add, symbol="+", commutative=True, identity=-0.0,
+            left_identity=-0.0))
+register(Op("sub", 2, ARITH, np.subtract, symbol="-", identity=0.0))
+register(Op("mul", 2, ARITH, np.multiply, symbol="*", commutative=True, identity=1.0,
+            left_identity=1.0))
+register(Op("div", 2, ARITH, np.divide, symbol="/", identity=1.0))
+register(Op("pow", 2, ARITH, _pow, symbol="^", identity=1.0))
+register(Op("square", 1, ARITH, np.square, dsl="square", decompose=("mul", 0, 0)))
+register(Op("sqrt", 1, ARITH, np.sqrt, dsl="sqrt"))
+register(Op("rsqrt", 1, ARITH, dsl="rsqrt", decompose=("div", 1.0, ("sqrt", 0))))
+register(Op("exp", 1, ARITH, np.exp, dsl="exp"))
+register(Op("log", 1, ARITH, np.log, dsl="log"))
+register(Op("abs", 1, ARITH, np.abs, dsl="abs"))
+register(Op("sign", 1, ARITH, np.sign, dsl="sign"))
+register(Op("floor", 1, ARITH, np.floor, dsl="floor"))
+register(Op("ceil", 1, ARITH, np.ceil, dsl="ceil"))
+register(Op("tanh", 1, ARITH, np.tanh, dsl="tanh"))
+register(Op("min", 2, ARITH, np.minimum, dsl="min", commutative=True))
+register(Op("max", 2, ARITH, np.maximum, dsl="max", commutative=True))
+register(Op("clamp", 3, ARITH, dsl="clamp", decompose=("min", ("max", 0, 1), 2)))
+register(Op("atan2", 2, ARITH, np.arctan2, dsl="atan2"))
+register(Op("sigmoid", 1, ARITH, dsl="sigmoid",
+            decompose=("div", 1.0, ("add", 1.0, ("exp", ("neg", 0))))))
+register(Op("softsign", 1, ARITH, dsl="softsign",
+            decompose=("div", 0, ("add", 1.0, ("abs", 0)))))
+register(Op("lerp", 3, ARITH, dsl="lerp", decompose=("add", 0, ("mul", 2, ("sub", 1, 0)))))
+
+# Comparisons (masks), mask logic and selection.
 for _name, _fn, _sym in (("lt", "less", "<"), ("le", "less_equal", "<="),
                          ("gt", "greater", ">"), ("ge", "greater_equal", ">="),
                          ("eq", "equal", "=="), ("ne", "not_equal", "!=")):
-    _row(Op(_name, 2, COMPARE, getattr(np, _fn), f"bool({{0}} {_sym} {{1}})", _ufunc(_fn, 2),
-            f"{{0}} {_sym} {{1}}", symbol=_sym))
-_row(Op("where", 3, SELECT, np.where, "np.float64({1} if {0} else {2})",
-        "np.copyto({out}, {2}); np.copyto({out}, {1}, where={0})", "tl.where({0}, {1}, {2})",
-        dsl="where"))
+    register(Op(_name, 2, COMPARE, getattr(np, _fn), symbol=_sym,
+                commutative=_name in ("eq", "ne")))
+register(Op("and", 2, LOGIC, np.logical_and, symbol="and", commutative=True))
+register(Op("or", 2, LOGIC, np.logical_or, symbol="or", commutative=True))
+register(Op("not", 1, LOGIC, np.logical_not, symbol="not", involution=True))
+register(Op("where", 3, SELECT, np.where, dsl="where"))
 
-# Reductions: per tensor (a scalar per parameter) and over the group.
-_row(Op("sum", 1, REDUCE, _sum, dsl="sum"))
-_row(Op("mean", 1, REDUCE, _mean, dsl="mean"))
-_row(Op("norm", 1, REDUCE, _norm, dsl="norm"))
-_row(Op("maxabs", 1, REDUCE, _maxabs, dsl="maxabs"))
-_row(Op("dot", 2, REDUCE, _dot, dsl="dot"))
-_row(Op("global_norm", 1, GLOBAL, _norm, dsl="global_norm"))
-_row(Op("global_sum", 1, GLOBAL, _sum, dsl="global_sum"))
 
-FUNCTIONS: dict[str, Op] = {op.dsl: op for op in OPS.values() if op.dsl}
-RESERVED_NAMES = frozenset({"w", "g", "t"}) | frozenset(FUNCTIONS)
-KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf"})
+def functions() -> dict[str, Op]:
+    """The functions a program may call, by name (built-in and registered ones)."""
+    return FUNCTIONS
+
+
+KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf", "nan", "and", "or",
+                      "not"})
 
 
 def result_kind(op: Op, kinds: list[Kind]) -> Kind:
@@ -214,4 +205,8 @@ def result_kind(op: Op, kinds: list[Kind]) -> Kind:
     if op.category == GLOBAL:
         return Kind(Level.GROUP)
     level = max((k.level for k in kinds), default=Level.CONST)
-    return Kind(Level(level), mask=op.category == COMPARE)
+    return Kind(Level(level), mask=op.category in (COMPARE, LOGIC))
+
+
+# The reductions' rows (imported last: it registers them in OPS).
+from optdsl.ir import reductions as _reductions  # noqa: E402,F401

@@ -1,13 +1,14 @@
 """The IR verifier: SSA order, arities, kinds recomputed from the op table, outputs sane.
 
-Run after every pass in tests (and in debug mode); a failure is a compiler bug, so it raises
-AssertionError-like IRError, never DslError.
+Run after every rewrite in tests (and in debug mode); a failure is a compiler bug, so it
+raises IRError, never DslError.
 """
 
 from __future__ import annotations
 
 from optdsl.ir.nodes import Graph
-from optdsl.ir.ops import LEAF, OPS, SELECT, Level, result_kind
+from optdsl.ir.ops import GLOBAL, LEAF, LOGIC, OPS, SELECT, Level, result_kind
+from optdsl.ir.reductions import GROUP_SCOPE, REDUCTIONS, TENSOR_SCOPE
 
 
 class IRError(Exception):
@@ -35,10 +36,19 @@ def verify(graph: Graph) -> Graph:
         if info.category == SELECT:
             if not kinds[0].mask or kinds[1].mask or kinds[2].mask:
                 raise IRError(f"%{i}: where() needs (mask, number, number)")
+        elif info.category == LOGIC:
+            if not all(k.mask for k in kinds):
+                raise IRError(f"%{i}: {eq.op} combines masks")
         elif any(k.mask for k in kinds):
             raise IRError(f"%{i}: {eq.op} reads a mask")
-        if info.is_reduction and not all(k.level == Level.TENSOR for k in kinds):
-            raise IRError(f"%{i}: {eq.op} reduces a scalar")
+        if info.is_reduction:
+            if not all(k.level == Level.TENSOR for k in kinds):
+                raise IRError(f"%{i}: {eq.op} reduces a scalar")
+            if eq.op in ("reduce", "reduce_group"):
+                desc = REDUCTIONS.get(eq.attr)
+                scope = GROUP_SCOPE if info.category == GLOBAL else TENSOR_SCOPE
+                if desc is None or desc.scope != scope:
+                    raise IRError(f"%{i}: {eq.op} of {eq.attr!r}, not a {scope} reduction")
     names = [name for name, _ in graph.outputs]
     if not names or names[0] != "w" or len(set(names)) != len(names):
         raise IRError(f"outputs must start with w and be unique: {names}")

@@ -27,7 +27,6 @@ DTensor; ``DTensor`` can only exist once that module has been imported by someon
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -88,42 +87,38 @@ class _Sharding:
 
 
 class ShardCombiner:
-    """Combines one param group's reduction partials across ranks, then finishes them.
+    """Combines one param group's raw reduction partials across ranks.
 
-    Called as ``combiner(params, ((slot, kind), ...))`` after each reduction pass, where
-    ``params[i].red[slot]`` holds entry i's raw partial over its local shard.
+    Called as ``combiner(raw, combines)`` after each reduction sweep, where ``raw[i][j]`` is
+    entry i's raw partial of reduction j over its local shard and ``combines[j]`` is how
+    that reduction's partials combine ("add" or "max", its descriptor's); the partials of
+    sharded parameters are all-reduced in place (SUM or MAX), in one collective per
+    sharding and operator. The runtime then finishes
+    them (optdsl.runtime.reduce) with ``numel``, the full tensors' element counts.
     """
 
     def __init__(self, shardings: list[_Sharding | None], numel: list[int]) -> None:
         self.shardings = shardings
         self.numel = numel  # the full tensor's element count, for mean
 
-    def __call__(self, params, reductions) -> None:
+    def __call__(self, raw: list[list], combines) -> None:
         import torch.distributed as dist
 
         batches: dict = {}
         for index, sharding in enumerate(self.shardings):
             if sharding is None or not sharding.groups:
                 continue
-            for slot, kind in reductions:
-                op = "max" if kind == "maxabs" else "sum"
+            for j, op in enumerate(combines):
                 _, items = batches.setdefault((sharding.key, op), (sharding, []))
-                items.append((index, slot))
+                items.append((index, j))
         for (_, op), (sharding, items) in batches.items():
-            values = torch.tensor([float(params[i].red[s]) for i, s in items],
+            values = torch.tensor([float(raw[i][j]) for i, j in items],
                                   dtype=torch.float64).to(sharding.device)
             reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
             for group in sharding.groups:
                 dist.all_reduce(values, op=reduce_op, group=group)
-            for (i, s), value in zip(items, values.cpu().tolist()):
-                params[i].red[s] = np.float64(value)
-        for index, p in enumerate(params):
-            n = self.numel[index]
-            for slot, kind in reductions:
-                if kind == "norm":
-                    p.red[slot] = np.sqrt(np.float64(p.red[slot]))
-                elif kind == "mean":
-                    p.red[slot] = np.float64(p.red[slot]) / n if n else np.float64(math.nan)
+            for (i, j), value in zip(items, values.cpu().tolist()):
+                raw[i][j] = np.float64(value)
 
 
 def all_ranks(flag: bool, tensors: list) -> bool | None:
@@ -196,10 +191,12 @@ def localize(entries: list, state_keys: list[tuple[str, bool]]
     cls = _dtensor_class()
     if cls is None or not any(isinstance(entry[0], cls) for entry in entries):
         return entries, None
+    from optdsl.runtime.step import Entry
+
     local, shardings, numel = [], [], []
     for param, grad, state, t in entries:
         if not isinstance(param, cls):
-            local.append((param, grad, state, t))
+            local.append(Entry(param, grad, state, t))
             shardings.append(None)
             numel.append(param.numel())
             continue
@@ -208,7 +205,7 @@ def localize(entries: list, state_keys: list[tuple[str, bool]]
             if is_tensor:
                 if state.get(key) is not None:  # (a state the step does not use: absent)
                     view[key] = _local(param, state[key], f"state[{key!r}]")
-        local.append((param.to_local(), _local(param, grad, "the gradient"), view, t))
+        local.append(Entry(param.to_local(), _local(param, grad, "the gradient"), view, t))
         shardings.append(_Sharding(param))
         numel.append(param.numel())
     return local, ShardCombiner(shardings, numel)

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from optdsl.ir.evaluate import evaluate
 from optdsl.optim import hypers as hyper_values
-from optdsl.runtime.numpy_step import COMPUTE_DTYPES, Slot
+from optdsl.runtime.numpy_runner import COMPUTE_DTYPES, NumpyRunner, NumpySlot
+from optdsl.runtime.step import StepOptions
 
 
 class NumpyOptimizer:
@@ -31,6 +31,7 @@ class NumpyOptimizer:
         self.arrays = arrays
         self.hypers = hyper_values.resolve(program.hypers, hypers, extra={})
         self.state: list[dict[str, Any]] = [{} for _ in arrays]
+        self._runner = NumpyRunner(program)  # this optimizer's scratch buffers
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.hypers.items())
@@ -42,7 +43,7 @@ class NumpyOptimizer:
             state["step"] = 0
             w = self.arrays[index]
             for spec in self.program.states.values():
-                value = evaluate(spec.init, {"hyper": hyper, "w": w})["init"]
+                value = spec.initial_value(hyper, w)
                 if spec.tensor:
                     state[spec.key] = np.array(np.broadcast_to(value, w.shape), dtype=w.dtype)
                 else:
@@ -65,11 +66,16 @@ class NumpyOptimizer:
             g = np.ascontiguousarray(g, dtype=w.dtype).reshape(-1)
             state = self._init_state(i, hyper)
             state["step"] += 1
-            states = [state[s.key].reshape(-1) if s.tensor else np.float64(state[s.key])
-                      for s in self.program.states.values()]
-            slots.append(Slot(float(state["step"]), w.reshape(-1), g, states))
+            arrays = [w.reshape(-1), g] + [state[s.key].reshape(-1)
+                                           for s in self.program.states.values() if s.tensor]
+            scalars = [None if s.tensor else np.float64(state[s.key])
+                       for s in self.program.states.values()]
+            slots.append(NumpySlot(float(state["step"]), scalars, 0, arrays))
             used.append(i)
-        self.program.variant(hyper).numpy_step.run(hyper, slots)
+        variant = self.program.variant(hyper)
+        for slot in slots:
+            slot.red = [None] * variant.generated("numpy").num_reductions
+        self._runner.run_arrays(variant, slots, StepOptions(hyper))
         for i, slot in zip(used, slots):
             for spec, value in zip(self.program.states.values(), slot.states):
                 if not spec.tensor:

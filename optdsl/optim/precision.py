@@ -1,6 +1,7 @@
 """Mixed precision: the dtype a state is stored in, fp32 master weights, stochastic rounding.
 
-The policy, shared by both back ends (optdsl.optim.torch_optimizer applies it, the runners carry it out):
+The policy, shared by every back end (optdsl.optim.torch_optimizer applies it, the runners
+carry it out):
 
 - ``state_dtype``: tensor states are stored in float32 by default (float64 for float64
   parameters), whatever the parameter's dtype; ``"param"`` stores them in the parameter's

@@ -19,8 +19,8 @@ import torch
 
 from optdsl.optim import distributed, precision
 from optdsl.optim import hypers as hyper_values
-from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.runtime import select
+from optdsl.runtime import backends
+from optdsl.runtime.step import Entry, StepOptions
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -51,9 +51,10 @@ class DslOptimizer(torch.optim.Optimizer):
         defaults = hyper_values.resolve(specs, kwargs)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-        select.choose(backend, [])  # reject unknown names before touching params
+        backends.choose(backend, [])  # reject unknown names before touching params
         self._backend_request = backend
         self._backend: str | None = None
+        self._runner_of: tuple[str, object] | None = None  # (back end, this optimizer's runner)
         self.state_dtype = precision.check_state_dtype(state_dtype)
         self.master_weights = precision.check_flag("master_weights", master_weights)
         self.stochastic_rounding = precision.check_flag("stochastic_rounding",
@@ -67,7 +68,6 @@ class DslOptimizer(torch.optim.Optimizer):
         # id(param) -> _Ready (see _step_count); params live as long as the optimizer, and a
         # replaced state is told by identity (load_state_dict clears it all)
         self._ready: dict[int, _Ready] = {}
-        self._views: dict = {}  # the NumPy runner's kept views of this optimizer's tensors
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
         self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
@@ -90,11 +90,11 @@ class DslOptimizer(torch.optim.Optimizer):
 
     def _choose_backend(self) -> None:
         devices = {p.device.type for g in self.param_groups for p in g["params"]}
-        self._backend = select.choose(self._backend_request, devices)
+        self._backend = backends.choose(self._backend_request, devices)
 
     @property
     def backend(self) -> str:
-        return self._backend or select.choose(self._backend_request, [])
+        return self._backend or backends.choose(self._backend_request, [])
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -117,7 +117,7 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("stochastic_rounding", False)
         self.__dict__.setdefault("_rounding", precision.RoundingSeeds(0))
         self.__dict__.setdefault("_ready", {})
-        self.__dict__.setdefault("_views", {})
+        self.__dict__.setdefault("_runner_of", None)
         # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
         # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
         specs = self.program.hypers if self.program is not None else {}
@@ -154,7 +154,8 @@ class DslOptimizer(torch.optim.Optimizer):
         to its parameter's dtype, which would round an fp32 master weight to bfloat16."""
         super().load_state_dict(state_dict)
         self._ready.clear()
-        self._views.clear()  # (views of the replaced states would keep them alive)
+        if self._runner_of is not None:  # (views of the replaced states would keep them alive)
+            self._runner_of[1].forget()
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
@@ -235,10 +236,9 @@ class DslOptimizer(torch.optim.Optimizer):
         keys = self._state_keys()
         for number, group in enumerate(self.param_groups):
             hyper = hyper_values.scalars(self.program.hypers, group)
-            if grad_scale is not None:
-                hyper[INV_GRAD_SCALE] = 1.0 / float(grad_scale)
+            # the variant is chosen once per group and step, and handed to the runner
+            variant = self.program.variant(hyper, unscale=grad_scale is not None)
             entries, copies = [], []
-            live = self.program.variant(hyper).schedule.live_states
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:
@@ -247,34 +247,35 @@ class DslOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse "
                                        f"gradients")
                 state = self.state[param]
-                t = self._step_count(param, state, hyper, live)
+                t = self._step_count(param, state, hyper, variant.live_states)
                 if precision.needs_master(self.master_weights, param.dtype):
-                    entries.append((state[precision.MASTER_KEY], grad, state, t))
+                    entries.append(Entry(state[precision.MASTER_KEY], grad, state, t))
                     copies.append(param)
                 else:
-                    entries.append((param, grad, state, t))
+                    entries.append(Entry(param, grad, state, t))
                     copies.append(None)
-            if entries:
-                options: dict[str, Any] = {}
-                if any(c is not None for c in copies):
-                    options["copies"] = copies
-                if self.stochastic_rounding:
-                    # per group and the group's total update count (it grows every step and
-                    # comes from the state: resumable); sharded tensors add the rank's shard
-                    # coordinates, so shards round independently and replicas alike
-                    count = int(sum(entry[3] for entry in entries))
-                    coordinates = distributed.shard_coordinates([e[0] for e in entries])
-                    options["rounding_seed"] = self._rounding.seed(number, count, *coordinates)
-                # DTensor parameters (FSDP2): the runner updates the local shards, and the
-                # combiner all-reduces reduction partials across ranks; None otherwise.
-                entries, combine = distributed.localize(entries, keys)
-                if combine is not None:
-                    options["combine"] = combine
-                    if "copies" in options:
-                        options["copies"] = [distributed.local_tensor(c) for c in copies]
-                if self._backend == "numpy" and combine is None:
-                    options["views"] = self._views
-                runner.run(hyper, entries, keys, **options)
+            if not entries:
+                continue
+            options = StepOptions(hyper)
+            if grad_scale is not None:
+                options.inv_grad_scale = 1.0 / float(grad_scale)
+            if any(c is not None for c in copies):
+                options.copies = copies
+            if self.stochastic_rounding:
+                # per group and the group's total update count (it grows every step and
+                # comes from the state: resumable); sharded tensors add the rank's shard
+                # coordinates, so shards round independently and replicas alike
+                count = int(sum(entry.t for entry in entries))
+                coordinates = distributed.shard_coordinates([e.param for e in entries])
+                options.rounding_seed = self._rounding.seed(number, count, *coordinates)
+            # DTensor parameters (FSDP2): the runner updates the local shards, and the
+            # combiner all-reduces reduction partials across ranks; None otherwise.
+            entries, combine = distributed.localize(entries, keys)
+            if combine is not None:
+                options.combine = combine
+                if options.copies is not None:
+                    options.copies = [distributed.local_tensor(c) for c in copies]
+            runner.run(variant, entries, options)
         return loss
 
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
@@ -313,11 +314,13 @@ class DslOptimizer(torch.optim.Optimizer):
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
     def _runner(self):
+        """This optimizer's runner of its back end (its tables and buffers are its own)."""
         if self._backend is None:
             self._choose_backend()
-        if self._backend == "numpy":
-            return self.program.numpy_runner
-        return self.program.triton_runner
+        if self._runner_of is None or self._runner_of[0] != self._backend:
+            self._runner_of = (self._backend,
+                               backends.get(self._backend).make_runner(self.program))
+        return self._runner_of[1]
 
 
 class _Ready:
@@ -343,30 +346,24 @@ def _constant_init(spec) -> bool:
     when a step first uses it gives the value it would have had from the first update (a
     state the step does not use keeps its initial value). One read from `w` or a hyper is
     made on the first update, as documented."""
-    return not any(eq.op in ("w", "hyper") for eq in spec.init.eqs)
+    return spec.constant
 
 
 def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.Tensor:
-    """A state's first value, from its init graph (constants, hypers and w)."""
-    from optdsl.ir.evaluate import evaluate
-
+    """A state's first value, from its declaration (constants, hypers and w)."""
     if distributed.is_dtensor(param):  # state sharded like its parameter, as torch.optim's
         local = _initial_value(spec, param.to_local(), hyper)
         return distributed.like_param(param, local) if spec.tensor else local
-    graph = spec.init
-    (_, out), = graph.outputs
-    needs_w = any(eq.op == "w" for eq in graph.eqs)
     if not spec.tensor:
-        value = evaluate(graph, {"hyper": hyper})["init"]
-        return torch.tensor(float(value), dtype=_scalar_dtype())
-    if graph.eqs[out].op == "w":
+        return torch.tensor(float(spec.initial_value(hyper)), dtype=_scalar_dtype())
+    if spec.copies_w:
         return param.detach().clone(memory_format=torch.contiguous_format)
-    if not needs_w:
-        value = float(evaluate(graph, {"hyper": hyper})["init"])
+    if not spec.reads_w:
+        value = float(spec.initial_value(hyper))
         return torch.full_like(param, value, memory_format=torch.contiguous_format)
     compute = torch.float64 if param.dtype == torch.float64 else torch.float32
     w = param.detach().to("cpu", compute).numpy()
-    value = evaluate(graph, {"hyper": hyper, "w": w})["init"]
+    value = spec.initial_value(hyper, w)
     return torch.as_tensor(np.broadcast_to(value, w.shape).copy()).to(param.device, param.dtype)
 
 
@@ -381,7 +378,8 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
     attrs = {
         "program": program,
         "positional": tuple(program.hypers) if positional is None else tuple(positional),
-        "__doc__": f"{doc}\n\nKeywords: {keywords}; backend='auto'|'numpy'|'triton'; "
+        "__doc__": f"{doc}\n\nKeywords: {keywords}; backend="
+                   f"{'|'.join(map(repr, backends.names()))}; "
                    f"skip_nonfinite, state_dtype, master_weights, stochastic_rounding "
                    f"(see optdsl.optim.precision).",
         "__module__": module or "optdsl.generated",

@@ -2,7 +2,8 @@
 
 Before: any verified graph. After: no element-wise op has only constant arguments; values
 are computed with the op table's NumPy meaning in float64, so folding never changes a result
-beyond what float64 host arithmetic would give.
+beyond what float64 host arithmetic would give. (Masks are not folded: a constant mask stays
+a comparison, which simplify resolves inside where().)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def fold(graph: Graph) -> Graph:
         if not all(builder.eqs[a].op == "const" for a in args):
             return None
         with np.errstate(all="ignore"):
-            value = info.evaluate(*[np.float64(builder.eqs[a].attr) for a in args])
-        return builder.const(float(value), eq.line)
+            value = info.meaning(*[np.float64(builder.eqs[a].attr) for a in args])
+        return builder.const(float(value), eq.span)
 
     return rebuild(graph, rewrite)

@@ -16,14 +16,15 @@ import numpy as np
 
 from optdsl.ir.builder import Builder, copy_eq
 from optdsl.ir.nodes import Graph
-from optdsl.ir.ops import COMPARE, OPS, Level
+from optdsl.ir.ops import OPS, Level
 
 
 def flag_masks(graph: Graph) -> tuple[int, ...]:
-    """Group-level comparisons read as the mask of some where(): the program's switches."""
+    """Group-level masks (comparisons, or masks combined with and/or/not) read as the mask of
+    some where(): the program's switches."""
     read_as_mask = {eq.args[0] for eq in graph.eqs if eq.op == "where"}
     return tuple(v for v in sorted(read_as_mask)
-                 if OPS[graph.eqs[v].op].category == COMPARE
+                 if graph.eqs[v].kind.mask
                  and graph.eqs[v].kind.level <= Level.GROUP
                  and not any(OPS[graph.eqs[a].op].is_reduction  # global_norm is group-level
                              for a in graph.ancestors([v])))
@@ -44,7 +45,7 @@ def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
             elif eq.op == "hyper":
                 values[v] = np.float64(hyper[eq.attr])
             else:
-                values[v] = OPS[eq.op].evaluate(*[values[a] for a in eq.args])
+                values[v] = OPS[eq.op].meaning(*[values[a] for a in eq.args])
     return tuple(bool(values[m]) for m in masks)
 
 
@@ -69,7 +70,7 @@ def specialize(graph: Graph, choice: dict[int, bool]) -> Graph:
             new_id[i] = new_id[picked[i]]
         else:
             new_id[i] = copy_eq(builder, eq, tuple(new_id[a] for a in eq.args))
-    return builder.graph([(name, new_id[v]) for name, v in graph.outputs], graph.meta)
+    return builder.graph([(name, new_id[v]) for name, v in graph.outputs])
 
 
 def _picks(graph: Graph, choice: dict[int, bool]) -> dict[int, int]:
@@ -82,18 +83,17 @@ def _picks(graph: Graph, choice: dict[int, bool]) -> dict[int, int]:
                 picked[i] = branch
     return picked
 
-INV_GRAD_SCALE = "__inv_grad_scale"  # user names cannot start with "__" (the checker says so)
-
 
 def unscale_gradient(graph: Graph) -> Graph:
-    """Read every gradient as ``g * __inv_grad_scale``: torch's GradScaler protocol, where the
-    step divides the scaled gradients by the scale itself (nothing is written to .grad)."""
+    """Read every gradient as ``g * inv_grad_scale``: torch's GradScaler protocol for a step
+    that unscales the scaled gradients itself (torch's fused=True), in the same pass, so
+    unscaling costs no extra sweep over memory (nothing is written to .grad)."""
     builder = Builder()
     new_id: dict[int, int] = {}
     for i, eq in enumerate(graph.eqs):
         if eq.op == "g":
             grad = builder.leaf("g")
-            new_id[i] = builder.op("mul", (grad, builder.leaf("hyper", INV_GRAD_SCALE)))
+            new_id[i] = builder.op("mul", (grad, builder.leaf("inv_grad_scale")))
             continue
         new_id[i] = copy_eq(builder, eq, tuple(new_id[a] for a in eq.args))
-    return builder.graph([(name, new_id[v]) for name, v in graph.outputs], graph.meta)
+    return builder.graph([(name, new_id[v]) for name, v in graph.outputs])

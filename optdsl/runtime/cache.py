@@ -79,7 +79,7 @@ def _fallback(reason: str) -> Path:
 
 
 def _versions() -> dict[str, str]:
-    from optdsl import __version__
+    from optdsl.version import VERSION as __version__
 
     try:
         import triton

@@ -11,21 +11,30 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from optdsl.runtime import backends as registry
 from optdsl.runtime.cache import write_atomic
 
-BACKENDS = {"triton": ("triton",), "numpy": ("numpy",), "all": ("triton", "numpy")}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _chosen(backends: str) -> tuple[str, ...]:
+    """The back ends a ``--backend`` value names: one registered back end, or "all"."""
+    if backends == "all":
+        return registry.names(with_auto=False)
+    if backends not in registry.BACKENDS:
+        choices = registry.names(with_auto=False) + ("all",)
+        raise ValueError(f"backends must be one of {', '.join(map(repr, choices))}, got "
+                         f"{backends!r}")
+    return (backends,)
 
 
 def file_names(program, backends: str = "triton") -> list[str]:
     """The file names ``write_kernels`` gives ``program``'s generated code."""
-    if backends not in BACKENDS:
-        raise ValueError(f"backends must be one of {', '.join(map(repr, BACKENDS))}, got "
-                         f"{backends!r}")
+    chosen = _chosen(backends)
     if not _NAME.fullmatch(program.name):
         raise ValueError(f"program name {program.name!r} is not an identifier; compile it "
                          f"with name=...")
-    return [f"{program.name}_{b}.py" for b in BACKENDS[backends]]
+    return [f"{program.name}_{b}{registry.get(b).suffix}" for b in chosen]
 
 
 def write_kernels(programs: Iterable, out_dir: Path, backends: str = "triton") -> list[Path]:
@@ -35,7 +44,7 @@ def write_kernels(programs: Iterable, out_dir: Path, backends: str = "triton") -
     out_dir = Path(out_dir)
     planned: dict[str, tuple] = {}
     for program in programs:
-        for file_name, backend in zip(file_names(program, backends), BACKENDS[backends]):
+        for file_name, backend in zip(file_names(program, backends), _chosen(backends)):
             if file_name in planned:
                 other = planned[file_name][0].filename
                 raise ValueError(f"two programs are named {program.name!r} ({other} and "

@@ -1,17 +1,21 @@
 """Runs one param group's step on CPU torch tensors through the generated NumPy code.
 
+Each optimizer has its own runner, so its scratch buffers and kept views are its own: two
+optimizers stepped from two threads never share memory (one optimizer stepped from two
+threads at once is refused).
+
 float32 and float64 tensors that are contiguous are updated in place through zero-copy
 NumPy views. Other dtypes (float16, bfloat16) and non-contiguous tensors are staged: copied
 to a contiguous float32 (or float64) array, updated, and copied back, rounded to nearest or,
-with a rounding seed, bfloat16 ones rounded stochastically (optdsl.optim.precision). A parameter
-with an fp32 master weight is stepped on the master, then the master is copied into it.
+with a rounding seed, bfloat16 ones rounded stochastically (optdsl.runtime.rounding). A
+parameter with an fp32 master weight is stepped on the master, then the master is copied
+into it.
 
-A parameter whose tensors are all viewed in place keeps its Slot between steps (views of w
-and its tensor states) in a ``views`` dict the optimizer owns (so they die with it):
-building NumPy views costs a few microseconds a tensor, a tenth of a step of a model of
-~100 tensors. The Slot is rebuilt when the parameter's storage, size or layout changes or a
-state tensor is replaced or moves; the gradient, a new tensor after zero_grad, is viewed
-afresh every step and not kept.
+A parameter whose tensors are all viewed in place keeps its slot between steps (views of w
+and its tensor states): building NumPy views costs a few microseconds a tensor, a tenth of a
+step of a model of ~100 tensors. The slot is rebuilt when the parameter's storage, size or
+layout changes or a state tensor is replaced or moves; the gradient, a new tensor after
+zero_grad, is viewed afresh every step and not kept.
 """
 
 from __future__ import annotations
@@ -19,11 +23,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.runtime.numpy_step import Slot
+from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.runtime.rounding import round_bf16_stochastic
+from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
 _NATIVE = (torch.float32, torch.float64)
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NumpySlot(ParamSlot):
+    """A parameter's arrays for the generated sweeps (optdsl.codegen.numpy)."""
+
+    __slots__ = ("arrays", "buffers", "masks", "partials")
+
+    def __init__(self, t: float, states: list, num_reductions: int, arrays: list) -> None:
+        super().__init__(t, states, num_reductions)
+        self.arrays = arrays  # w, g, then each tensor state (None: unused by this step)
+        self.buffers: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.partials: list = []
 
 
 class _Staged:
@@ -53,25 +71,16 @@ def write_rounded(tensor: torch.Tensor, array: np.ndarray, seed: int | None) -> 
     tensor.copy_(torch.from_numpy(array).view(tensor.shape))
 
 
-class _Slots(list):
-    """The slots of a distributed step: the generated code calls ``combine`` after each
-    reduction pass (see optdsl.codegen.numpy)."""
-
-    def __init__(self, combine) -> None:
-        super().__init__()
-        self.combine = combine
-
-
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _Views:
-    """A parameter's Slot of zero-copy views and what it was built from."""
+    """A parameter's slot of zero-copy views and what it was built from."""
 
     __slots__ = ("param", "ptr", "numel", "states", "ptrs", "slot")
 
-    def __init__(self, param: torch.Tensor, states: tuple, slot: Slot) -> None:
+    def __init__(self, param: torch.Tensor, states: tuple, slot: NumpySlot) -> None:
         self.param = param
         self.ptr = param.data_ptr()
         self.numel = param.numel()
@@ -88,19 +97,42 @@ def _in_place(t: torch.Tensor, dtype: torch.dtype) -> bool:
     return t.dtype == dtype and t.is_contiguous()
 
 
-class NumpyRunner:
-    def __init__(self, program) -> None:
-        self.program = program
+def _scalar_states(state: dict, state_keys: list[tuple[str, bool]]) -> list:
+    return [None if is_tensor else np.float64(state[key].item())
+            for key, is_tensor in state_keys]
 
-    def _kept_slot(self, kept: dict, param: torch.Tensor, grad: torch.Tensor, state: dict,
-                   t: float, state_keys: list[tuple[str, bool]]) -> Slot | None:
-        """The parameter's Slot kept in ``kept`` (id(param) -> _Views), updated for this
-        step; None when some tensor must be staged (then the general path runs)."""
+
+class NumpyRunner:
+    """One optimizer's runner of a program's generated NumPy steps."""
+
+    def __init__(self, program, backend: str = "numpy") -> None:
+        self.program = program
+        self.backend = backend  # whose generated modules it runs (a NumPy-style back end)
+        self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
+        self._scratch: dict[np.dtype, list[np.ndarray]] = {}
+        self._masks: list[np.ndarray] = []
+        self._views: dict[int, _Views] = {}  # id(param) -> its kept slot
+        self._busy = OneStepAtATime()
+
+    def forget(self) -> None:
+        """Drop the kept views (after a load_state_dict replaced the states)."""
+        self._views.clear()
+
+    def _buffers(self, dtype: np.dtype, count: int, chunk: int) -> list[np.ndarray]:
+        found = self._scratch.setdefault(dtype, [])
+        while len(found) < count:
+            found.append(np.empty(chunk, dtype=dtype))
+        return found
+
+    def _kept_slot(self, entry: Entry, num_reductions: int) -> NumpySlot | None:
+        """The parameter's slot kept between steps, updated for this step; None when some
+        tensor must be staged (then the general path runs)."""
+        param, grad, state, t = entry
         dtype = param.dtype
         if dtype not in _NATIVE or not _in_place(grad, dtype):
             return None
-        tensors = tuple(state.get(key) for key, is_tensor in state_keys if is_tensor)
-        views = kept.get(id(param))
+        tensors = tuple(state.get(key) for key, is_tensor in self.state_keys if is_tensor)
+        views = self._views.get(id(param))
         if (views is None or views.param is not param or views.ptr != param.data_ptr()
                 or views.numel != param.numel() or not param.is_contiguous()
                 or any(a is not b for a, b in zip(views.states, tensors))
@@ -108,66 +140,100 @@ class NumpyRunner:
             if not (param.is_contiguous()
                     and all(x is None or _in_place(x, dtype) for x in tensors)):
                 return None
-            arrays = iter([None if x is None else x.detach().view(-1).numpy()
-                           for x in tensors])
-            states = [next(arrays) if is_tensor else None for _, is_tensor in state_keys]
-            slot = Slot(t, param.detach().view(-1).numpy(), None, states)
-            views = _Views(param, tensors, slot)
-            kept[id(param)] = views
+            arrays = [param.detach().view(-1).numpy(), None] + [
+                None if x is None else x.detach().view(-1).numpy() for x in tensors]
+            views = _Views(param, tensors, NumpySlot(t, [], num_reductions, arrays))
+            self._views[id(param)] = views
         slot = views.slot
         slot.t = t
-        slot.g = grad.detach().view(-1).numpy()
-        for j, (key, is_tensor) in enumerate(state_keys):
-            if not is_tensor:
-                slot.states[j] = np.float64(state[key].item())
+        slot.red = [None] * num_reductions
+        slot.arrays[1] = grad.detach().view(-1).numpy()
+        slot.states = _scalar_states(state, self.state_keys)
         return slot
 
-    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
-            combine=None, copies: list | None = None, rounding_seed: int | None = None,
-            views: dict | None = None) -> None:
-        """entries: (param, grad, state dict, t) for each parameter that has a gradient.
-        ``combine``: a distributed.ShardCombiner when some parameters are local shards.
-        ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
-        parameter (the entry's parameter is then its fp32 master weight).
-        ``rounding_seed``: round bfloat16 writes stochastically from this seed.
-        ``views``: where to keep the parameters' Slots between steps (None: not kept)."""
-        slots, written = ([], []) if combine is None else (_Slots(combine), [])
-        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
-        for param, grad, state, t in entries:
-            variant.check_states(state)
-            if views is not None:
-                slot = self._kept_slot(views, param, grad, state, t, state_keys)
-                if slot is not None:
-                    slots.append(slot)
-                    continue
-            compute = compute_dtype(param.dtype)
-            w = _Staged(param.detach(), compute)
-            g = _Staged(grad.detach(), compute)
-            states: list = []
-            for key, is_tensor in state_keys:
-                value = state.get(key)
-                if is_tensor and value is None:  # a state this step neither reads nor writes
-                    states.append(None)
-                elif is_tensor:
-                    staged = _Staged(value, compute)
-                    states.append(staged.array)
-                    written.append(staged)
-                else:
-                    states.append(np.float64(value.item()))
-            slots.append(Slot(t, w.array, g.array, states))
-            written.append(w)
-        variant.numpy_step.run(hyper, slots)
+    def _staged_slot(self, entry: Entry, num_reductions: int, written: list) -> NumpySlot:
+        param, grad, state, t = entry
+        compute = compute_dtype(param.dtype)
+        w = _Staged(param.detach(), compute)
+        g = _Staged(grad.detach(), compute)
+        arrays = [w.array, g.array]
+        for key, is_tensor in self.state_keys:
+            value = state.get(key)
+            if not is_tensor:
+                continue
+            if value is None:  # a state this step neither reads nor writes
+                arrays.append(None)
+                continue
+            staged = _Staged(value, compute)
+            arrays.append(staged.array)
+            written.append(staged)
+        written.append(w)
+        return NumpySlot(t, _scalar_states(state, self.state_keys), num_reductions, arrays)
+
+    def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
+        """Step every entry in place. ``options.copies``: per entry, None or the tensor that
+        receives a rounded copy of the updated parameter (the entry's parameter is then its
+        fp32 master weight)."""
+        with self._busy, np.errstate(all="ignore"):
+            module = variant.generated(self.backend)
+            slots, written = [], []
+            keep = options.combine is None
+            for entry in entries:
+                variant.check_states(entry.state)
+                slot = self._kept_slot(entry, module.num_reductions) if keep else None
+                if slot is None:
+                    slot = self._staged_slot(entry, module.num_reductions, written)
+                slots.append(slot)
+            self._execute(module, slots, options)
+            self._write_back(entries, slots, written, options)
+
+    def run_arrays(self, variant, slots: list[NumpySlot], options: StepOptions) -> None:
+        """Step slots of plain NumPy arrays (float32/float64, flat, updated in place)."""
+        with self._busy, np.errstate(all="ignore"):
+            self._execute(variant.generated(self.backend), slots, options)
+
+    def _execute(self, module: GeneratedModule, slots: list[NumpySlot],
+                 options: StepOptions) -> None:
+        chunk = module.module.CHUNK
+        while len(self._masks) < module.module.NUM_MASKS:
+            self._masks.append(np.empty(chunk, dtype=bool))
+        width = len(module.columns)
+        for slot in slots:
+            dtype = slot.arrays[0].dtype
+            if dtype not in COMPUTE_DTYPES:
+                raise TypeError(f"the NumPy step computes in float32 or float64, got {dtype}")
+            slot.buffers = self._buffers(dtype, module.module.NUM_BUFFERS, chunk)
+            slot.masks = self._masks
+            if len(slot.arrays) < width:  # scratch for values stored between sweeps
+                n = slot.arrays[0].shape[0]
+                slot.arrays += [np.empty(n, dtype) for _ in range(width - len(slot.arrays))]
+
+        def run_sweep(k: int, params) -> list:
+            sweep = module.sweeps[k]
+            for p in params:
+                p.partials = [None] * len(sweep.reductions)
+            sweep.kernel(params)
+            return [p.partials for p in params]
+
+        numel = [s.arrays[0].shape[0] for s in slots]
+        ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep, numel,
+                          options.combine)
+        module.step(ctx, slots)
+
+    def _write_back(self, entries: list[Entry], slots: list[NumpySlot], written: list,
+                    options: StepOptions) -> None:
+        seed = options.rounding_seed
         # (NumPy's generator hashes its seed, so consecutive seeds give unrelated streams)
         for i, staged in enumerate(written):
-            staged.flush(None if rounding_seed is None else rounding_seed + i)
-        for i, copy in enumerate(copies or ()):
+            staged.flush(None if seed is None else seed + i)
+        for i, copy in enumerate(options.copies or ()):
             if copy is not None:
-                seed = None if rounding_seed is None else rounding_seed + len(written) + i
-                write_rounded(copy, slots[i].w, seed)
-        for (param, grad, state, t), slot in zip(entries, slots):
-            slot.g = None  # a kept Slot must not keep the gradient alive
-            for (key, is_tensor), value in zip(state_keys, slot.states):
+                write_rounded(copy, slots[i].arrays[0],
+                              None if seed is None else seed + len(written) + i)
+        for entry, slot in zip(entries, slots):
+            slot.arrays[1] = None  # a kept slot must not keep the gradient alive
+            for (key, is_tensor), value in zip(self.state_keys, slot.states):
                 if not is_tensor:
                     # through a float64 tensor: a float32 state overflows to inf (fill_ of
                     # a Python float too large for the state's dtype raises)
-                    state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
+                    entry.state[key].fill_(torch.tensor(float(value), dtype=torch.float64))

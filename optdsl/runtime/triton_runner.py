@@ -1,19 +1,23 @@
 """Runs one param group's step through a program's generated Triton module.
 
-What one launch is: for each pass of the program, ONE kernel launch per bucket of the group,
+Each optimizer has its own runner: its plans and device tables are that optimizer's.
+
+What one launch is: for each sweep of the program, ONE kernel launch per bucket of the group,
 a bucket being the parameters that share a device and element dtypes (of w, g and each
 tensor state). The launch's grid is one program per block of BLOCK elements over all the
 bucket's tensors; program ``i`` reads row ``i`` of a block map (tensor index, start offset;
 int64) and finds its tensor's data pointers in a pointer table (one int64 row per tensor:
 w, g, then each tensor state), its size in a size table, and its scalars in a scalar table
-(one row per tensor in the compute dtype, written by the generated host code). The pointer,
-size and block tables live on the device and are cached while the set of tensors (their
-addresses, sizes and dtypes) is unchanged; only the scalar table is copied each step.
+(one row per tensor in the compute dtype: each parameter's row from the generated host step).
+The pointer, size and block tables live on the device and are cached while the set of
+tensors (their addresses, sizes and dtypes) is unchanged; only the scalar table is copied
+each step.
 
-Reductions: a pass that feeds reductions stores one float64 partial per block and
-reduction; the partials come back to the host in one copy per bucket and are combined in a
-fixed order (``np.add.reduceat`` / ``np.maximum.reduceat`` over each tensor's blocks, then
-over tensors for group-wide ones), so results are deterministic (no float atomics).
+Reductions: a sweep that feeds reductions stores one float64 partial per block and
+reduction; the partials come back to the host in one copy per bucket and are combined per
+tensor in a fixed order (the descriptor's combine, ``reduceat`` over each tensor's blocks),
+then finished with every other back end's (optdsl.runtime.reduce), so results are
+deterministic (no float atomics).
 
 Dtypes: float32, float16, bfloat16 and float64 tensors are read and written in place in
 their own dtype; arithmetic is float32 (float64 for float64 parameters). Tensors that are
@@ -35,20 +39,19 @@ process's memory).
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from optdsl.passes.specialize import INV_GRAD_SCALE
-from optdsl.runtime import cache, select
+from optdsl.codegen.contract import GeneratedModule, ParamSlot
+from optdsl.codegen.triton import dtype_param
+from optdsl.ir.reductions import REDUCTIONS
+from optdsl.runtime import select
 from optdsl.runtime.rounding import derive_seed
+from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
-_CACHED_PLANS = 8  # tensor sets remembered per runner (param groups x optimizers)
-_EMPTY = {"sum": 0.0, "global_sum": 0.0, "dot": 0.0, "norm": 0.0, "global_norm": 0.0,
-          "maxabs": 0.0, "mean": math.nan}
+_CACHED_PLANS = 8  # tensor sets remembered per runner (its param groups)
 
 
 def _tl_dtypes() -> dict:
@@ -56,18 +59,6 @@ def _tl_dtypes() -> dict:
 
     return {torch.float32: tl.float32, torch.float16: tl.float16,
             torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
-
-
-class _Slot:
-    """One parameter's host-side view for one step (the generated code's ``p``)."""
-
-    __slots__ = ("red", "scalars", "states", "t")
-
-    def __init__(self, t: float, states: list, num_reductions: int) -> None:
-        self.t = t
-        self.states = states
-        self.red: list = [None] * num_reductions
-        self.scalars: tuple = ()
 
 
 class _Bucket:
@@ -86,8 +77,8 @@ class _Bucket:
         self.compute = torch.float64 if dtypes[0] == torch.float64 else torch.float32
         self.np_compute = np.float64 if self.compute == torch.float64 else np.float32
         # (a column of a state the step does not use has no tensor: a placeholder dtype)
-        self.constexprs = {f"DT_{c}" if c in ("w", "g") else f"DT_s_{c}":
-                           tl_types[d or torch.float32] for c, d in zip(columns, dtypes)}
+        self.constexprs = {dtype_param(c): tl_types[d or torch.float32]
+                           for c, d in zip(columns, dtypes)}
         self.constexprs["DT_wcopy"] = tl_types[copy_dtype or dtypes[0]]
         self.constexprs["COPY"] = copy_dtype is not None
         self.constexprs["CT"] = tl_types[self.compute]
@@ -136,7 +127,7 @@ def _staged(t: torch.Tensor, device: torch.device, tl_types: dict) -> torch.Tens
 
 
 class TritonRunner:
-    """Runs a Program's generated Triton step; ``program.triton_runner`` holds one."""
+    """One optimizer's runner of a program's generated Triton steps."""
 
     def __init__(self, program, block: int | None = None) -> None:
         self.program = program
@@ -146,61 +137,55 @@ class TritonRunner:
             raise ValueError(f"block must be a power of two >= 16, got {block}")
         self.block = block
         self.num_warps = 4 if block <= 1024 else 8
+        self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
         self._plans: OrderedDict = OrderedDict()
         self._blocks: OrderedDict = OrderedDict()
-        self._modules: dict = {}
+        self._busy = OneStepAtATime()
 
-    def module(self, variant=None):
-        """The generated module of a variant (default: the generic step), imported from the
-        disk cache once per process and mode (Triton decides at import whether its kernels
-        are interpreted)."""
-        variant = variant or self.program.generic
-        mode = "interpret" if select.interpreting() else ""
-        found = self._modules.get((variant.key, mode))
-        if found is None:
-            ident = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variant.title)
-            tag = "triton_" + (variant.title if ident else "program")
-            found = cache.load_module(variant.triton_source, tag, {"kind": "triton-step"}, mode)
-            self._modules[(variant.key, mode)] = found
-        return found
+    def forget(self) -> None:
+        """Drop the cached plans (after a load_state_dict replaced the states)."""
+        self._plans.clear()
 
     # -- one step ------------------------------------------------------------------------------
-    def run(self, hyper: dict[str, float], entries: list, state_keys: list[tuple[str, bool]],
-            combine=None, copies: list | None = None, rounding_seed: int | None = None) -> None:
-        """entries: (param, grad, state dict, t) for each parameter that has a gradient.
-        ``combine``: a distributed.ShardCombiner when some parameters are local shards.
-        ``copies``: per entry, None or the tensor that receives a rounded copy of the updated
-        parameter (the entry's parameter is then its fp32 master weight).
-        ``rounding_seed``: round bfloat16 writes stochastically from this seed."""
-        variant = self.program.variant(hyper, unscale=INV_GRAD_SCALE in hyper)
-        module = self.module(variant)
-        tensor_keys = [key for key, is_tensor in state_keys if is_tensor]
-        if len(tensor_keys) != len(module.TENSORS) - 2:
+    def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
+        """Step every entry in place. ``options.copies``: per entry, None or the tensor that
+        receives a rounded copy of the updated parameter (the entry's parameter is then its
+        fp32 master weight)."""
+        with self._busy, np.errstate(all="ignore"):
+            self._run(variant, variant.generated("triton"), entries, options)
+
+    def _run(self, variant, module: GeneratedModule, entries: list[Entry],
+             options: StepOptions) -> None:
+        tensor_keys = [key for key, is_tensor in self.state_keys if is_tensor]
+        if len(tensor_keys) != len(module.tensor_states):
             raise RuntimeError("state keys do not match the program's tensor states")
         slots = []
         for param, grad, state, t in entries:
             variant.check_states(state)
             states = [None if is_tensor else np.float64(float(state[key]))
-                      for key, is_tensor in state_keys]
-            slots.append(_Slot(float(t), states, module.NUM_REDUCTIONS))
-        plan = self._plan(entries, tensor_keys, copies or [None] * len(entries))
+                      for key, is_tensor in self.state_keys]
+            slots.append(ParamSlot(float(t), states, module.num_reductions))
+        plan = self._plan(module, entries, tensor_keys,
+                          options.copies or [None] * len(entries))
 
-        def launch(k: int, params: list) -> None:
-            self._launch(module, plan, k, params, combine, rounding_seed)
+        def run_sweep(k: int, params) -> list | None:
+            return self._launch(module, plan, k, params, options.rounding_seed)
 
-        with np.errstate(all="ignore"):
-            module.step(hyper, slots, launch)
+        ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
+                          plan.numel, options.combine)
+        module.step(ctx, slots)
         for original, staged in plan.writeback:
             original.copy_(staged)
-        for (param, grad, state, t), slot in zip(entries, slots):
-            for (key, is_tensor), value in zip(state_keys, slot.states):
+        for entry, slot in zip(entries, slots):
+            for (key, is_tensor), value in zip(self.state_keys, slot.states):
                 if not is_tensor:
                     # through a float64 tensor: a float32 state overflows to inf (fill_ of
                     # a Python float too large for the state's dtype raises)
-                    state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
+                    entry.state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
 
     # -- tables --------------------------------------------------------------------------------
-    def _plan(self, entries: list, tensor_keys: list[str], copies: list) -> _Plan:
+    def _plan(self, module: GeneratedModule, entries: list, tensor_keys: list[str],
+              copies: list) -> _Plan:
         tl_types = _tl_dtypes()
         signature: list = []
         add = signature.append
@@ -228,24 +213,24 @@ class TritonRunner:
                                    and (i == 0 or x.device == device)):
                     direct = False
                 add((x.data_ptr(), dtype))
-        signature = tuple(signature)
+        signature = (module.columns, *signature)
         if direct:
             found = self._plans.get(signature)
             if found is not None:
                 self._plans.move_to_end(signature)
                 return found
-        plan = self._build(entries, tensor_keys, copies, tl_types)
+        plan = self._build(module, entries, tensor_keys, copies, tl_types)
         if direct:
             self._plans[signature] = plan
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return plan
 
-    def _build(self, entries: list, tensor_keys: list[str], copies: list,
-               tl_types: dict) -> _Plan:
+    def _build(self, module: GeneratedModule, entries: list, tensor_keys: list[str],
+               copies: list, tl_types: dict) -> _Plan:
         plan = _Plan()
         groups: dict = {}
-        columns = list(self.module().TENSORS)
+        columns = list(module.columns)
         for index, ((param, grad, state, _), copy) in enumerate(zip(entries, copies)):
             plan.numel.append(param.numel())
             if param.numel() == 0:
@@ -253,7 +238,11 @@ class TritonRunner:
             device = param.device
             used = []
             tensors = [param, grad] + [state.get(key) for key in tensor_keys]
-            for j, x in enumerate(tensors + ([] if copy is None else [copy])):
+            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+            scratch = [torch.empty(param.numel(), dtype=compute, device=device)
+                       for _ in module.scratch]  # values stored between sweeps
+            plan.keep.extend(scratch)
+            for j, x in enumerate(tensors + scratch + ([] if copy is None else [copy])):
                 if x is None:
                     used.append(None)
                     continue
@@ -281,12 +270,13 @@ class TritonRunner:
         return plan
 
     # -- launches ------------------------------------------------------------------------------
-    def _launch(self, module, plan: _Plan, k: int, params: list, combiner=None,
-                rounding_seed: int | None = None) -> None:
-        kernel, width, reductions = module.PASSES[k]
-        if kernel is None:
-            return
-        finish = _finish if combiner is None else _raw
+    def _launch(self, module: GeneratedModule, plan: _Plan, k: int, params: list,
+                rounding_seed: int | None = None) -> list | None:
+        """Run sweep k over every bucket; the raw partials of its reductions per entry."""
+        sweep = module.sweeps[k]
+        width, reductions = sweep.width, sweep.reductions
+        descs = [REDUCTIONS[name] for _, name in reductions]
+        raw = [[np.float64(d.identity) for d in descs] for _ in params]  # (empty tensors)
         pending = []
         for number, bucket in enumerate(plan.buckets):
             if width:
@@ -303,10 +293,10 @@ class TritonRunner:
             else:
                 red = bucket.dummy_red
             with _on(bucket.device):
-                # (only the final pass, the one without reductions, stores and so rounds)
+                # (only the final sweep, the one without reductions, stores and so rounds)
                 stores = rounding_seed is not None and not reductions
                 seed = derive_seed(rounding_seed, number) if stores else 0
-                kernel[(bucket.num_blocks,)](
+                sweep.kernel[(bucket.num_blocks,)](
                     bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, seed,
                     **bucket.constexprs, SR=stores,
                     num_warps=self.num_warps, enable_fp_fusion=False)
@@ -314,34 +304,13 @@ class TritonRunner:
                 pending.append((bucket, red))
         for bucket, red in pending:  # one device-to-host copy per bucket
             partials = red.cpu().numpy()
-            for j, (slot, kind) in enumerate(reductions):
-                column = partials[:, j]
-                combine = np.maximum if kind == "maxabs" else np.add
-                totals = combine.reduceat(column, bucket.first)
+            for j, desc in enumerate(descs):
+                totals = desc.combine_ufunc().reduceat(partials[:, j], bucket.first)
                 for m, index in enumerate(bucket.members):
-                    params[index].red[slot] = finish(kind, totals[m], bucket.sizes_host[m])
-        for index, numel in enumerate(plan.numel):
-            if numel == 0:
-                for slot, kind in reductions:
-                    params[index].red[slot] = np.float64(_EMPTY[kind] if combiner is None
-                                                         else 0.0)
-        if combiner is not None and reductions:  # sharded parameters: partials across ranks
-            combiner(params, reductions)
+                    raw[index][j] = np.float64(totals[m])
+        return raw if reductions else None
 
 
 def _on(device: torch.device):
     """Launch on ``device`` (Triton launches on the current CUDA device)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _raw(kind: str, total: float, n: int) -> np.float64:
-    return np.float64(total)  # finished by the combiner, after the partials are combined
-
-
-def _finish(kind: str, total: float, n: int) -> np.float64:
-    total = np.float64(total)
-    if kind == "mean":
-        return total / np.float64(n)
-    if kind == "norm":
-        return np.sqrt(total)
-    return total

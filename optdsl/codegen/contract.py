@@ -1,0 +1,90 @@
+"""The contract between generated code and the runtime: what a generated module holds, what
+its ``step`` receives, and what it hands to the runtime and gets back. Every back end's
+generated module follows it; the runtime reads modules only through ``GeneratedModule``.
+
+A generated module defines:
+
+- ``TENSORS``: the columns of a parameter's tensors ('w', 'g', each tensor state in program
+  order, then scratch columns, named ``__t<value>``, for values a sweep stores for later
+  ones: the runtime provides them, in the compute dtype), the order of pointer tables and
+  array lists;
+- ``NUM_REDUCTIONS``: the number of reduction slots of the step;
+- ``SWEEPS``: one row per sweep over the elements, ``(kernel, width, reductions)``: the
+  generated callable that runs it (None when the sweep neither writes nor reduces: the host
+  step still runs), the length of the scalar row each parameter hands it, and the reductions
+  it produces as ``(slot, descriptor name)`` pairs (optdsl.ir.reductions);
+- ``step(ctx, params)``: the host step, one call per param group. It computes group scalars
+  once and each parameter's scalars, sets each ``p.scalars`` to the row a sweep reads, calls
+  ``ctx.sweep(k, params)``, and reads the reductions the sweep produced, finished by the
+  runtime: per parameter in ``p.red[slot]``, per group in ``ctx.totals[slot]``. It writes
+  the new values of scalar states into ``p.states``.
+
+What ``ctx.sweep`` does with the kernel (launch it per bucket of tensors, or call it over
+NumPy arrays) is the back end's runner's business; how raw partials are combined and
+finished is the runtime's, in one place (optdsl.runtime.reduce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+
+class ParamSlot:
+    """One parameter in one step, as the generated host step sees it (its ``p``)."""
+
+    __slots__ = ("t", "states", "scalars", "red")
+
+    def __init__(self, t: float, states: list, num_reductions: int) -> None:
+        self.t = t  # the step number of this update
+        self.states = states  # scalar states in program order (tensor states: None)
+        self.scalars: tuple = ()  # the scalar row of the sweep about to run
+        self.red: list = [None] * num_reductions  # finished per-parameter reductions
+
+
+class StepContext(Protocol):
+    """What the host step receives besides its parameters."""
+
+    hyper: Mapping[str, float]  # the group's hyper values, by scalar name
+    inv_grad_scale: float  # 1 / GradScaler's scale, for a step that unscales (else 1.0)
+    totals: list  # finished group-wide reductions, by slot
+
+    def sweep(self, k: int, params: Sequence[ParamSlot]) -> None:
+        """Run sweep ``k`` over every parameter, then finish the reductions it produces."""
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """One sweep of a generated module (a row of its SWEEPS)."""
+
+    index: int
+    kernel: Any  # the generated callable, or None: nothing to run over the elements
+    width: int  # the length of each parameter's scalar row
+    reductions: tuple[tuple[int, str], ...]  # (slot, reduction descriptor name)
+
+
+@dataclass(frozen=True)
+class GeneratedModule:
+    """A generated module, read once through the contract."""
+
+    module: Any
+    columns: tuple[str, ...]
+    num_reductions: int
+    sweeps: tuple[SweepInfo, ...]
+    step: Callable[[StepContext, Sequence[ParamSlot]], None]
+
+    @classmethod
+    def of(cls, module: Any) -> GeneratedModule:
+        sweeps = tuple(SweepInfo(k, kernel, int(width), tuple(reductions))
+                       for k, (kernel, width, reductions) in enumerate(module.SWEEPS))
+        return cls(module, tuple(module.TENSORS), int(module.NUM_REDUCTIONS), sweeps,
+                   module.step)
+
+    @property
+    def tensor_states(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns[2:] if not c.startswith("__"))
+
+    @property
+    def scratch(self) -> tuple[str, ...]:
+        """The scratch columns (values stored between sweeps), after the states."""
+        return tuple(c for c in self.columns if c.startswith("__"))

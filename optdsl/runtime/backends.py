@@ -1,0 +1,147 @@
+"""The registry of back ends: one record per back end, one line to register it.
+
+A back end is a code generator (its spelling of the ops, and ``generate``: a compilation
+unit to source text), a loader (source text to a generated module), a runner (made per
+optimizer) and its rules for the tensors it can run. Everything that names back ends
+iterates this registry: backend choice (``choose``), the command line (``show --<name>``,
+``--backend``), ``Program.source``, the optimizer wrappers and ``optdsl compile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from optdsl.codegen import numpy as numpy_codegen
+from optdsl.codegen import triton as triton_codegen
+from optdsl.codegen.unit import Unit
+from optdsl.runtime import select
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str  # one line, for --help
+    spells: Callable[[str, bool], bool]  # (op, tensor value) -> can it write it
+    generate: Callable[[Unit], str]  # the generated module's source
+    load: Callable[[str, str], Any]  # (source, tag) -> the generated module
+    make_runner: Callable[[Any], Any]  # (program) -> a runner (optdsl.runtime.step.Runner)
+    # why it cannot run tensors on these device types ("cpu", "cuda"), or None; ``auto``:
+    # the question is asked for backend="auto"
+    unavailable: Callable[[frozenset[str], bool], str | None]
+    auto: Callable[[frozenset[str]], bool]  # whether "auto" tries it for these devices
+    load_mode: Callable[[], str] = lambda: ""  # what else a loaded module depends on
+    suffix: str = ".py"  # of the files `optdsl compile` writes
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add a back end (an extension point: a new one is a code generator, a runner and this
+    call)."""
+    if backend.name in BACKENDS or backend.name in ("auto", "ir"):
+        raise ValueError(f"back end {backend.name!r} already exists")
+    if not backend.name.isidentifier():
+        raise ValueError(f"a back end's name must be an identifier, got {backend.name!r}")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def unregister(name: str) -> None:
+    """Remove a back end (for tests that register throwaway ones)."""
+    BACKENDS.pop(name)
+
+
+def get(name: str) -> Backend:
+    found = BACKENDS.get(name)
+    if found is None:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, names()))}, "
+                         f"got {name!r}")
+    return found
+
+
+def names(with_auto: bool = True) -> tuple[str, ...]:
+    return (("auto",) if with_auto else ()) + tuple(BACKENDS)
+
+
+def choose(request: str, devices) -> str:
+    """The concrete back end for parameters on ``devices`` (device types such as "cpu"),
+    checked at construction, not at the first step. Parameters on the ``meta`` device have
+    no data yet (built to be moved with ``to_empty()``): they do not decide."""
+    if not isinstance(request, str):
+        raise TypeError(f"backend must be a str, got {type(request).__name__}")
+    devices = frozenset(devices) - {"meta"}
+    if request != "auto":
+        backend = get(request)
+        reason = backend.unavailable(devices, False)
+        if reason:
+            raise ValueError(reason)
+        return backend.name
+    tried = [b for b in BACKENDS.values() if b.auto(devices)]
+    for backend in tried:
+        if backend.unavailable(devices, True) is None:
+            return backend.name
+    if tried:
+        raise ValueError(tried[0].unavailable(devices, True))
+    raise ValueError(f"no back end runs parameters on {', '.join(sorted(devices))}")
+
+
+# -- the built-in back ends ---------------------------------------------------------------------
+
+def _numpy_unavailable(devices: frozenset[str], auto: bool) -> str | None:
+    gpus = devices - {"cpu"}
+    if gpus:
+        return (f"backend='numpy' runs on CPU tensors, but parameters are on "
+                f"{', '.join(sorted(gpus))}; use backend='triton' or 'auto'")
+    return None
+
+
+def _triton_unavailable(devices: frozenset[str], auto: bool) -> str | None:
+    if auto:
+        if not select.triton_available():
+            return ("parameters are on a GPU but Triton cannot be imported; install "
+                    "triton, or move the parameters to the CPU for the NumPy backend")
+        return None
+    if not select.triton_available():
+        return "backend='triton' needs the triton package, which cannot be imported"
+    if "cpu" in devices and not select.interpreting():
+        return ("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run kernels "
+                "on CPU tensors through the Triton interpreter)")
+    return None
+
+
+def _numpy_runner(program):
+    from optdsl.runtime.numpy_runner import NumpyRunner
+
+    return NumpyRunner(program)
+
+
+def _triton_runner(program):
+    from optdsl.runtime.triton_runner import TritonRunner
+
+    return TritonRunner(program)
+
+
+def _triton_load(source: str, tag: str):
+    from optdsl.codegen.contract import GeneratedModule
+    from optdsl.runtime import cache
+
+    return GeneratedModule.of(cache.load_module(source, "triton_" + tag,
+                                                {"kind": "triton-step"},
+                                                select.interpret_mode()))
+
+
+def _numpy_load(source: str, tag: str):
+    from optdsl.runtime.loader import load_source
+
+    return load_source(source, f"numpy:{tag}")
+
+
+register(Backend("numpy", "chunked NumPy on CPU tensors", numpy_codegen.spells,
+                 numpy_codegen.generate, _numpy_load, _numpy_runner, _numpy_unavailable,
+                 lambda devices: not (devices - {"cpu"})))
+register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on CPU)",
+                 triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
+                 _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
+                 load_mode=lambda: select.interpret_mode()))
