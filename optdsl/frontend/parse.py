@@ -43,6 +43,7 @@ _TERMINAL_WORDS = {
     "OPTIMIZER": "`optimizer`",
     "HYPER": "`hyper`",
     "STATE": "`state`",
+    "REQUIRE": "`require`",
 }
 
 

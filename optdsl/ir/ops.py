@@ -204,7 +204,7 @@ _row(Op("global_sum", 1, GLOBAL, _sum, dsl="global_sum"))
 
 FUNCTIONS: dict[str, Op] = {op.dsl: op for op in OPS.values() if op.dsl}
 RESERVED_NAMES = frozenset({"w", "g", "t"}) | frozenset(FUNCTIONS)
-KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf"})
+KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf", "require"})
 
 
 def result_kind(op: Op, kinds: list[Kind]) -> Kind:
