@@ -28,7 +28,9 @@ def choose(backend: str, devices: Iterable[str]) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
                          f"got {backend!r}")
-    devices = set(devices)
+    # parameters built on the meta device have no device yet (module.to_empty gives them
+    # one): the optimizer chooses again when a step sees them
+    devices = set(devices) - {"meta"}
     on_gpu = bool(devices - {"cpu"})
     if backend == "auto":
         if not on_gpu:
