@@ -192,6 +192,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             super().load_state_dict(state_dict)
         self._ready.clear()
         self._views.clear()  # (views of the replaced states would keep them alive)
+        self.__dict__.get("_checked_states", {}).clear()  # (and so would the checked ones)
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
