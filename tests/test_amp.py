@@ -162,8 +162,8 @@ def test_lightning_gradient_clipping(fused):
         results = []
         for opt, xs, s in ((ours, ps, s1), (ref, qs, s2)):
             try:
-                lightning_step(opt, s, lambda xs=xs, s=s: scaled_backward(xs, grads_at(step),
-                                                                          s))
+                lightning_step(opt, s, lambda xs=xs, s=s, step=step: scaled_backward(
+                    xs, grads_at(step), s))
                 results.append(None)
             except RuntimeError as exc:
                 results.append(str(exc))

@@ -81,7 +81,7 @@ def two_groups(backend, name="Adam", **hypers):
 def test_wrong_sized_gradient_through_data_changes_nothing(backend):
     """`p.grad.data = <a bigger tensor>` bypasses autograd's shape check: the step refuses
     it before the first parameter (whose 40,000 elements span two NumPy chunks) is written."""
-    opt, ps, qs = two_groups(backend)
+    opt, _, qs = two_groups(backend)
     qs[1].grad.data = torch.randn(17)
     before = snapshot(opt)
     with pytest.raises(RuntimeError, match=r"parameter 1 of param group 1.*shape \(17,\)"):
@@ -90,7 +90,7 @@ def test_wrong_sized_gradient_through_data_changes_nothing(backend):
 
 
 def test_wrong_sized_gradient_of_the_first_parameter(backend):
-    opt, ps, qs = two_groups(backend)
+    opt, ps, _ = two_groups(backend)
     ps[0].grad.data = torch.randn(big(backend) + 1)
     before = snapshot(opt)
     with pytest.raises(RuntimeError, match="shape"):
@@ -99,7 +99,7 @@ def test_wrong_sized_gradient_of_the_first_parameter(backend):
 
 
 def test_invalid_hyper_in_a_later_group_changes_no_earlier_group(backend):
-    opt, ps, qs = two_groups(backend)
+    opt, ps, _ = two_groups(backend)
     opt.param_groups[1]["lr"] = -1.0
     before = snapshot(opt)
     with pytest.raises(ValueError, match=r"Invalid learning rate: -1\.0.*param group 1"):
@@ -111,7 +111,7 @@ def test_invalid_hyper_in_a_later_group_changes_no_earlier_group(backend):
 
 
 def test_sparse_gradient_in_a_later_group_changes_nothing(backend):
-    opt, ps, qs = two_groups(backend)
+    opt, _, qs = two_groups(backend)
     qs[1].grad = torch.randn(5, 3).to_sparse()
     before = snapshot(opt)
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
@@ -120,7 +120,7 @@ def test_sparse_gradient_in_a_later_group_changes_nothing(backend):
 
 
 def test_state_of_the_wrong_shape_changes_nothing(backend):
-    opt, ps, qs = two_groups(backend)
+    opt, _, qs = two_groups(backend)
     opt.state[qs[1]]["exp_avg"] = torch.zeros(15)
     before = snapshot(opt)
     with pytest.raises(RuntimeError, match=r"state\['exp_avg'\] of parameter 1 of param group 1"):
@@ -129,7 +129,7 @@ def test_state_of_the_wrong_shape_changes_nothing(backend):
 
 
 def test_gradient_of_an_integer_dtype_changes_nothing(backend):
-    opt, ps, qs = two_groups(backend)
+    opt, _, qs = two_groups(backend)
     qs[1].grad.data = torch.zeros(5, 3, dtype=torch.int64)
     before = snapshot(opt)
     with pytest.raises(RuntimeError, match="dtype torch.int64"):

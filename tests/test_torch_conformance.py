@@ -38,8 +38,8 @@ ERRORS = [(name, {"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr mu
     ("Adam", {"lr": 1e-2, "betas": (torch.tensor(0.9), 0.99)}, ValueError,
      "betas must be either both floats or both Tensors"),
     ("Adam", {"lr": 1e-2, "betas": (torch.tensor(0.9), torch.tensor(0.99)), "foreach": True},
-     ValueError, r"betas\[0\] as a Tensor is not supported for capturable=False and "
-                 r"foreach=True"),
+     ValueError, (r"betas\[0\] as a Tensor is not supported for capturable=False and "
+                  r"foreach=True")),
     ("AdamW", {"lr": 1e-2, "betas": (1.0, 0.0)}, ValueError,
      "Invalid beta parameter at index 0: 1.0"),
     ("AdamW", {"lr": 1e-2, "weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),

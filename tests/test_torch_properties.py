@@ -322,7 +322,7 @@ def test_checkpoint_without_optional_state_or_step_loads(name):
         assert torch.isfinite(p).all()
     if used:
         sd = copy.deepcopy(opt.state_dict())
-        key = sorted(used)[0]
+        key = min(used)
         del sd["state"][1][key]
         third = make(name, clones(ps))
         with pytest.raises(KeyError, match=f"parameter 1 of param group 0.*{key!r}"):
