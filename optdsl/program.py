@@ -17,6 +17,8 @@ import functools
 import os
 import re
 import threading
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +27,7 @@ from optdsl.codegen.unit import Unit
 from optdsl.errors import CompilerBug, DslError, Span
 from optdsl.frontend.check import Checked, check
 from optdsl.frontend.parse import parse
-from optdsl.frontend.signature import HyperSpec, StateSpec
+from optdsl.frontend.signature import HyperSpec, Requirement, StateSpec
 from optdsl.frontend.to_ast import to_ast
 from optdsl.ir.nodes import Graph
 from optdsl.ir.printer import print_graph
@@ -76,6 +78,7 @@ class Program:
         self.description = checked.description
         self.hypers: dict[str, HyperSpec] = dict(checked.hypers)
         self.states: dict[str, StateSpec] = dict(checked.states)
+        self.requirements: tuple[Requirement, ...] = checked.requirements
         self.graph: Graph = checked.graph
         self.optimized: Graph = optimize(checked.graph, check=DEBUG)
         self.tensor_states = frozenset(n for n, s in self.states.items() if s.tensor)
@@ -90,6 +93,29 @@ class Program:
     def boundary(self):
         """The compile boundary for this program's text (see ``compile_boundary``)."""
         return compile_boundary(self.filename, self.text)
+    def __reduce__(self):
+        """Pickled as its source: unpickling compiles it again (in a fresh process), or finds
+        this very Program (in this process, by a token it is given when first pickled)."""
+        token = self.__dict__.get("_token")
+        if token is None:
+            token = self.__dict__["_token"] = uuid.uuid4().hex
+            _PICKLED[token] = self
+        return (rebuild_program, (self.text, self.name, self.filename, token))
+
+    @functools.cached_property
+    def t_marks_only_first_update(self) -> bool:
+        """Whether the step reads `t` only to tell a parameter's first update from the others
+        (`t == 1`, `t != 1`), or not at all: then a checkpoint without step counts (torch.optim.
+        SGD keeps none) resumes exactly with t = 1 for a parameter that has state."""
+        eqs = self.optimized.eqs
+        steps = {i for i, eq in enumerate(eqs) if eq.op == "t"}
+        for eq in eqs:
+            if steps.intersection(eq.args):
+                other = [a for a in eq.args if a not in steps]
+                if not (eq.op in ("eq", "ne") and len(other) == 1
+                        and eqs[other[0]].op == "const" and eqs[other[0]].attr == 1.0):
+                    return False
+        return not any(v in steps for _, v in self.optimized.outputs)
 
     # -- generated code -----------------------------------------------------------------------
     def ir(self, optimized: bool = True) -> str:
@@ -134,14 +160,15 @@ class Program:
     # -- optimizers ----------------------------------------------------------------------------
     @functools.cached_property
     def optimizer_class(self) -> type:
+        """The torch.optim.Optimizer class of this program (pickled by its program)."""
         from optdsl.optim.torch_optimizer import make_optimizer_class
 
         return make_optimizer_class(self)
 
-    def optimizer(self, params, backend: str = "auto", **hypers: Any):
+    def optimizer(self, params, /, *args: Any, **kwargs: Any):
         """A torch.optim.Optimizer running this program: ``prog.optimizer(model.parameters(),
-        lr=1e-3)``."""
-        return self.optimizer_class(params, backend=backend, **hypers)
+        lr=1e-3)``; it takes what ``optimizer_class`` takes (hypers by position too)."""
+        return self.optimizer_class(params, *args, **kwargs)
 
     def numpy_optimizer(self, arrays, /, **hypers: Any):
         """An optimizer over plain NumPy arrays, updated in place by ``step(grads)``."""
@@ -248,6 +275,23 @@ def compile_program(source: str, name: str | None = None,
         checked = check(to_ast(parse(source, filename), filename, source))
         title = name or checked.name or _default_name(filename)
         return Program(checked, source, filename, title)
+
+
+# The programs of this process that were pickled, or unpickled, by token: unpickling a
+# program (or an optimizer class, or an optimizer, of one) finds the one it came from, so
+# that its optimizer_class stays one class, instead of compiling it again.
+_PICKLED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def rebuild_program(text: str, name: str, filename: str, token: str | None = None) -> Program:
+    """The Program of ``text`` (what unpickling a Program calls)."""
+    found = _PICKLED.get(token) if token is not None else None
+    if found is None:
+        found = compile_program(text, name, filename)
+        if token is not None:
+            found.__dict__["_token"] = token
+            _PICKLED[token] = found
+    return found
 
 
 def _default_name(filename: str) -> str:

@@ -10,7 +10,9 @@ reductions) also runs on the Triton back end through Triton's interpreter
   torch.load(weights_only=True) -> load_state_dict into a fresh optimizer over cloned
   parameters) equals the uninterrupted run bit for bit, lr scheduler state included;
 - older checkpoints load and step: param groups without the flags added over time
-  (maximize, foreach, fused, differentiable, capturable) and a float ``step``;
+  (maximize, foreach, fused, differentiable, capturable), a float ``step``, no ``step`` where
+  t only tells the first update (SGD), no state the step does not use; a checkpoint that
+  lacks what the step needs is refused;
 - loading casts state the way torch.optim does: every state tensor to the parameter's dtype
   (so an fp32 checkpoint loaded for bf16/fp16 parameters gives low-precision state, as
   torch's namesake does), except ``step``, which stays float32;
@@ -23,10 +25,11 @@ reductions) also runs on the Triton back end through Triton's interpreter
   hooks fire in the order torch.optim's own optimizers fire them, with the same effects;
 - the optimizer prints, deep-copies (same public attributes; the copy steps on its own),
   handles zero-size and non-contiguous parameters, and composes with lr schedulers;
-- torch.amp.GradScaler("cpu"): the step unscales gradients itself (the result equals a
-  step on unscaled gradients, and .grad is left scaled), a step with inf/NaN gradients
-  leaves parameters, state and step counts unchanged, and the whole run matches torch's
-  namesake driven by the same scaler.
+- torch.amp.GradScaler("cpu"): by default GradScaler drives the twins as torch's non-fused
+  optimizers (it unscales .grad and skips the step itself) and the run matches torch's
+  namesake; with fused=True the step unscales gradients itself (the result equals a step on
+  unscaled gradients, and .grad is left scaled), and a step with inf/NaN gradients leaves
+  parameters, state and step counts unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from torch.optim.optimizer import (
 )
 
 from optdsl import library
+from optdsl.optim import hypers as hyper_values
 
 ALL = list(library.PROGRAMS)
 TWINS = [name for name in ALL if hasattr(torch.optim, name)]
@@ -279,22 +283,36 @@ def test_older_checkpoints_load(name, backend):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_checkpoint_without_state_keys_or_step_loads(name):
-    """A checkpoint whose per-parameter state lacks `step` (torch.optim.SGD keeps none) or
-    lacks state a switch did not need (torch's Adam without amsgrad keeps no
-    max_exp_avg_sq) loads; missing state is created on the next step."""
+def test_checkpoint_without_optional_state_or_step_loads(name):
+    """torch's leniencies for older checkpoints: a per-parameter state without `step` loads
+    where the step reads t only to tell the first update (torch.optim.SGD keeps no step),
+    and a state that the group's step does not use may be absent (torch's Adam without
+    amsgrad keeps no max_exp_avg_sq); it is created on the next step if needed. Where t
+    counts (Adam's bias correction), or a state the step uses is absent, the checkpoint
+    is refused with a KeyError naming the parameter and the key (torch.optim raises a
+    KeyError at the step), and nothing changes."""
+    prog = library.program(name)
     ps = params_of()
     opt = make(name, ps)
     set_grads(ps, 0)
     opt.step()
+    hyper = hyper_values.scalars(prog.hypers, opt.param_groups[0])
+    used = set(prog.variant(hyper).required_keys) | {
+        s.key for s in prog.states.values() if not s.tensor}
     sd = copy.deepcopy(opt.state_dict())
     for param_state in sd["state"].values():
         del param_state["step"]
-        keys = [k for k in param_state]
-        if len(keys) > 1:
-            del param_state[keys[-1]]
+        for key in [k for k in param_state if k not in used]:
+            del param_state[key]
     q = clones(ps)
     other = make(name, q)
+    if not prog.t_marks_only_first_update:
+        before = copy.deepcopy(other.state_dict())
+        with pytest.raises(KeyError, match="parameter 0 of param group 0.*'step'"):
+            other.load_state_dict(sd)
+        assert_same(other.state_dict(), before, "state after a refused checkpoint")
+        for param_state in sd["state"].values():
+            param_state["step"] = torch.tensor(1.0)
     other.load_state_dict(sd)
     set_grads(q, 1)
     other.step()
@@ -302,6 +320,14 @@ def test_checkpoint_without_state_keys_or_step_loads(name):
         assert float(param_state["step"]) == 2.0  # state without a step had done >= 1 update
         assert set(opt.state[ps[0]]) <= set(param_state)
         assert torch.isfinite(p).all()
+    if used:
+        sd = copy.deepcopy(opt.state_dict())
+        key = min(used)
+        del sd["state"][1][key]
+        third = make(name, clones(ps))
+        with pytest.raises(KeyError, match=f"parameter 1 of param group 0.*{key!r}"):
+            third.load_state_dict(sd)
+        assert len(third.state) == 0
 
 
 # ==========================================================================================
@@ -895,14 +921,16 @@ def _scaler():
 
 @pytest.mark.parametrize("name, backend", cases(names_triton=ALL))
 def test_grad_scaler_unscales_inside_the_step_and_skips_inf(name, backend):
-    """With GradScaler: each step equals a step on the unscaled gradients (bit for bit; the
-    scale is a power of two), .grad keeps the scaled values, and a step whose gradients hold
-    inf or NaN changes no parameter, no state and no step count, then the scale backs off."""
-    assert getattr(library, name)._step_supports_amp_scaling
+    """With fused=True and GradScaler: each step equals a step on the unscaled gradients (bit
+    for bit; the scale is a power of two), .grad keeps the scaled values, and a step whose
+    gradients hold inf or NaN changes no parameter, no state and no step count, then the
+    scale backs off."""
+    assert not getattr(library, name)._step_supports_amp_scaling  # as torch's non-fused
     grads = _amp_grads()
-    cfg = CONFIGS[name][-1]
+    cfg = dict(CONFIGS[name][-1], fused=True)
     ps = params_of(((4, 3), (3,)))
     opt = make(name, ps, backend, **cfg)
+    assert opt._step_supports_amp_scaling
     scaled = _scaled_run(opt, ps, grads, _scaler())
     assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
 

@@ -101,7 +101,17 @@ class Assign:
     span: Span
 
 
-Statement = Header | HyperDecl | StateDecl | Assign
+@dataclass(frozen=True)
+class Require:
+    """``require c1, c2, "message"``: conditions on hypers, all of which must hold."""
+
+    conditions: tuple[Expr, ...]
+    message: str | None
+    message_span: Span | None
+    span: Span
+
+
+Statement = Header | HyperDecl | StateDecl | Require | Assign
 
 
 @dataclass(frozen=True)

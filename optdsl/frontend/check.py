@@ -17,7 +17,14 @@ import numpy as np
 
 from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
-from optdsl.frontend.signature import CONSTRUCTOR_KEYWORDS, HyperSpec, Interval, StateSpec
+from optdsl.frontend.requirements import lower_requirement
+from optdsl.frontend.signature import (
+    CONSTRUCTOR_KEYWORDS,
+    HyperSpec,
+    Interval,
+    Requirement,
+    StateSpec,
+)
 from optdsl.ir.builder import Builder, pruned
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import (
@@ -47,6 +54,7 @@ class Checked:
     hypers: dict[str, HyperSpec]
     states: dict[str, StateSpec]
     graph: Graph
+    requirements: tuple[Requirement, ...] = ()
 
 
 class _Checker:
@@ -59,6 +67,7 @@ class _Checker:
         self.state_items: dict[str, ast.StateItem] = {}
         self.inferred_states: dict[str, Span] = {}
         self.assigns: list[ast.Assign] = []
+        self.requires: list[ast.Require] = []
 
     def error(self, message: str, span: Span | None) -> DslError:
         return DslError(message, span or Span(1, 1), filename=self.module.filename,
@@ -77,6 +86,8 @@ class _Checker:
             elif isinstance(stmt, ast.StateDecl):
                 for item in stmt.items:
                     self.declare_state(item)
+            elif isinstance(stmt, ast.Require):
+                self.requires.append(stmt)
             else:
                 self.assigns.append(stmt)
 
@@ -424,6 +435,7 @@ def check(module: ast.Module) -> Checked:
     checker.infer_roles()
     graph, tensor_state = checker.lower()
     states = checker.state_specs(tensor_state)
+    requirements = tuple(lower_requirement(checker, stmt) for stmt in checker.requires)
     header = checker.header
     return Checked(header.name if header else None, header.description if header else None,
-                   checker.hypers, states, graph)
+                   checker.hypers, states, graph, requirements)

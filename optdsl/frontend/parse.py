@@ -48,6 +48,7 @@ _TERMINAL_WORDS = {
     "OPTIMIZER": "`optimizer`",
     "HYPER": "`hyper`",
     "STATE": "`state`",
+    "REQUIRE": "`require`",
 }
 
 

@@ -1,7 +1,8 @@
 """What a program exposes to its users: hyperparameters and state variables.
 
-These are the objects behind ``prog.hypers`` and ``prog.states``: plain data that the torch
-wrapper and the NumPy optimizer read (constructor keywords, intervals, state_dict keys).
+These are the objects behind ``prog.hypers``, ``prog.states`` and ``prog.requirements``: plain
+data that the torch wrapper and the NumPy optimizer read (constructor keywords, intervals,
+conditions on hypers, state_dict keys).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Mapping
+
+import numpy as np
 
 from optdsl.ir.nodes import Graph
 
@@ -103,3 +106,31 @@ class StateSpec:
         if w is not None:
             inputs["w"] = w
         return evaluate(self.init, inputs)["init"]
+
+@dataclass(frozen=True)
+class Requirement:
+    """``require c1, c2, "message"``: conditions on hyper values that an interval cannot say
+    (Rprop's 0 < etaminus < 1 < etaplus, SGD's nesterov needing momentum). The optimizer
+    layer checks them with the intervals, at construction and on every step; ``message``
+    may name hypers in braces (``{etaminus}``), replaced by their values."""
+
+    graph: Graph  # outputs ("c0", mask), ("c1", mask), ...: of hypers and constants only
+    text: str  # the conditions as written
+    message: str | None
+    names: tuple[str, ...]  # the hypers the conditions read, in order of first use
+    line: int = 0
+
+    def holds(self, values: dict[str, float]) -> bool:
+        """Whether every condition holds for these hyper values (NaN makes it fail)."""
+        from optdsl.ir.ops import OPS
+
+        results: list = []
+        with np.errstate(all="ignore"):
+            for eq in self.graph.eqs:
+                if eq.op == "const":
+                    results.append(np.float64(eq.attr))
+                elif eq.op == "hyper":
+                    results.append(np.float64(values[eq.attr]))
+                else:
+                    results.append(OPS[eq.op].meaning(*[results[a] for a in eq.args]))
+        return all(bool(results[v]) for _, v in self.graph.outputs)

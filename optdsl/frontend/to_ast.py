@@ -163,6 +163,12 @@ class _Converter:
         return ast.Interval(self.expr(low), self.expr(high), lo_kind.data == "closed_lo",
                             hi_kind.data == "closed_hi", _span_of(node))
 
+    def _require_decl(self, node: lark.Tree) -> ast.Require:
+        *conditions, message = node.children
+        text = str(message)[1:-1] if message is not None else None
+        return ast.Require(tuple(self.expr(c) for c in conditions), text,
+                           _span_of(message) if message is not None else None, _span_of(node))
+
     def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
         items = []
         for item in node.children:

@@ -195,7 +195,7 @@ def functions() -> dict[str, Op]:
 
 
 KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf", "nan", "and", "or",
-                      "not"})
+                      "not", "require"})
 
 
 def result_kind(op: Op, kinds: list[Kind]) -> Kind:

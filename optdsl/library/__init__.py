@@ -33,6 +33,11 @@ PROGRAMS = {
     "SGDClipPerTensor": "sgd_clip_tensor.opt",
 }
 
+# torch.optim.Adam (and AdamW) refuse Tensor-valued lr and betas in some combinations
+# (torch/optim/adam.py, Adam.__init__): with foreach=True unless capturable=True, and betas
+# mixing a Tensor and a float. Their twins refuse the same (optdsl.optim.hypers).
+TENSOR_HYPER_RULES = {"Adam": ("lr", "betas"), "AdamW": ("lr", "betas")}
+
 __all__ = list(PROGRAMS) + ["program", "path"]
 
 
@@ -71,7 +76,8 @@ def _optimizer_class(name: str) -> type:
     from optdsl.optim.torch_optimizer import make_optimizer_class
 
     cls = make_optimizer_class(program(name), name=name, module=__name__,
-                               positional=_torch_positional(name))
+                               positional=_torch_positional(name),
+                               tensor_hyper_rules=TENSOR_HYPER_RULES.get(name, ()))
     cls.__qualname__ = name
     return cls
 

@@ -1,49 +1,111 @@
-"""Hyperparameter values: constructor keywords checked against a program's HyperSpecs.
+"""Hyperparameter values: constructor keywords checked against a program's HyperSpecs and
+Requirements.
 
 Shared by the torch wrapper and the NumPy optimizer. Unknown or missing keywords are
-TypeErrors (as Python reports bad keywords), values outside a declared interval are
-ValueErrors naming the hyper, the value and the interval.
+TypeErrors (as Python reports bad keywords); values outside a declared interval (checked for
+the constructor's keywords and every param group, at every step) and constructor keywords for
+which a program's ``require`` does not hold (checked where torch.optim checks such
+conditions: in the constructor; a param group may override them, as in torch) are
+ValueErrors that name the hyper, the value and the interval (or the condition). A message starts with torch.optim's own words for
+the same mistake, so that code (and tests) written against torch.optim's messages match:
+"Invalid learning rate: -1", "Invalid epsilon value: ...", "Invalid <name> value: ...",
+"Invalid beta parameter at index 0: 1.0" (a tuple keyword's singular: betas -> beta),
+"Tensor lr must be 1-element", or the program's ``require`` message.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from optdsl.errors import suggest
-from optdsl.frontend.signature import TORCH_FLAG_NAMES, HyperSpec
+from optdsl.frontend.signature import TORCH_FLAG_NAMES, HyperSpec, Requirement
 
 # Keywords every torch.optim optimizer accepts that do not change the math here: the step
-# is always one fused pass, so `foreach`, `fused` and `capturable` are accepted and kept in
-# the param groups (as torch does) but have no effect.
+# is always one fused pass, so `foreach` and `capturable` are accepted and kept in the param
+# groups (as torch does) but have no effect; `fused=True` makes the step unscale gradients
+# itself under torch.amp.GradScaler (optdsl.optim.torch_optimizer).
 TORCH_FLAGS = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
 assert tuple(TORCH_FLAGS) == TORCH_FLAG_NAMES
 
+# torch.optim's words for an out-of-range value of these hypers (all its optimizers share
+# them); any other hyper gets torch's general form, "Invalid <name> value: <value>".
+_TORCH_WORDING = {"lr": "Invalid learning rate: {value}", "eps": "Invalid epsilon value: {value}"}
 
-def to_number(name: str, value: Any) -> float:
-    """A hyper's value as a float: numbers, bools and one-element tensors are accepted."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if hasattr(value, "numel") and hasattr(value, "item"):  # torch.Tensor, without importing
-        if value.numel() != 1:
-            raise ValueError(f"hyper `{name}` must be a number or a one-element tensor, got a "
-                             f"tensor of shape {tuple(value.shape)}")
-        return float(value.item())
-    if hasattr(value, "item") and getattr(value, "size", None) == 1:  # NumPy scalar/array
-        return float(value.item())
-    raise TypeError(f"hyper `{name}` must be a number, got {type(value).__name__}")
+
+def shown(value: Any) -> str:
+    """A hyper's value as a message shows it: as given (torch prints ``-1`` for -1; a tensor
+    by its number), a huge integer by its size."""
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, numbers.Number):
+        try:
+            value = item()
+        except (ValueError, RuntimeError):  # more than one element: shown as it is
+            pass
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return str(value)
+
+
+def to_number(name: str, value: Any, label: str | None = None) -> float:
+    """A hyper's value as a float: numbers, bools and one-element tensors are accepted.
+    ``name`` is what torch's messages call it (``betas[0]`` for a part), ``label`` how ours
+    name it (default: the hyper ``name``)."""
+    label = label or f"hyper `{name}`"
+    try:
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if hasattr(value, "numel") and hasattr(value, "item"):  # torch.Tensor, not imported
+            if value.numel() != 1:
+                raise ValueError(f"Tensor {name} must be 1-element: {label} must be a number or "
+                                 f"a one-element tensor, got a tensor of shape "
+                                 f"{tuple(value.shape)}")
+            return float(value.item())
+        if hasattr(value, "item") and getattr(value, "size", None) == 1:  # NumPy scalar/array
+            return float(value.item())
+    except OverflowError:
+        raise ValueError(f"Invalid {name} value: {shown(value)} is too large for a float "
+                         f"({label})") from None
+    raise TypeError(f"{label} must be a number, got {type(value).__name__}")
 
 
 def check_flags(flags: Mapping[str, Any]) -> None:
     if flags.get("differentiable"):
         raise ValueError("differentiable=True is not supported: optdsl steps run outside "
                          "autograd")
+    if flags.get("fused") and flags.get("foreach"):
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def check_tensor_rules(names: Iterable[str], values: Mapping[str, Any]) -> None:
+    """torch.optim.Adam's (and AdamW's) rules for Tensor-valued hypers, for the hypers in
+    ``names``: none is a Tensor with foreach=True unless capturable=True, and a tuple
+    keyword's parts are all Tensors or all numbers (the twins refuse what torch refuses)."""
+    foreach_only = values.get("foreach") and not values.get("capturable")
+    for name in names:
+        value = values.get(name)
+        if _is_tensor(value) and foreach_only:
+            raise ValueError(f"{name} as a Tensor is not supported for capturable=False and "
+                             f"foreach=True")
+        if isinstance(value, (tuple, list)) and value:
+            tensors = [_is_tensor(v) for v in value]
+            if any(tensors) and not all(tensors):
+                raise ValueError(f"{name} must be either both floats or both Tensors")
+            if all(tensors) and foreach_only:
+                raise ValueError(f"{name}[0] as a Tensor is not supported for capturable=False "
+                                 f"and foreach=True")
+
+
+def _is_tensor(value: Any) -> bool:
+    return hasattr(value, "numel") and hasattr(value, "item") and hasattr(value, "shape")
 
 
 def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
-            extra: Mapping[str, Any] = TORCH_FLAGS) -> dict[str, Any]:
+            extra: Mapping[str, Any] = TORCH_FLAGS,
+            requirements: Iterable[Requirement] = ()) -> dict[str, Any]:
     """The defaults dict of an optimizer: every keyword's value (given or default)."""
     unknown = [k for k in given if k not in specs and k not in extra]
     if unknown:
@@ -71,13 +133,20 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
     for name, default in extra.items():
         values[name] = given.get(name, default)
     check_flags(values)
-    scalars(specs, values)  # validate now, at construction
+    given: dict[str, Any] = {}
+    scalar_values = scalars(specs, values, given)  # validate now, at construction
+    for requirement in requirements:
+        if not requirement.holds(scalar_values):
+            raise ValueError(_unmet(requirement, given))
     return values
 
 
-def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar names the generated code reads (tuple parts unpacked), validated."""
+def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
+            given: dict[str, Any] | None = None) -> dict[str, float]:
+    """The scalar names the generated code reads (tuple parts unpacked), validated against
+    the intervals. ``given`` receives each scalar's value as given (for messages)."""
     out: dict[str, float] = {}
+    given = {} if given is None else given
     for name, spec in specs.items():
         if name not in group:
             raise KeyError(f"param group has no value for hyper `{name}`")
@@ -87,14 +156,36 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any]) -> dict[st
                     len(value) != len(spec.parts):
                 raise ValueError(f"hyper `{name}` must be a tuple of {len(spec.parts)} numbers "
                                  f"({', '.join(spec.parts)}), got {value!r}")
-            for part, item in zip(spec.parts, value):
-                out[part] = _checked(spec, part, to_number(part, item), f"{name} ({part})")
+            for index, (part, item) in enumerate(zip(spec.parts, value)):
+                label = f"hyper `{name}` ({part})"
+                out[part] = to_number(f"{name}[{index}]", item, label)
+                given[part] = item
+                if not _inside(spec, out[part]):
+                    raise ValueError(f"Invalid {_singular(name)} parameter at index {index}: "
+                                     f"{shown(item)} ({label} must be in {spec.interval})")
         else:
-            out[name] = _checked(spec, name, to_number(name, value), name)
+            out[name] = to_number(name, value)
+            given[name] = value
+            if not _inside(spec, out[name]):
+                words = _TORCH_WORDING.get(name, f"Invalid {name} value: {{value}}")
+                raise ValueError(words.format(value=shown(value))
+                                 + f" (hyper `{name}` must be in {spec.interval})")
     return out
 
 
-def _checked(spec: HyperSpec, name: str, value: float, label: str) -> float:
-    if spec.interval is not None and not spec.interval.contains(value):
-        raise ValueError(f"Invalid {label}: {value!r} is outside {spec.interval}")
-    return value
+def _inside(spec: HyperSpec, value: float) -> bool:
+    return spec.interval is None or spec.interval.contains(value)
+
+
+def _singular(name: str) -> str:
+    """torch's word for one part of a tuple keyword: betas -> beta, etas -> eta."""
+    return name[:-1] if len(name) > 1 and name.endswith("s") else name
+
+
+def _unmet(requirement: Requirement, given: Mapping[str, Any]) -> str:
+    values = {name: shown(value) for name, value in given.items()}
+    got = ", ".join(f"{name} = {values[name]}" for name in requirement.names)
+    condition = f"requires {requirement.text}; got {got}"
+    if requirement.message is None:
+        return f"Invalid hyper values: this optimizer {condition}"
+    return f"{requirement.message.format(**values)} (this optimizer {condition})"

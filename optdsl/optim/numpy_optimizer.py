@@ -29,7 +29,8 @@ class NumpyOptimizer:
                 raise ValueError(f"arrays[{i}] must be C-contiguous and writeable (it is "
                                  f"updated in place)")
         self.arrays = arrays
-        self.hypers = hyper_values.resolve(program.hypers, hypers, extra={})
+        self.hypers = hyper_values.resolve(program.hypers, hypers, extra={},
+                                           requirements=program.requirements)
         self.state: list[dict[str, Any]] = [{} for _ in arrays]
         self._runner = NumpyRunner(program)  # this optimizer's scratch buffers
 
@@ -51,32 +52,43 @@ class NumpyOptimizer:
         return state
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        """One step; every gradient is checked first, so a step that raises changes no
+        array, no state and no step count."""
         grads = list(grads)
         if len(grads) != len(self.arrays):
             raise ValueError(f"step() needs one gradient per array: {len(self.arrays)} arrays, "
                              f"{len(grads)} gradients")
         hyper = hyper_values.scalars(self.program.hypers, self.hypers)
-        slots, used = [], []
-        for i, (w, g) in enumerate(zip(self.arrays, grads)):
-            if g is None:
-                continue
-            g = np.asarray(g)
-            if g.shape != w.shape:
-                raise ValueError(f"gradient {i} has shape {g.shape}, array has {w.shape}")
-            g = np.ascontiguousarray(g, dtype=w.dtype).reshape(-1)
+        checked = [(i, self._checked_gradient(i, g)) for i, g in enumerate(grads)
+                   if g is not None]
+        variant = self.program.variant(hyper)
+        module = variant.generated("numpy")  # compiled before anything changes
+        slots = []
+        for i, g in checked:
+            w = self.arrays[i]
             state = self._init_state(i, hyper)
             state["step"] += 1
             arrays = [w.reshape(-1), g] + [state[s.key].reshape(-1)
                                            for s in self.program.states.values() if s.tensor]
             scalars = [None if s.tensor else np.float64(state[s.key])
                        for s in self.program.states.values()]
-            slots.append(NumpySlot(float(state["step"]), scalars, 0, arrays))
-            used.append(i)
-        variant = self.program.variant(hyper)
-        for slot in slots:
-            slot.red = [None] * variant.generated("numpy").num_reductions
+            slots.append(NumpySlot(float(state["step"]), scalars, module.num_reductions,
+                                   arrays))
         self._runner.run_arrays(variant, slots, StepOptions(hyper))
-        for i, slot in zip(used, slots):
+        for (i, _), slot in zip(checked, slots):
             for spec, value in zip(self.program.states.values(), slot.states):
                 if not spec.tensor:
                     self.state[i][spec.key] = float(value)
+
+    def _checked_gradient(self, index: int, grad: Any) -> np.ndarray:
+        """Gradient ``index`` as a flat contiguous array of its array's dtype."""
+        w = self.arrays[index]
+        try:
+            g = np.asarray(grad)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"gradient {index} is not an array ({exc})") from None
+        if g.shape != w.shape:
+            raise ValueError(f"gradient {index} has shape {g.shape}, array has {w.shape}")
+        if g.dtype.kind not in "fiub":
+            raise TypeError(f"gradient {index} has dtype {g.dtype}; gradients are real numbers")
+        return np.ascontiguousarray(g, dtype=w.dtype).reshape(-1)

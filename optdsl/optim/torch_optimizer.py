@@ -12,12 +12,16 @@ policy of optdsl.optim.precision; loading a checkpoint keeps each state in its p
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import copyreg
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from optdsl.optim import distributed, precision
+from optdsl.optim import checkpoint, distributed, precision, step_checks
 from optdsl.optim import hypers as hyper_values
 from optdsl.runtime import backends
 from optdsl.runtime.step import Entry, StepOptions
@@ -27,14 +31,24 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class DslOptimizer(torch.optim.Optimizer):
+class OptimizerClass(type):
+    """The metaclass of the optimizer classes compiled from programs. A class that cannot be
+    imported by name (``prog.optimizer_class``) pickles as its program and is made again
+    from it when unpickled (see ``_pickle_class``); a bundled one by name, as any class."""
+
+
+class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     """Base class of every optimizer compiled from optdsl; subclasses set ``program``."""
 
     program = None  # set by make_optimizer_class
-    # torch.amp.GradScaler sets `grad_scale` and `found_inf` on the optimizer and lets the
-    # step unscale the gradients itself (in the same pass) and skip steps with inf/NaN.
-    _step_supports_amp_scaling = True
+    # As torch.optim's non-fused optimizers: torch.amp.GradScaler unscales .grad itself and
+    # skips the step on inf/NaN. With fused=True (torch's keyword for the same switch) the
+    # instance says True: GradScaler then sets `grad_scale` and `found_inf` on it and the step
+    # unscales in the same pass and skips itself (the step honours them whenever they are set).
+    _step_supports_amp_scaling = False
     positional: tuple[str, ...] = ()  # the keywords that may also be given by position
+    # hypers for which torch's rules on Tensor values apply (optdsl.optim.hypers)
+    tensor_hyper_rules: tuple[str, ...] = ()
 
     def __init__(self, params, *args: Any, backend: str = "auto", skip_nonfinite: bool = False,
                  state_dtype: precision.StateDtype = None, master_weights: bool = False,
@@ -48,13 +62,16 @@ class DslOptimizer(torch.optim.Optimizer):
             if name in kwargs:
                 raise TypeError(f"got multiple values for argument `{name}`")
             kwargs[name] = value
-        defaults = hyper_values.resolve(specs, kwargs)
+        hyper_values.check_tensor_rules(self.tensor_hyper_rules,
+                                        {**hyper_values.TORCH_FLAGS, **kwargs})
+        defaults = hyper_values.resolve(specs, kwargs, requirements=self.program.requirements)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         backends.choose(backend, [])  # reject unknown names before touching params
         self._backend_request = backend
         self._backend: str | None = None
         self._runner_of: tuple[str, object] | None = None  # (back end, this optimizer's runner)
+        self._backends: dict[frozenset, str] = {}  # device types -> backend, as chosen
         self.state_dtype = precision.check_state_dtype(state_dtype)
         self.master_weights = precision.check_flag("master_weights", master_weights)
         self.stochastic_rounding = precision.check_flag("stochastic_rounding",
@@ -72,6 +89,8 @@ class DslOptimizer(torch.optim.Optimizer):
         self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
         super().__init__(params, defaults)
+        if defaults.get("fused"):
+            self._step_supports_amp_scaling = True
         self._choose_backend()
 
     # -- construction -----------------------------------------------------------------------
@@ -84,13 +103,24 @@ class DslOptimizer(torch.optim.Optimizer):
             if not p.is_floating_point():
                 raise TypeError(f"{type(self).__name__} optimizes floating-point tensors, got "
                                 f"{p.dtype}")
-        hyper_values.scalars(self.program.hypers, group)  # bad per-group values fail here
+        # bad per-group values fail here
+        hyper_values.scalars(self.program.hypers, group)
         if getattr(self, "_backend_request", None) is not None and self._backend is not None:
             self._choose_backend()
 
-    def _choose_backend(self) -> None:
-        devices = {p.device.type for g in self.param_groups for p in g["params"]}
-        self._backend = backends.choose(self._backend_request, devices)
+    def _choose_backend(self, devices: set[str] | None = None) -> str:
+        """The backend for parameters on ``devices`` (default: all of them); parameters on
+        the meta device (built there, to be given a device by ``module.to_empty``) do not
+        count, so the choice is made again when a step sees where they are."""
+        if devices is None:
+            devices = {p.device.type for g in self.param_groups for p in g["params"]}
+        key = frozenset(devices)
+        found = self._backends.get(key)
+        if found is None:
+            found = backends.choose(self._backend_request, key)
+            self._backends[key] = found
+        self._backend = found
+        return found
 
     @property
     def backend(self) -> str:
@@ -118,6 +148,9 @@ class DslOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_rounding", precision.RoundingSeeds(0))
         self.__dict__.setdefault("_ready", {})
         self.__dict__.setdefault("_runner_of", None)
+        self.__dict__.setdefault("_backends", {})
+        if self.defaults.get("fused"):
+            self._step_supports_amp_scaling = True
         # An older checkpoint may lack keywords added since (torch.optim's own __setstate__
         # fills `maximize`, `foreach`, ... with their defaults) and keep `step` as a float.
         specs = self.program.hypers if self.program is not None else {}
@@ -149,13 +182,19 @@ class DslOptimizer(torch.optim.Optimizer):
         return None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict, then each tensor state (and master weight) taken again
-        from the checkpoint in the dtype of this optimizer's policy: torch casts every state
-        to its parameter's dtype, which would round an fp32 master weight to bfloat16."""
-        super().load_state_dict(state_dict)
+        """torch's load_state_dict, after checking the checkpoint against the program
+        (optdsl.optim.checkpoint: a mismatch raises and changes nothing), then each tensor
+        state (and master weight) taken again from the checkpoint in the dtype of this
+        optimizer's policy: torch casts every state to its parameter's dtype, which would
+        round an fp32 master weight to bfloat16."""
+        state_dict = checkpoint.run_pre_hooks(self, state_dict)
+        checkpoint.validate(self, state_dict)
+        with checkpoint.pre_hooks_run(self):
+            super().load_state_dict(state_dict)
         self._ready.clear()
         if self._runner_of is not None:  # (views of the replaced states would keep them alive)
             self._runner_of[1].forget()
+        self.__dict__.get("_checked_states", {}).clear()  # (and so would the checked ones)
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
@@ -216,7 +255,9 @@ class DslOptimizer(torch.optim.Optimizer):
     # -- the step -----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
-        """Perform one optimization step (re-evaluating the model with ``closure`` if given)."""
+        """Perform one optimization step (re-evaluating the model with ``closure`` if given).
+        Everything that can be checked is checked first (optdsl.optim.step_checks): a step
+        that raises leaves parameters, state and step counts as they were."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -228,55 +269,63 @@ class DslOptimizer(torch.optim.Optimizer):
         if found_inf is not None and distributed.agreed_found_inf(
                 found_inf, [p for g in self.param_groups for p in g["params"]]):
             return loss
+        plans, devices = step_checks.prepare_groups(self, getattr(self, "grad_scale", None))
         if self.skip_nonfinite and not self._grads_finite():
             self.skipped_steps += 1
             return loss
-        grad_scale = getattr(self, "grad_scale", None)
-        runner = self._runner()
+        if not plans:
+            return loss
+        runner = self._runner(devices, plans)
         keys = self._state_keys()
-        for number, group in enumerate(self.param_groups):
-            hyper = hyper_values.scalars(self.program.hypers, group)
-            # the variant is chosen once per group and step, and handed to the runner
-            variant = self.program.variant(hyper, unscale=grad_scale is not None)
-            entries, copies = [], []
-            for param in group["params"]:
-                grad = param.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse "
-                                       f"gradients")
-                state = self.state[param]
-                t = self._step_count(param, state, hyper, variant.live_states)
-                if precision.needs_master(self.master_weights, param.dtype):
-                    entries.append(Entry(state[precision.MASTER_KEY], grad, state, t))
-                    copies.append(param)
-                else:
-                    entries.append(Entry(param, grad, state, t))
-                    copies.append(None)
-            if not entries:
-                continue
-            options = StepOptions(hyper)
-            if grad_scale is not None:
-                options.inv_grad_scale = 1.0 / float(grad_scale)
-            if any(c is not None for c in copies):
-                options.copies = copies
-            if self.stochastic_rounding:
-                # per group and the group's total update count (it grows every step and
-                # comes from the state: resumable); sharded tensors add the rank's shard
-                # coordinates, so shards round independently and replicas alike
-                count = int(sum(entry.t for entry in entries))
-                coordinates = distributed.shard_coordinates([e.param for e in entries])
-                options.rounding_seed = self._rounding.seed(number, count, *coordinates)
-            # DTensor parameters (FSDP2): the runner updates the local shards, and the
-            # combiner all-reduces reduction partials across ranks; None otherwise.
-            entries, combine = distributed.localize(entries, keys)
-            if combine is not None:
-                options.combine = combine
-                if options.copies is not None:
-                    options.copies = [distributed.local_tensor(c) for c in copies]
-            runner.run(variant, entries, options)
+        for plan in plans:
+            self._run_group(runner, plan, keys)
         return loss
+
+    def _runner(self, devices: set[str] | None = None,
+                plans: list[step_checks.GroupPlan] = ()):
+        """This optimizer's runner for parameters on ``devices`` (default: all parameters;
+        its tables and buffers are its own), with each group's step compiled (and loaded)
+        before anything is written."""
+        backend = self._choose_backend(devices)
+        if self._runner_of is None or self._runner_of[0] != backend:
+            self._runner_of = (backend, backends.get(backend).make_runner(self.program))
+        for plan in plans:
+            plan.variant.generated(backend)
+        return self._runner_of[1]
+
+    def _run_group(self, runner, plan: step_checks.GroupPlan, keys) -> None:
+        hyper = plan.hyper
+        live = plan.variant.live_states
+        entries, copies = [], []
+        for param, grad in plan.items:
+            state = self.state[param]
+            t = self._step_count(param, state, hyper, live)
+            if precision.needs_master(self.master_weights, param.dtype):
+                entries.append(Entry(state[precision.MASTER_KEY], grad, state, t))
+                copies.append(param)
+            else:
+                entries.append(Entry(param, grad, state, t))
+                copies.append(None)
+        options = StepOptions(hyper)
+        if plan.inv_grad_scale is not None:
+            options.inv_grad_scale = plan.inv_grad_scale
+        if any(c is not None for c in copies):
+            options.copies = copies
+        if self.stochastic_rounding:
+            # per group and the group's total update count (it grows every step and comes
+            # from the state: resumable); sharded tensors add the rank's shard coordinates,
+            # so shards round independently and replicas alike
+            count = int(sum(entry.t for entry in entries))
+            coordinates = distributed.shard_coordinates([e.param for e in entries])
+            options.rounding_seed = self._rounding.seed(plan.number, count, *coordinates)
+        # DTensor parameters (FSDP2): the runner updates the local shards, and the combiner
+        # all-reduces reduction partials across ranks; None otherwise.
+        entries, combine = distributed.localize(entries, keys)
+        if combine is not None:
+            options.combine = combine
+            if options.copies is not None:
+                options.copies = [distributed.local_tensor(c) for c in copies]
+        runner.run(plan.variant, entries, options)
 
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
                     live: frozenset[str]) -> float:
@@ -312,16 +361,6 @@ class DslOptimizer(torch.optim.Optimizer):
             return agreed
         flags = [torch.isfinite(g).all() for g in grads]
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
-
-    def _runner(self):
-        """This optimizer's runner of its back end (its tables and buffers are its own)."""
-        if self._backend is None:
-            self._choose_backend()
-        if self._runner_of is None or self._runner_of[0] != self._backend:
-            self._runner_of = (self._backend,
-                               backends.get(self._backend).make_runner(self.program))
-        return self._runner_of[1]
-
 
 class _Ready:
     """What a parameter's state was made for, and a NumPy view of its step counter."""
@@ -368,9 +407,12 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
 
 
 def make_optimizer_class(program, name: str | None = None, module: str | None = None,
-                         positional: tuple[str, ...] | None = None) -> type:
+                         positional: tuple[str, ...] | None = None,
+                         tensor_hyper_rules: tuple[str, ...] = ()) -> type:
     """A DslOptimizer subclass for ``program`` named after it. ``positional`` lists the
-    keywords accepted by position after ``params`` (default: every hyper, in order)."""
+    keywords accepted by position after ``params`` (default: every hyper, in order);
+    ``tensor_hyper_rules`` the hypers to which torch.optim.Adam's rules for Tensor values
+    apply (optdsl.optim.hypers.check_tensor_rules)."""
     cls_name = name or program.name
     doc = program.description or f"Optimizer compiled by optdsl from {program.filename}."
     keywords = ", ".join(f"{n}={s.default!r}" if not s.required else n
@@ -378,10 +420,47 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
     attrs = {
         "program": program,
         "positional": tuple(program.hypers) if positional is None else tuple(positional),
+        "tensor_hyper_rules": tuple(tensor_hyper_rules),
         "__doc__": f"{doc}\n\nKeywords: {keywords}; backend="
                    f"{'|'.join(map(repr, backends.names()))}; "
                    f"skip_nonfinite, state_dtype, master_weights, stochastic_rounding "
-                   f"(see optdsl.optim.precision).",
+                   f"(see optdsl.optim.precision); fused=True: the step unscales "
+                   f"torch.amp.GradScaler's gradients itself.",
         "__module__": module or "optdsl.generated",
     }
-    return type(cls_name, (DslOptimizer,), attrs)
+    return OptimizerClass(cls_name, (DslOptimizer,), attrs)
+
+
+def _pickle_class(cls: type):
+    """How an OptimizerClass pickles: by name when importable (optdsl.library's), else as
+    its program and arguments, made again by ``_program_class``."""
+    module = sys.modules.get(cls.__module__)
+    found = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is cls:
+        return cls.__qualname__  # a global: pickled by reference
+    if cls.program is None:
+        raise pickle.PicklingError(f"cannot pickle {cls.__qualname__}: it has no program")
+    own = cls.__dict__
+    return (_program_class, (cls.program, cls.__name__, own.get("positional"),
+                             own.get("tensor_hyper_rules", ())))
+
+
+def _program_class(program, name: str, positional: tuple[str, ...] | None,
+                   tensor_hyper_rules: tuple[str, ...] = ()) -> type:
+    """The optimizer class of ``program`` (what unpickling one calls): the program's own
+    ``optimizer_class`` when it is the one that was pickled, else one made alike."""
+    cls = program.optimizer_class
+    if cls.__name__ == name and cls.positional == positional and \
+            cls.tensor_hyper_rules == tuple(tensor_hyper_rules):
+        return cls
+    key = (name, positional, tuple(tensor_hyper_rules))
+    made = program.__dict__.setdefault("_other_optimizer_classes", {})
+    if key not in made:
+        made[key] = make_optimizer_class(program, name, positional=positional,
+                                         tensor_hyper_rules=tensor_hyper_rules)
+    return made[key]
+
+
+copyreg.pickle(OptimizerClass, _pickle_class)
