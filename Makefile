@@ -13,7 +13,7 @@
 #     site-packages (--system-site-packages) and keeps that torch.
 # A torch >= 2.11 that the chosen Python can import is kept; otherwise torch==$(TORCH_VERSION)
 # is installed: the CPU build where the pip index has it (this project's machines), else the
-# PyPI wheel, which on Linux is the CUDA build (~1 GB, plus ~2.5 GB of nvidia-* wheels).
+# PyPI wheel, which on Linux is the CUDA build (several GB with its nvidia-* wheels).
 # Without a GPU, choose the CPU build (~190 MB):
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # The install runs again only when pyproject.toml is newer than its stamp ($(STAMP));
@@ -76,7 +76,7 @@ $(STAMP): pyproject.toml | $(LOCAL_VENV)
 	@if $(PYTHON) -c "$(TORCH_OK)" 2>/dev/null; then \
 	  echo "==> keeping torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
 	else \
-	  echo "==> installing torch==$(TORCH_VERSION) (CPU build ~190 MB; PyPI's CUDA build for Linux is ~3.5 GB with its nvidia-* wheels)"; \
+	  echo "==> installing torch==$(TORCH_VERSION) (CPU build ~190 MB; from PyPI on Linux: the CUDA build, several GB)"; \
 	  $(PIP) "torch==$(TORCH_VERSION)" $(TORCH_FROM); \
 	fi
 	@echo "==> installing optdsl (editable) with numpy, lark, triton (Linux x86-64; ~150 MB) and the dev and demo extras (pytest, hypothesis, scikit-learn, matplotlib)"

@@ -135,7 +135,7 @@ racers (NAME_OR_FILE):
   a bundled name ({names})
   or a .opt file; either may end in :name=value,... to set its hyperparameters
   (values are Python literals):
-    adam:lr=3e-3    mine.opt:lr=0.05    mine.opt:lr=0.05,betas=(0.9,0.99)
+    adam:lr=3e-3    mine.opt:lr=0.05    'mine.opt:lr=0.05,betas=(0.9,0.99)'
   A file's lr is its own default when it declares one, else {fallback}.
   A default chosen for another model may train badly here: give FILE:lr=... .
   The table printed at the end shows the lr each racer ran with. Naming only .opt

@@ -156,6 +156,8 @@ def test_version(tmp_path):
 
     result = optdsl_cli("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == f"optdsl {optdsl.__version__}\n"
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'\nversion = "{optdsl.__version__}"\n' in pyproject  # one version, two places
 
 
 def test_racer_overrides_are_in_the_help(tmp_path):
