@@ -26,11 +26,14 @@ TORCH_INDEX ?=
 TORCH_OK := import sys, torch; v = torch.__version__.split('+')[0].split('.'); \
 	sys.exit(0 if (int(v[0]), int(v[1])) >= (2, 11) else 1)
 
+# an active virtual environment other than this project's own .venv (activated, it is local)
+ACTIVE_VENV := $(filter-out $(CURDIR)/.venv,$(VIRTUAL_ENV))
+
 ifeq ($(origin PYTHON),command line)
   ENV_NOTE := the Python given as PYTHON
-else ifdef VIRTUAL_ENV
-  PYTHON := $(VIRTUAL_ENV)/bin/python
-  ENV_NOTE := the active virtual environment $(VIRTUAL_ENV)
+else ifneq ($(ACTIVE_VENV),)
+  PYTHON := $(ACTIVE_VENV)/bin/python
+  ENV_NOTE := the active virtual environment $(ACTIVE_VENV)
 else ifdef CONDA_PREFIX
   PYTHON := $(CONDA_PREFIX)/bin/python
   ENV_NOTE := the active conda environment $(CONDA_PREFIX)

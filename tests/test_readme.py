@@ -98,6 +98,8 @@ def test_makefile_chooses_the_environment(tmp_path):
     assert ".venv/bin/python -m optdsl demo" in local
     venv = _make_dry_run("demo", env={**base, "VIRTUAL_ENV": str(tmp_path / "env")})
     assert f"{tmp_path}/env/bin/python -m optdsl demo" in venv and ".venv" not in venv
+    own = _make_dry_run("demo", env={**base, "VIRTUAL_ENV": str(ROOT / ".venv")})  # activated
+    assert ".venv/bin/python -m optdsl demo" in own and ".venv/.optdsl-installed" in own
     conda = _make_dry_run("test", env={**base, "CONDA_PREFIX": str(tmp_path / "conda")})
     assert f"{tmp_path}/conda/bin/python -m pytest" in conda
     given = _make_dry_run("test", "PYTHON=/opt/py/bin/python3", env={**base, "PYTHON": "x"})
