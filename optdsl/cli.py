@@ -1,4 +1,4 @@
-"""The command line: ``optdsl check|show|compile|demo|landscape|bench``.
+"""The command line: ``optdsl check|show|compile|demo|landscape|bench`` and ``--version``.
 
 A mistake in a program prints one message (file:line:col, the line, a caret) to stderr and
 exits with status 1; no traceback reaches the user.
@@ -48,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def undeclared_notes(prog, path: str) -> list[str]:
     """Notes on names a program with declarations leaves undeclared: each becomes a required
-    hyperparameter (as LANGUAGE.md says), which is what a misspelling (`epsilon` for `eps`)
+    hyperparameter (as docs/language.md says), which is what a misspelling (`epsilon` for `eps`)
     also does. One-line programs, which declare nothing, rely on that and get no note."""
     from optdsl.errors import suggest
 
@@ -79,24 +79,48 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_extras(command: str, modules: list[str]) -> None:
+    """Fail with how to install the demo extra when one of ``modules`` is missing."""
+    from optdsl.apps.ui import missing_demo_extras
+
+    message = missing_demo_extras(command, modules)
+    if message:
+        raise _Fail(message)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    _require_extras("demo", ["sklearn", "matplotlib"] if args.out else ["sklearn"])
     from optdsl.apps.demo import format_table, run_demo
 
     optimizers = args.optimizers or None
     results = run_demo(epochs=args.epochs, optimizers=optimizers, backend=args.backend,
-                       out_dir=args.out, progress=not args.quiet)
+                       out_dir=args.out or None, progress=not args.quiet)
     print(format_table(results))
     if args.out:
-        print(f"wrote {Path(args.out) / 'loss_curves.png'}")
+        print(f"wrote {Path(args.out) / 'loss_curves.png'} and {Path(args.out) / 'results.json'}")
     return 0
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from optdsl.apps.landscape import format_table, run_landscape
+    _require_extras("landscape", ["matplotlib"] if args.out else [])
+    from optdsl.apps.landscape import format_table, run_landscape, write_pictures
 
-    results = run_landscape(programs=args.programs or None, out_dir=args.out,
-                            max_iters=args.max_iters, tol=args.tol, backend=args.backend)
-    print(format_table(results))
+    results = run_landscape(programs=args.programs or None, max_iters=args.max_iters,
+                            tol=args.tol, backend=args.backend, progress=not args.quiet)
+    print(format_table(results), flush=True)  # the table first: it survives a plotting error
+    if not args.out:
+        return 0
+    try:
+        written = write_pictures(results, args.out)
+    except OSError:
+        raise
+    except Exception as exc:  # matplotlib's own errors, after the table was printed
+        if os.environ.get("OPTDSL_DEBUG"):
+            raise
+        raise _Fail(f"optdsl landscape: error: the pictures could not be drawn "
+                    f"({type(exc).__name__}: {exc})") from exc
+    names = ", ".join(path.name for path in written)
+    print(f"wrote {len(written)} pictures to {args.out}{os.sep}: {names}")
     return 0
 
 
@@ -106,20 +130,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optdsl", description="A compiler for deep-learning optimizers.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+RACER_HELP = """\
+racers (NAME_OR_FILE):
+  a bundled name ({names})
+  or a .opt file; either may end in :name=value,... to set its hyperparameters
+  (values are Python literals):
+    adam:lr=3e-3    mine.opt:lr=0.05    'mine.opt:lr=0.05,betas=(0.9,0.99)'
+  A file's lr is its own default when it declares one, else {fallback}.
+  A default chosen for another model may train badly here: give FILE:lr=... .
+  The table printed at the end shows the lr each racer ran with. Naming only .opt
+  files races them alongside the default set.
+"""
 
-    p = sub.add_parser("check", help="compile programs and report mistakes")
-    p.add_argument("files", nargs="+", metavar="FILE")
+
+def _racer_epilog(fallback: str) -> str:
+    from optdsl.apps.racers import BUILTIN_OPTIMIZERS
+
+    return RACER_HELP.format(names=", ".join(BUILTIN_OPTIMIZERS), fallback=fallback)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    from optdsl.runtime import backends
+
+    p.add_argument("--backend", default="auto", choices=list(backends.names()),
+                   help="how the compiled optimizers step: auto (Triton for CUDA tensors, "
+                        "else NumPy), or one back end: "
+                        + "; ".join(f"{n} ({b.summary})" for n, b in backends.BACKENDS.items())
+                        + " (default: auto)")
+
+
+def _add_subcommands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="compile programs and report mistakes",
+                       description="Compile each FILE; print what it declares, or one "
+                                   "file:line:col error with a caret (exit status 1).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="optimizer programs (.opt files)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(run=cmd_check)
 
     from optdsl.runtime import backends
 
     p = sub.add_parser("show", help="print a program's IR or generated code")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="an optimizer program (.opt file)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--ir", dest="what", action="store_const", const="ir",
                       help="the optimized IR")
@@ -130,33 +181,71 @@ def build_parser() -> argparse.ArgumentParser:
                                f"{backend.summary}{default}")
     p.set_defaults(run=cmd_show, what=None)
 
-    p = sub.add_parser("compile", help="write generated kernels to a directory")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
-    p.add_argument("--backend", choices=list(backends.BACKENDS) + ["all"], default="triton")
+    p = sub.add_parser("compile", help="write generated kernels to a directory",
+                       description="Write each program's generated code into DIR as "
+                                   "NAME_triton.py and/or NAME_numpy.py (see README.md, "
+                                   "'What optdsl compile writes').")
+    p.add_argument("files", nargs="+", metavar="FILE", help="optimizer programs (.opt files)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="the directory to write into (created if needed)")
+    p.add_argument("--backend", choices=list(backends.BACKENDS) + ["all"], default="triton",
+                   help="which generated code to write (default: triton)")
     p.set_defaults(run=cmd_compile)
 
-    p = sub.add_parser("demo", help="train a small MLP on the 8x8 digits with several optimizers")
-    p.add_argument("--epochs", type=int, default=10)
+    formatter = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("demo", help="train a small MLP on the 8x8 digits with several optimizers",
+                       formatter_class=formatter, epilog=_racer_epilog("the demo's lr=0.1"),
+                       description="Train the lecture's MLP (64-32-10, sigmoid, minibatch 128)\n"
+                                   "on scikit-learn's 8x8 digits, once per optimizer, from the\n"
+                                   "same start; print a table and plot the curves.")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="passes over the training set (default: 10)")
     p.add_argument("--optimizers", nargs="*", metavar="NAME_OR_FILE",
-                   help="bundled names or .opt files (default: the lecture's set)")
-    p.add_argument("--backend", default="auto", choices=list(backends.names()))
+                   help="the racers, e.g. adam:lr=3e-3 mine.opt:lr=0.05 (default: sgd momentum "
+                        "nesterov adagrad rmsprop adam torch-sgd); see below")
+    _add_backend(p)
     p.add_argument("--out", default="demo-out", metavar="DIR",
-                   help="where to write loss_curves.png and results.json (default: demo-out)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+                   help="where to write loss_curves.png and results.json ('' for nowhere; "
+                        "default: demo-out)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("landscape", help="race optimizers on 2-D test functions")
-    p.add_argument("programs", nargs="*", metavar="NAME_OR_FILE")
-    p.add_argument("--out", default="landscape-out", metavar="DIR")
-    p.add_argument("--max-iters", type=int, default=5000)
-    p.add_argument("--tol", type=float, default=1e-3)
-    p.add_argument("--backend", default="auto", choices=list(backends.names()))
+    p = sub.add_parser("landscape", help="race optimizers on 2-D test functions",
+                       formatter_class=formatter,
+                       epilog=_racer_epilog("the landscape's own lr for each function"),
+                       description="Race optimizers on four 2-D functions (bowl, two minima,\n"
+                                   "Rosenbrock, saddle); print where each one went, and draw\n"
+                                   "one contour plot per function with every path.")
+    p.add_argument("programs", nargs="*", metavar="NAME_OR_FILE",
+                   help="the racers, e.g. adam:lr=0.1 mine.opt:lr=0.05 (default: sgd momentum "
+                        "nesterov adagrad rmsprop adam); see below")
+    p.add_argument("--out", default="landscape-out", metavar="DIR",
+                   help="where to write landscape_<function>.png ('' for nowhere; "
+                        "default: landscape-out)")
+    p.add_argument("--max-iters", type=int, default=5000, metavar="N",
+                   help="steps allowed per racer and function (default: 5000)")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="converged when the gradient norm or the distance to a known minimum "
+                        "is below this (default: 1e-3)")
+    _add_backend(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_landscape)
 
     p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")
-    p.add_argument("--size", default="small", choices=["small", "medium", "large"])
+    p.add_argument("--size", default="small", choices=["small", "medium", "large"],
+                   help="parameters stepped: small 1M in 20 tensors, medium 12.6M in 117, "
+                        "large 50M in 160 (default: small)")
     p.set_defaults(run=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from optdsl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="optdsl", description="A compiler for deep-learning optimizers.")
+    parser.add_argument("--version", action="version", version=f"optdsl {__version__}",
+                        help="print optdsl's version and exit")
+    _add_subcommands(parser.add_subparsers(dest="command", metavar="COMMAND"))
     return parser
 
 

@@ -15,6 +15,7 @@ pytest.importorskip("sklearn")
 
 from optdsl.apps.demo import (
     DEFAULT_OPTIMIZERS,
+    curves_figure,
     format_table,
     parse_optimizer_spec,
     resolve_optimizer_specs,
@@ -22,7 +23,7 @@ from optdsl.apps.demo import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RESULT_KEYS = {"name", "spec", "hypers", "train_loss", "test_accuracy", "seconds",
+RESULT_KEYS = {"name", "spec", "hypers", "lr", "train_loss", "test_accuracy", "seconds",
                "setup_seconds", "loss_curve", "accuracy_curve"}
 
 
@@ -74,8 +75,9 @@ def test_format_table_is_aligned():
     results = run_demo(epochs=1, optimizers=["sgd", "nesterov:lr=0.1"], progress=False)
     table = format_table(results)
     lines = table.splitlines()
-    assert lines[0].split()[0] == "optimizer" and set(lines[1]) <= {"-", " "}
+    assert lines[0].split()[:2] == ["optimizer", "lr"] and set(lines[1]) <= {"-", " "}
     assert "SGD" in lines[2] and "Nesterov (lr=0.1)" in lines[3]
+    assert lines[2].split()[1] == "1" and lines[3].split()[2] == "0.1"  # the lr each ran with
     assert len({len(line) for line in lines}) == 1  # every row padded to the same width
     assert "%" in lines[2]
 
@@ -135,3 +137,29 @@ def test_bad_racer_reported_before_training(capsys):
 def test_impossible_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="triton"):
         run_demo(epochs=1, optimizers=["sgd"], backend="triton", progress=False)
+
+
+def test_a_programs_own_default_lr_is_shown(tmp_path):
+    """A file that declares its lr runs with it (the user's Sophia-like file with lr=1e-4 got
+    22 %): the result and the table say which lr it was, so FILE:lr=... is the next thing
+    to try."""
+    program = tmp_path / "slow.opt"
+    program.write_text("optimizer Slow\nhyper lr = 1e-4 in [0, inf)\nw = w - lr*g\n")
+    sgd, slow, fast = run_demo(epochs=1, optimizers=["sgd", program, f"{program}:lr=0.5"],
+                               progress=False)
+    assert (sgd["lr"], slow["lr"], fast["lr"]) == (1.0, 1e-4, 0.5)
+    assert slow["hypers"] == {}  # nothing given: the program's default
+    rows = [line.split() for line in format_table([slow, fast]).splitlines()[2:]]
+    assert rows[0][:2] == ["Slow", "0.0001"] and rows[1][:3] == ["Slow", "(lr=0.5)", "0.5"]
+
+
+def test_identical_curves_say_so_in_the_legend():
+    """SGD and torch.optim.SGD train the same curve: the legend says that SGD lies under it,
+    and SGD is drawn as a wider band around it."""
+    results = run_demo(epochs=2, optimizers=["sgd", "adam", "torch-sgd"], progress=False)
+    fig = curves_figure(results)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[0] == "SGD [same curve as torch.optim.SGD, drawn under it]"
+    assert legend[1:] == ["Adam", "torch.optim.SGD"]
+    widths = [line.get_linewidth() for line in fig.axes[0].get_lines()]
+    assert widths[0] > widths[2] + 2

@@ -51,7 +51,7 @@ def test_declared_form_adam():
     lr, betas, eps, wd = (prog.hypers[n] for n in prog.hypers)
     assert lr.default == 1e-3 and not lr.required and not lr.inferred
     assert (lr.interval.low, lr.interval.high) == (0.0, math.inf)
-    assert not lr.interval.low_closed and not lr.interval.high_closed
+    assert lr.interval.low_closed and not lr.interval.high_closed  # [0, inf): lr = 0 allowed
     assert betas.parts == ("beta1", "beta2") and betas.default == (0.9, 0.999)
     assert betas.interval.low_closed and not betas.interval.high_closed
     assert eps.default == 1e-8 and eps.interval.low_closed

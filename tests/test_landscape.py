@@ -14,9 +14,11 @@ from optdsl.apps.landscape import (
     LANDSCAPES,
     format_landscape,
     format_table,
+    landscape_figure,
     race,
     run_landscape,
 )
+from optdsl.apps.ui import paths_coincide
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LEFT, RIGHT = "left (-1,0) global", "right (1,0) local"
@@ -83,7 +85,9 @@ def test_diverged_and_stuck():
 def test_format_landscape(small_race):
     table = format_landscape(small_race)
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["function", "optimizer", "iterations"]
+    assert lines[0].split()[:4] == ["function", "optimizer", "lr", "iterations"]
+    bowl = [line.split() for line in lines if line.startswith("bowl")]
+    assert [row[1:3] for row in bowl] == [["SGD", "0.09"], ["Adam", "0.3"]]  # the bowl's lrs
     assert "did not converge" in table and "escaped" in table and "(0,0) minimum" in table
     assert sum(1 for line in lines if line.startswith("rosenbrock")) == 2
     assert format_table(small_race) == table  # the name the CLI imports
@@ -113,3 +117,43 @@ def test_user_program_races(tmp_path):
 def test_unknown_function():
     with pytest.raises(ValueError, match="unknown function"):
         run_landscape(["sgd"], functions=["himmelblau"])
+
+
+def test_the_lr_each_racer_ran_with(tmp_path):
+    """From the landscape's table, from an override, or from the program's own default."""
+    assert race(LANDSCAPES["bowl"], "sgd", max_iters=5)["lr"] == 0.09
+    assert race(LANDSCAPES["bowl"], "adam:lr=0.02", max_iters=5)["lr"] == 0.02
+    program = tmp_path / "own_lr.opt"
+    program.write_text("optimizer OwnLr\nhyper lr = 0.004\nw = w - lr*g\n")
+    mine = race(LANDSCAPES["bowl"], str(program), max_iters=5)
+    assert mine["lr"] == 0.004 and mine["hypers"] == {}
+    assert "0.004" in format_landscape([mine])
+
+
+def test_paths_coincide():
+    t = np.linspace(0.0, 1.0, 50)
+    path = np.stack([t, t**2], axis=1)
+    resampled = np.stack([t[::7], t[::7] ** 2], axis=1)  # other points on the same curve
+    assert paths_coincide(path, resampled, 1e-2) and paths_coincide(resampled, path, 1e-2)
+    assert not paths_coincide(path, path + [0.0, 0.05], 1e-2)
+    assert not paths_coincide(path, path[:25], 1e-2)  # a part of a path is not the path
+
+
+def _legend(fig) -> list[str]:
+    return [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+
+
+def test_a_path_under_another_says_so_in_the_legend():
+    """On the saddle AdaGrad's path lies under RMSProp's: the legend says which hides which,
+    and the hidden one is drawn wider, so that it shows around the other."""
+    land = LANDSCAPES["saddle"]
+    runs = [race(land, name, max_iters=200) for name in ("adagrad", "rmsprop", "sgd")]
+    fig = landscape_figure(land, runs)
+    adagrad, rmsprop, sgd = _legend(fig)[:3]
+    assert adagrad.startswith("AdaGrad") and "same path as RMSProp, drawn under it" in adagrad
+    assert "same path" not in rmsprop and "same path" not in sgd
+    lines = fig.axes[0].get_lines()
+    widths = {line.get_label().split(":")[0]: line.get_linewidth() for line in lines}
+    assert widths["AdaGrad"] > widths["RMSProp"] + 2
+    styles = [(line.get_linestyle(), line.get_marker()) for line in lines[:6:2]]
+    assert len(set(styles)) == 3  # each path its own line style and marker

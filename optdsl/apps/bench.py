@@ -12,7 +12,7 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ def _tensors(total: int, count: int, device: str) -> list[torch.Tensor]:
 
 
 def _candidates(name: str, device: str) -> dict[str, Callable]:
-    import optdsl.library as library
+    from optdsl import library
 
     ours = getattr(library, name)
     twin = getattr(torch.optim, name)

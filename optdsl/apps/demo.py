@@ -15,9 +15,10 @@ user passes by path.
 Optimizer specs (the strings in ``optimizers=``) are those of :mod:`optdsl.apps.racers`, shared
 with :mod:`optdsl.apps.landscape`.
 
-A user program's ``lr`` with no default is taken from a default table (``lr=0.1`` here);
-any other hyperparameter without a default must be given as an override, otherwise a
-:class:`ValueError` names the missing ones.
+A user program's ``lr`` with no default is taken from a default table (``lr=0.1`` here); a
+program that declares a default lr runs with it, which may not suit this model (the table
+shows each racer's lr): give another as ``FILE:lr=0.05``.  Any other hyperparameter without a
+default must be given the same way, otherwise a :class:`ValueError` names the missing ones.
 
 Typical use::
 
@@ -46,11 +47,19 @@ from optdsl.apps.racers import (
     BUILTIN_OPTIMIZERS,
     OptimizerSpec,
     check_racers,
+    learning_rate,
     make_optimizer,
     parse_optimizer_spec,
     resolve_optimizer_specs,
 )
-from optdsl.apps.ui import Progress, new_agg_figure, one_torch_thread, racer_device
+from optdsl.apps.ui import (
+    Progress,
+    curve_style,
+    new_agg_figure,
+    one_torch_thread,
+    overlap_notes,
+    racer_device,
+)
 
 __all__ = [
     "BUILTIN_OPTIMIZERS",
@@ -60,6 +69,7 @@ __all__ = [
     "Progress",
     "build_model",
     "check_racers",
+    "curves_figure",
     "format_table",
     "load_digits_split",
     "make_optimizer",
@@ -198,6 +208,7 @@ def _train_one(
         "name": name,
         "spec": spec.text,
         "hypers": hypers,
+        "lr": learning_rate(optimizer),
         "train_loss": losses[-1],
         "test_accuracy": accuracies[-1],
         "seconds": seconds,
@@ -237,6 +248,7 @@ def run_demo(
 
     Returns:
         One dict per optimizer, in order: ``name``, ``spec``, ``hypers`` (as constructed),
+        ``lr`` (the learning rate it ran with; None for a program without one),
         ``train_loss`` (full training set, after the last epoch), ``test_accuracy``,
         ``seconds`` (training, evaluation included), ``setup_seconds`` (constructing the
         optimizer, twice: a first check before any training, which compiles a DSL program,
@@ -270,11 +282,14 @@ def _fmt_number(value: float, spec: str) -> str:
 
 
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """The demo's results as an aligned text table (one row per optimizer)."""
-    header = ("optimizer", "train loss", "test acc", "train (s)", "setup (s)")
+    """The demo's results as an aligned text table, one row per optimizer with the lr it ran
+    with (from the demo's table, an override such as ``adam:lr=3e-3``, or a program's own
+    default)."""
+    header = ("optimizer", "lr", "train loss", "test acc", "train (s)", "setup (s)")
     rows = [
         (
             str(r["name"]),
+            "-" if r.get("lr") is None else f"{r['lr']:g}",
             _fmt_number(r["train_loss"], ".4f"),
             _fmt_number(100 * r["test_accuracy"], ".1f") + "%",
             f"{r['seconds']:.2f}",
@@ -320,18 +335,36 @@ def write_outputs(
     return png_path, json_path
 
 
+def _same_curves(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two racers' loss and accuracy curves are the same to the eye (0.2 %)."""
+    def close(x: Sequence[float], y: Sequence[float]) -> bool:
+        return len(x) == len(y) and bool(np.allclose(x, y, rtol=2e-3, atol=1e-6))
+
+    return close(a["loss_curve"], b["loss_curve"]) and close(a["accuracy_curve"],
+                                                             b["accuracy_curve"])
+
+
 def plot_curves(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Training loss (log scale) and test accuracy per epoch, one line per optimizer."""
+    """Write :func:`curves_figure` of ``results`` to ``path`` (a PNG)."""
+    curves_figure(results).savefig(path, dpi=110)
+
+
+def curves_figure(results: Sequence[Mapping[str, Any]]) -> Any:
+    """Training loss (log scale) and test accuracy per epoch, one line per optimizer, each in
+    its own style; a line that a later one covers (SGD under torch.optim.SGD) is drawn as a
+    wide pale band, and its legend entry says which line covers it."""
     from matplotlib.ticker import FormatStrFormatter
 
     fig = new_agg_figure(figsize=(12, 4.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for r in results:
+    notes = overlap_notes([str(r["name"]) for r in results],
+                          lambda i, j: _same_curves(results[i], results[j]), what="curve")
+    for index, (r, note) in enumerate(zip(results, notes)):
         epochs = range(len(r["loss_curve"]))
-        style = "--" if str(r["spec"]).lower().startswith("torch") else "-"
-        ax_loss.plot(epochs, r["loss_curve"], style, marker="o", markersize=3, label=r["name"])
-        ax_acc.plot(epochs, [100 * a for a in r["accuracy_curve"]], style, marker="o",
-                    markersize=3, label=f"{r['name']} ({100 * r['test_accuracy']:.1f}%)")
+        style = curve_style(index, len(results), len(epochs), hidden=bool(note))
+        ax_loss.plot(epochs, r["loss_curve"], label=f"{r['name']}{note}", **style)
+        ax_acc.plot(epochs, [100 * a for a in r["accuracy_curve"]],
+                    label=f"{r['name']} ({100 * r['test_accuracy']:.1f}%)", **style)
     ax_loss.set(title="Training loss (cross-entropy)", xlabel="epoch", ylabel="loss", yscale="log")
     ax_loss.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
     ax_loss.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
@@ -341,4 +374,4 @@ def plot_curves(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         ax.legend(fontsize=8)
     fig.suptitle("Digits MLP 64-32-10, sigmoid, minibatch 128: same start, different optimizers")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig

@@ -1,7 +1,8 @@
 """Optimizers racing on 2-D functions: where each one goes, and how fast.
 
 The racers are the very optimizers used for training (the bundled :mod:`optdsl.library`
-classes, or any ``.opt`` program by path; see :mod:`optdsl.apps.demo` for the spec syntax), driving
+classes, or any ``.opt`` program by path, with ``:name=value`` overrides such as
+``mine.opt:lr=0.05``; see :mod:`optdsl.apps.racers` for the spec syntax), driving
 one parameter: a float64 tensor of shape (2,) holding the point (x, y), with gradients from
 autograd.  Four landscapes:
 
@@ -39,11 +40,20 @@ import torch
 from optdsl.apps.racers import (
     OptimizerSpec,
     check_racers,
+    learning_rate,
     make_optimizer,
     parse_optimizer_spec,
     resolve_optimizer_specs,
 )
-from optdsl.apps.ui import Progress, new_agg_figure, one_torch_thread, racer_device
+from optdsl.apps.ui import (
+    Progress,
+    curve_style,
+    new_agg_figure,
+    one_torch_thread,
+    overlap_notes,
+    paths_coincide,
+    racer_device,
+)
 
 __all__ = [
     "DEFAULT_RACERS",
@@ -51,15 +61,21 @@ __all__ = [
     "Landscape",
     "format_landscape",
     "format_table",
+    "landscape_figure",
     "plot_landscape",
     "race",
     "run_landscape",
+    "write_pictures",
 ]
 
 #: The racers when ``programs`` is None.
 DEFAULT_RACERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 
 _DIVERGED_NORM = 1e6
+
+#: Two paths closer than this fraction of the plot's diagonal everywhere look like one line:
+#: the legend says which one lies under which.
+OVERLAP_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -234,8 +250,9 @@ def race(
     """Run one optimizer on one landscape from ``start`` (default: the landscape's).
 
     Returns a dict: ``function``, ``optimizer`` (display name), ``spec``, ``hypers``,
-    ``converged`` (bool), ``iterations`` (steps until converged or escaped, else None),
-    ``steps`` (steps taken), ``outcome`` (which minimum, "escaped", "diverged", ...),
+    ``lr`` (the learning rate it ran with, None if it has none), ``converged`` (bool),
+    ``iterations`` (steps until converged or escaped, else None), ``steps`` (steps taken),
+    ``outcome`` (which minimum, "escaped", "diverged", ...),
     ``final_point``, ``final_value``, ``grad_norm``, ``seconds`` and ``path`` (an
     ``(steps + 1, 2)`` NumPy array of visited points, the start included).
     """
@@ -265,6 +282,7 @@ def race(
         "optimizer": name,
         "spec": spec.text,
         "hypers": hypers,
+        "lr": learning_rate(optimizer),
         "converged": status.converged,
         "iterations": steps if status.converged else None,
         "steps": steps,
@@ -301,11 +319,13 @@ def run_landscape(
     """Race optimizers on the 2-D landscapes; optionally draw one contour plot per function.
 
     Args:
-        programs: racer specs as in :mod:`optdsl.apps.demo` (bundled names such as "adam",
-            ``.opt`` paths, ``:name=value`` overrides); None races :data:`DEFAULT_RACERS`.
-            A list of only ``.opt`` paths races them alongside the defaults.  Learning rates
-            not given as overrides come from each landscape's table.
-        out_dir: if given, ``landscape_<function>.png`` is written there for each function.
+        programs: racer specs as in :mod:`optdsl.apps.racers` (bundled names such as "adam",
+            ``.opt`` paths, ``:name=value`` overrides such as ``mine.opt:lr=0.05``); None races
+            :data:`DEFAULT_RACERS`.  A list of only ``.opt`` paths races them alongside the
+            defaults.  Learning rates not given as overrides come from each landscape's table
+            (a ``.opt`` program's own default lr, if it declares one, is kept).
+        out_dir: if given, ``landscape_<function>.png`` is written there for each function,
+            once every race has run (:func:`write_pictures`).
         max_iters: optimizer steps allowed per racer and function.
         tol: converged when the gradient norm, or the distance to a known minimum, is below it.
         functions: keys of :data:`LANDSCAPES` to run (default: all four).
@@ -320,27 +340,40 @@ def run_landscape(
     for land in landscapes:
         check_racers(specs, land.lrs, backend, racer_device(backend))
     results: list[dict[str, Any]] = []
-    for land in landscapes:
-        bar = Progress(land.key, len(specs), enabled=progress)
-        runs = []
+    for number, land in enumerate(landscapes, start=1):
+        label = f"{land.key} ({number}/{len(landscapes)})"
+        bar = Progress(label, len(specs), enabled=progress, label_width=20)
         with one_torch_thread():
             for done, spec in enumerate(specs, start=1):
-                runs.append(race(land, spec, max_iters=max_iters, tol=tol, backend=backend))
-                bar.update(done, runs[-1]["optimizer"])
+                bar.update(done - 1, f"racing {spec.text}")
+                results.append(race(land, spec, max_iters=max_iters, tol=tol, backend=backend))
         bar.close()
-        if out_dir is not None:
-            plot_landscape(land, runs, Path(out_dir) / f"landscape_{land.key}.png")
-        results.extend(runs)
+    if out_dir is not None:
+        write_pictures(results, out_dir)
     return results
 
 
+def write_pictures(
+    results: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """One contour plot per function of ``results`` (``landscape_<function>.png`` in
+    ``out_dir``, created if needed); returns the paths written."""
+    by_function: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        by_function.setdefault(str(r["function"]), []).append(r)
+    return [plot_landscape(LANDSCAPES[key], runs, Path(out_dir) / f"landscape_{key}.png")
+            for key, runs in by_function.items()]
+
+
 def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
-    """The race results as an aligned table: function, optimizer, iterations, outcome."""
-    header = ("function", "optimizer", "iterations", "outcome", "final f")
+    """The race results as an aligned table: function, optimizer, the lr it ran with,
+    iterations, outcome, final f."""
+    header = ("function", "optimizer", "lr", "iterations", "outcome", "final f")
     rows = [
         (
             str(r["function"]),
             str(r["optimizer"]),
+            _format_lr(r.get("lr")),
             str(r["iterations"]) if r["converged"] else "did not converge",
             str(r["outcome"]),
             f"{r['final_value']:.4g}",
@@ -348,7 +381,7 @@ def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
         for r in results
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 4}
+    numeric = {2, 3, 5}
 
     def line(row: Sequence[str]) -> str:
         cells = [
@@ -365,6 +398,10 @@ def format_landscape(results: Sequence[Mapping[str, Any]]) -> str:
         out.append(line(row))
         previous = row[0]
     return "\n".join(out)
+
+
+def _format_lr(lr: Any) -> str:
+    return "-" if lr is None else f"{lr:g}"
 
 
 #: The same as :func:`format_landscape`, under the name :mod:`optdsl.apps.demo` uses.
@@ -389,6 +426,17 @@ def plot_landscape(
     """Contour plot of ``land`` with each racer's path; writes a PNG and returns its path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fig = landscape_figure(land, runs)
+    fig.savefig(out, dpi=100, bbox_inches="tight")  # the whole legend, however long
+    return out
+
+
+def landscape_figure(land: Landscape, runs: Sequence[Mapping[str, Any]]) -> Any:
+    """The matplotlib Figure of :func:`plot_landscape`: contours, paths, minima, legend.
+
+    Each path has its own line style and marker; a path that a later one covers (within
+    :data:`OVERLAP_TOLERANCE` of the window's diagonal) is drawn as a wide pale band under it,
+    and its legend entry says which path covers it."""
     gx, gy, z = _grid_values(land)
     fig = new_agg_figure(figsize=(8, 7.6))
     ax = fig.subplots()
@@ -398,8 +446,14 @@ def plot_landscape(
     contour = ax.contourf(gx, gy, z, levels=land.levels, cmap="viridis", alpha=0.85)
     ax.contour(gx, gy, z, levels=contour.levels, colors="white", linewidths=0.3, alpha=0.5)
     fig.colorbar(contour, ax=ax, shrink=0.9, label=label)
-    for run in runs:
-        _draw_path(ax, run)
+    diagonal = math.hypot(land.xlim[1] - land.xlim[0], land.ylim[1] - land.ylim[0])
+    paths = [_finite_points(run) for run in runs]
+    notes = overlap_notes(
+        [str(run["optimizer"]) for run in runs],
+        lambda i, j: paths_coincide(paths[i], paths[j], OVERLAP_TOLERANCE * diagonal))
+    for index, (run, points, note) in enumerate(zip(runs, paths, notes)):
+        style = curve_style(index, len(runs), len(points), hidden=bool(note))
+        _draw_path(ax, run, points, style, note)
     for point in land.minima:
         ax.plot(point.x, point.y, marker="*", color="gold", markeredgecolor="black",
                 markersize=15, linestyle="none", zorder=5)
@@ -411,18 +465,23 @@ def plot_landscape(
     ax.set(xlim=land.xlim, ylim=land.ylim, xlabel="x", ylabel="y", title=land.title)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
+    return fig
 
 
-def _draw_path(ax: Any, run: Mapping[str, Any]) -> None:
-    """One racer's path: a line through the visited points and a dot where it stopped."""
+def _finite_points(run: Mapping[str, Any]) -> np.ndarray:
     points = np.asarray(run["path"], dtype=float)
-    points = points[np.all(np.isfinite(points), axis=1)]
+    return points[np.all(np.isfinite(points), axis=1)]
+
+
+def _draw_path(
+    ax: Any, run: Mapping[str, Any], points: np.ndarray, style: Mapping[str, Any], note: str
+) -> None:
+    """One racer's path: a line through the visited points (in ``style``) and a dot where it
+    stopped; ``note`` (e.g. which path hides this one) ends its legend entry."""
     if len(points) == 0:
         return
     steps = "did not converge" if not run["converged"] else f"{run['iterations']} it"
-    label = f"{run['optimizer']}: {run['outcome']} ({steps})"
-    (line,) = ax.plot(points[:, 0], points[:, 1], "-", linewidth=1.6, alpha=0.95, label=label)
+    label = f"{run['optimizer']}: {run['outcome']} ({steps}){note}"
+    (line,) = ax.plot(points[:, 0], points[:, 1], label=label, **style)
     ax.plot(points[-1, 0], points[-1, 1], "o", color=line.get_color(), markeredgecolor="black",
             markersize=6, zorder=7)

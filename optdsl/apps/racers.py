@@ -18,9 +18,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a racer is built: `optdsl --help` stays quick
+    import torch
 
 #: Bundled racers: key -> (display name, optdsl.library class name or "torch.optim.SGD",
 #: fixed hyperparameters other than lr).
@@ -177,6 +178,8 @@ def check_racers(
     after the racers before it have run.  Returns each racer's construction time in seconds
     (this first construction is the one that compiles a program).
     """
+    import torch
+
     seconds = []
     for spec in specs:
         dummy = torch.zeros(1, device=device, requires_grad=True)
@@ -216,7 +219,20 @@ def make_optimizer(
     label, class_name, fixed = BUILTIN_OPTIMIZERS[spec.key]
     hypers = {"lr": lr_table[spec.key], **fixed, **spec.overrides}
     if class_name == "torch.optim.SGD":
+        import torch
+
         optimizer = torch.optim.SGD(params, **hypers)
     else:
         optimizer = _library_class(class_name)(params, **hypers, backend=backend)
     return _display_name(label, spec.overrides), optimizer, hypers
+
+
+def learning_rate(optimizer: torch.optim.Optimizer) -> float | None:
+    """The lr a racer runs with (its first param group's), whether it came from the caller's
+    table, an override or the program's own default; None for a program without ``lr``."""
+    import torch
+
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    if isinstance(lr, torch.Tensor):
+        return float(lr)
+    return None if lr is None else float(lr)

@@ -66,4 +66,7 @@ def _write(path: Path, text: str) -> None:
             return
     except (OSError, UnicodeDecodeError):
         pass
-    write_atomic(path, text, mode=0o644)
+    try:
+        write_atomic(path, text, mode=0o644)
+    except OSError as exc:  # name the file asked for, not write_atomic's temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc

@@ -1,0 +1,82 @@
+"""Programs copied from the docs accept lr = 0 (issue 16, item 3).
+
+Hugging Face's linear warmup starts at lr = 0, ``CosineAnnealingLR(eta_min=0)`` ends there
+and ``torch.distributed.checkpoint`` steps once with lr = 0; a program that declares
+``lr in (0, inf)`` raises ``Invalid lr: 0.0`` in each. Every shipped ``.opt`` file (examples/
+and the bundled library) and every ```opt block of the docs and the README that has an
+``lr`` is built with lr = 0 and stepped, and stepped again under a warmup that starts at 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import optdsl
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = [*sorted((ROOT / "examples").glob("*.opt")),
+         *sorted((ROOT / "optdsl" / "library").glob("*.opt"))]
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "examples/README.md"]
+# docs/language.md is being rewritten for the language additions (the lead's); its blocks are
+# checked like the others, and one still declaring lr in (0, inf) is an expected failure.
+PENDING_REWRITE = {"language.md"}
+
+
+def _doc_programs() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        blocks = re.findall(r"```opt\n(.*?)```", doc.read_text(), re.DOTALL)
+        found += [(f"{doc.name}-{index}", block) for index, block in enumerate(blocks)]
+    return found
+
+
+CASES = [(path.relative_to(ROOT).as_posix(), path.read_text()) for path in FILES]
+CASES += _doc_programs()
+
+
+def _value_inside(spec) -> float | tuple[float, ...]:
+    """A value for a required hyper that its interval (if any) accepts."""
+    candidates = (0.5, 0.9, 1.0, 2.0, 1e-3, -0.5)
+    value = next(x for x in candidates if spec.interval is None or spec.interval.contains(x))
+    return tuple(value for _ in spec.parts) if spec.parts else value
+
+
+def _build(source: str, lr: float) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+    prog = optdsl.compile(source)
+    hypers = {name: _value_inside(spec) for name, spec in prog.hypers.items()
+              if spec.required and name != "lr"}
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64, requires_grad=True)
+    return w, prog.optimizer([w], lr=lr, **hypers)
+
+
+def _step(w: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    w.grad = torch.tensor([0.3, -0.1, 0.2, 0.4], dtype=torch.float64)
+    opt.step()
+    assert all(math.isfinite(x) for x in w.detach().tolist())
+
+
+def test_the_cases_are_there():
+    names = [name for name, _ in CASES]
+    assert "examples/adam.opt" in names and "optdsl/library/adam.opt" in names
+    assert sum(name.startswith("cookbook.md-") for name in names) >= 15
+
+
+@pytest.mark.parametrize("name,source", CASES, ids=[name for name, _ in CASES])
+def test_accepts_lr_zero(name: str, source: str) -> None:
+    assert "lr" in optdsl.compile(source).hypers  # every shipped program has one
+    lr_line = re.search(r"^hyper\b.*\blr\b.*$", source, re.MULTILINE)
+    if name.split("-")[0] in PENDING_REWRITE and lr_line and "(0, inf)" in lr_line.group():
+        pytest.xfail("docs/language.md still declares lr in (0, inf): its rewrite fixes it")
+    w, opt = _build(source, lr=0.0)  # torch.distributed.checkpoint's first step
+    _step(w, opt)
+    w, opt = _build(source, lr=1e-2)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: step / 10)  # starts at 0
+    assert opt.param_groups[0]["lr"] == 0.0
+    for _ in range(3):
+        _step(w, opt)
+        warmup.step()
