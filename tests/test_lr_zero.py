@@ -24,7 +24,6 @@ FILES = [*sorted((ROOT / "examples").glob("*.opt")),
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "examples/README.md"]
 # docs/language.md is being rewritten for the language additions (the lead's); its blocks are
 # checked like the others, and one still declaring lr in (0, inf) is an expected failure.
-PENDING_REWRITE = {"language.md"}
 
 
 def _doc_programs() -> list[tuple[str, str]]:
@@ -70,8 +69,7 @@ def test_the_cases_are_there():
 def test_accepts_lr_zero(name: str, source: str) -> None:
     assert "lr" in optdsl.compile(source).hypers  # every shipped program has one
     lr_line = re.search(r"^hyper\b.*\blr\b.*$", source, re.MULTILINE)
-    if name.split("-")[0] in PENDING_REWRITE and lr_line and "(0, inf)" in lr_line.group():
-        pytest.xfail("docs/language.md still declares lr in (0, inf): its rewrite fixes it")
+    assert not (lr_line and "(0, inf)" in lr_line.group()), lr_line.group()
     w, opt = _build(source, lr=0.0)  # torch.distributed.checkpoint's first step
     _step(w, opt)
     w, opt = _build(source, lr=1e-2)
