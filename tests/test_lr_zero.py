@@ -22,8 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = [*sorted((ROOT / "examples").glob("*.opt")),
          *sorted((ROOT / "optdsl" / "library").glob("*.opt"))]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "examples/README.md"]
-# docs/language.md is being rewritten for the language additions (the lead's); its blocks are
-# checked like the others, and one still declaring lr in (0, inf) is an expected failure.
 
 
 def _doc_programs() -> list[tuple[str, str]]:
