@@ -35,7 +35,10 @@ from optdsl.ir.ops import (
 from optdsl.passes.cse_dce import cse_dce
 
 BUILTIN = ("w", "g", "t")
-RESERVED_KEYS = frozenset({"step"})
+# state_dict keys that hold something other than a program's state (the optimizer wrapper's
+# ``state["step"]`` and optdsl.optim.precision.MASTER_KEY), and what they hold
+RESERVED_KEYS = {"step": "the step number `t`",
+                 "master_param": "the float32 master weight (master_weights=True)"}
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,41 @@ class _Checker:
 
     def declare_state(self, item: ast.StateItem) -> None:
         self._new_name(item.name, item.span, "state variable")
-        key = item.key or item.name
-        if key in RESERVED_KEYS:
-            raise self.error(f"`{key}` is the state_dict key of the step number `t`; choose "
-                             f"another key", item.key_span or item.span)
-        for other in self.state_items.values():
-            if (other.key or other.name) == key:
-                raise self.error(f"state key `{key}` is used twice", item.key_span or item.span)
         self.state_items[item.name] = item
+
+    def check_state_keys(self) -> None:
+        """Every state has its own state_dict key: no two share one (they would alias one
+        tensor), none is reserved, and none is the name of another state; declared and
+        inferred states alike, the later one in the text reported."""
+        keyed = sorted(
+            [_Keyed(item.name, item.key or item.name, item.key_span or item.span, item.span,
+                    False) for item in self.state_items.values()]
+            + [_Keyed(name, name, span, span, True)
+               for name, span in self.inferred_states.items()],
+            key=lambda k: (k.span.line, k.span.column))
+        names = {k.name: k for k in keyed}
+        by_key: dict[str, _Keyed] = {}
+        for state in keyed:
+            held = RESERVED_KEYS.get(state.key)
+            if held is not None:
+                hint = (f"; rename it, or declare it with another key: `state {state.name} = "
+                        f"0 as {state.name}_value`" if state.inferred else
+                        "; choose another key")
+                raise self.error(f"{state} would be saved under the state_dict key "
+                                 f"`{state.key}`, which holds {held}{hint}", state.span)
+            other = by_key.get(state.key)
+            if other is not None:
+                raise self.error(f"state key `{state.key}` is used twice: by {state} and by "
+                                 f"{other} (line {other.span.line}); they would share one "
+                                 f"tensor, so give one another key with `as`", state.span)
+            by_key[state.key] = state
+        for state in keyed:
+            other = names.get(state.key)
+            if other is not None and other is not state:
+                later = max(state.span, other.name_span, key=lambda s: (s.line, s.column))
+                raise self.error(f"{state} is saved under the state_dict key `{state.key}`, "
+                                 f"the name of {other}, which is saved under `{other.key}`; "
+                                 f"a state's key must not be another state's name", later)
 
     def constant(self, expr: ast.Expr, what: str) -> int | float:
         """Evaluate a constant expression (numbers and arithmetic only)."""
@@ -370,12 +400,6 @@ class _Checker:
             if item is None:
                 init = builder.const(0.0)
                 key, line = name, self.inferred_states[name].line
-                if key in RESERVED_KEYS:
-                    raise self.error(
-                        f"state `{name}` would be saved under the state_dict key `{key}`, "
-                        f"which holds the step number `t`; rename it, or declare it with "
-                        f"another key: `state {name} = 0 as {name}_value`",
-                        self.inferred_states[name])
             else:
                 env = {"w": builder.leaf("w")}
                 for hyper in self.hyper_scalars:
@@ -398,6 +422,21 @@ class _Checker:
         return specs
 
 
+@dataclass(frozen=True)
+class _Keyed:
+    """A state and its state_dict key, for check_state_keys; ``span``: where the key is
+    written (the `as` name, else as ``name_span``: the declared name or the first read)."""
+
+    name: str
+    key: str
+    span: Span
+    name_span: Span
+    inferred: bool
+
+    def __str__(self) -> str:
+        return f"the inferred state `{self.name}`" if self.inferred else f"state `{self.name}`"
+
+
 def _evaluate_constant(builder: Builder, value: int) -> float:
     results: list = []
     for eq in builder.eqs:
@@ -413,6 +452,7 @@ def check(module: ast.Module) -> Checked:
     checker = _Checker(module)
     checker.collect()
     checker.infer_roles()
+    checker.check_state_keys()
     graph, tensor_state = checker.lower()
     states = checker.state_specs(tensor_state)
     header = checker.header
