@@ -10,12 +10,12 @@ look-alikes) is a DslError or compiles, never a RecursionError or an internal er
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 import optdsl
 from optdsl import DslError
+from optdsl.frontend.limits import MAX_LINE_CHARS, MAX_NESTING
 
 # (id, source, line, column, a fragment the message must contain)
 CASES = [
@@ -209,21 +209,26 @@ def compiles_or_dsl_error(source: str):
         return None
 
 
-N = 5000
+# At the documented limits (optdsl.frontend.limits; tests/test_limits.py checks each limit):
+# brackets nested MAX_NESTING deep, and lines of MAX_LINE_CHARS, whose operator chains make
+# trees thousands deep.
+N = MAX_NESTING
+CHAIN = (MAX_LINE_CHARS - 10) // 4  # terms of a chain like ` + g` that fit on one line
 
 
 @pytest.mark.parametrize("source", [
     "w = " + "(" * N + "w - g" + ")" * N,
-    "w = w" + " + g" * N,
-    "w = " + "-" * N + "w",
-    "w = " + "w ^ " * N + "1",
+    "w = w" + " + g" * CHAIN,
+    "w = " + "-" * (MAX_LINE_CHARS - 10) + "w",
+    "w = " + "w ^ " * CHAIN + "1",
     "w = " + "sqrt(" * N + "w" + ")" * N,
-    "hyper a = 0" + " + 1" * N + "\nw = w - a*g",
+    "hyper a = 0" + " + 1" * CHAIN + "\nw = w - a*g",
     "hyper a = " + "(" * N + "1" + ")" * N + "\nw = w - a*g",
     "state m = " + "(" * N + "w" + ")" * N + "\nm = m + g\nw = w - m",
 ], ids=["parens", "long-sum", "unary-minus", "power-chain", "calls", "hyper-sum",
         "hyper-parens", "state-init-parens"])
 def test_deep_nesting_never_recursion_error(source):
+    assert len(max(source.split("\n"), key=len)) <= MAX_LINE_CHARS
     prog = compiles_or_dsl_error(source)
     if prog is not None:
         assert prog.source("numpy")
@@ -242,20 +247,20 @@ def test_deep_nesting_runs():
 def test_long_sum_is_right():
     import numpy as np
 
-    prog = optdsl.compile("w = w" + " - g" * N)
+    prog = optdsl.compile("w = w" + " - g" * CHAIN)
     w = np.zeros(4)
     prog.numpy_optimizer([w]).step([np.full(4, 0.5)])
-    assert np.array_equal(w, np.full(4, -0.5 * N))
+    assert np.array_equal(w, np.full(4, -0.5 * CHAIN))
 
 
 def test_deep_nesting_error_inside_is_positioned():
-    source = "w = " + "(" * N + "w - sqr(g)" + ")" * N
+    source = "w = " + "(" * (N - 1) + "w - sqr(g)" + ")" * (N - 1)
     with pytest.raises(DslError) as info:
         optdsl.compile(source)
-    assert (info.value.line, info.value.column) == (1, 4 + N + 5)
+    assert (info.value.line, info.value.column) == (1, 4 + N - 1 + 5)
 
 
-def test_two_thousand_line_program_compiles_fast():
+def test_two_thousand_line_program_compiles():
     lines = ["optimizer Long", "hyper lr = 0.1 in (0, inf)", "state m = 0"]
     for i in range(2000):
         prev = "g" if i == 0 else f"x{i - 1}"
@@ -263,11 +268,7 @@ def test_two_thousand_line_program_compiles_fast():
     lines += ["m = m + x1999", "w = w - lr * m"]
     source = "\n".join(lines)
     assert len(lines) > 2000
-    start = time.perf_counter()
-    prog = optdsl.compile(source)
-    elapsed = time.perf_counter() - start
-    print(f"2000-line program compiled in {elapsed:.3f} s")
-    assert elapsed < 5.0
+    prog = optdsl.compile(source)  # (its cost grows linearly: tests/test_limits.py)
     assert "m" in prog.states
 
 

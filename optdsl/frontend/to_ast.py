@@ -13,6 +13,7 @@ import lark
 
 from optdsl.errors import DslError, Span
 from optdsl.frontend import ast
+from optdsl.frontend.limits import MAX_STATEMENTS
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _BINARY = {"add", "sub", "mul", "div", "pow"}
@@ -112,10 +113,15 @@ class _Converter:
 
     # -- statements --------------------------------------------------------------------------
     def module(self, tree: lark.Tree) -> ast.Module:
-        statements = []
+        statements, count = [], 0
         for stmt in tree.children:
             if stmt is None:
                 continue
+            count += _names_declared(stmt)
+            if count > MAX_STATEMENTS:
+                raise self.error(f"the program has more than the limit of {MAX_STATEMENTS:,} "
+                                 f"statements (a declaration counts once per name)",
+                                 _span_of(stmt))
             statements.append(getattr(self, "_" + stmt.data)(stmt))
         return ast.Module(tuple(statements), self.filename, self.source)
 
@@ -157,6 +163,17 @@ class _Converter:
                                        str(key) if key is not None else None,
                                        _span_of(key) if key is not None else None))
         return ast.StateDecl(tuple(items), _span_of(node))
+
+
+def _names_declared(stmt: lark.Tree) -> int:
+    """How much a statement counts towards MAX_STATEMENTS: 1, or one per declared name."""
+    if stmt.data == "hyper_decl":
+        return sum(max(1, len(item.children[1].children)) if isinstance(item.children[1],
+                   lark.Tree) and item.children[1].data == "tuple_value" else 1
+                   for item in stmt.children)
+    if stmt.data == "state_decl":
+        return len(stmt.children)
+    return 1
 
 
 def to_ast(tree: lark.Tree, filename: str, source: str) -> ast.Module:
