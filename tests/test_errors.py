@@ -33,6 +33,8 @@ CASES = [
     ("syntax-chained-comparison", "w = w - where(g > 0 > 1, g, w)", 1, 21, "unexpected `>`"),
     ("syntax-header-without-name", "optimizer\nw = w - g", 1, 10, "expected a name"),
     ("number-too-large", "w = w - 1e999*g", 1, 9, "too large"),
+    ("number-too-small", "w = w - 1e-400*g", 1, 9, "too small"),
+    ("number-too-small-in-default", "hyper eps = 1e-330\nw = w - eps*g", 1, 13, "too small"),
     # unknown names, with a suggestion
     ("unknown-function", "w = w - sqr(g)", 1, 9, "did you mean `sqrt`"),
     ("unknown-function-line-2", "hyper lr = 1\nw = w - lr * exq(g)", 2, 14, "did you mean `exp`"),
@@ -270,6 +272,52 @@ def test_two_thousand_line_program_compiles():
     assert len(lines) > 2000
     prog = optdsl.compile(source)  # (its cost grows linearly: tests/test_limits.py)
     assert "m" in prog.states
+
+
+# -- long lines: the shown line is cut around the caret -------------------------------------
+
+@pytest.mark.parametrize("at", [0, 30, 1_000, 2_350, 2_399, "eof"])
+def test_long_line_is_cut_around_the_caret(at):
+    """An error on a long line shows at most SHOWN_CHARS of it (cuts marked `...`), with the
+    caret still under the fault (an error on a 1 MB line printed 2 MB)."""
+    from optdsl.errors import SHOWN_CHARS
+
+    terms = ["g"] * 2_400  # a 9,600-character line
+    if at == "eof":
+        source, fault = "w = w + " + " + ".join(terms) + " +", None
+    else:
+        terms[at] = "$"
+        source = "w = w + " + " + ".join(terms)
+        fault = source.index("$")
+    with pytest.raises(DslError) as info:
+        optdsl.compile(source)
+    err = info.value
+    column = fault + 1 if fault is not None else len(source) + 1
+    assert (err.line, err.column) == (1, column)
+    _, shown, caret = str(err).split("\n")
+    assert len(shown) <= len("   1 | ") + SHOWN_CHARS + 6 and len(caret) <= len(shown) + 1
+    under = caret.index("^")
+    if fault is not None:
+        assert shown[under] == "$"
+        assert "..." in shown and shown[7:].startswith("...") == (fault > SHOWN_CHARS // 3)
+    else:
+        assert under == len(shown) and shown.endswith("+")
+
+
+def test_error_on_a_huge_line_is_short():
+    with pytest.raises(DslError) as info:
+        optdsl.compile("w = w - " + "g - " * 250_000 + "g")  # a 1 MB line
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("literal,value", [("0e-999", 0.0), ("0.000e5", 0.0), ("00", 0),
+                                           ("4.9e-324", 5e-324), ("1e-320", 1e-320),
+                                           ("1.7976931348623157e308", 1.7976931348623157e308)])
+def test_number_literals_that_keep_their_meaning(literal, value):
+    """Overflow and underflow are refused alike; zero written as zero, and subnormal
+    numbers, are kept (docs/language.md, "Limits")."""
+    prog = optdsl.compile(f"hyper a = {literal}\nw = w - a*g")
+    assert prog.hypers["a"].default == value
 
 
 # -- encodings and characters ------------------------------------------------------------------

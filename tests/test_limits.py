@@ -51,6 +51,7 @@ def refused(source: str, line: int, column: int, fragment: str) -> DslError:
     err = info.value
     assert (err.line, err.column) == (line, column), str(err)[:300]
     assert fragment in err.message and "limit" in err.message
+    assert len(str(err)) < 600  # the shown line is cut around the caret
     return err
 
 
@@ -159,6 +160,7 @@ def test_check_dev_zero_ends_with_one_short_message():
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"/dev/zero:1:{MAX_SOURCE_BYTES + 1}: error: program text "
                                   f"is longer than the limit")
+    assert len(done.stderr) < 600
 
 
 def test_check_an_endless_pipe_ends(tmp_path):
@@ -211,5 +213,6 @@ def test_the_documented_limits_are_the_enforced_ones():
                        "parentheses open at once": MAX_NESTING,
                        "one name or number": MAX_WORD_CHARS, "statements": MAX_STATEMENTS}
     from optdsl.cli import MAX_NOTES
+    from optdsl.errors import SHOWN_CHARS
 
-    assert f"first {MAX_NOTES}" in section
+    assert f"at most {SHOWN_CHARS} characters" in section and f"first {MAX_NOTES}" in section

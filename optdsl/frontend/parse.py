@@ -72,8 +72,8 @@ def _describe(token: lark.Token) -> str:
     if token.type == "_NL":
         return "end of line"
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(token))
-    return f"`{text}`"
+                   for c in str(token)[:41])
+    return f"`{text[:37]}...`" if len(text) > 40 else f"`{text}`"  # (a long description)
 
 
 def parse(source: str, filename: str = "<string>") -> lark.Tree:

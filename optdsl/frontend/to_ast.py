@@ -8,6 +8,7 @@ conversion keeps an explicit stack. Numbers are converted here and checked to be
 from __future__ import annotations
 
 import math
+import re
 
 import lark
 
@@ -17,6 +18,7 @@ from optdsl.frontend.limits import MAX_STATEMENTS
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _BINARY = {"add", "sub", "mul", "div", "pow"}
+_NONZERO_DIGIT = re.compile(r"[1-9]")
 
 
 def _span_of(node: lark.Tree | lark.Token) -> Span:
@@ -79,11 +81,16 @@ class _Converter:
         raise self.error(f"unexpected `{token}` in an expression", _span_of(token))
 
     def _number(self, token: lark.Token) -> ast.Num:
+        """A literal's float64 value; one that overflows to infinity or underflows to zero
+        (but is not written as zero) is refused alike: it would not mean what it says."""
         text = str(token)
         value = math.inf if text == "inf" else float(text)
         if math.isinf(value) and text != "inf":
             raise self.error(f"number `{text}` is too large for a float; write `inf`",
                              _span_of(token))
+        if value == 0 and _NONZERO_DIGIT.search(text.lower().split("e")[0]):
+            raise self.error(f"number `{text}` is too small for a float (it would be 0); "
+                             f"write `0`", _span_of(token))
         return ast.Num(_span_of(token), value)
 
     def _build(self, node: lark.Tree, done: dict[int, ast.Expr]) -> ast.Expr:
