@@ -65,9 +65,11 @@ MAX_ARTIFACT_BYTES = 1 << 30
 STALE_SECONDS = 600.0  # a temporary file older than this lost its writer (killed mid-write)
 LOCK_SECONDS = 900.0  # how long to wait for another process's build before building too
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (getattr: the module still imports off POSIX)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9_]{1,8}){1,2}")
 _HEADER = re.compile(rb"optdsl-artifact-v1 sha256=([0-9a-f]{64}) size=([0-9]{1,12})\n")
 
@@ -465,8 +467,8 @@ def _build_lock(dfd: int, name: str) -> Iterator[None]:
     time; after LOCK_SECONDS of waiting (a stuck builder) build without it."""
     import fcntl
 
-    fd = os.open(f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                 | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    fd = os.open(f".{name}.lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600,
+                 dir_fd=dfd)
     try:
         deadline = time.monotonic() + LOCK_SECONDS
         while True:
