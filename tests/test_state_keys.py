@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import optdsl
-from optdsl.frontend.check import RESERVED_KEYS
+from optdsl.frontend.keys import RESERVED_KEYS
 from optdsl.optim.precision import MASTER_KEY
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
+from optdsl.frontend.keys import check_state_keys
 from optdsl.frontend.signature import CONSTRUCTOR_KEYWORDS, HyperSpec, Interval, StateSpec
 from optdsl.ir.builder import Builder
 from optdsl.ir.nodes import Graph
@@ -36,10 +37,6 @@ from optdsl.ir.ops import (
 from optdsl.passes.cse_dce import cse_dce
 
 BUILTIN = ("w", "g", "t")
-# state_dict keys that hold something other than a program's state (the optimizer wrapper's
-# ``state["step"]`` and optdsl.optim.precision.MASTER_KEY), and what they hold
-RESERVED_KEYS = {"step": "the step number `t`",
-                 "master_param": "the float32 master weight (master_weights=True)"}
 
 
 @dataclass(frozen=True)
@@ -150,38 +147,8 @@ class _Checker:
         self.state_items[item.name] = item
 
     def check_state_keys(self) -> None:
-        """Every state has its own state_dict key: no two share one (they would alias one
-        tensor), none is reserved, and none is the name of another state; declared and
-        inferred states alike, the later one in the text reported."""
-        keyed = sorted(
-            [_Keyed(item.name, item.key or item.name, item.key_span or item.span, item.span,
-                    False) for item in self.state_items.values()]
-            + [_Keyed(name, name, span, span, True)
-               for name, span in self.inferred_states.items()],
-            key=lambda k: (k.span.line, k.span.column))
-        names = {k.name: k for k in keyed}
-        by_key: dict[str, _Keyed] = {}
-        for state in keyed:
-            held = RESERVED_KEYS.get(state.key)
-            if held is not None:
-                hint = (f"; rename it, or declare it with another key: `state {state.name} = "
-                        f"0 as {state.name}_value`" if state.inferred else
-                        "; choose another key")
-                raise self.error(f"{state} would be saved under the state_dict key "
-                                 f"`{state.key}`, which holds {held}{hint}", state.span)
-            other = by_key.get(state.key)
-            if other is not None:
-                raise self.error(f"state key `{state.key}` is used twice: by {state} and by "
-                                 f"{other} (line {other.span.line}); they would share one "
-                                 f"tensor, so give one another key with `as`", state.span)
-            by_key[state.key] = state
-        for state in keyed:
-            other = names.get(state.key)
-            if other is not None and other is not state:
-                later = max(state.span, other.name_span, key=lambda s: (s.line, s.column))
-                raise self.error(f"{state} is saved under the state_dict key `{state.key}`, "
-                                 f"the name of {other}, which is saved under `{other.key}`; "
-                                 f"a state's key must not be another state's name", later)
+        """One state_dict key per state (optdsl.frontend.keys), once all states are known."""
+        check_state_keys(self.state_items, self.inferred_states, self.error)
 
     def constant(self, expr: ast.Expr, what: str) -> int | float:
         """Evaluate a constant expression (numbers and arithmetic only)."""
@@ -470,21 +437,6 @@ class _Checker:
             graph = cse_dce(builder.graph([("init", init)]))  # only what the init reads
             specs[name] = StateSpec(name, key, is_tensor, graph, item is None, line)
         return specs
-
-
-@dataclass(frozen=True)
-class _Keyed:
-    """A state and its state_dict key, for check_state_keys; ``span``: where the key is
-    written (the `as` name, else as ``name_span``: the declared name or the first read)."""
-
-    name: str
-    key: str
-    span: Span
-    name_span: Span
-    inferred: bool
-
-    def __str__(self) -> str:
-        return f"the inferred state `{self.name}`" if self.inferred else f"state `{self.name}`"
 
 
 def _evaluate_constant(builder: Builder, value: int) -> float:
