@@ -27,7 +27,9 @@ RuntimeWarning saying what was found, never a crash.
 The directory is ``$OPTDSL_CACHE_DIR``, else ``$XDG_CACHE_HOME/optdsl``, else
 ``~/.cache/optdsl``, created with mode 0o700. It must be a real directory (not a symbolic
 link), owned by this user and not writable by group or others; every entry is reached
-through one descriptor of it, so it cannot be swapped between a check and a use. When it is
+through one descriptor of it, so it cannot be swapped between a check and a use. (A link
+further up, such as a symlinked ``~/.cache``, is fine for that reason: whoever can rename
+the directory can only put one of their own, which is refused, in its place.) When it is
 refused or cannot be written, a private ``tempfile.mkdtemp()`` directory is used for the
 rest of the process, with one warning that says why. (POSIX only, as Triton.)
 """
