@@ -9,15 +9,18 @@ this whole campaign under ``pytest -m slow``). Usage::
 Generators (tests/strategies.py): valid programs over the whole language, the same with
 hostile user names (np, lambda, B, self, ...), mutated valid programs, often-wrong
 ("loose") programs, token soup from the grammar's alphabet, a grammar-directed generator
-(spaced and raw), and hypothesis.extra.lark.from_lark over the grammar (raw and with
-vocabulary terminals). Each generator gets a share of ``--programs``; hypothesis draws the
+(spaced and raw), hypothesis.extra.lark.from_lark over the grammar (raw and with
+vocabulary terminals), and the hostile cases of issue 15: state key collisions, programs
+at and just past the front end's limits, long titles and names with many switches, and
+number literals at the ends of float64 with errors on long lines. Each generator gets a share of ``--programs``; hypothesis draws the
 programs (generate phase only, seeded: the same seed gives the same programs) and a program
 drawn twice is skipped, so the campaign runs ``--programs`` different programs.
 
 Oracles, for every program:
 
 - compiling raises nothing but optdsl.DslError; the error is not an "internal compiler
-  error", its line:col lies inside the program and the line it shows is that line;
+  error", its line:col lies inside the program and the line it shows is that line (a
+  long one cut around the caret, the caret under the column);
 - a program that compiles has NumPy and Triton sources that parse, an IR dump, and passes
   the IR verifier after every pass;
 - the optimized graph (and the switch-specialized variant) equals the unoptimized graph
@@ -25,8 +28,9 @@ Oracles, for every program:
   for finite values), on float64 arrays holding special values;
 - two steps of the generated NumPy step (prog.numpy_optimizer) equal two steps of the
   evaluator;
-- for the first ``--triton`` programs that compile, two steps of the Triton kernels run by
-  the Triton interpreter (TRITON_INTERPRET=1, CPU tensors, float64) equal the NumPy backend.
+- for the first ``--triton`` programs that compile (of the valid, hostile-name and long-name
+  generators; a tenth kept for the long names), two steps of the Triton kernels run by the
+  Triton interpreter (TRITON_INTERPRET=1, CPU tensors, float64) equal the NumPy backend.
 
 A mismatch explained by a known open bug would be counted under its own kind (KNOWN_OPEN,
 empty now) and not fail the run.
@@ -92,7 +96,15 @@ GENERATORS = (  # name, strategy, share of the programs
     ("grammar_any", lambda: S.grammar_programs(spaced=False), 0.03),
     ("from_lark", lambda: S.lark_programs(), 0.03),
     ("from_lark_vocab", lambda: S.lark_programs(spaced=True), 0.03),
+    # the hostile cases of issue 15: state keys, the front end's limits, long names and
+    # many switches (cache names), number literals and errors on long lines
+    ("key_collisions", lambda: S.key_collision_programs(), 0.04),
+    ("oversized", lambda: S.oversized_programs(), 0.02),
+    ("long_names", lambda: S.long_name_programs(), 0.02),
+    ("number_edges", lambda: S.number_edge_programs(), 0.03),
 )
+TRITON_GENERATORS = ("valid", "hostile_names", "long_names")  # checked in the interpreter
+TRITON_RESERVED = {"long_names": 0.1}  # shares of --triton kept for a generator that comes late
 
 SPECIALS = [0.0, -0.0, 1.0, -1.5, 2.0, 0.5, 3.25, -7.0, np.inf, -np.inf, np.nan, 1e-300, 1e300]
 HYPER_VALUES = [0.5, 2.0, -1.0, 0.0, -0.0, 3.0, np.inf]
@@ -101,7 +113,8 @@ HYPER_VALUES = [0.5, 2.0, -1.0, 0.0, -0.0, 3.0, np.inf]
 CATEGORIES = (
     ("syntax", r"^unexpected (character|end of|`|\S+ in an expression)"),
     ("nul", r"NUL character"),
-    ("number", r"^number `.*` is too large"),
+    ("number", r"^number `.*` is too (large|small)"),
+    ("limit", r"than the limit"),
     ("unknown_name", r"^unknown name"),
     ("unknown_function", r"^unknown function"),
     ("arity", r"takes \d+ argument"),
@@ -192,9 +205,34 @@ def check_error(source: str, err: optdsl.DslError) -> None:
     if any(not c.isprintable() for c in text.replace("\n", "")):
         raise Failure("error_prints_control_characters", repr(text)[:300])
     visible = "".join(c if c.isprintable() else " " for c in line.removesuffix("\r"))
-    if len(shown) < 3 or not shown[1].endswith("| " + visible):
+    if len(shown) < 3 or not shows_line(shown[1], shown[2], visible, err.column):
         raise Failure("error_shows_wrong_line",
-                      f"error at line {err.line} shows {shown[1]!r}, the line is {line!r}")
+                      f"error at line {err.line} shows {shown[1][:200]!r}, the line is "
+                      f"{line[:200]!r}")
+
+
+def shows_line(row: str, caret_row: str, line: str, column: int) -> bool:
+    """Whether an error's ``row`` shows ``line``: all of it, or (a long line) at most
+    SHOWN_CHARS of it, cut around the fault with each cut marked ``...``, and the caret of
+    ``caret_row`` under ``column``."""
+    from optdsl.errors import SHOWN_CHARS
+
+    if "| " not in row or "^" not in caret_row:
+        return False
+    gutter = row.index("| ") + 2
+    body, caret = row[gutter:], caret_row.index("^") - gutter
+    if body == line:
+        return caret == column - 1 and len(line) <= SHOWN_CHARS
+    for head in ("...", ""):
+        start = column - 1 - (caret - len(head))
+        if not body.startswith(head) or (start > 0) != bool(head) or start < 0:
+            continue
+        rest = body[len(head):]
+        if line[start:] == rest or (rest.endswith("...") and
+                                    line[start:start + len(rest) - 3] == rest[:-3] and
+                                    start + len(rest) - 3 < len(line)):
+            return len(rest) <= SHOWN_CHARS + 3
+    return False
 
 
 # -- programs that compile ---------------------------------------------------------------------
@@ -436,7 +474,8 @@ def campaign(programs: int = 10000, seed: int = 0, triton: int = 0, log=print,
     quotas[0] = (quotas[0][0], quotas[0][1],
                  quotas[0][2] + programs - sum(q for _, _, q in quotas))
     results: dict = {"generators": {}, "failures": []}
-    triton_left = [triton]
+    triton_left = {name: round(triton * share) for name, share in TRITON_RESERVED.items()}
+    triton_left["shared"] = triton - sum(triton_left.values())
     start = time.perf_counter()
     for index, (name, make, quota) in enumerate(quotas):
         counts = collections.Counter()
@@ -450,12 +489,13 @@ def campaign(programs: int = 10000, seed: int = 0, triton: int = 0, log=print,
             if source in seen:  # every program of the campaign is a different one
                 return False
             seen.add(source)
-            use_triton = triton_left[0] > 0 and name in ("valid", "hostile_names")
+            pool = name if name in TRITON_RESERVED else "shared"
+            use_triton = triton_left[pool] > 0 and name in TRITON_GENERATORS
             outcome = check_program(source, rng, triton=use_triton)
             counts["programs"] += 1
             counts[outcome["status"]] += 1
             if outcome["triton"] and outcome["status"] == "compiled":
-                triton_left[0] -= 1
+                triton_left[pool] -= 1
                 counts["triton_checked"] += 1
             if outcome["category"]:
                 categories[outcome["category"]] += 1

@@ -57,9 +57,17 @@ def undeclared_notes(prog, path: str) -> list[str]:
     states = [n for n, s in prog.states.items() if not s.inferred]
     if not declared and not states:
         return []
-    return [f"{path}:{spec.line}: note: `{name}` is not declared, so it is a required "
-            f"hyperparameter{suggest(name, declared + states)}"
-            for name, spec in prog.hypers.items() if spec.inferred]
+    undeclared = [(name, spec) for name, spec in prog.hypers.items() if spec.inferred]
+    notes = [f"{path}:{spec.line}: note: `{name}` is not declared, so it is a required "
+             f"hyperparameter{suggest(name, declared + states)}"
+             for name, spec in undeclared[:MAX_NOTES]]
+    if len(undeclared) > MAX_NOTES:  # (each note searches every declared name: keep it linear)
+        notes.append(f"{path}: note: {len(undeclared) - MAX_NOTES} more names are not "
+                     f"declared, so they are required hyperparameters too")
+    return notes
+
+
+MAX_NOTES = 20  # undeclared names noted one by one by `optdsl check`
 
 
 def cmd_show(args: argparse.Namespace) -> int:

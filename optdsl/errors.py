@@ -63,12 +63,29 @@ class DslError(Exception):
         # tabs and other invisible or control characters show as one space each
         text = "".join(c if c.isprintable() else " " for c in lines[self.span.line - 1])
         width = max(1, min(self.span.length, len(text) - self.span.column + 1))
-        caret = " " * (self.span.column - 1) + "^" * width
+        text, column, width = _excerpt(text, self.span.column, width)
+        caret = " " * (column - 1) + "^" * width
         gutter = f"{self.span.line:4d} | "
         return f"{head}\n{gutter}{text}\n{' ' * (len(gutter) - 2)}| {caret}"
 
     def __reduce__(self):  # keep pickling (multiprocessing) working with keyword-only args
         return (_rebuild, (self.message, self.span, self.filename, self.source))
+
+
+SHOWN_CHARS = 100  # the most of a line an error shows: a longer one is cut around the caret
+
+
+def _excerpt(text: str, column: int, width: int) -> tuple[str, int, int]:
+    """The part of line ``text`` an error shows (cuts marked with ``...``), and the caret's
+    column and width in it: the caret stays under the fault."""
+    if len(text) <= SHOWN_CHARS:
+        return text, column, width
+    start = min(max(0, column - 1 - SHOWN_CHARS // 3), len(text) - SHOWN_CHARS)
+    end = start + SHOWN_CHARS
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(text) else ""
+    width = max(1, min(width, end - (column - 1)))
+    return head + text[start:end] + tail, column - start + len(head), width
 
 
 def source_lines(source: str) -> list[str]:

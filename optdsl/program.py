@@ -26,6 +26,7 @@ from optdsl.codegen.contract import GeneratedModule
 from optdsl.codegen.unit import Unit
 from optdsl.errors import CompilerBug, DslError, Span
 from optdsl.frontend.check import Checked, check
+from optdsl.frontend.limits import read_source
 from optdsl.frontend.parse import parse
 from optdsl.frontend.signature import HyperSpec, Requirement, StateSpec
 from optdsl.frontend.to_ast import to_ast
@@ -305,9 +306,5 @@ def load_program(path: str | os.PathLike) -> Program:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     filename = os.fspath(path)
-    try:
-        source = Path(filename).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DslError(f"file is not UTF-8 text ({exc.reason})", Span(1, 1),
-                       filename=filename) from None
+    source = read_source(filename)  # bounded: /dev/zero is refused at the size limit
     return compile_program(source, filename=filename)

@@ -384,3 +384,115 @@ def mutated_programs(draw, base=None):
             lines[a], lines[b] = lines[b], lines[a]
             source = "\n".join(lines)
     return source
+
+
+# -- hostile cases of issue 15: state keys, sizes, long names, numbers, long error lines -----
+
+KEY_POOL = ["m", "v", "k", "exp_avg", "step", "master_param"]
+
+
+@st.composite
+def key_collision_programs(draw):
+    """1-4 states, declared (with or without an `as` key) or inferred, whose names and keys
+    come from one small pool that includes the reserved keys: two keys alike, a key that is
+    another state's name, and reserved keys, in every order (issue 15, item 3)."""
+    names = draw(st.lists(st.sampled_from(KEY_POOL), min_size=1, max_size=4, unique=True))
+    decls, reads, body = [], [], []
+    for name in names:
+        if draw(st.booleans()):  # inferred: read before it is assigned
+            reads.append(f"{name} = 0.5 * {name} + g")
+        else:
+            key = draw(st.sampled_from([None] + KEY_POOL + ["other"]))
+            decls.append(f"state {name} = {draw(st.sampled_from(['0', 'w', '1']))}"
+                         + (f" as {key}" if key else ""))
+            body.append(f"{name} = 0.9 * {name} + g")
+    lines = draw(st.permutations(decls + reads)) + body
+    lines.append("w = w - 0.1 * (" + " + ".join(names) + ")")
+    return "\n".join(lines) + "\n"
+
+
+def _limit(name: str) -> int:
+    from optdsl.frontend import limits
+
+    return getattr(limits, name)
+
+
+@st.composite
+def oversized_programs(draw):
+    """Programs at, just under and just over the front end's limits (issue 15, item 6):
+    long lines, deep parentheses, long names and numbers, many statements, whole texts
+    padded to the size limit, and shapes that used to check in quadratic time."""
+    kind = draw(st.sampled_from(["line", "parens", "calls", "word", "number", "statements",
+                                 "size", "hyper_defaults", "widened_chain"]))
+    delta = draw(st.sampled_from([-2, -1, 0, 1, 2]))
+    head = "hyper lr = 0.1\n"
+    if kind == "line":
+        width = _limit("MAX_LINE_CHARS") + delta
+        line = ("x = g" + " + g" * width)[:width]
+        line = line.rstrip("+ ") if line.endswith(("+", " ")) else line
+        return head + line + " " * (width - len(line)) + "\nw = w - lr * x\n"
+    if kind in ("parens", "calls"):
+        depth = _limit("MAX_NESTING") + delta
+        opener = "(" if kind == "parens" else draw(st.sampled_from(["sqrt(", "abs(", "exp("]))
+        return head + "w = w - lr * " + opener * depth + "g" + ")" * depth + "\n"
+    if kind in ("word", "number"):
+        size = _limit("MAX_WORD_CHARS") + delta
+        if kind == "word":
+            name = "n" * size
+            return f"optimizer {name}\nhyper {name} = 0.5\nw = w - {name} * g\n"
+        return head + "w = w - lr * 0." + "1" * (size - 2) + " * g\n"
+    if kind == "statements":
+        return "w = w - 0.001 * g\n" * (_limit("MAX_STATEMENTS") + delta)
+    if kind == "size":
+        size = _limit("MAX_SOURCE_BYTES") + delta
+        text = head + "w = w - lr * g\n"
+        filler = draw(st.sampled_from(["x", "\u00e9"]))
+        row = "#" + filler * (9_000 // len(filler)) + "\n"
+        while len((text + row).encode()) < size:
+            text += row
+        rest = size - len(text.encode())
+        return text + ("#" + "x" * (rest - 1) if rest > 0 else "")
+    count = draw(st.integers(50, 400))
+    if kind == "hyper_defaults":
+        return ("".join(f"hyper h{i} = {draw(st.sampled_from(['0', '1', '2.5', '1e-3']))}\n"
+                        for i in range(count)) + "w = w - h0 * g\n")
+    return "".join(f"s{i} = s{i + 1}\n" for i in range(count)) + f"s{count} = g\nw = w - s0\n"
+
+
+@st.composite
+def long_name_programs(draw):
+    """Valid programs with long titles and names and many switches, whose generated modules
+    get long cache names (issue 15, item 7: `File name too long` on Triton steps)."""
+    limit = _limit("MAX_WORD_CHARS")
+    title = "T" * draw(st.integers(100, limit))
+    switches = draw(st.integers(1, 200))
+    name = "h" + "x" * draw(st.integers(0, limit - 2))
+    lines = [f"optimizer {title}", f"hyper {name} = 0.1"]
+    lines += [f"hyper f{i} = {draw(st.sampled_from(['0', '1']))}" for i in range(switches)]
+    lines.append("x = g")
+    lines += [f"x = where(f{i} != 0, x * 1.001, x)" for i in range(switches)]
+    lines.append(f"w = w - {name} * x")
+    return "\n".join(lines) + "\n"
+
+
+EDGE_NUMBERS = ["1e-400", "1e309", "0e-999", "0.000e5", "00", "4.9e-324", "2e-324", "1e-320",
+                "1.7976931348623157e308", "1.8e308", "2.2250738585072014e-308", ".0e-5",
+                "1e-323", "3e-324", "0." + "0" * 330 + "1", "9" * 40, "1e+308", "1E-400"]
+
+
+@st.composite
+def number_edge_programs(draw):
+    """Literals at the ends of float64 (overflow, underflow, subnormals, zeros written oddly)
+    and errors on long lines, whose shown line is cut around the caret (issue 15, item 9)."""
+    literal = draw(st.sampled_from(EDGE_NUMBERS))
+    where = draw(st.sampled_from(["default", "expression", "interval", "long_line"]))
+    if where == "default":
+        return f"hyper a = {literal}\nw = w - a * g\n"
+    if where == "interval":
+        return f"hyper a = 0 in [0, {literal}]\nw = w - a * g\n"
+    if where == "expression":
+        return f"w = w - {literal} * g\n"
+    terms = ["g"] * draw(st.integers(10, 2_300))
+    fault = draw(st.sampled_from([literal, "$", "sqr(g)", "(g > 0)", "\u0430"]))
+    terms[draw(st.integers(0, len(terms) - 1))] = fault
+    return "w = w - 0.001 * (" + " + ".join(terms) + ")\n"

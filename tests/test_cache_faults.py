@@ -7,7 +7,7 @@
   temporary file); the next process writes the entry afresh, without a warning, and sweeps
   the temporary file once it is stale;
 - a corrupted entry (truncated, empty, NUL-filled, invalid UTF-8, other valid Python, a
-  directory or a dangling link in its place) is rebuilt with a RuntimeWarning and the
+  directory or a symbolic link in its place) is rebuilt with a RuntimeWarning and the
   program trains;
 - with HOME unwritable (and no OPTDSL_CACHE_DIR / XDG_CACHE_HOME) training still works: the
   cache falls back to a private temporary directory with one warning.
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -280,14 +282,13 @@ def test_writer_killed_mid_write_leaves_no_partial_entry(tmp_path):
 
 
 @needs_triton
-def test_writer_killed_while_rebuilding_a_corrupt_entry(tmp_path):
+def test_writer_killed_while_rebuilding_a_corrupt_entry(tmp_path, monkeypatch):
     """Killed while replacing a corrupt entry: the corrupt entry stays as it was (the
     replacement is atomic) and the next process rebuilds it, with a warning."""
     directory = tmp_path / "cache"
-    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(directory))
     source = _sources()["Clip"]
-    entry = cache._ensure(directory, source, "triton_Clip",
-                          cache.digest(source, {"kind": "triton-step"}))
+    entry = cache.entry_path(source, "triton_Clip", {"kind": "triton-step"})
     entry.write_text("def step(:\n")
     env = _env(tmp_path, OPTDSL_CACHE_DIR=str(directory))
     _kill_mid_write(tmp_path, env)
@@ -316,6 +317,11 @@ CORRUPTIONS = {
     "one-byte-flipped": lambda path, text: path.write_text(text.replace("0.9", "0.8", 1)),
     "directory": lambda path, text: (path.unlink(), path.mkdir()),
     "dangling-link": lambda path, text: (path.unlink(), path.symlink_to(path.parent / "nowhere")),
+    # a link is never followed, even to a file holding exactly the expected text
+    "link-to-a-good-copy": lambda path, text: (
+        (path.parent.parent / "copy.py").write_text(text), path.unlink(),
+        path.symlink_to(path.parent.parent / "copy.py")),
+    "link-to-dev-zero": lambda path, text: (path.unlink(), path.symlink_to("/dev/zero")),
 }
 
 
@@ -335,10 +341,8 @@ def test_corrupted_entry_is_rebuilt_with_a_warning(corruption, tmp_path, monkeyp
         warnings.simplefilter("always")
         module = cache.load_module(source, "triton_Clip", {"kind": "triton-step"}, "interpret")
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    if corruption == "dangling-link":  # reads as a missing entry: replaced without a word
-        assert not messages and not path.is_symlink()
-    else:
-        assert any("corrupt" in m for m in messages), messages
+    assert any("corrupt" in m for m in messages), messages
+    assert not path.is_symlink()
     assert Path(module.__file__).read_text() == source
     if corruption != "directory":  # rebuilt in place
         assert path.read_text() == source and Path(module.__file__) == path
@@ -412,3 +416,255 @@ def test_training_works_with_home_read_only(tmp_path):
         assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
     finally:
         home.chmod(0o700)
+
+
+# -- artifacts: built bytes (e.g. the C back end's shared objects) --------------------------------
+
+def _payload(seed: str) -> bytes:
+    return (b"\x7fELF not really a shared object " + seed.encode()) * 4000
+
+
+class CountingBuilder:
+    """Writes ``_payload(seed)`` to the path it is given, counting its runs."""
+
+    def __init__(self, seed: str = "a") -> None:
+        self.seed = seed
+        self.runs = 0
+
+    def __call__(self, path: Path) -> None:
+        self.runs += 1
+        path.write_bytes(_payload(self.seed))
+
+
+@pytest.fixture
+def artifact_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_FALLBACK", None)
+    return tmp_path / "cache"
+
+
+def _artifact(build, key=None, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = cache.artifact("c_Demo", key or {"source": "int f(void);", "cc": "gcc 13"},
+                              ".so", build, **kw)
+    return data, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def _artifact_entries(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(".so")
+                  and not p.name.startswith("."))
+
+
+def test_artifact_is_built_once_then_read_and_verified(artifact_dir):
+    build = CountingBuilder()
+    data, messages = _artifact(build)
+    assert data == _payload("a") and build.runs == 1 and not messages
+    (entry,) = _artifact_entries(artifact_dir)
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert entry.read_bytes().endswith(_payload("a"))  # behind a header with its SHA-256
+    assert not [p for p in artifact_dir.iterdir() if p.name.startswith(".build-")]
+    again, messages = _artifact(CountingBuilder("never-used"))
+    assert again == data and not messages
+    other = CountingBuilder("b")
+    assert _artifact(other, key={"source": "int g(void);"})[0] == _payload("b")
+    assert other.runs == 1 and len(_artifact_entries(artifact_dir)) == 2
+
+
+ARTIFACT_CORRUPTIONS = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:-100]),
+    "payload-byte-flipped": lambda p: p.write_bytes(p.read_bytes()[:-1] + b"X"),
+    "size-changed": lambda p: p.write_bytes(p.read_bytes().replace(b"size=", b"size=1", 1)),
+    "no-header": lambda p: p.write_bytes(_payload("a")),
+    "empty": lambda p: p.write_bytes(b""),
+    "header-only": lambda p: p.write_bytes(p.read_bytes().split(b"\n", 1)[0] + b"\n"),
+    "directory": lambda p: (p.unlink(), p.mkdir()),
+    "link-to-a-good-copy": lambda p: (p.parent.parent.joinpath("copy").write_bytes(
+        p.read_bytes()), p.unlink(), p.symlink_to(p.parent.parent / "copy")),
+    "fifo": lambda p: (p.unlink(), os.mkfifo(p)),
+}
+
+
+@pytest.mark.parametrize("corruption", list(ARTIFACT_CORRUPTIONS))
+def test_corrupt_artifact_is_a_miss_with_a_warning(artifact_dir, corruption):
+    _artifact(CountingBuilder())
+    (entry,) = _artifact_entries(artifact_dir)
+    ARTIFACT_CORRUPTIONS[corruption](entry)
+    build = CountingBuilder()
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_artifact(build)), daemon=True)
+    worker.start()
+    worker.join(60)  # a FIFO opened blocking would hang here
+    assert result, f"reading an artifact entry that is {corruption} hung"
+    data, messages = result[0]
+    assert data == _payload("a") and build.runs == 1
+    assert "corrupt" in messages[0], messages
+    if corruption == "directory":  # cannot be replaced: kept in the private fallback
+        assert len(messages) == 2 and "cannot be written" in messages[1], messages
+    else:
+        assert len(messages) == 1, messages
+        assert entry.is_file() and not entry.is_symlink()
+    assert _artifact(CountingBuilder("unused")) == (data, [])
+
+
+def test_failing_builder_leaves_no_entry(artifact_dir):
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise RuntimeError("the compiler failed")
+
+    with pytest.raises(RuntimeError, match="the compiler failed"):
+        _artifact(broken)
+    assert not _artifact_entries(artifact_dir)
+    assert not [p for p in artifact_dir.iterdir() if p.name.startswith(".build-")]
+    with pytest.raises(RuntimeError, match="wrote nothing"):
+        _artifact(lambda path: None)
+    build = CountingBuilder()
+    assert _artifact(build) == (_payload("a"), []) and build.runs == 1
+
+
+def test_bad_artifact_suffix_is_refused(artifact_dir):
+    for suffix in ("so", ".so/../x", ".", ".s o", ".verylongsuffix"):
+        with pytest.raises(ValueError, match="suffix"):
+            cache.artifact("c_Demo", {}, suffix, CountingBuilder())
+
+
+def test_verified_copy_is_a_fresh_path_holding_the_verified_bytes(artifact_dir, monkeypatch):
+    build = CountingBuilder()
+    with cache.verified_copy("c_Demo", {"k": 1}, ".so", build) as first, \
+            cache.verified_copy("c_Demo", {"k": 1}, ".so", build) as second:
+        assert first != second and first.parent == second.parent == artifact_dir
+        assert first.read_bytes() == second.read_bytes() == _payload("a")
+    assert not first.exists() and not second.exists() and build.runs == 1
+    # the entry is swapped right after it was verified: the copy holds the verified bytes
+    real_read = cache._read
+
+    def read_then_swap(dfd, name, limit):
+        data = real_read(dfd, name, limit)
+        if data is not None and not name.startswith("."):
+            os.unlink(name, dir_fd=dfd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=dfd)
+            os.write(fd, b"evil")
+            os.close(fd)
+        return data
+
+    monkeypatch.setattr(cache, "_read", read_then_swap)
+    with cache.verified_copy("c_Demo", {"k": 1}, ".so", build) as path:
+        assert path.read_bytes() == _payload("a")
+
+
+C_SOURCE = "int answer(void) { return %d; }\n"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_verified_copies_load_as_distinct_shared_objects(artifact_dir):
+    """What the C back end will do: build, verify, load. Two entries loaded one after the
+    other from fresh paths are two libraries (the dynamic loader caches by path)."""
+    import ctypes
+
+    def compiled(value: int):
+        def build(path: Path) -> None:
+            source = path.with_suffix(".c")
+            source.write_text(C_SOURCE % value)
+            subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(path), str(source)],
+                           check=True, capture_output=True)
+        return build
+
+    answers = []
+    for value in (41, 42, 41):
+        with cache.verified_copy("c_Answer", {"source": C_SOURCE % value}, ".so",
+                                 compiled(value)) as path:
+            answers.append(ctypes.CDLL(str(path)).answer())
+    assert answers == [41, 42, 41]
+
+
+ARTIFACT_CHILD = textwrap.dedent("""
+    import hashlib, os, sys, time, warnings
+    warnings.simplefilter("error")  # a warning (corrupt entry, fallback) fails the child
+    from pathlib import Path
+    from optdsl.runtime import cache
+
+    def payload():
+        return (b"\\x7fELF not really a shared object a") * 4000
+
+    def build(path):
+        with open(os.environ["BUILD_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+        data = payload()
+        marker = os.environ.get("FAULT_MARKER")
+        with open(path, "wb") as f:
+            for i in range(0, len(data), 8192):  # a slow compiler
+                f.write(data[i:i + 8192])
+                f.flush()
+                if marker and i >= len(data) // 2:
+                    open(marker, "w").close()
+                    time.sleep(120)  # killed here
+                time.sleep(0.002)
+
+    go = os.environ.get("FAULT_GO")
+    while go and not os.path.exists(go):
+        time.sleep(0.002)
+    data = cache.artifact("c_Demo", {"source": "int f(void);", "cc": "gcc 13"}, ".so", build)
+    assert data == payload()
+    with cache.verified_copy("c_Demo", {"source": "int f(void);", "cc": "gcc 13"}, ".so",
+                             build) as path:
+        assert path.read_bytes() == data
+    print("ok", hashlib.sha256(data).hexdigest())
+""")
+
+
+def _artifact_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, OPTDSL_CACHE_DIR=str(tmp_path / "cache"),
+               BUILD_LOG=str(tmp_path / "builds.log"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def test_eight_processes_build_one_artifact_at_once(tmp_path):
+    go = tmp_path / "go"
+    env = _artifact_env(tmp_path, FAULT_GO=str(go))
+    procs = [subprocess.Popen([sys.executable, "-c", ARTIFACT_CHILD], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    time.sleep(1.0)  # let them import
+    go.touch()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0 and out.startswith("ok"), err[-2000:]
+    assert len({out for out, _ in outputs}) == 1
+    assert len((tmp_path / "builds.log").read_text().split()) == 1  # built once
+    directory = tmp_path / "cache"
+    assert len(_artifact_entries(directory)) == 1
+    leftovers = [p.name for p in directory.iterdir() if p.name.startswith(".")]
+    assert all(name.endswith(".lock") for name in leftovers), leftovers
+
+
+def test_builder_killed_mid_build_leaves_no_entry(tmp_path):
+    marker = tmp_path / "building"
+    env = _artifact_env(tmp_path, FAULT_MARKER=str(marker))
+    proc = subprocess.Popen([sys.executable, "-c", ARTIFACT_CHILD], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the builder never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    directory = tmp_path / "cache"
+    assert not _artifact_entries(directory), "a partial artifact is visible"
+    (workdir,) = [p for p in directory.iterdir() if p.name.startswith(".build-")]
+    old = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(workdir, (old, old))
+
+    env.pop("FAULT_MARKER")
+    done = subprocess.run([sys.executable, "-c", ARTIFACT_CHILD], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    assert len((tmp_path / "builds.log").read_text().split()) == 2  # killed, then built
+    assert len(_artifact_entries(directory)) == 1
+    assert not workdir.exists()  # the dead builder's directory was swept

@@ -17,6 +17,7 @@ import numpy as np
 
 from optdsl.errors import DslError, Span, source_lines, suggest
 from optdsl.frontend import ast
+from optdsl.frontend.keys import check_state_keys
 from optdsl.frontend.requirements import lower_requirement
 from optdsl.frontend.signature import (
     CONSTRUCTOR_KEYWORDS,
@@ -39,10 +40,10 @@ from optdsl.ir.ops import (
     Kind,
     Level,
     functions,
+    result_kind,
 )
 
 BUILTIN = ("w", "g", "t")
-RESERVED_KEYS = frozenset({"step"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class _Checker:
         self.inferred_states: dict[str, Span] = {}
         self.assigns: list[ast.Assign] = []
         self.requires: list[ast.Require] = []
+        self._lines: list[str] | None = None  # the source's lines, split once (see text())
+        self._probing = False  # lowering to find the tensor states (see tensor_states())
 
     def error(self, message: str, span: Span | None) -> DslError:
         return DslError(message, span or Span(1, 1), filename=self.module.filename,
@@ -152,14 +155,11 @@ class _Checker:
 
     def declare_state(self, item: ast.StateItem) -> None:
         self._new_name(item.name, item.span, "state variable")
-        key = item.key or item.name
-        if key in RESERVED_KEYS:
-            raise self.error(f"`{key}` is the state_dict key of the step number `t`; choose "
-                             f"another key", item.key_span or item.span)
-        for other in self.state_items.values():
-            if (other.key or other.name) == key:
-                raise self.error(f"state key `{key}` is used twice", item.key_span or item.span)
         self.state_items[item.name] = item
+
+    def check_state_keys(self) -> None:
+        """One state_dict key per state (optdsl.frontend.keys), once all states are known."""
+        check_state_keys(self.state_items, self.inferred_states, self.error)
 
     def constant(self, expr: ast.Expr, what: str) -> int | float:
         """Evaluate a constant expression (numbers and arithmetic only)."""
@@ -187,7 +187,9 @@ class _Checker:
             return float(_evaluate_constant(builder, value))
 
     def text(self, span: Span) -> str:
-        lines = source_lines(self.module.source)
+        if self._lines is None:
+            self._lines = source_lines(self.module.source)
+        lines = self._lines
         line = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
         return line[span.column - 1: span.column - 1 + span.length]
 
@@ -263,31 +265,76 @@ class _Checker:
 
     # -- lowering ----------------------------------------------------------------------------
     def lower(self) -> tuple[Graph, dict[str, bool]]:
-        """Lower all assignments; widen scalar states that receive tensors until stable."""
+        """Lower all assignments, with the states that receive a tensor (or start as one)
+        kept as tensors: found in linear time by tensor_states(), checked here (a widening
+        left, never expected, lowers again)."""
         names = list(self.state_items) + list(self.inferred_states)
-        tensor_state = {name: self.state_init_is_tensor(name) for name in names}
+        tensor_state = self.tensor_states(names)
         while True:
-            builder = Builder()
-            env = self.initial_env(builder, tensor_state)
-            widened: list[str] = []
-            for stmt in self.assigns:
-                value = self.lower_expr(stmt.value, env, builder)
-                env[stmt.target] = value
-                if stmt.target in tensor_state and not tensor_state[stmt.target] and \
-                        builder.kind(value).is_tensor and stmt.target not in widened:
-                    widened.append(stmt.target)  # any tensor assignment makes a tensor state
-                if stmt.target == "w" or stmt.target in tensor_state:
-                    kind = builder.kind(value)
-                    if kind.mask:
-                        raise self.error(f"`{stmt.target}` is assigned a mask (a comparison); "
-                                         f"use where(mask, a, b) to turn it into numbers",
-                                         stmt.value.span)
+            builder, env, assigned = self.lower_assigns(tensor_state)
+            widened = [name for name, value in assigned
+                       if not tensor_state[name] and builder.kind(value).is_tensor]
             if not widened:
                 break
-            for name in widened:
+            for name in widened:  # any tensor assignment makes a tensor state
                 tensor_state[name] = True
         outputs = [("w", env["w"])] + [(name, env[name]) for name in names]
         return builder.graph(outputs), tensor_state
+
+    def lower_assigns(self, tensor_state: dict[str, bool]
+                      ) -> tuple[Builder, dict[str, int], list[tuple[str, int]]]:
+        """Lower every assignment once; also return (state, value) for each assignment of a
+        state."""
+        builder = Builder()
+        env = self.initial_env(builder, tensor_state)
+        assigned: list[tuple[str, int]] = []
+        for stmt in self.assigns:
+            value = self.lower_expr(stmt.value, env, builder)
+            env[stmt.target] = value
+            if stmt.target in tensor_state:
+                assigned.append((stmt.target, value))
+            if (stmt.target == "w" or stmt.target in tensor_state) and builder.kind(value).mask:
+                raise self.error(f"`{stmt.target}` is assigned a mask (a comparison); "
+                                 f"use where(mask, a, b) to turn it into numbers",
+                                 stmt.value.span)
+        return builder, env, assigned
+
+    def tensor_states(self, names: list[str]) -> dict[str, bool]:
+        """Which states are tensors: those whose initial value reads `w`, and those that
+        receive a value that is a tensor when they are. One lowering with every other state
+        scalar gives a graph; a state is a tensor when its leaf is reachable from a tensor
+        value along the edges that carry tensor-ness (an argument to a result that would be
+        a tensor with that argument a tensor; a value to the state it is assigned to): a
+        linear search instead of one lowering per widened state."""
+        tensor_state = {name: self.state_init_is_tensor(name) for name in names}
+        self._probing = True  # (kinds may be too low here: no kind errors while probing)
+        try:
+            builder, _, assigned = self.lower_assigns(tensor_state)
+        finally:
+            self._probing = False
+        leaf_of = {name: builder.leaf("state", name, Kind(Level.PARAM))  # (as initial_env)
+                   for name, is_tensor in tensor_state.items() if not is_tensor}
+        carries: dict[int, list[int]] = {}
+        for name, value in assigned:
+            if name in leaf_of:
+                carries.setdefault(value, []).append(leaf_of[name])
+        tensor = Kind(Level.TENSOR)
+        for i, eq in enumerate(builder.eqs):
+            kinds = [builder.kind(a) for a in eq.args]
+            for j, arg in enumerate(eq.args):
+                lifted = kinds[:j] + [tensor] + kinds[j + 1:]
+                if result_kind(OPS[eq.op], lifted).is_tensor:
+                    carries.setdefault(arg, []).append(i)
+        reached = [i for i, eq in enumerate(builder.eqs) if eq.kind.is_tensor]
+        seen = set(reached)
+        while reached:
+            for nxt in carries.get(reached.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    reached.append(nxt)
+        for name, leaf in leaf_of.items():
+            tensor_state[name] = leaf in seen
+        return tensor_state
 
     def state_init_is_tensor(self, name: str) -> bool:
         item = self.state_items.get(name)
@@ -363,7 +410,7 @@ class _Checker:
             self.no_masks(children[1:], kinds[1:], "where()'s branches")
         else:
             self.no_masks(children, kinds, f"`{node.func}()`")
-        if op.category in (REDUCE, GLOBAL):
+        if op.category in (REDUCE, GLOBAL) and not self._probing:
             for child, kind in zip(children, kinds):
                 if not kind.is_tensor:
                     raise self.error(f"`{node.func}()` reduces a tensor, but its argument is a "
@@ -390,12 +437,6 @@ class _Checker:
             if item is None:
                 init = builder.const(0.0)
                 key, line = name, self.inferred_states[name].line
-                if key in RESERVED_KEYS:
-                    raise self.error(
-                        f"state `{name}` would be saved under the state_dict key `{key}`, "
-                        f"which holds the step number `t`; rename it, or declare it with "
-                        f"another key: `state {name} = 0 as {name}_value`",
-                        self.inferred_states[name])
             else:
                 env = {"w": builder.leaf("w")}
                 for hyper in self.hyper_scalars:
@@ -433,6 +474,7 @@ def check(module: ast.Module) -> Checked:
     checker = _Checker(module)
     checker.collect()
     checker.infer_roles()
+    checker.check_state_keys()
     graph, tensor_state = checker.lower()
     states = checker.state_specs(tensor_state)
     requirements = tuple(lower_requirement(checker, stmt) for stmt in checker.requires)

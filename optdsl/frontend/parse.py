@@ -13,6 +13,7 @@ import lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from optdsl.errors import DslError, Span, source_lines
+from optdsl.frontend.limits import check_text
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "optdsl.lark"
 
@@ -77,12 +78,14 @@ def _describe(token: lark.Token) -> str:
     if token.type == "_NL":
         return "end of line"
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(token))
-    return f"`{text}`"
+                   for c in str(token)[:41])
+    return f"`{text[:37]}...`" if len(text) > 40 else f"`{text}`"  # (a long description)
 
 
 def parse(source: str, filename: str = "<string>") -> lark.Tree:
-    """Parse program text; raise DslError (with file, line, column, caret) on a syntax error."""
+    """Parse program text; raise DslError (with file, line, column, caret) on a syntax error
+    or a program above the size limits (optdsl.frontend.limits)."""
+    check_text(source, filename)
     if "\x00" in source:
         at = source.index("\x00")
         line = source.count("\n", 0, at) + 1

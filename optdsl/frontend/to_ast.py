@@ -8,16 +8,19 @@ conversion keeps an explicit stack. Numbers are converted here and checked to be
 from __future__ import annotations
 
 import math
+import re
 
 import lark
 
 from optdsl.errors import DslError, Span
 from optdsl.frontend import ast
+from optdsl.frontend.limits import MAX_STATEMENTS
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 _BINARY = {"add", "sub", "mul", "div", "pow"}
 _LOGIC = {"and_": "and", "or_": "or"}
 _AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div"}
+_NONZERO_DIGIT = re.compile(r"[1-9]")
 
 
 def _span_of(node: lark.Tree | lark.Token) -> Span:
@@ -80,11 +83,16 @@ class _Converter:
         raise self.error(f"unexpected `{token}` in an expression", _span_of(token))
 
     def _number(self, token: lark.Token) -> ast.Num:
+        """A literal's float64 value; one that overflows to infinity or underflows to zero
+        (but is not written as zero) is refused alike: it would not mean what it says."""
         text = str(token)
         value = math.inf if text == "inf" else math.nan if text == "nan" else float(text)
         if math.isinf(value) and text != "inf":
             raise self.error(f"number `{text}` is too large for a float; write `inf`",
                              _span_of(token))
+        if value == 0 and _NONZERO_DIGIT.search(text.lower().split("e")[0]):
+            raise self.error(f"number `{text}` is too small for a float (it would be 0); "
+                             f"write `0`", _span_of(token))
         return ast.Num(_span_of(token), value)
 
     def _build(self, node: lark.Tree, done: dict[int, ast.Expr]) -> ast.Expr:
@@ -118,10 +126,15 @@ class _Converter:
 
     # -- statements --------------------------------------------------------------------------
     def module(self, tree: lark.Tree) -> ast.Module:
-        statements = []
+        statements, count = [], 0
         for stmt in tree.children:
             if stmt is None:
                 continue
+            count += _names_declared(stmt)
+            if count > MAX_STATEMENTS:
+                raise self.error(f"the program has more than the limit of {MAX_STATEMENTS:,} "
+                                 f"statements (a declaration counts once per name)",
+                                 _span_of(stmt))
             statements.append(getattr(self, "_" + stmt.data)(stmt))
         return ast.Module(tuple(statements), self.filename, self.source)
 
@@ -177,6 +190,17 @@ class _Converter:
                                        str(key) if key is not None else None,
                                        _span_of(key) if key is not None else None))
         return ast.StateDecl(tuple(items), _span_of(node))
+
+
+def _names_declared(stmt: lark.Tree) -> int:
+    """How much a statement counts towards MAX_STATEMENTS: 1, or one per declared name."""
+    if stmt.data == "hyper_decl":
+        return sum(max(1, len(item.children[1].children)) if isinstance(item.children[1],
+                   lark.Tree) and item.children[1].data == "tuple_value" else 1
+                   for item in stmt.children)
+    if stmt.data == "state_decl":
+        return len(stmt.children)
+    return 1
 
 
 def to_ast(tree: lark.Tree, filename: str, source: str) -> ast.Module:
