@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from optdsl.codegen.contract import GeneratedModule
 from optdsl.codegen.unit import Unit
 from optdsl.errors import CompilerBug, DslError, Span
-from optdsl.frontend.check import Checked, check
+from optdsl.frontend.check import MAX_REPEAT, Checked, check
 from optdsl.frontend.limits import read_source
 from optdsl.frontend.parse import parse
 from optdsl.frontend.signature import HyperSpec, Requirement, StateSpec
@@ -35,7 +35,13 @@ from optdsl.ir.printer import print_graph
 from optdsl.ir.schedule import Schedule, schedule
 from optdsl.passes import optimize
 from optdsl.passes.legalize import legalize
-from optdsl.passes.specialize import flag_masks, flag_values, specialize, unscale_gradient
+from optdsl.passes.specialize import (
+    flag_masks,
+    flag_values,
+    param_flag_masks,
+    specialize,
+    unscale_gradient,
+)
 
 DEBUG = bool(os.environ.get("OPTDSL_DEBUG"))
 
@@ -71,8 +77,10 @@ def _internal(exc: BaseException, span: Span, filename: str, source: str) -> Dsl
 class Program:
     """One optimizer written in optdsl, checked and optimized."""
 
-    def __init__(self, checked: Checked, source: str, filename: str, name: str) -> None:
+    def __init__(self, checked: Checked, source: str, filename: str, name: str,
+                 module=None) -> None:
         self._checked = checked
+        self._module = module  # the AST, lowered again for other repetition counts
         self.text = source
         self.filename = filename
         self.name = name
@@ -85,7 +93,11 @@ class Program:
         self.tensor_states = frozenset(n for n, s in self.states.items() if s.tensor)
         self.schedule: Schedule = schedule(self.optimized, self.tensor_states)
         self.flags = flag_masks(self.optimized)
-        self._variants: dict[tuple[bool, ...], Variant] = {}
+        self.param_flags = param_flag_masks(self.optimized)
+        if self.param_flags:
+            _refuse_param_switches_with_group_reductions(self)
+        self.repeat_hypers = tuple(n for n, s in self.hypers.items() if s.repeat)
+        self._variants: dict[tuple, Variant] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -127,23 +139,64 @@ class Program:
         """The step for any hyper values (no switch specialized): what `source()` shows."""
         return Variant(self, None, self.optimized)
 
-    def variant(self, hyper: dict[str, float], unscale: bool = False) -> Variant:
-        """The step specialized for this group's switches (see optdsl.passes.specialize);
-        with ``unscale`` the gradients are read divided by the AMP grad scale."""
-        if not self.flags and not unscale:
+    def variant(self, hyper: dict[str, float], unscale: bool = False,
+                facts: dict[str, float] | None = None) -> Variant:
+        """The step specialized for this group's switches (see optdsl.passes.specialize)
+        and repetition counts; with ``unscale`` the gradients are read divided by the AMP
+        grad scale; with ``facts`` (a parameter's: optdsl.ir.evaluate.param_facts), also for
+        the switches that depend on the parameter (such as `w.ndim > 1`)."""
+        counts = self.repetition_counts(hyper)
+        if not self.flags and not unscale and not counts and not self.param_flags:
             return self.generic
-        key = flag_values(self.optimized, self.flags, hyper) + ((True,) if unscale else ())
+        graph = self._counted(counts)
+        flags = flag_masks(graph) if counts else self.flags
+        key = flag_values(graph, flags, hyper) + ((True,) if unscale else ())
+        per_param = param_flag_masks(graph) if counts else self.param_flags
+        if per_param:
+            if facts is None:
+                raise ValueError(f"{self.name}'s step depends on its parameters' shapes: give "
+                                 f"the parameter's facts")
+            key += ("param",) + flag_values(graph, per_param, {**hyper, **facts})
+        key = tuple(counts.items()) + key
         found = self._variants.get(key)
         if found is None:
             with self._lock, self.boundary():
                 found = self._variants.get(key)
                 if found is None:
-                    graph = specialize(self.optimized, dict(zip(self.flags, key)))
+                    chosen = dict(zip(flags, flag_values(graph, flags, hyper)))
+                    if per_param:
+                        chosen.update(zip(per_param, flag_values(graph, per_param,
+                                                                 {**hyper, **facts})))
+                    graph = specialize(graph, chosen)
                     if unscale:
                         graph = unscale_gradient(graph)
                     found = Variant(self, key, optimize(graph, check=DEBUG))
                     self._variants[key] = found
         return found
+
+    def repetition_counts(self, hyper: dict[str, float]) -> dict[str, int]:
+        """The values of the hypers that count repetitions, where they differ from their
+        defaults (the graph of the defaults is the program's own)."""
+        counts = {}
+        for name in self.repeat_hypers:
+            value = hyper[name]
+            if not float(value).is_integer() or not 0 <= value <= MAX_REPEAT:
+                raise ValueError(f"Invalid {name}: {value!r}; it counts repetitions, so it must "
+                                 f"be a whole number from 0 to {MAX_REPEAT}")
+            if int(value) != self.hypers[name].default:
+                counts[name] = int(value)
+        return counts
+
+    def _counted(self, counts: dict[str, int]) -> Graph:
+        """The optimized graph for these repetition counts."""
+        if not counts:
+            return self.optimized
+        cache = self.__dict__.setdefault("_counted_graphs", {})
+        key = tuple(sorted(counts.items()))
+        if key not in cache:
+            with self.boundary():
+                cache[key] = optimize(check(self._module, counts).graph, check=DEBUG)
+        return cache[key]
 
     def source(self, backend: str = "numpy") -> str:
         """The generated code of a registered back end ("numpy", "triton", ...), or the IR
@@ -202,6 +255,18 @@ class Variant:
     def live_states(self) -> frozenset[str]:
         """The tensor states this step reads or changes (see Schedule.live_states)."""
         return self.schedule.live_states
+
+    @functools.cached_property
+    def needs_matrix(self) -> str:
+        """What makes this step view parameters as matrices ('' if nothing does): the first
+        matrix operation, named with its line."""
+        from optdsl.ir.ops import OPS
+
+        for eq in self.graph.eqs:
+            if OPS[eq.op].shape_rule is not None or eq.kind.shaped:
+                name = OPS[eq.op].dsl or OPS[eq.op].symbol or eq.op
+                return f"`{name}` at line {eq.line}" if eq.line else f"`{name}`"
+        return ""
 
     @functools.cached_property
     def required_keys(self) -> tuple[str, ...]:
@@ -273,9 +338,10 @@ def compile_program(source: str, name: str | None = None,
     if name is not None and (not isinstance(name, str) or not _CLASS_NAME.fullmatch(name)):
         raise ValueError(f"name must be an identifier, got {name!r}")
     with compile_boundary(filename, source):
-        checked = check(to_ast(parse(source, filename), filename, source))
+        module = to_ast(parse(source, filename), filename, source)
+        checked = check(module)
         title = name or checked.name or _default_name(filename)
-        return Program(checked, source, filename, title)
+        return Program(checked, source, filename, title, module)
 
 
 # The programs of this process that were pickled, or unpickled, by token: unpickling a
@@ -293,6 +359,20 @@ def rebuild_program(text: str, name: str, filename: str, token: str | None = Non
             found.__dict__["_token"] = token
             _PICKLED[token] = found
     return found
+
+
+def _refuse_param_switches_with_group_reductions(program: Program) -> None:
+    """A switch on a parameter's facts (`w.ndim > 1`) steps parameters of one group in
+    separate variants: a group-wide reduction would then not see the whole group."""
+    from optdsl.ir.ops import GLOBAL, OPS
+
+    for eq in program.optimized.eqs:
+        if OPS[eq.op].category == GLOBAL:
+            first = program.optimized.eqs[program.param_flags[0]]
+            raise DslError(f"`{eq.op}()` reduces over every parameter of the group, but this "
+                           f"program switches on each parameter's facts (line {first.line}); "
+                           f"use one or the other", eq.span, filename=program.filename,
+                           source=program.text)
 
 
 def _default_name(filename: str) -> str:

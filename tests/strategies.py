@@ -24,15 +24,18 @@ from hypothesis import strategies as st
 
 from optdsl.ir.ops import FUNCTIONS, GLOBAL, REDUCE, SELECT
 
-ELEMENTWISE_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
+# (matrix functions, which need matrix-shaped parameters, have their own tests: test_matrix)
+ELEMENT_FUNCTIONS = {n: op for n, op in FUNCTIONS.items()
+                     if not op.matrix and op.shape_rule is None}
+ELEMENTWISE_1 = sorted(n for n, op in ELEMENT_FUNCTIONS.items() if op.arity == 1
                        and op.category not in (REDUCE, GLOBAL))
-ELEMENTWISE_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
+ELEMENTWISE_2 = sorted(n for n, op in ELEMENT_FUNCTIONS.items() if op.arity == 2
                        and op.category not in (REDUCE, GLOBAL))
-REDUCTIONS_1 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 1
+REDUCTIONS_1 = sorted(n for n, op in ELEMENT_FUNCTIONS.items() if op.arity == 1
                       and op.category in (REDUCE, GLOBAL))
-REDUCTIONS_2 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 2
+REDUCTIONS_2 = sorted(n for n, op in ELEMENT_FUNCTIONS.items() if op.arity == 2
                       and op.category in (REDUCE, GLOBAL))
-ELEMENTWISE_3 = sorted(n for n, op in FUNCTIONS.items() if op.arity == 3
+ELEMENTWISE_3 = sorted(n for n, op in ELEMENT_FUNCTIONS.items() if op.arity == 3
                        and op.category not in (REDUCE, GLOBAL, SELECT))
 BINOPS = ["+", "-", "*", "/", "^", "**"]
 COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]

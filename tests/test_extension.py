@@ -21,11 +21,12 @@ import torch
 
 import optdsl
 from optdsl.ir.evaluate import evaluate
-from optdsl.ir.ops import ARITH, COMPARE, LEAF, LOGIC, OPS, SELECT, Op, evaluate_expr
+from optdsl.ir.ops import ARITH, COMPARE, GLOBAL, LEAF, LOGIC, OPS, SELECT, Op, evaluate_expr
 from optdsl.ir.ops import register, unregister
 from optdsl.ir.reductions import REDUCTIONS, TENSOR_SCOPE, Reduction, register_reduction
 from optdsl.ir.reductions import unregister_reduction
 from optdsl.passes.legalize import legalize
+from optdsl.codegen import library as library_codegen
 from optdsl.runtime import backends
 
 
@@ -51,9 +52,16 @@ def test_every_backend_spells_or_legalizes_every_op(backend):
             continue
         if op.reduction is not None:
             assert _expr_legal(spells, REDUCTIONS[op.reduction].map, True), op.name
+            if op.category != GLOBAL:  # (the checker refuses group-wide ones of matrix work)
+                assert library_codegen.spells(op.name), op.name
+            continue
+        if op.matrix:  # library stages (torch) compute matrix ops for every back end
+            assert library_codegen.spells(op.name), op.name
             continue
         for tensor in (False, True):
             assert _legal(spells, op.name, tensor), (backend, op.name, tensor)
+            if spells(op.name, True):  # element code next to matrix work runs in torch too
+                assert library_codegen.spells(op.name), op.name
 
 
 def test_legalize_expands_only_what_a_backend_cannot_spell():
@@ -176,7 +184,8 @@ def _op_expr(op: Op, args: tuple[str, ...]) -> str:
 
 def _aliased_programs():
     for op in OPS.values():
-        if op.category in (LEAF,) or op.is_reduction or op.name in ("reduce", "reduce_group"):
+        if op.category in (LEAF,) or op.is_reduction or op.name in ("reduce", "reduce_group") \
+                or op.matrix or op.shape_rule is not None:  # (matrix ops: test_matrix.py)
             continue
         for args in {tuple([a] * op.arity) for a in _TENSOR_ARGS} | set(
                 itertools.islice(itertools.product(_TENSOR_ARGS, repeat=op.arity), 6)):
@@ -225,7 +234,8 @@ def test_every_op_with_aliased_arguments_matches_the_evaluator(backend, monkeypa
             np.testing.assert_allclose(p.numpy(), w, rtol=tol, atol=0, equal_nan=True,
                                        err_msg=f"{backend}: {source}")
     assert seen == {op.name for op in OPS.values() if op.category != LEAF
-                    and not op.is_reduction and op.name not in ("reduce", "reduce_group")}
+                    and not op.is_reduction and op.name not in ("reduce", "reduce_group")
+                    and not op.matrix and op.shape_rule is None}
 
 
 def test_softsign_in_place_is_not_clobbered():

@@ -13,6 +13,10 @@ A generated module defines:
   generated callable that runs it (None when the sweep neither writes nor reduces: the host
   step still runs), the length of the scalar row each parameter hands it, and the reductions
   it produces as ``(slot, descriptor name)`` pairs (optdsl.ir.reductions);
+- ``LIBRARIES`` (when the program has matrix work): one row per library stage,
+  ``(function, width)``: the generated torch code of the stage (optdsl.codegen.library) and
+  the length of the scalar row each parameter hands it; the host step calls
+  ``ctx.library(k, params)`` between sweeps;
 - ``step(ctx, params)``: the host step, one call per param group. It computes group scalars
   once and each parameter's scalars, sets each ``p.scalars`` to the row a sweep reads, calls
   ``ctx.sweep(k, params)``, and reads the reductions the sweep produced, finished by the
@@ -33,13 +37,34 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 class ParamSlot:
     """One parameter in one step, as the generated host step sees it (its ``p``)."""
 
-    __slots__ = ("t", "states", "scalars", "red")
+    __slots__ = ("t", "states", "scalars", "red", "rows", "cols", "ndim", "numel",
+                 "dtype_eps", "tensors", "kept", "commits", "lib")
 
     def __init__(self, t: float, states: list, num_reductions: int) -> None:
         self.t = t  # the step number of this update
         self.states = states  # scalar states in program order (tensor states: None)
-        self.scalars: tuple = ()  # the scalar row of the sweep about to run
+        self.scalars: tuple = ()  # the scalar row of the stage about to run
         self.red: list = [None] * num_reductions  # finished per-parameter reductions
+        # the parameter's facts (its matrix view, size and dtype's machine epsilon)
+        self.rows = self.cols = self.ndim = self.numel = 1.0
+        self.dtype_eps = 0.0
+        # library stages (optdsl.codegen.library): the parameter's tensors in its shape,
+        # values kept between stages, shaped states to commit, scalars handed to host code
+        self.tensors: list = []
+        self.kept: dict = {}
+        self.commits: dict = {}
+        self.lib: dict = {}
+
+    def set_facts(self, shape, eps: float) -> None:
+        """Record a parameter's shape and its dtype's machine epsilon."""
+        self.rows, self.cols = (float(shape[-2]), float(shape[-1])) if len(shape) >= 2 \
+            else (1.0, float(shape[0]) if len(shape) else 1.0)
+        self.ndim = float(len(shape))
+        numel = 1
+        for n in shape:
+            numel *= int(n)
+        self.numel = float(numel)
+        self.dtype_eps = float(eps)
 
 
 class StepContext(Protocol):
@@ -51,6 +76,9 @@ class StepContext(Protocol):
 
     def sweep(self, k: int, params: Sequence[ParamSlot]) -> None:
         """Run sweep ``k`` over every parameter, then finish the reductions it produces."""
+
+    def library(self, k: int, params: Sequence[ParamSlot]) -> None:
+        """Run library stage ``k`` for every parameter."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,15 @@ class SweepInfo:
 
 
 @dataclass(frozen=True)
+class LibraryInfo:
+    """One library stage of a generated module (a row of its LIBRARIES)."""
+
+    index: int
+    function: Any  # function(params): torch code over each parameter's tensors
+    width: int
+
+
+@dataclass(frozen=True)
 class GeneratedModule:
     """A generated module, read once through the contract."""
 
@@ -72,13 +109,16 @@ class GeneratedModule:
     num_reductions: int
     sweeps: tuple[SweepInfo, ...]
     step: Callable[[StepContext, Sequence[ParamSlot]], None]
+    libraries: tuple[LibraryInfo, ...] = ()
 
     @classmethod
     def of(cls, module: Any) -> GeneratedModule:
         sweeps = tuple(SweepInfo(k, kernel, int(width), tuple(reductions))
                        for k, (kernel, width, reductions) in enumerate(module.SWEEPS))
+        libraries = tuple(LibraryInfo(k, function, int(width)) for k, (function, width)
+                          in enumerate(getattr(module, "LIBRARIES", ())))
         return cls(module, tuple(module.TENSORS), int(module.NUM_REDUCTIONS), sweeps,
-                   module.step)
+                   module.step, libraries)
 
     @property
     def tensor_states(self) -> tuple[str, ...]:

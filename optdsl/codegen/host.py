@@ -11,8 +11,8 @@ from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
 from optdsl.errors import located
 from optdsl.ir.nodes import Graph
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import LEAF, OPS
-from optdsl.ir.schedule import param_scalars
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS
+from optdsl.ir.schedule import Library, param_scalars
 
 # How host code writes each op over float64 scalars ({0}, {1}...: the arguments). Masks are
 # Python bools.
@@ -24,6 +24,7 @@ SPELLING: dict[str, str] = {
     "floor": "np.floor({0})", "ceil": "np.ceil({0})", "tanh": "np.tanh({0})",
     "min": "np.minimum({0}, {1})", "max": "np.maximum({0}, {1})",
     "clamp": "np.minimum(np.maximum({0}, {1}), {2})", "atan2": "np.arctan2({0}, {1})",
+    "precise": "{0}",
     "lt": "bool({0} < {1})", "le": "bool({0} <= {1})", "gt": "bool({0} > {1})",
     "ge": "bool({0} >= {1})", "eq": "bool({0} == {1})", "ne": "bool({0} != {1})",
     "and": "({0} and {1})", "or": "({0} or {1})", "not": "(not {0})",
@@ -35,9 +36,14 @@ def spells(name: str) -> bool:
     return name in SPELLING
 
 
-def scalar_ref(graph: Graph, v: int) -> str:
-    """How host code refers to scalar value v."""
+def scalar_ref(graph: Graph, v: int, library: frozenset[int] = frozenset()) -> str:
+    """How host code refers to scalar value v (a library stage's scalar: what it handed
+    back in ``p.lib``; a parameter's fact: ``p.rows`` ...)."""
     eq = graph.eqs[v]
+    if v in library:
+        return f"p.lib[{v}]"
+    if eq.op in PARAM_FACTS:
+        return f"p.{eq.op}"
     if eq.op == "const":  # every scalar op has a float64 argument besides, after folding
         text = format_float(eq.attr)
         return f"({text})" if text.startswith("-") else text  # (-1.0) ** t, not -(1.0 ** t)
@@ -53,7 +59,7 @@ def scalar_ref(graph: Graph, v: int) -> str:
 def emit_scalar(out: CodeBuffer, unit: Unit, v: int) -> None:
     """One line computing scalar value v from its (already computed) arguments."""
     eq = unit.graph.eqs[v]
-    args = [scalar_ref(unit.graph, a) for a in eq.args]
+    args = [scalar_ref(unit.graph, a, unit.schedule.library) for a in eq.args]
     with located(eq.span):
         out.line(f"{value_name(v)} = {SPELLING[eq.op].format(*args)}", unit.cite(v))
 
@@ -69,15 +75,40 @@ def emit_step(out: CodeBuffer, unit: Unit) -> None:
             out.line(f"{hyper_name(name)} = np.float64(ctx.hyper[{name!r}])")
         if any(eq.op == "inv_grad_scale" for eq in eqs):
             out.line("inv_grad_scale = np.float64(ctx.inv_grad_scale)")
-        for sweep, group_values in zip(schedule.sweeps, schedule.group_values):
+        for stage, group_values in zip(schedule.stages, schedule.group_values):
             for v in group_values:
                 if eqs[v].op == "reduce_group":
                     out.line(f"{value_name(v)} = ctx.totals[{unit.slot[v]}]", unit.cite(v))
                 else:
                     emit_scalar(out, unit, v)
-            _emit_param_loop(out, unit, sweep)
-            if unit.runs(sweep):
-                out.line(f"ctx.sweep({sweep.index}, params)")
+            if isinstance(stage, Library):
+                _emit_library_loop(out, unit, stage)
+                out.line(f"ctx.library({stage.index}, params)")
+                continue
+            _emit_param_loop(out, unit, stage)
+            if unit.runs(stage):
+                out.line(f"ctx.sweep({stage.index}, params)")
+
+
+def _emit_library_loop(out: CodeBuffer, unit: Unit, stage: Library) -> None:
+    """Per parameter: the host scalars a library stage reads, as its row."""
+    eqs = unit.graph.eqs
+    values = [v for v in param_scalars(unit.schedule, list(stage.scalars_in))
+              if OPS[eqs[v].op].category != LEAF]
+    with out.block("for p in params:", f"library stage {stage.index}: matrix work"):
+        out.line("t = np.float64(p.t)")
+        for j, name in enumerate(unit.state_order):
+            if name not in unit.tensor_states:
+                out.line(f"{state_name(name)} = p.states[{j}]")
+        for v in values:
+            if eqs[v].op == "reduce":
+                out.line(f"{value_name(v)} = p.red[{unit.slot[v]}]", unit.cite(v))
+            else:
+                emit_scalar(out, unit, v)
+        row = [scalar_ref(unit.graph, v, unit.schedule.library)
+               for v in unit.library_row(stage)]
+        out.line(f"p.scalars = ({', '.join(row)}{',' if len(row) == 1 else ''})",
+                 "the stage's scalar row")
 
 
 def _emit_param_loop(out: CodeBuffer, unit: Unit, sweep) -> None:
@@ -104,8 +135,9 @@ def _emit_param_loop(out: CodeBuffer, unit: Unit, sweep) -> None:
             else:
                 emit_scalar(out, unit, v)
         if unit.runs(sweep):
-            row = [scalar_ref(graph, v) for v in unit.row(sweep)]
+            row = [scalar_ref(graph, v, schedule.library) for v in unit.row(sweep)]
             out.line(f"p.scalars = ({', '.join(row)}{',' if len(row) == 1 else ''})",
                      "the sweep's scalar row")
         for name, v in writes:
-            out.line(f"p.states[{unit.state_order.index(name)}] = {scalar_ref(graph, v)}")
+            out.line(f"p.states[{unit.state_order.index(name)}] = "
+                     f"{scalar_ref(graph, v, schedule.library)}")

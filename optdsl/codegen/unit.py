@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from optdsl.ir.nodes import Graph
-from optdsl.ir.schedule import Schedule, Sweep
+from optdsl.ir.schedule import Library, Schedule, Sweep
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -94,6 +94,11 @@ class Unit:
         constants are spelled in the code instead)."""
         eqs = self.graph.eqs
         return tuple(v for v in sweep.scalars_in if eqs[v].op != "const")
+
+    def library_row(self, stage: Library) -> tuple[int, ...]:
+        """The host scalars a library stage reads from each parameter's row."""
+        eqs = self.graph.eqs
+        return tuple(v for v in stage.scalars_in if eqs[v].op != "const")
 
     def reductions_of(self, sweep: Sweep) -> tuple[tuple[int, str], ...]:
         """(slot, descriptor name) of each reduction a sweep produces."""

@@ -47,6 +47,25 @@ class Binary(Expr):
     op_span: Span = field(default=None)  # type: ignore[assignment]
 
 
+@dataclass(frozen=True, eq=False)
+class Attribute(Expr):
+    """``w.rows``: a fact of the parameter (rows, cols, ndim, numel, eps)."""
+
+    obj: str
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class ChoiceCompare(Expr):
+    """``mode == "original"``: a choice hyper (or an optional one) against one of its values
+    (a string, or None)."""
+
+    op: str  # "eq" or "ne"
+    left: Expr
+    value: str | None
+    value_span: Span = field(default=None)  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class Interval:
     low: Expr
@@ -56,13 +75,26 @@ class Interval:
     span: Span
 
 
+NONE = None  # the default or choice `None` (an optional hyper's "not given")
+
+
+@dataclass(frozen=True)
+class Word:
+    """A string or None written as a hyper's default or choice."""
+
+    value: str | None
+    span: Span
+
+
 @dataclass(frozen=True)
 class HyperItem:
     name: str
     span: Span
-    default: Expr | None
-    parts: tuple[tuple[str, Span, Expr], ...] | None  # a tuple hyper: (part, span, default)
+    default: Expr | Word | None  # None: required
+    # a tuple hyper: (part, span, default: an expression, or Word(None) for `None`)
+    parts: tuple[tuple[str, Span, Expr | Word], ...] | None
     interval: Interval | None
+    choices: tuple[Word, ...] | None = None  # `in {None, "a", "b"}`
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,7 @@ class StateItem:
     init: Expr
     key: str | None
     key_span: Span | None
+    per: str | None = None  # "row" or "col": one value per row (column) of the matrix view
 
 
 @dataclass(frozen=True)
@@ -111,7 +144,16 @@ class Require:
     span: Span
 
 
-Statement = Header | HyperDecl | StateDecl | Require | Assign
+@dataclass(frozen=True)
+class Repeat:
+    """``repeat N ... end``: the assignments between, N times (N known when compiled)."""
+
+    count: Expr
+    body: tuple[Assign, ...]
+    span: Span
+
+
+Statement = Header | HyperDecl | StateDecl | Require | Repeat | Assign
 
 
 @dataclass(frozen=True)
@@ -133,4 +175,6 @@ def iter_exprs(root: Expr):
             stack.append(node.operand)
         elif isinstance(node, Binary):
             stack.append(node.right)
+            stack.append(node.left)
+        elif isinstance(node, ChoiceCompare):
             stack.append(node.left)

@@ -10,6 +10,7 @@ fixed point (assume scalar, lower, widen the states that received a tensor, repe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from optdsl.frontend.keys import check_state_keys
 from optdsl.frontend.requirements import lower_requirement
 from optdsl.frontend.signature import (
     CONSTRUCTOR_KEYWORDS,
+    GIVEN,
     HyperSpec,
     Interval,
     Requirement,
@@ -28,6 +30,7 @@ from optdsl.frontend.signature import (
 )
 from optdsl.ir.builder import Builder, pruned
 from optdsl.ir.nodes import Graph
+from optdsl.ir.shapes import ShapeError, show
 from optdsl.ir.ops import (
     ARITH,
     COMPARE,
@@ -44,6 +47,10 @@ from optdsl.ir.ops import (
 )
 
 BUILTIN = ("w", "g", "t")
+# w.rows and the other facts of the parameter, by the names programs use
+_FACTS = {"rows": "rows", "cols": "cols", "ndim": "ndim", "numel": "numel", "eps": "dtype_eps"}
+# functions whose op reads facts of the parameter besides their arguments
+_IMPLICIT = {"unwide": ("rows", "cols")}
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,19 @@ class Checked:
     requirements: tuple[Requirement, ...] = ()
 
 
+MAX_REPEAT = 1000  # repetitions of one `repeat` block (the body is unrolled when compiled)
+
+
 class _Checker:
-    def __init__(self, module: ast.Module) -> None:
+    def __init__(self, module: ast.Module, counts: dict[str, int] | None = None) -> None:
         self.module = module
+        self.counts = dict(counts or {})  # repetition hypers' values to compile for
         self.header: ast.Header | None = None
         self.hypers: dict[str, HyperSpec] = {}
         self.hyper_scalars: dict[str, Span] = {}  # names usable in arithmetic
         self.tuple_names: dict[str, HyperSpec] = {}
+        self.choice_names: dict[str, tuple[str | None, ...]] = {}
+        self.optional_names: set[str] = set()
         self.state_items: dict[str, ast.StateItem] = {}
         self.inferred_states: dict[str, Span] = {}
         self.assigns: list[ast.Assign] = []
@@ -91,8 +104,34 @@ class _Checker:
                     self.declare_state(item)
             elif isinstance(stmt, ast.Require):
                 self.requires.append(stmt)
+            elif isinstance(stmt, ast.Repeat):
+                self.assigns.extend(stmt.body * self.repeat_count(stmt))
             else:
                 self.assigns.append(stmt)
+
+    def repeat_count(self, stmt: ast.Repeat) -> int:
+        """How many times a repeat block runs: a whole number, or a hyper's value (its
+        default, or the value this variant is compiled for)."""
+        count = stmt.count
+        if isinstance(count, ast.Num):
+            value = count.value
+            where = "the count of `repeat`"
+        elif isinstance(count, ast.Name) and count.id in self.hypers and \
+                not self.hypers[count.id].parts and self.hypers[count.id].choices is None:
+            spec = self.hypers[count.id]
+            if spec.default is None:
+                raise self.error(f"`{count.id}` counts repetitions, so it needs a default",
+                                 count.span)
+            self.hypers[count.id] = dataclasses.replace(spec, repeat=True)
+            value = self.counts.get(count.id, spec.default)
+            where = f"`{count.id}`, which counts repetitions,"
+        else:
+            raise self.error("`repeat` takes a whole number or a hyper declared before it (the "
+                             "count is known when the step is compiled)", count.span)
+        if not float(value).is_integer() or not 0 <= value <= MAX_REPEAT:
+            raise self.error(f"{where} must be a whole number from 0 to {MAX_REPEAT}, not "
+                             f"{value!r}", count.span)
+        return int(value)
 
     def _new_name(self, name: str, span: Span, what: str) -> None:
         self.check_name(name, span)
@@ -109,31 +148,67 @@ class _Checker:
         self._new_name(item.name, item.span, "hyper")
         self.check_keyword(item.name, item.span)
         interval = self.interval(item.interval) if item.interval else None
-        parts = None
-        if item.parts is not None:
+        parts, optional, choices = None, [], None
+        if item.choices is not None:
+            choices = self.choices(item)
+            default: object = item.default.value if isinstance(item.default, ast.Word) \
+                else choices[0]
+            self.choice_names[item.name] = choices
+            self.hyper_scalars[item.name] = item.span
+        elif item.parts is not None:
             names, defaults = [], []
             for part, span, expr in item.parts:
                 self._new_name(part, span, "hyper")
                 if part == item.name or part in names:
                     raise self.error(f"`{part}` is declared twice", span)
-                value = self.constant(expr, "a hyper's default")
-                self.check_default(part, value, interval, expr.span)
+                value = self.hyper_default(part, expr, interval, optional)
                 names.append(part)
                 defaults.append(value)
                 self.hyper_scalars[part] = span
             parts = tuple(names)
-            default: object = tuple(defaults)
+            default = tuple(defaults)
         elif item.default is not None:
-            default = self.constant(item.default, "a hyper's default")
-            self.check_default(item.name, default, interval, item.default.span)
+            default = self.hyper_default(item.name, item.default, interval, optional)
             self.hyper_scalars[item.name] = item.span
         else:
             default = None
             self.hyper_scalars[item.name] = item.span
-        spec = HyperSpec(item.name, default, interval, parts, line=item.span.line)
+        self.optional_names.update(optional)
+        spec = HyperSpec(item.name, default, interval, parts, line=item.span.line,
+                         choices=choices, optional=tuple(optional))
         self.hypers[item.name] = spec
         if parts:
             self.tuple_names[item.name] = spec
+
+    def hyper_default(self, name: str, expr, interval: Interval | None,
+                      optional: list[str]) -> object:
+        """A hyper's (or part's) default: a number in its interval, or None (optional)."""
+        if isinstance(expr, ast.Word):
+            raise self.error(f"`{name}` takes a number; a string is a value of a choice "
+                             f"(`in {{\"a\", \"b\"}}`)", expr.span)
+        if isinstance(expr, ast.Name) and expr.id == "None":
+            optional.append(name)
+            return None
+        value = self.constant(expr, "a hyper's default")
+        self.check_default(name, value, interval, expr.span)
+        return value
+
+    def choices(self, item: ast.HyperItem) -> tuple[str | None, ...]:
+        """The values of a choice hyper; its default must be one of them."""
+        values: list[str | None] = []
+        for word in item.choices:
+            if word.value in values:
+                raise self.error(f"{word.value!r} is listed twice", word.span)
+            values.append(word.value)
+        default = item.default
+        if default is None:
+            raise self.error(f"a choice needs a default: `hyper {item.name} = "
+                             f"{_word(values[0])} in {{...}}`", item.span)
+        if not isinstance(default, ast.Word) or default.value not in values:
+            span = default.span
+            raise self.error(f"the default of `{item.name}` must be one of "
+                             f"{', '.join(map(_word, values))}", span)
+        return tuple(values)
 
     def check_keyword(self, name: str, span: Span) -> None:
         if name in CONSTRUCTOR_KEYWORDS:
@@ -198,9 +273,10 @@ class _Checker:
         if op is None:
             raise self.error(f"unknown function `{node.func}`" + suggest(node.func, functions()),
                              node.func_span)
-        if len(node.args) != op.arity:
-            plural = "s" if op.arity != 1 else ""
-            raise self.error(f"`{node.func}` takes {op.arity} argument{plural}, "
+        arity = op.arity - len(_IMPLICIT.get(op.name, ()))
+        if len(node.args) != arity:
+            plural = "s" if arity != 1 else ""
+            raise self.error(f"`{node.func}` takes {arity} argument{plural}, "
                              f"got {len(node.args)}", node.span)
         return op
 
@@ -297,7 +373,24 @@ class _Checker:
                 raise self.error(f"`{stmt.target}` is assigned a mask (a comparison); "
                                  f"use where(mask, a, b) to turn it into numbers",
                                  stmt.value.span)
+            if not self._probing:
+                self.check_shape_of(stmt, builder.kind(value), tensor_state)
         return builder, env, assigned
+
+    def check_shape_of(self, stmt: ast.Assign, kind: Kind, tensor_state: dict[str, bool]):
+        """The parameter and its states keep their shapes."""
+        name = stmt.target
+        if name != "w" and name not in tensor_state:
+            return
+        if name != "w" and not tensor_state[name] and not kind.is_tensor:
+            return
+        want = self.state_shape(name) if name != "w" else None
+        if kind.is_tensor and (kind.shape or None) != want:
+            declare = {("R", "1"): "per row", ("1", "C"): "per col"}.get(kind.shape)
+            hint = (f"; declare `state {name} = 0 {declare}` to keep one"
+                    if declare and name != "w" else "")
+            raise self.error(f"`{name}` is {show(want)}, but this value is {show(kind.shape)}"
+                             + hint, stmt.value.span)
 
     def tensor_states(self, names: list[str]) -> dict[str, bool]:
         """Which states are tensors: those whose initial value reads `w`, and those that
@@ -323,7 +416,11 @@ class _Checker:
             kinds = [builder.kind(a) for a in eq.args]
             for j, arg in enumerate(eq.args):
                 lifted = kinds[:j] + [tensor] + kinds[j + 1:]
-                if result_kind(OPS[eq.op], lifted).is_tensor:
+                try:
+                    carried = result_kind(OPS[eq.op], lifted).is_tensor
+                except ShapeError:  # (shapes are checked by the real lowering)
+                    carried = True
+                if carried:
                     carries.setdefault(arg, []).append(i)
         reached = [i for i, eq in enumerate(builder.eqs) if eq.kind.is_tensor]
         seen = set(reached)
@@ -340,19 +437,28 @@ class _Checker:
         item = self.state_items.get(name)
         if item is None:
             return False
-        return any(isinstance(n, ast.Name) and n.id == "w" for n in ast.iter_exprs(item.init))
+        return item.per is not None or any(isinstance(n, ast.Name) and n.id == "w"
+                                           for n in ast.iter_exprs(item.init))
+
+    def state_shape(self, name: str):
+        """A `per row` / `per col` state's shape (None: the parameter's, or a scalar)."""
+        item = self.state_items.get(name)
+        per = item.per if item is not None else None
+        return {"row": ("R", "1"), "col": ("1", "C")}.get(per)
 
     def initial_env(self, builder: Builder, tensor_state: dict[str, bool]) -> dict[str, int]:
         env = {"w": builder.leaf("w"), "g": builder.leaf("g"), "t": builder.leaf("t")}
         for name in self.hyper_scalars:
             env[name] = builder.leaf("hyper", name)
         for name, is_tensor in tensor_state.items():
-            kind = Kind(Level.TENSOR if is_tensor else Level.PARAM)
+            kind = Kind(Level.TENSOR, shape=self.state_shape(name)) if is_tensor \
+                else Kind(Level.PARAM)
             env[name] = builder.leaf("state", name, kind)
         return env
 
     def lower_expr(self, root: ast.Expr, env: dict[str, int], builder: Builder) -> int:
         """Lower one expression (post-order, explicit stack), checking kinds on the way."""
+        self._env = env
         values: dict[int, int] = {}
         stack: list[tuple[ast.Expr, bool]] = [(root, False)]
         while stack:
@@ -363,7 +469,15 @@ class _Checker:
             if isinstance(node, ast.Name):
                 if node.id not in env:
                     raise self.unknown_name(node, env)
+                if node.id in self.choice_names:
+                    raise self.error(f"`{node.id}` is a choice among "
+                                     f"{', '.join(map(_word, self.choice_names[node.id]))}; "
+                                     f"compare it, e.g. `{node.id} == "
+                                     f"{_word(self.choice_names[node.id][-1])}`", node.span)
                 values[id(node)] = env[node.id]
+                continue
+            if isinstance(node, ast.Attribute):
+                values[id(node)] = self.fact(node, builder)
                 continue
             children = self.children(node)
             if not expanded:
@@ -382,14 +496,55 @@ class _Checker:
             return (node.operand,)
         if isinstance(node, ast.Binary):
             return (node.left, node.right)
-        return ()
+        return ()  # (a ChoiceCompare reads its hyper by name: choice_compare)
+
+    def fact(self, node: ast.Attribute, builder: Builder) -> int:
+        """``w.rows`` and the parameter's other facts."""
+        if node.obj not in ("w", "g"):
+            raise self.error(f"only the parameter has facts (`w.rows`, `w.cols`, `w.ndim`, "
+                             f"`w.numel`, `w.eps`), not `{node.obj}`", node.span)
+        name = _FACTS.get(node.name)
+        if name is None:
+            raise self.error(f"`{node.obj}.{node.name}`: the parameter's facts are "
+                             f"{', '.join(f'`w.{f}`' for f in _FACTS)}"
+                             + suggest(node.name, set(_FACTS)), node.span)
+        return builder.leaf(name, span=node.span)
+
+    def choice_compare(self, node: ast.ChoiceCompare, builder: Builder) -> int:
+        """``mode == "original"`` / ``eps1 == None``: a switch on a choice's value."""
+        left = node.left
+        name = left.id if isinstance(left, ast.Name) else None
+        if name in self.choice_names:
+            values = self.choice_names[name]
+            if node.value not in values:
+                raise self.error(f"`{name}` is one of {', '.join(map(_word, values))}, never "
+                                 f"{_word(node.value)}", node.value_span)
+            hyper = builder.leaf("hyper", name)
+            index = builder.const(float(values.index(node.value)), node.span)
+            return builder.op(node.op, (hyper, index), node.span)
+        if node.value is None and name in self.optional_names:  # `eps1 == None`: not given?
+            given = builder.leaf("hyper", GIVEN + name)
+            return builder.op(node.op, (given, builder.const(0.0)), node.span)
+        if node.value is None:  # a comparison with a name that happens to be `None`
+            other = ast.Binary(node.span, node.op, left, ast.Name(node.value_span, "None"))
+            return self.lower_expr(other, self._env, builder)
+        raise self.error("only a choice hyper (declared `in {...}`) is compared with a string",
+                         left.span)
 
     def unknown_name(self, node: ast.Name, env: dict[str, int]) -> DslError:
         return self.error(f"unknown name `{node.id}`" + suggest(node.id, set(env)), node.span)
 
     def lower_op(self, node: ast.Expr, children, args: list[int], builder: Builder) -> int:
+        try:
+            return self._lower_op(node, children, args, builder)
+        except ShapeError as exc:
+            raise self.error(str(exc), node.span) from None
+
+    def _lower_op(self, node: ast.Expr, children, args: list[int], builder: Builder) -> int:
         kinds = [builder.kind(a) for a in args]
         span = node.span
+        if isinstance(node, ast.ChoiceCompare):
+            return self.choice_compare(node, builder)
         if isinstance(node, (ast.Unary, ast.Binary)) and OPS[node.op].category == LOGIC:
             self.only_masks(node.op, children, kinds)
             return builder.op(node.op, args, span)
@@ -410,12 +565,36 @@ class _Checker:
             self.no_masks(children[1:], kinds[1:], "where()'s branches")
         else:
             self.no_masks(children, kinds, f"`{node.func}()`")
-        if op.category in (REDUCE, GLOBAL) and not self._probing:
+        if (op.category in (REDUCE, GLOBAL) or op.shape_rule is not None) and \
+                not self._probing:
             for child, kind in zip(children, kinds):
                 if not kind.is_tensor:
-                    raise self.error(f"`{node.func}()` reduces a tensor, but its argument is a "
+                    what = "reduces" if op.is_reduction else "takes"
+                    raise self.error(f"`{node.func}()` {what} a tensor, but its argument is a "
                                      f"scalar", child.span)
-        return builder.op(op.name, args, span)
+        if op.category == GLOBAL and not self._probing:
+            self.no_matrix_work(node, args, builder)
+        if self._probing and op.shape_rule is not None and not any(k.is_tensor for k in kinds):
+            return args[0]  # (a scalar's shape cannot be asked while probing)
+        extra = [builder.leaf(fact) for fact in _IMPLICIT.get(op.name, ())]
+        return builder.op(op.name, list(args) + extra, span)
+
+    def no_matrix_work(self, node: ast.Call, args: list[int], builder: Builder) -> None:
+        """A group-wide reduction runs in the element sweeps: not of matrix work's values
+        (library stages run one parameter at a time)."""
+        stack, seen = list(args), set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            eq = builder.eqs[v]
+            if OPS[eq.op].matrix or eq.kind.bf16 or eq.kind.shaped:
+                raise self.error(f"`{node.func}()` reduces over every parameter of the group, "
+                                 f"so it cannot reduce the result of matrix work "
+                                 f"(`{OPS[eq.op].dsl or eq.op}`), which runs one parameter at a "
+                                 f"time", node.span)
+            stack.extend(eq.args)
 
     def only_masks(self, op: str, children, kinds: list[Kind]) -> None:
         for child, kind in zip(children, kinds):
@@ -455,8 +634,13 @@ class _Checker:
                                      item.init.span)
                 key, line = item.key or name, item.span.line
             graph = pruned(builder.graph([("init", init)]))  # only what the init reads
-            specs[name] = StateSpec(name, key, is_tensor, graph, item is None, line)
+            specs[name] = StateSpec(name, key, is_tensor, graph, item is None, line,
+                                    item.per if item is not None else None)
         return specs
+
+
+def _word(value: str | None) -> str:
+    return "None" if value is None else f'"{value}"'
 
 
 def _evaluate_constant(builder: Builder, value: int) -> float:
@@ -469,9 +653,10 @@ def _evaluate_constant(builder: Builder, value: int) -> float:
     return results[value]
 
 
-def check(module: ast.Module) -> Checked:
-    """Check a parsed program and lower it to its step graph."""
-    checker = _Checker(module)
+def check(module: ast.Module, counts: dict[str, int] | None = None) -> Checked:
+    """Check a parsed program and lower it to its step graph (with ``counts``: for these
+    values of the hypers that count repetitions, instead of their defaults)."""
+    checker = _Checker(module, counts)
     checker.collect()
     checker.infer_roles()
     checker.check_state_keys()

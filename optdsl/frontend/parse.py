@@ -27,6 +27,15 @@ _TERMINAL_WORDS = {
     "_OR": "`or`",
     "_NOT": "`not`",
     "AUGOP": "`+=`, `-=`, `*=` or `/=`",
+    "REPEAT": "`repeat`",
+    "END": "`end`",
+    "NONE": "`None`",
+    "PER_WHAT": "`row` or `col`",
+    "_PER": "`per`",
+    "LBRACE": "`{`",
+    "RBRACE": "`}`",
+    "AT": "`@`",
+    "DOT": "`.`",
     "STRING": "a quoted description",
     "_NL": "end of line",
     "SEMICOLON": "`;`",
@@ -123,9 +132,25 @@ def _hint(source: str, line: int, column: int) -> str:
     return ""
 
 
+def _unclosed_repeat(source: str) -> str:
+    """'' or a hint naming a `repeat` block that has no `end`."""
+    open_at: list[int] = []
+    for number, line in enumerate(source_lines(source), start=1):
+        words = line.split("#")[0].replace(";", " ").split()
+        for i, word in enumerate(words):
+            nxt = words[i + 1] if i + 1 < len(words) else ""
+            if word == "repeat" and not nxt.startswith(("=", "+=", "-=", "*=", "/=")):
+                open_at.append(number)
+            elif word == "end" and open_at and not nxt.startswith("="):
+                open_at.pop()
+    return f"; the `repeat` block of line {open_at[-1]} has no `end`" if open_at else ""
+
+
 def _syntax_error(exc: UnexpectedInput, source: str, filename: str) -> DslError:
     error = _plain_syntax_error(exc, source, filename)
     hint = _hint(source, error.line, error.column)
+    if not hint and "end of input" in error.message:
+        hint = _unclosed_repeat(source)
     if hint:
         return DslError(error.message + hint, error.span, filename=filename, source=source)
     return error

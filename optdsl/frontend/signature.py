@@ -50,20 +50,30 @@ class Interval:
                 + ("]" if self.high_closed else ")"))
 
 
+GIVEN = "__given_"  # the hidden hyper telling whether an optional one was given a number
+
+
 @dataclass(frozen=True)
 class HyperSpec:
-    """A constructor keyword. ``parts`` is set for a tuple keyword such as betas=(b1, b2)."""
+    """A constructor keyword. ``parts`` is set for a tuple keyword such as betas=(b1, b2).
+
+    A choice (``choices``) takes one of a few named values (strings, or None), compiled like
+    a switch; an optional hyper or part (named in ``optional``) may be None, meaning "not
+    given" (Adafactor's ``eps=(None, 1e-3)``): the program tells with ``x == None``."""
 
     name: str
-    default: Number | tuple[Number, ...] | None  # None: required
+    default: object  # a number, a tuple of them, a choice's value; None: required
     interval: Interval | None = None
     parts: tuple[str, ...] | None = None
     inferred: bool = False
     line: int = 0
+    choices: tuple[str | None, ...] | None = None
+    optional: tuple[str, ...] = ()  # the scalar names that may be None
+    repeat: bool = False  # a repetition count, known when the step is compiled
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and self.choices is None and not self.optional
 
     def scalar_names(self) -> tuple[str, ...]:
         """The names the program's arithmetic uses: the parts, or the keyword itself."""
@@ -80,6 +90,16 @@ class StateSpec:
     init: Graph  # outputs ("init", value): an expression of constants, hypers and w
     inferred: bool = False
     line: int = 0
+    per: str | None = None  # "row"/"col": one value per row (column) of the matrix view
+
+    def shape_of(self, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The state's shape for a parameter of ``param_shape`` (a tensor state's)."""
+        shape = tuple(param_shape)
+        if self.per == "row":
+            return shape[:-1] + (1,)
+        if self.per == "col":
+            return shape[:-2] + (1,) + shape[-1:]
+        return shape
 
     @property
     def reads_w(self) -> bool:

@@ -17,7 +17,7 @@ from optdsl.frontend import ast
 from optdsl.frontend.limits import MAX_STATEMENTS
 
 _COMPARISONS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
-_BINARY = {"add", "sub", "mul", "div", "pow"}
+_BINARY = {"add", "sub", "mul", "div", "pow", "matmul"}
 _LOGIC = {"and_": "and", "or_": "or"}
 _AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div"}
 _NONZERO_DIGIT = re.compile(r"[1-9]")
@@ -71,8 +71,10 @@ class _Converter:
         return done[id(root)]
 
     def _expr_children(self, node: lark.Tree) -> list:
-        if node.data in ("number", "name"):
+        if node.data in ("number", "name", "attribute"):
             return []
+        if node.data == "choice_comparison":
+            return [node.children[0]]
         if node.data == "call":
             return [c for c in node.children[1:] if c is not None]
         if node.data == "comparison":
@@ -114,6 +116,23 @@ class _Converter:
             left, right = [c for c in node.children if isinstance(c, lark.Tree)]
             return ast.Binary(span, _LOGIC[kind], done[id(left)], done[id(right)],
                               _op_span(node, left))
+        if kind == "attribute":
+            obj, name = node.children
+            return ast.Attribute(_span_of(name), str(obj), str(name))
+        if kind == "choice_comparison":
+            left, op, value = node.children
+            if str(op) not in ("==", "!="):
+                raise self.error(f"a choice is compared with `==` or `!=`, not `{op}`",
+                                 _span_of(op))
+            text = str(value)[1:-1]
+            return ast.ChoiceCompare(span, _COMPARISONS[str(op)], done[id(left)], text,
+                                     _span_of(value))
+        if kind == "comparison" and str(node.children[1]) in ("==", "!=") and \
+                isinstance(node.children[2], lark.Tree) and node.children[2].data == "name" \
+                and str(node.children[2].children[0]) == "None":
+            left, op, right = node.children  # `eps1 == None`: is an optional hyper given?
+            return ast.ChoiceCompare(span, _COMPARISONS[str(op)], done[id(left)], None,
+                                     _span_of(right))
         if kind == "comparison":
             left, op, right = node.children
             op_token_span = _span_of(op)
@@ -159,17 +178,29 @@ class _Converter:
         return ast.HyperDecl(tuple(self._hyper_item(c) for c in node.children), _span_of(node))
 
     def _hyper_item(self, node: lark.Tree) -> ast.HyperItem:
-        name, value, interval = node.children
+        name, value, bounds = node.children
         default, parts = None, None
         if isinstance(value, lark.Tree) and value.data == "tuple_value":
-            parts = tuple(
-                (str(p.children[0]), _span_of(p.children[0]), self.expr(p.children[1]))
-                for p in value.children
-            )
+            parts = tuple((str(p.children[0]), _span_of(p.children[0]),
+                           self._default(p.children[1])) for p in value.children)
         elif value is not None:
-            default = self.expr(value)
-        return ast.HyperItem(str(name), _span_of(name), default, parts,
-                             self._interval(interval) if interval is not None else None)
+            default = self._default(value)
+        interval = choices = None
+        if bounds is not None and bounds.data == "choice":
+            choices = tuple(self._word(c) for c in bounds.children)
+        elif bounds is not None:
+            interval = self._interval(bounds)
+        return ast.HyperItem(str(name), _span_of(name), default, parts, interval, choices)
+
+    def _default(self, node) -> ast.Expr | ast.Word:
+        if isinstance(node, lark.Tree) and node.data in ("none", "string"):
+            return self._word(node)
+        return self.expr(node)
+
+    @staticmethod
+    def _word(node: lark.Tree) -> ast.Word:
+        token = node.children[0]
+        return ast.Word(None if node.data == "none" else str(token)[1:-1], _span_of(token))
 
     def _interval(self, node: lark.Tree) -> ast.Interval:
         lo_kind, low, high, hi_kind = node.children
@@ -185,11 +216,18 @@ class _Converter:
     def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
         items = []
         for item in node.children:
-            name, init, key = item.children
+            name, init, per, key = item.children
             items.append(ast.StateItem(str(name), _span_of(name), self.expr(init),
                                        str(key) if key is not None else None,
-                                       _span_of(key) if key is not None else None))
+                                       _span_of(key) if key is not None else None,
+                                       str(per) if per is not None else None))
         return ast.StateDecl(tuple(items), _span_of(node))
+
+    def _repeat_block(self, node: lark.Tree) -> ast.Repeat:
+        _, count, *body, _ = node.children
+        return ast.Repeat(self.expr(count), tuple(getattr(self, "_" + s.data)(s)
+                                                  for s in body if s is not None),
+                          _span_of(node))
 
 
 def _names_declared(stmt: lark.Tree) -> int:

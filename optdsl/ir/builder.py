@@ -7,7 +7,7 @@ import math
 
 from optdsl.errors import Span, located
 from optdsl.ir.nodes import Eq, Graph
-from optdsl.ir.ops import LEAF, OPS, Kind, Level, result_kind
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS, Kind, Level, result_kind
 
 _LEAF_KINDS = {
     "w": Kind(Level.TENSOR),
@@ -15,6 +15,7 @@ _LEAF_KINDS = {
     "t": Kind(Level.PARAM),
     "hyper": Kind(Level.GROUP),
     "inv_grad_scale": Kind(Level.GROUP),
+    **{fact: Kind(Level.PARAM) for fact in PARAM_FACTS},
 }
 
 

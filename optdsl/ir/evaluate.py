@@ -14,11 +14,23 @@ from typing import Any
 import numpy as np
 
 from optdsl.ir.nodes import Eq, Graph
-from optdsl.ir.ops import GLOBAL, OPS, Level
+from optdsl.ir.ops import GLOBAL, OPS, PARAM_FACTS, Level, _round_bf16
 from optdsl.ir.reductions import REDUCTIONS
 
 
+def param_facts(w: np.ndarray, dtype_eps: float | None = None) -> dict[str, float]:
+    """The facts of a parameter the IR reads (``rows``, ``cols``, ``ndim``, ``numel``,
+    ``dtype_eps``): its matrix view's rows and columns (1 and n for a vector)."""
+    shape = np.shape(w)
+    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
+    eps = np.finfo(w.dtype).eps if dtype_eps is None else dtype_eps
+    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
+            "numel": float(np.size(w)), "dtype_eps": float(eps)}
+
+
 def _leaf(eq: Eq, inputs: dict[str, Any]):
+    if eq.op in PARAM_FACTS:
+        return np.float64(param_facts(inputs["w"], inputs.get("dtype_eps"))[eq.op])
     if eq.op == "const":
         return np.float64(eq.attr)
     if eq.op == "hyper":
@@ -102,15 +114,21 @@ def evaluate_group(graph: Graph, hyper: dict[str, float], params: list[dict[str,
                 args = [vals[a] for a in eq.args]
                 if info.is_reduction:
                     desc, mapped = _mapped(eq, args, like)
-                    vals.append(desc.finished(_raw(desc, mapped.reshape(-1), chunk), mapped.size))
+                    result = desc.finished(_raw(desc, mapped.reshape(-1), chunk), mapped.size)
+                    vals.append(np.float64(_round_bf16(result)) if eq.kind.bf16 else result)
                     continue
                 result = info.meaning(*args)
                 if eq.kind.level == Level.TENSOR:
                     result = _cast(np.asarray(result), like)
-                    if "w" in inputs and result.shape != inputs["w"].shape:
+                    if not eq.kind.shaped and "w" in inputs and \
+                            result.shape != inputs["w"].shape:
                         result = np.broadcast_to(result, inputs["w"].shape).copy()
                 elif not eq.kind.mask:
                     result = np.float64(result)
+                if eq.kind.bf16 and not eq.kind.mask:  # torch's bfloat16: every result rounded
+                    result = _round_bf16(result)
+                    if eq.kind.level != Level.TENSOR:
+                        result = np.float64(result)
                 vals.append(result)
     return [{name: vals[v] for name, v in graph.outputs} for vals in values]
 

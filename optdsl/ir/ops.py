@@ -24,6 +24,9 @@ from typing import Callable, Union
 
 import numpy as np
 
+from optdsl.ir import shapes
+from optdsl.ir.shapes import P, Shape, ShapeError, broadcast, show
+
 
 class Level(IntEnum):
     """How often a value changes: once ever, once per group, once per parameter, or per
@@ -37,19 +40,36 @@ class Level(IntEnum):
 
 @dataclass(frozen=True)
 class Kind:
-    """The type of an IR value: its level and whether it is a mask (a comparison result)."""
+    """The type of an IR value: its level, whether it is a mask (a comparison result), the
+    shape of a tensor value relative to its parameter (optdsl.ir.shapes; None: the
+    parameter's own), and whether it is computed in bfloat16 (torch's bf16 arithmetic:
+    each operation rounded to bfloat16) rather than the parameter's compute dtype."""
 
     level: Level
     mask: bool = False
+    shape: Shape | None = None
+    bf16: bool = False
 
     @property
     def is_tensor(self) -> bool:
         return self.level == Level.TENSOR
 
+    @property
+    def dims(self) -> Shape:
+        """A tensor value's shape (the parameter's own when not shaped)."""
+        return self.shape or P
+
+    @property
+    def shaped(self) -> bool:
+        """A tensor value whose shape is not the parameter's own."""
+        return self.is_tensor and self.dims != P
+
     def __str__(self) -> str:
         base = {Level.CONST: "const", Level.GROUP: "group", Level.PARAM: "param",
                 Level.TENSOR: "tensor"}[self.level]
-        return base + ("-mask" if self.mask else "")
+        if self.shaped:
+            base += show(self.shape).replace(" ", "")
+        return base + ("-mask" if self.mask else "") + ("-bf16" if self.bf16 else "")
 
 
 # Op categories
@@ -80,6 +100,8 @@ class Op:
     involution: bool = False  # op(op(x)) == x for every x
     decompose: Expr | None = None  # the same value from other ops
     reduction: str | None = None  # REDUCE/GLOBAL: the descriptor's name (ir.reductions)
+    shape_rule: Callable | None = None  # matrix ops: the result's shape from the tensor args'
+    matrix: bool = False  # computed by a library (torch) stage, not by element code
 
     @property
     def is_reduction(self) -> bool:
@@ -144,8 +166,14 @@ def unregister(name: str) -> None:
 
 
 # Leaves: the constant and the inputs. ``inv_grad_scale`` is the inverse of torch.amp's
-# GradScaler scale, read by the step that unscales gradients itself.
+# GradScaler scale, read by the step that unscales gradients itself. The parameter's facts
+# (its rows and columns, number of dimensions, element count, and the machine epsilon of
+# its dtype) are fixed for a parameter: masks of them and of hypers are switches compiled
+# per parameter.
 for _leaf in ("const", "hyper", "w", "g", "t", "state", "inv_grad_scale"):
+    register(Op(_leaf, 0, LEAF))
+PARAM_FACTS = ("rows", "cols", "ndim", "numel", "dtype_eps")
+for _leaf in PARAM_FACTS:
     register(Op(_leaf, 0, LEAF))
 
 # Element-wise arithmetic. (x + 0 is not x: -0.0 + 0.0 = +0.0; x + -0.0 is x for every x.)
@@ -189,6 +217,55 @@ register(Op("not", 1, LOGIC, np.logical_not, symbol="not", involution=True))
 register(Op("where", 3, SELECT, np.where, dsl="where"))
 
 
+# Matrix operations (optdsl.ir.shapes): computed by a library stage (torch: BLAS or cuBLAS
+# for the products) between the fused element-wise sweeps.
+def _round_bf16(x):
+    """x rounded to the nearest bfloat16 (ties to even), as a float32 array: torch's
+    bfloat16 arithmetic rounds every result so."""
+    x = np.asarray(x, dtype=np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return np.where(np.isnan(x), x, rounded.view(np.float32))
+
+
+def _swap(x):
+    return np.swapaxes(x, -1, -2)
+
+
+def _wide(x):
+    return _swap(x) if x.shape[-2] > x.shape[-1] else x
+
+
+def _unwide(x, rows, cols):
+    return _swap(x) if rows > cols else x
+
+
+def _norm_along(axis: int):
+    def norm(x):
+        return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True))
+    return norm
+
+
+register(Op("matmul", 2, ARITH, np.matmul, symbol="@", shape_rule=shapes.matmul, matrix=True))
+register(Op("transpose", 1, ARITH, _swap, dsl="transpose", shape_rule=shapes.transpose,
+            matrix=True, involution=True))
+register(Op("wide", 1, ARITH, _wide, dsl="wide", shape_rule=shapes.wide, matrix=True))
+register(Op("unwide", 3, ARITH, _unwide, dsl="unwide",  # (x, and the parameter's rows, cols)
+            shape_rule=lambda x, *facts: shapes.unwide(x), matrix=True))
+register(Op("bf16", 1, ARITH, _round_bf16, dsl="bf16", matrix=True))
+# x computed on in the parameter's compute dtype again (float32; float64 for float64 ones)
+register(Op("precise", 1, ARITH, lambda x: np.asarray(x, dtype=np.float32)
+            if np.asarray(x).dtype == np.float32 else x, dsl="precise"))
+for _name, _fn, _rule in (
+        ("rowsum", lambda x: np.sum(x, axis=-1, keepdims=True), shapes.along_rows),
+        ("rowmean", lambda x: np.mean(x, axis=-1, keepdims=True), shapes.along_rows),
+        ("rownorm", _norm_along(-1), shapes.along_rows),
+        ("colsum", lambda x: np.sum(x, axis=-2, keepdims=True), shapes.along_cols),
+        ("colmean", lambda x: np.mean(x, axis=-2, keepdims=True), shapes.along_cols),
+        ("colnorm", _norm_along(-2), shapes.along_cols)):
+    register(Op(_name, 1, ARITH, _fn, dsl=_name, shape_rule=_rule, matrix=True))
+
+
 def functions() -> dict[str, Op]:
     """The functions a program may call, by name (built-in and registered ones)."""
     return FUNCTIONS
@@ -199,13 +276,31 @@ KEYWORDS = frozenset({"optimizer", "hyper", "state", "in", "as", "inf", "nan", "
 
 
 def result_kind(op: Op, kinds: list[Kind]) -> Kind:
-    """The kind of an op's result from its arguments' kinds (arguments already checked)."""
+    """The kind of an op's result from its arguments' kinds (arguments already checked for
+    masks). Shapes that do not fit raise ShapeError."""
+    tensors = [k for k in kinds if k.is_tensor]
+    bf16 = ((all(k.bf16 for k in tensors) if tensors else any(k.bf16 for k in kinds))
+            or op.name == "bf16") and op.name != "precise"
     if op.category == REDUCE:
-        return Kind(Level.PARAM)
+        return Kind(Level.PARAM, bf16=bf16)
     if op.category == GLOBAL:
-        return Kind(Level.GROUP)
+        if any(k.shaped for k in tensors):
+            raise ShapeError(f"`{op.dsl or op.name}()` reduces parameter-shaped values, not "
+                             f"{show(next(k.shape for k in tensors if k.shaped))}")
+        return Kind(Level.GROUP, bf16=bf16)
     level = max((k.level for k in kinds), default=Level.CONST)
-    return Kind(Level(level), mask=op.category in (COMPARE, LOGIC))
+    shape = None
+    if op.shape_rule is not None:
+        try:
+            shape = op.shape_rule(*[k.dims for k in tensors])
+        except TypeError:  # a scalar where the rule wants a matrix
+            raise ShapeError(f"`{op.dsl or op.symbol or op.name}` takes matrices (tensor "
+                             f"values), not scalars; multiply scalars with `*`") from None
+    elif tensors:
+        shape = broadcast([k.dims for k in tensors])
+    if shape == P:
+        shape = None
+    return Kind(Level(level), mask=op.category in (COMPARE, LOGIC), shape=shape, bf16=bf16)
 
 
 # The reductions' rows (imported last: it registers them in OPS).

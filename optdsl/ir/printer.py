@@ -21,7 +21,7 @@ def print_graph(graph: Graph, title: str = "step") -> str:
         if eq.op in ("hyper", "state"):
             rhs = f"{eq.op} {eq.attr}"
         elif not eq.args:
-            rhs = {"w": "param w", "g": "grad g", "t": "step t"}[eq.op]
+            rhs = {"w": "param w", "g": "grad g", "t": "step t"}.get(eq.op, f"fact {eq.op}")
         else:
             rhs = f"{eq.op} " + ", ".join(format_value(graph, a) for a in eq.args)
         where = f"    # line {eq.line}" if eq.line else ""

@@ -1,11 +1,13 @@
 """Splits a lowered Graph into what runs where and when; shared by every code generator.
 
-A step is a sequence of sweeps over the parameters' elements. Reductions split it: a value
-that needs a reduction cannot be computed in the sweep that feeds the reduction. ``phase[v]``
-counts the reductions between the inputs and ``v``; sweep ``p`` computes the reductions of
-phase ``p + 1``, and the last sweep (``final``) computes the outputs. Only the last sweep
-writes, so earlier sweeps read unchanged inputs and recompute the cheap element-wise values
-they need instead of storing them.
+A step is a sequence of stages: sweeps over the parameters' elements, and, for programs with
+matrix work, library stages between them (optdsl.ir.stages: which values they compute and
+each value's earliest time). Reductions split sweeps: a value that needs a reduction cannot
+be computed in the sweep that feeds it; sweep k computes the reductions of its time, and the
+last sweep (``final``) computes the outputs. Only the last sweep writes the parameter and
+its states (library stages compute shaped states into new tensors, committed at the end of
+the step), so earlier sweeps read unchanged inputs and recompute the cheap element-wise
+values they need instead of storing them.
 
 Recomputation is bounded: when a sweep would recompute more than ``RECOMPUTE_BUDGET``
 element-wise ops that an earlier sweep already computed (a chain such as
@@ -14,9 +16,10 @@ chain, so code and work would grow with the square of the program), the values a
 of what it would recompute are stored instead: the first sweep that computes such a value
 writes it to a per-parameter scratch tensor (in the compute dtype: 4 bytes per element for
 float32 parameters), and later sweeps load it. Optimizers of ordinary size never reach the
-budget (LAMB's final sweep recomputes 9 ops), so they store nothing.
+budget (LAMB's final sweep recomputes 9 ops), so they store nothing. The same scratch
+tensors carry element values into library stages and library values into sweeps.
 
-Within a sweep, values are split by level (how often they change): group-level scalars are
+Within a stage, values are split by level (how often they change): group-level scalars are
 computed once per group, param-level scalars once per parameter, tensor-level values per
 element. Where a scalar is computed is its placement, a separate property: every back end
 today computes scalars on the host (``Placement.HOST``) and hands them to the element code in
@@ -31,6 +34,7 @@ from enum import Enum
 
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.stages import is_sweep_reduction, library_values, times
 
 
 class Placement(Enum):
@@ -52,20 +56,41 @@ class Sweep:
     final: bool
     loads: tuple[int, ...] = ()  # stored values this sweep reads from their scratch tensors
     saves: tuple[int, ...] = ()  # values this sweep writes to their scratch tensors
+    time: int = 0
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library stage: matrix work between two sweeps, one parameter at a time."""
+
+    index: int
+    values: tuple[int, ...]  # the values it computes, in order
+    scalars_in: tuple[int, ...]  # host scalars it reads (the parameter's row)
+    writes: tuple[int, ...]  # values later sweeps read (it writes their scratch tensors)
+    keeps: tuple[int, ...]  # values later library stages read (kept for the step)
+    commits: tuple[tuple[str, int], ...]  # shaped states, committed at the end of the step
+    time: int = 1
 
 
 @dataclass(frozen=True)
 class Schedule:
     graph: Graph
-    phase: tuple[int, ...]
+    time: tuple[int, ...]
     sweeps: tuple[Sweep, ...]
-    group_values: tuple[tuple[int, ...], ...]  # per sweep: group scalars first needed there
-    tensor_outputs: tuple[tuple[str, int], ...]  # w and tensor states that change
+    group_values: tuple[tuple[int, ...], ...]  # per stage: group scalars first needed there
+    tensor_outputs: tuple[tuple[str, int], ...]  # w and parameter-shaped states that change
     scalar_outputs: tuple[tuple[str, int], ...]  # scalar states
+    libraries: tuple[Library, ...] = ()
+    library: frozenset[int] = frozenset()  # every value a library stage computes
 
     @property
     def final(self) -> Sweep:
         return self.sweeps[-1]
+
+    @functools.cached_property
+    def stages(self) -> tuple[Sweep | Library, ...]:
+        """Sweeps and library stages in the order they run."""
+        return tuple(sorted(self.sweeps + self.libraries, key=lambda s: s.time))
 
     def placement(self, v: int) -> Placement:
         """Where scalar value ``v`` is computed (every scalar on the host, today)."""
@@ -73,12 +98,14 @@ class Schedule:
 
     @functools.cached_property
     def stored(self) -> tuple[int, ...]:
-        """The values kept in scratch tensors between sweeps (see RECOMPUTE_BUDGET)."""
-        return tuple(sorted(v for sweep in self.sweeps for v in sweep.saves))
+        """The values kept in scratch tensors between stages (see RECOMPUTE_BUDGET)."""
+        saved = {v for sweep in self.sweeps for v in sweep.saves}
+        saved |= {v for lib in self.libraries for v in lib.writes}
+        return tuple(sorted(saved))
 
     @functools.cached_property
     def reductions(self) -> tuple[int, ...]:
-        """Every reduction of the step, in sweep order: the index of one is its slot."""
+        """Every sweep reduction of the step, in order: the index of one is its slot."""
         return tuple(r for sweep in self.sweeps for r in sweep.reductions)
 
     @functools.cached_property
@@ -87,48 +114,53 @@ class Schedule:
         without amsgrad, once the switch is compiled away) need no memory at all."""
         eqs = self.graph.eqs
         read = {eqs[v].attr for sw in self.sweeps for v in sw.tensor if eqs[v].op == "state"}
+        for lib in self.libraries:
+            read |= {eqs[a].attr for v in lib.values for a in eqs[v].args
+                     if eqs[a].op == "state"}
+            read |= {name for name, _ in lib.commits}
         return frozenset(read | {n for n, _ in self.tensor_outputs if n != "w"})
 
 
 def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
     eqs = graph.eqs
-    phase = [0] * len(eqs)
-    for i, eq in enumerate(eqs):
-        base = max((phase[a] for a in eq.args), default=0)
-        phase[i] = base + 1 if OPS[eq.op].is_reduction else base
+    library = library_values(graph)
+    time = times(graph, library)
+
     def unchanged(name: str, v: int) -> bool:  # an output that is its own input
         eq = eqs[v]
         return eq.op == "w" if name == "w" else (eq.op == "state" and eq.attr == name)
 
-    tensor_outputs = tuple((n, v) for n, v in graph.outputs
-                           if (n == "w" or n in tensor_states) and not unchanged(n, v))
+    changed = [(n, v) for n, v in graph.outputs
+               if (n == "w" or n in tensor_states) and not unchanged(n, v)]
+    shaped = tuple((n, v) for n, v in changed if eqs[v].kind.shaped)
+    tensor_outputs = tuple((n, v) for n, v in changed if not eqs[v].kind.shaped)
     scalar_outputs = tuple((n, v) for n, v in graph.outputs if n != "w" and n not in tensor_states)
-    final_phase = max((phase[v] for _, v in graph.outputs), default=0)
-
-    def is_tensor(v: int) -> bool:
-        return eqs[v].kind.level == Level.TENSOR
-
-    sweeps = _sweeps(graph, phase, final_phase, tensor_outputs)
-    # Group-level scalars (hypers, constants' combinations, global reductions) are computed
-    # once, before the first sweep that needs them (directly or through param-level values).
-    placed: set[int] = set()
-    group_values = []
-    for sw in sweeps:
-        needed = set(sw.scalars_in)
-        if sw.final:
-            needed |= {v for _, v in scalar_outputs}
-        reach = graph.ancestors(list(needed),
-                         lambda v: is_tensor(v) or OPS[eqs[v].op].is_reduction)
-        here = sorted(v for v in reach if eqs[v].kind.level <= Level.GROUP
-                      and OPS[eqs[v].op].category != LEAF and eqs[v].op != "const"
-                      and v not in placed)
-        placed.update(here)
-        group_values.append(tuple(here))
-    return Schedule(graph, tuple(phase), tuple(sweeps), tuple(group_values), tensor_outputs,
-                    scalar_outputs)
+    final_time = max([_output_time(graph, v, time, library) for _, v in tensor_outputs]
+                     + [time[v] + 1 for _, v in shaped if v in library]
+                     + [time[v] + (1 if OPS[eqs[v].op].is_reduction or v in library else 0)
+                        for _, v in scalar_outputs] + [0])
+    final_time += final_time & 1
+    sweeps = _sweeps(graph, time, library, final_time, tensor_outputs)
+    libraries = _libraries(graph, time, library, sweeps, shaped)
+    stages = sorted(sweeps + libraries, key=lambda s: s.time)
+    group_values = _group_values(graph, stages, scalar_outputs)
+    return Schedule(graph, tuple(time), tuple(sweeps), group_values, tensor_outputs,
+                    scalar_outputs, tuple(libraries), library)
 
 
-def _sweeps(graph: Graph, phase: list[int], final_phase: int,
+def _output_time(graph: Graph, v: int, time: list[int], library: frozenset[int]) -> int:
+    """The earliest sweep that can write output value ``v``."""
+    eq = graph.eqs[v]
+    if OPS[eq.op].category == LEAF:
+        return 0
+    if v in library:
+        return time[v] + 1
+    if OPS[eq.op].is_reduction:
+        return time[v] + 2
+    return time[v]
+
+
+def _sweeps(graph: Graph, time: list[int], library: frozenset[int], final_time: int,
             tensor_outputs: tuple[tuple[str, int], ...]) -> list[Sweep]:
     """The sweeps, in order, each with what it computes, loads and saves."""
     eqs = graph.eqs
@@ -136,24 +168,34 @@ def _sweeps(graph: Graph, phase: list[int], final_phase: int,
     def is_tensor(v: int) -> bool:
         return eqs[v].kind.level == Level.TENSOR
 
-    stored: dict[int, int] = {}  # value -> the sweep that saves it
-    first: dict[int, int] = {}  # tensor value -> the first sweep that computes it
+    lib_reads: dict[int, set[int]] = {}  # sweep time -> element values a library stage reads
+    for x in library:
+        for a in eqs[x].args:
+            if a not in library and is_tensor(a) and OPS[eqs[a].op].category != LEAF:
+                lib_reads.setdefault(time[x] - 1, set()).add(a)
+    stored: dict[int, int] = {}  # value -> the sweep time that saves it
+    first: dict[int, int] = {}  # tensor value -> the first sweep time that computes it
     plans = []
-    for p in range(final_phase + 1):
-        if p == final_phase:
+    for p in range(0, final_time + 1, 2):
+        if p == final_time:
             roots = [v for _, v in tensor_outputs]
             reductions: list[int] = []
         else:
             reductions = [i for i, eq in enumerate(eqs)
-                          if OPS[eq.op].is_reduction and phase[i] == p + 1]
+                          if is_sweep_reduction(graph, i, library) and time[i] == p]
             roots = [a for r in reductions for a in eqs[r].args]
+        handed = sorted(lib_reads.get(p, ()))
+        for v in handed:
+            stored[v] = p
+        roots = roots + handed
 
         def needed() -> list[int]:
-            reach = graph.ancestors(roots, lambda v: not is_tensor(v) or v in stored)
+            reach = graph.ancestors(roots, lambda v: not is_tensor(v) or v in library
+                                    or (v in stored and stored[v] < p))
             return sorted(v for v in reach if is_tensor(v))
 
         tensor = needed()
-        again = {v for v in tensor if v in first and v not in stored
+        again = {v for v in tensor if v in first and v not in stored and v not in library
                  and OPS[eqs[v].op].category != LEAF}
         if len(again) > RECOMPUTE_BUDGET:  # store the edge of what would be recomputed
             used_fresh = {a for v in tensor if v not in again for a in eqs[v].args}
@@ -164,23 +206,68 @@ def _sweeps(graph: Graph, phase: list[int], final_phase: int,
             first.setdefault(v, p)
         plans.append((p, tensor, reductions, roots))
     sweeps = []
-    for p, tensor, reductions, roots in plans:
-        loads = tuple(v for v in tensor if stored.get(v, p) < p)
+    for number, (p, tensor, reductions, roots) in enumerate(plans):
+        loads = tuple(v for v in tensor if v in library or stored.get(v, p) < p)
         computed = [v for v in tensor if v not in loads]
         scalars = sorted({a for v in computed for a in eqs[v].args if not is_tensor(a)} |
                          {v for v in roots if not is_tensor(v)})
-        saves = tuple(sorted(v for v, q in stored.items() if q == p))
-        sweeps.append(Sweep(p, tuple(tensor), tuple(reductions), tuple(scalars),
-                            p == final_phase, loads, saves))
+        saves = tuple(sorted(v for v, q in stored.items() if q == p and v in computed))
+        sweeps.append(Sweep(number, tuple(tensor), tuple(reductions), tuple(scalars),
+                            p == final_time, loads, saves, p))
     return sweeps
+
+
+def _libraries(graph: Graph, time: list[int], library: frozenset[int], sweeps: list[Sweep],
+               shaped: tuple[tuple[str, int], ...]) -> list[Library]:
+    """The library stages, in order, each with what it computes, reads and hands on."""
+    eqs = graph.eqs
+    read_by_sweep = {v for sweep in sweeps for v in sweep.loads if v in library}
+    out = []
+    for number, t in enumerate(sorted({time[v] for v in library})):
+        values = tuple(v for v in sorted(library) if time[v] == t)
+        here = set(values)
+        scalars = sorted({a for v in values for a in eqs[v].args
+                          if a not in library and eqs[a].kind.level != Level.TENSOR
+                          and eqs[a].op != "const"})
+        keeps = tuple(v for v in values if any(v in eqs[u].args for u in library
+                                               if time[u] > t))
+        writes = tuple(v for v in values if v in read_by_sweep)
+        commits = tuple((name, v) for name, v in shaped if v in here)
+        out.append(Library(number, values, tuple(scalars), writes, keeps, commits, t))
+    return out
+
+
+def _group_values(graph: Graph, stages: list, scalar_outputs) -> tuple[tuple[int, ...], ...]:
+    """Group-level scalars (hypers, constants' combinations, global reductions), each
+    computed once, before the first stage that needs it (directly or through param-level
+    values)."""
+    eqs = graph.eqs
+
+    def stop(v: int) -> bool:
+        return eqs[v].kind.level == Level.TENSOR or OPS[eqs[v].op].is_reduction
+
+    placed: set[int] = set()
+    group_values = []
+    for stage in stages:
+        needed = set(stage.scalars_in)
+        if isinstance(stage, Sweep) and stage.final:
+            needed |= {v for _, v in scalar_outputs}
+        reach = graph.ancestors(list(needed), stop)
+        here = sorted(v for v in reach if eqs[v].kind.level <= Level.GROUP
+                      and OPS[eqs[v].op].category != LEAF and eqs[v].op != "const"
+                      and v not in placed)
+        placed.update(here)
+        group_values.append(tuple(here))
+    return tuple(group_values)
 
 
 def param_scalars(schedule: Schedule, roots: list[int]) -> list[int]:
     """Param-level scalar values needed to compute ``roots`` (in order), stopping at
-    reductions (loaded, not recomputed) and at group-level values (already computed)."""
+    reductions (loaded, not recomputed), at library values and at group-level values
+    (already computed)."""
     eqs = schedule.graph.eqs
     reach = schedule.graph.ancestors(roots,
                      lambda v: eqs[v].kind.level != Level.PARAM or OPS[eqs[v].op].is_reduction
-                     or OPS[eqs[v].op].category == LEAF)
-    return sorted(v for v in reach if eqs[v].kind.level == Level.PARAM)
-
+                     or OPS[eqs[v].op].category == LEAF or v in schedule.library)
+    return sorted(v for v in reach if eqs[v].kind.level == Level.PARAM
+                  and v not in schedule.library)

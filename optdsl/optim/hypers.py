@@ -6,8 +6,9 @@ TypeErrors (as Python reports bad keywords); values outside a declared interval 
 the constructor's keywords and every param group, at every step) and constructor keywords for
 which a program's ``require`` does not hold (checked where torch.optim checks such
 conditions: in the constructor; a param group may override them, as in torch) are
-ValueErrors that name the hyper, the value and the interval (or the condition). A message starts with torch.optim's own words for
-the same mistake, so that code (and tests) written against torch.optim's messages match:
+ValueErrors that name the hyper, the value and the interval (or the condition). A message
+starts with torch.optim's own words for the same mistake, so that code (and tests) written
+against torch.optim's messages match:
 "Invalid learning rate: -1", "Invalid epsilon value: ...", "Invalid <name> value: ...",
 "Invalid beta parameter at index 0: 1.0" (a tuple keyword's singular: betas -> beta),
 "Tensor lr must be 1-element", or the program's ``require`` message.
@@ -15,12 +16,13 @@ the same mistake, so that code (and tests) written against torch.optim's message
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from optdsl.errors import suggest
-from optdsl.frontend.signature import TORCH_FLAG_NAMES, HyperSpec, Requirement
+from optdsl.frontend.signature import GIVEN, TORCH_FLAG_NAMES, HyperSpec, Requirement
 
 # Keywords every torch.optim optimizer accepts that do not change the math here: the step
 # is always one fused pass, so `foreach` and `capturable` are accepted and kept in the param
@@ -151,6 +153,10 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
         if name not in group:
             raise KeyError(f"param group has no value for hyper `{name}`")
         value = group[name]
+        if spec.choices is not None:
+            out[name] = _choice_index(spec, value)
+            given[name] = value
+            continue
         if spec.parts:
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or \
                     len(value) != len(spec.parts):
@@ -158,12 +164,16 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
                                  f"({', '.join(spec.parts)}), got {value!r}")
             for index, (part, item) in enumerate(zip(spec.parts, value)):
                 label = f"hyper `{name}` ({part})"
+                if _absent(spec, part, item, out, given):
+                    continue
                 out[part] = to_number(f"{name}[{index}]", item, label)
                 given[part] = item
                 if not _inside(spec, out[part]):
                     raise ValueError(f"Invalid {_singular(name)} parameter at index {index}: "
                                      f"{shown(item)} ({label} must be in {spec.interval})")
         else:
+            if _absent(spec, name, value, out, given):
+                continue
             out[name] = to_number(name, value)
             given[name] = value
             if not _inside(spec, out[name]):
@@ -171,6 +181,28 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
                 raise ValueError(words.format(value=shown(value))
                                  + f" (hyper `{name}` must be in {spec.interval})")
     return out
+
+
+def _choice_index(spec: HyperSpec, value: Any) -> float:
+    """A choice's value as the number the generated code compares (its index)."""
+    if value in spec.choices and (value is None or isinstance(value, str)):
+        return float(spec.choices.index(value))
+    listed = ", ".join("None" if c is None else repr(c) for c in spec.choices)
+    raise ValueError(f"Invalid {spec.name}: {value!r} is not supported (hyper `{spec.name}` "
+                     f"is one of {listed})")
+
+
+def _absent(spec: HyperSpec, name: str, value: Any, out: dict, given: dict) -> bool:
+    """An optional hyper (or part) given None: NaN, and its `__given_` flag 0; a given
+    number sets the flag 1 (and is then read as usual)."""
+    if name not in spec.optional:
+        return False
+    out[GIVEN + name] = 0.0 if value is None else 1.0
+    if value is not None:
+        return False
+    out[name] = math.nan
+    given[name] = None
+    return True
 
 
 def _inside(spec: HyperSpec, value: float) -> bool:

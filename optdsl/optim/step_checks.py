@@ -57,14 +57,21 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
                 raise
             raise ValueError(f"{exc} (in param group {number})") from None
         inverse = None if grad_scale is None else 1.0 / float(grad_scale)
-        plan = GroupPlan(number, hyper, program.variant(hyper, unscale=inverse is not None),
-                         inverse)
+        by_variant: dict[int, GroupPlan] = {}
         fused = bool(group.get("fused"))
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
                 continue
             shape = check_gradient(name, param, grad, index, number, fused)
+            facts = param_facts(param) if program.param_flags else None
+            variant = program.variant(hyper, unscale=inverse is not None, facts=facts)
+            if variant.needs_matrix and param.dim() < 2:
+                raise ValueError(f"{name} works on matrices ({variant.needs_matrix}), but "
+                                 f"{_where(index, number)} has shape {tuple(param.shape)}")
+            plan = by_variant.get(id(variant))
+            if plan is None:
+                plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
             state = opt.state.get(param)
             if state:
                 values = tuple(state.values())
@@ -76,9 +83,16 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
                     checked[id(param)] = (state, values, shape)
             plan.items.append((param, grad))
             devices.add("cpu" if param.is_cpu else param.device.type)
-        if plan.items:
-            plans.append(plan)
+        plans.extend(by_variant.values())
     return plans, devices
+
+
+def param_facts(param: torch.Tensor) -> dict[str, float]:
+    """A parameter's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
+    shape = tuple(param.shape)
+    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
+    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
+            "numel": float(param.numel()), "dtype_eps": float(torch.finfo(param.dtype).eps)}
 
 
 def _where(index: int, number: int) -> str:
@@ -132,7 +146,8 @@ def check_state(opt, param: torch.Tensor, state: dict, where: str) -> None:
             raise RuntimeError(f"state[{spec.key!r}] of {where} is a {type(value).__name__}, "
                                f"not a tensor")
         if spec.tensor:
-            check_like_param(value, param, f"state[{spec.key!r}] of {where}")
+            check_like_param(value, param, f"state[{spec.key!r}] of {where}",
+                             spec.shape_of(tuple(param.shape)) if spec.per else None)
         elif value.numel() != 1:
             raise RuntimeError(f"state[{spec.key!r}] of {where} holds one number per "
                                f"parameter, but has shape {tuple(value.shape)}")
@@ -141,10 +156,13 @@ def check_state(opt, param: torch.Tensor, state: dict, where: str) -> None:
         check_like_param(master, param, f"state[{precision.MASTER_KEY!r}] of {where}")
 
 
-def check_like_param(value: torch.Tensor, param: torch.Tensor, what: str) -> None:
-    if value.shape != param.shape:
-        raise RuntimeError(f"{what} has shape {tuple(value.shape)}, but the parameter has "
-                           f"shape {tuple(param.shape)}")
+def check_like_param(value: torch.Tensor, param: torch.Tensor, what: str,
+                     shape: tuple | None = None) -> None:
+    """A tensor like the parameter (of ``shape``: a row or column statistic's)."""
+    want = tuple(param.shape) if shape is None else tuple(shape)
+    if tuple(value.shape) != want:
+        whose = "the parameter has" if shape is None else "it must have"
+        raise RuntimeError(f"{what} has shape {tuple(value.shape)}, but {whose} shape {want}")
     if value.dtype not in _REAL:
         raise RuntimeError(f"{what} has dtype {value.dtype}; states are floating-point")
     if value.device != param.device:

@@ -395,6 +395,10 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
         return distributed.like_param(param, local) if spec.tensor else local
     if not spec.tensor:
         return torch.tensor(float(spec.initial_value(hyper)), dtype=_scalar_dtype())
+    if spec.per is not None:  # a row or column statistic (the checker allows no `w` there)
+        value = float(spec.initial_value(hyper))
+        return torch.full(spec.shape_of(tuple(param.shape)), value, dtype=param.dtype,
+                          device=param.device)
     if spec.copies_w:
         return param.detach().clone(memory_format=torch.contiguous_format)
     if not spec.reads_w:

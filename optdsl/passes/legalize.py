@@ -1,10 +1,12 @@
 """Legalize for one back end: what it cannot spell is expanded into what it can.
 
 Before: an optimized graph. After: every equation is a leaf, an op the back end spells at
-its level (host scalar code, or element code for tensor values), or a lowered reduction:
-each reduction ``r(args)`` becomes ``reduce(m)`` (``reduce_group(m)`` for group-wide ones),
-where ``m`` is its descriptor's per-element map built from ordinary ops and the attribute
-names the descriptor (optdsl.ir.reductions). Ops are expanded through the op table's
+its level (host scalar code, or element code for tensor values), a matrix op (spelled by
+the library stage, optdsl.codegen.library), or a lowered reduction: each reduction
+``r(args)`` of element values becomes ``reduce(m)`` (``reduce_group(m)`` for group-wide
+ones), where ``m`` is its descriptor's per-element map built from ordinary ops and the
+attribute names the descriptor (optdsl.ir.reductions); a reduction of matrix values stays
+as it is (a library stage reduces it as torch does). Ops are expanded through the op table's
 decompositions, recursively; an op that a back end neither spells nor can expand is a
 compiler bug, which the coverage test (tests/test_extension.py) rules out for the
 registered back ends.
@@ -30,16 +32,28 @@ class NotSpelled(Exception):
 
 
 def legalize(graph: Graph, spells: Spells) -> Graph:
+    matrix: set[int] = set()  # new values a library stage may compute (optdsl.ir.stages)
+
     def rewrite(builder: Builder, eq: Eq, args: tuple[int, ...]) -> int | None:
         info = OPS[eq.op]
         if info.category == LEAF or eq.op in ("reduce", "reduce_group"):
             return None
-        if info.reduction is not None:
+        on_matrix = info.matrix or eq.kind.shaped or eq.kind.bf16 or \
+            any(a in matrix for a in args)
+        if info.reduction is not None and on_matrix:
+            value = builder.op(eq.op, args, eq.span)  # a library stage reduces it as torch does
+        elif info.reduction is not None:
             desc = REDUCTIONS[info.reduction]
             mapped = _build(builder, desc.map, args, spells, eq.span)
             lowered = "reduce_group" if info.category == GLOBAL else "reduce"
-            return builder.op(lowered, (mapped,), eq.span, attr=desc.name)
-        return _emit(builder, eq.op, args, spells, eq.span)
+            value = builder.op(lowered, (mapped,), eq.span, attr=desc.name)
+        elif info.matrix:
+            value = builder.op(eq.op, args, eq.span)  # spelled by the library stage
+        else:
+            value = _emit(builder, eq.op, args, spells, eq.span)
+        if on_matrix:
+            matrix.add(value)
+        return value
 
     return rebuild(graph, rewrite)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from optdsl.ir.builder import Builder, copy_eq
 from optdsl.ir.nodes import Graph
-from optdsl.ir.ops import OPS, Level
+from optdsl.ir.ops import OPS, PARAM_FACTS, Level
 
 
 def flag_masks(graph: Graph) -> tuple[int, ...]:
@@ -28,6 +28,21 @@ def flag_masks(graph: Graph) -> tuple[int, ...]:
                  and graph.eqs[v].kind.level <= Level.GROUP
                  and not any(OPS[graph.eqs[a].op].is_reduction  # global_norm is group-level
                              for a in graph.ancestors([v])))
+
+
+def param_flag_masks(graph: Graph) -> tuple[int, ...]:
+    """Param-level masks read by some where() that depend only on hypers and the
+    parameter's facts (`w.ndim > 1`, `w.rows > w.cols`): switches compiled per parameter."""
+    read_as_mask = {eq.args[0] for eq in graph.eqs if eq.op == "where"}
+    out = []
+    for v in sorted(read_as_mask):
+        eq = graph.eqs[v]
+        if not eq.kind.mask or eq.kind.level != Level.PARAM:
+            continue
+        leaves = {graph.eqs[a].op for a in graph.ancestors([v]) if not graph.eqs[a].args}
+        if leaves <= {"const", "hyper", *PARAM_FACTS}:
+            out.append(v)
+    return tuple(out)
 
 
 def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
@@ -44,6 +59,8 @@ def flag_values(graph: Graph, masks: tuple[int, ...], hyper: dict[str, float]
                 values[v] = np.float64(eq.attr)
             elif eq.op == "hyper":
                 values[v] = np.float64(hyper[eq.attr])
+            elif eq.op in PARAM_FACTS:
+                values[v] = np.float64(hyper[eq.op])
             else:
                 values[v] = OPS[eq.op].meaning(*[values[a] for a in eq.args])
     return tuple(bool(values[m]) for m in masks)

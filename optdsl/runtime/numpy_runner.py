@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from optdsl.codegen.contract import GeneratedModule, ParamSlot
+from optdsl.runtime.library_stage import as_tensor, commit, machine_eps
 from optdsl.runtime.rounding import round_bf16_stochastic
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
@@ -34,14 +35,18 @@ COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 class NumpySlot(ParamSlot):
     """A parameter's arrays for the generated sweeps (optdsl.codegen.numpy)."""
 
-    __slots__ = ("arrays", "buffers", "masks", "partials")
+    __slots__ = ("arrays", "buffers", "masks", "partials", "shape")
 
-    def __init__(self, t: float, states: list, num_reductions: int, arrays: list) -> None:
+    def __init__(self, t: float, states: list, num_reductions: int, arrays: list,
+                 shape: tuple = (), dtype=None) -> None:
         super().__init__(t, states, num_reductions)
         self.arrays = arrays  # w, g, then each tensor state (None: unused by this step)
         self.buffers: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.partials: list = []
+        self.shape = tuple(shape) or (arrays[0].shape[0],)  # the parameter's
+        if dtype is not None:
+            self.set_facts(self.shape, machine_eps(dtype))
 
 
 class _Staged:
@@ -142,7 +147,8 @@ class NumpyRunner:
                 return None
             arrays = [param.detach().view(-1).numpy(), None] + [
                 None if x is None else x.detach().view(-1).numpy() for x in tensors]
-            views = _Views(param, tensors, NumpySlot(t, [], num_reductions, arrays))
+            views = _Views(param, tensors, NumpySlot(t, [], num_reductions, arrays,
+                                                     tuple(param.shape), param.dtype))
             self._views[id(param)] = views
         slot = views.slot
         slot.t = t
@@ -168,7 +174,8 @@ class NumpyRunner:
             arrays.append(staged.array)
             written.append(staged)
         written.append(w)
-        return NumpySlot(t, _scalar_states(state, self.state_keys), num_reductions, arrays)
+        return NumpySlot(t, _scalar_states(state, self.state_keys), num_reductions, arrays,
+                         tuple(param.shape), param.dtype)
 
     def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
         """Step every entry in place. ``options.copies``: per entry, None or the tensor that
@@ -184,8 +191,11 @@ class NumpyRunner:
                 if slot is None:
                     slot = self._staged_slot(entry, module.num_reductions, written)
                 slots.append(slot)
-            self._execute(module, slots, options)
+            states = [entry.state for entry in entries]
+            self._execute(module, slots, options, states)
             self._write_back(entries, slots, written, options)
+            if module.libraries:
+                commit(slots, states, self.state_keys)
 
     def run_arrays(self, variant, slots: list[NumpySlot], options: StepOptions) -> None:
         """Step slots of plain NumPy arrays (float32/float64, flat, updated in place)."""
@@ -193,7 +203,7 @@ class NumpyRunner:
             self._execute(variant.generated(self.backend), slots, options)
 
     def _execute(self, module: GeneratedModule, slots: list[NumpySlot],
-                 options: StepOptions) -> None:
+                 options: StepOptions, states: list[dict] | None = None) -> None:
         chunk = module.module.CHUNK
         while len(self._masks) < module.module.NUM_MASKS:
             self._masks.append(np.empty(chunk, dtype=bool))
@@ -215,10 +225,30 @@ class NumpyRunner:
             sweep.kernel(params)
             return [p.partials for p in params]
 
+        def run_library(k: int, params) -> None:
+            for i, p in enumerate(params):
+                p.tensors = self._tensors(module, p, None if states is None else states[i])
+            module.libraries[k].function(params)
+
         numel = [s.arrays[0].shape[0] for s in slots]
         ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep, numel,
-                          options.combine)
+                          options.combine, run_library)
         module.step(ctx, slots)
+
+    def _tensors(self, module: GeneratedModule, slot: NumpySlot, state: dict | None) -> list:
+        """A library stage's view of a parameter's columns (optdsl.runtime.library_stage)."""
+        keys = [key for key, is_tensor in self.state_keys if is_tensor]
+        n = slot.arrays[0].shape[0]
+        out = []
+        for c, array in enumerate(slot.arrays[:len(module.columns)]):
+            if array is not None and array.shape[0] == n:
+                out.append(as_tensor(array, slot.shape))
+            elif state is not None and 2 <= c < 2 + len(keys):  # a shaped state
+                value = state[keys[c - 2]]
+                out.append(value.to(torch.from_numpy(slot.arrays[0][:0]).dtype))
+            else:
+                out.append(None)
+        return out
 
     def _write_back(self, entries: list[Entry], slots: list[NumpySlot], written: list,
                     options: StepOptions) -> None:

@@ -56,6 +56,7 @@ class StepContext:
     run_sweep: Callable[[int, Sequence[ParamSlot]], tuple[list, list]]
     numel: list[int]
     combine: Any = None
+    run_library: Callable[[int, Sequence[ParamSlot]], None] | None = None
     totals: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,12 @@ class StepContext:
         reductions = self.module.sweeps[k].reductions
         if reductions:
             finish(reductions, params, raw, self.numel, self.totals, self.combine)
+
+    def library(self, k: int, params: Sequence[ParamSlot]) -> None:
+        """Run library stage k (matrix work, by torch) for every parameter."""
+        if self.run_library is None:
+            raise RuntimeError("this back end's runner has no library stages")
+        self.run_library(k, params)
 
 
 class OneStepAtATime:

@@ -1,0 +1,259 @@
+"""Library stages: a compilation unit's matrix work as torch code, shared by every back end.
+
+A library stage (optdsl.ir.schedule.Library) runs between two sweeps, one parameter at a
+time, on torch tensors of the parameter's shape: its matrix products (torch.matmul, which is
+BLAS on the CPU and cuBLAS on the GPU; ``s1 * C + s2 * (A @ B)`` becomes one ``addmm``, as
+Inductor fuses a GEMM's epilogue), transposes, row and column statistics, bfloat16
+arithmetic (torch's own: every result rounded), reductions of those, and the element-wise
+values in between. It reads the parameter's tensors and the scratch tensors earlier sweeps
+wrote (``p.tensors``, in the order of TENSORS), the values earlier library stages kept
+(``p.kept``), and its row of host scalars (``p.scalars``); it writes the scratch tensors
+later sweeps read, keeps what later library stages read, hands back scalars host code reads
+(``p.lib``, one transfer each) and computes shaped states into new tensors that the runtime
+commits at the end of the step (``p.commits``: state index -> tensor).
+
+The spelling here is torch's; every op the element code can spell has one.
+"""
+
+from __future__ import annotations
+
+from optdsl.codegen.buffer import CodeBuffer
+from optdsl.codegen.unit import Unit, temp_column, value_name
+from optdsl.errors import located
+from optdsl.ir.numbers import format_float
+from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.schedule import Library
+
+# How a library stage writes each op as torch ({0}, {1}...: tensors, or Python numbers for
+# host scalars; the helpers _max etc. accept either).
+SPELLING: dict[str, str] = {
+    "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
+    "div": "({0} / {1})", "pow": "_pow({0}, {1})", "square": "({0} * {0})",
+    "sqrt": "torch.sqrt({0})", "rsqrt": "torch.rsqrt({0})", "exp": "torch.exp({0})",
+    "log": "torch.log({0})", "abs": "torch.abs({0})", "sign": "torch.sign({0})",
+    "floor": "torch.floor({0})", "ceil": "torch.ceil({0})", "tanh": "torch.tanh({0})",
+    "min": "_min({0}, {1})", "max": "_max({0}, {1})", "clamp": "_min(_max({0}, {1}), {2})",
+    "atan2": "_atan2({0}, {1})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "eq": "({0} == {1})", "ne": "({0} != {1})",
+    "and": "torch.logical_and({0}, {1})", "or": "torch.logical_or({0}, {1})",
+    "not": "torch.logical_not({0})", "where": "torch.where({0}, {1}, {2})",
+    "matmul": "torch.matmul({0}, {1})", "transpose": "{0}.transpose(-1, -2)",
+    "wide": "_wide({0})", "unwide": "_unwide({0}, {1}, {2})",
+    "bf16": "{0}.to(torch.bfloat16)", "precise": "{0}.to(T[0].dtype)",
+    "rowsum": "torch.sum({0}, dim=-1, keepdim=True)",
+    "rowmean": "torch.mean({0}, dim=-1, keepdim=True)",
+    "rownorm": "torch.linalg.vector_norm({0}, dim=-1, keepdim=True)",
+    "colsum": "torch.sum({0}, dim=-2, keepdim=True)",
+    "colmean": "torch.mean({0}, dim=-2, keepdim=True)",
+    "colnorm": "torch.linalg.vector_norm({0}, dim=-2, keepdim=True)",
+    # reductions of matrix values, as torch computes them
+    "sum": "torch.sum({0})", "mean": "torch.mean({0})",
+    "norm": "torch.linalg.vector_norm({0})", "rms": "torch.sqrt(torch.mean({0} * {0}))",
+    "maxabs": "torch.amax(torch.abs({0}))", "dot": "torch.sum({0} * {1})",
+}
+
+HELPERS = '''
+
+def _tensor(x, like):
+    """x as a tensor (a host scalar becomes one of the other operand's dtype)."""
+    if torch.is_tensor(x):
+        return x
+    ref = like if torch.is_tensor(like) else None
+    return torch.tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
+                        device=ref.device if ref is not None else None)
+
+
+def _max(a, b):
+    return torch.maximum(_tensor(a, b), _tensor(b, a))
+
+
+def _min(a, b):
+    return torch.minimum(_tensor(a, b), _tensor(b, a))
+
+
+def _pow(a, b):
+    return torch.pow(a, b) if torch.is_tensor(a) or torch.is_tensor(b) else a ** b
+
+
+def _atan2(a, b):
+    return torch.atan2(_tensor(a, b), _tensor(b, a))
+
+
+def _wide(x):
+    """x transposed when it has more rows than columns."""
+    return x.transpose(-1, -2) if x.shape[-2] > x.shape[-1] else x
+
+
+def _unwide(x, rows, cols):
+    """What _wide gave back in the parameter's orientation (rows x cols)."""
+    return x.transpose(-1, -2) if rows > cols else x
+
+
+def _addmm(c, a, b, beta, alpha):
+    """beta * c + alpha * (a @ b) in one GEMM, as torch.addmm (batched: baddbmm)."""
+    if a.dim() == 2 and b.dim() == 2 and c.dim() <= 2:
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    return torch.baddbmm(c.expand(a.shape[:-1] + b.shape[-1:]), a, b, beta=beta, alpha=alpha)
+'''
+
+
+def spells(name: str) -> bool:
+    return name in SPELLING
+
+
+def emit_libraries(unit: Unit) -> tuple[str, list[str]]:
+    """The source of a unit's library-stage functions (with their helpers) and the rows of
+    its LIBRARIES table."""
+    if not unit.schedule.libraries:
+        return "", []
+    out = CodeBuffer()
+    rows = []
+    for stage in unit.schedule.libraries:
+        out.line()
+        out.line()
+        name = f"library{stage.index}"
+        with out.block(f"def {name}(params):"):
+            out.line(f'"""Library stage {stage.index} (matrix work, by torch), one parameter '
+                     f'at a time."""')
+            with out.block("for p in params:"):
+                _emit_stage(out, unit, stage)
+        rows.append(f"({name}, {len(unit.library_row(stage))}),")
+    return HELPERS + out.text(), rows
+
+
+class _Names:
+    """How library code refers to values."""
+
+    def __init__(self, unit: Unit, stage: Library) -> None:
+        self.unit = unit
+        self.eqs = unit.graph.eqs
+        self.stage = stage
+        self.here = set(stage.values)
+        self.row = {v: j for j, v in enumerate(unit.library_row(stage))}
+
+    def ref(self, v: int) -> str:
+        eq = self.eqs[v]
+        if v in self.here:
+            return value_name(v)
+        if eq.op == "const":
+            return format_float(eq.attr)
+        if v in self.row:
+            return f"f{v}"
+        return value_name(v)  # read at the top of the stage (tensor, kept, scratch)
+
+
+def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
+    eqs = unit.graph.eqs
+    names = _Names(unit, stage)
+    if names.row:
+        out.line("s = p.scalars")
+    for v, j in names.row.items():
+        out.line(f"f{v} = float(s[{j}])", unit.cite(v))
+    out.line("T = p.tensors")
+    reads = _reads(unit, stage)
+    for v, source in reads:
+        out.line(f"{value_name(v)} = {source}")
+    fused = _addmm_fusions(unit, stage)
+    skipped = {x for c, s1, mm, s2, inner in fused.values() for x in [mm, *inner]}
+    for v in stage.values:
+        if v in skipped:
+            continue
+        eq = eqs[v]
+        with located(eq.span):
+            if v in fused:
+                c, s1, mm, s2, _ = fused[v]
+                a, b = eqs[mm].args
+                beta = names.ref(s1) if s1 is not None else "1.0"
+                alpha = names.ref(s2) if s2 is not None else "1.0"
+                text = (f"_addmm({names.ref(c)}, {names.ref(a)}, {names.ref(b)}, "
+                        f"beta={beta}, alpha={alpha})")
+            else:
+                text = SPELLING[eq.op].format(*[names.ref(a) for a in eq.args])
+        out.line(f"{value_name(v)} = {text}", unit.cite(v))
+    for v in stage.writes:
+        column = unit.columns.index(temp_column(v))
+        out.line(f"T[{column}].copy_({value_name(v)})", "for later sweeps")
+    for v in stage.keeps:
+        out.line(f"p.kept[{v}] = {value_name(v)}")
+    for name, v in stage.commits:
+        out.line(f"p.commits[{unit.state_order.index(name)}] = {value_name(v)}",
+                 f"{name} =, at the end of the step")
+    for v in _handed(unit, stage):
+        out.line(f"p.lib[{v}] = float({value_name(v)})", "read by host code (a transfer)")
+
+
+def _reads(unit: Unit, stage: Library) -> list[tuple[int, str]]:
+    """The tensors a stage reads: the parameter's own, scratch, and kept values."""
+    eqs = unit.graph.eqs
+    here = set(stage.values)
+    found: dict[int, str] = {}
+    for v in stage.values:
+        for a in eqs[v].args:
+            if a in here or a in found:
+                continue
+            eq = eqs[a]
+            if eq.op in ("w", "g"):
+                found[a] = f"T[{unit.columns.index(eq.op)}]"
+            elif eq.op == "state" and eq.kind.is_tensor:
+                found[a] = f"T[{unit.columns.index(eq.attr)}]"
+            elif a in unit.schedule.library:
+                found[a] = f"p.kept[{a}]"
+            elif eq.kind.level == Level.TENSOR and OPS[eq.op].category != LEAF:
+                found[a] = f"T[{unit.columns.index(temp_column(a))}]"
+    return sorted(found.items())
+
+
+def _handed(unit: Unit, stage: Library) -> list[int]:
+    """The stage's scalars that host code reads (sweep rows, scalar states)."""
+    eqs = unit.graph.eqs
+    schedule = unit.schedule
+    out = []
+    for v in stage.values:
+        if eqs[v].kind.level == Level.TENSOR:
+            continue
+        readers = [u for u in range(len(eqs)) if v in eqs[u].args and u not in
+                   schedule.library]
+        if readers or any(v == o for _, o in schedule.scalar_outputs):
+            out.append(v)
+    return out
+
+
+def _addmm_fusions(unit: Unit, stage: Library) -> dict[int, tuple]:
+    """``s1 * C + s2 * (A @ B)`` (either order, either factor omitted), each part read only
+    there: value -> (C, s1 or None, the product, s2 or None, the values it replaces)."""
+    eqs = unit.graph.eqs
+    uses: dict[int, int] = {}
+    for eq in eqs:
+        for a in eq.args:
+            uses[a] = uses.get(a, 0) + 1
+    for _, v in unit.graph.outputs:
+        uses[v] = uses.get(v, 0) + 1
+    here = set(stage.values)
+
+    def scaled(v: int) -> tuple[int | None, int]:
+        """(scale, operand) of a product by a scalar read only here, or (None, v)."""
+        eq = eqs[v]
+        if eq.op == "mul" and v in here and uses.get(v, 0) == 1:
+            a, b = eq.args
+            if not eqs[a].kind.is_tensor and eqs[b].kind.is_tensor:
+                return a, b
+            if not eqs[b].kind.is_tensor and eqs[a].kind.is_tensor:
+                return b, a
+        return None, v
+
+    fused = {}
+    for v in stage.values:
+        if eqs[v].op != "add":
+            continue
+        for left, right in (eqs[v].args, eqs[v].args[::-1]):
+            s2, mm = scaled(right)
+            if eqs[mm].op != "matmul" or mm not in here or uses.get(mm, 0) != 1:
+                continue
+            s1, c = scaled(left)
+            if not eqs[c].kind.is_tensor:
+                continue
+            inner = [x for x, s in ((left, s1), (right, s2)) if s is not None]
+            fused[v] = (c, s1, mm, s2, inner)
+            break
+    return fused
