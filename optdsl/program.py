@@ -263,7 +263,7 @@ class Variant:
         from optdsl.ir.ops import OPS
 
         for eq in self.graph.eqs:
-            if OPS[eq.op].shape_rule is not None or eq.kind.shaped:
+            if eq.args and (OPS[eq.op].shape_rule is not None or eq.kind.shaped):
                 name = OPS[eq.op].dsl or OPS[eq.op].symbol or eq.op
                 return f"`{name}` at line {eq.line}" if eq.line else f"`{name}`"
         return ""
@@ -293,8 +293,9 @@ class Variant:
 
             with self._lock, self.program.boundary():
                 graph = legalize(self.graph, backends.get(backend).spells)
+                shaped = frozenset(n for n, s in self.program.states.items() if s.per)
                 found = Unit(self.title, schedule(graph, self.program.tensor_states),
-                             tuple(self.program.states), self.program.tensor_states)
+                             tuple(self.program.states), self.program.tensor_states, shaped)
                 self._units[backend] = found
         return found
 

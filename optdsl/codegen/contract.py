@@ -110,6 +110,7 @@ class GeneratedModule:
     sweeps: tuple[SweepInfo, ...]
     step: Callable[[StepContext, Sequence[ParamSlot]], None]
     libraries: tuple[LibraryInfo, ...] = ()
+    shaped: frozenset[str] = frozenset()  # row/column states: read by library stages only
 
     @classmethod
     def of(cls, module: Any) -> GeneratedModule:
@@ -118,7 +119,7 @@ class GeneratedModule:
         libraries = tuple(LibraryInfo(k, function, int(width)) for k, (function, width)
                           in enumerate(getattr(module, "LIBRARIES", ())))
         return cls(module, tuple(module.TENSORS), int(module.NUM_REDUCTIONS), sweeps,
-                   module.step, libraries)
+                   module.step, libraries, frozenset(getattr(module, "SHAPED", ())))
 
     @property
     def tensor_states(self) -> tuple[str, ...]:

@@ -85,6 +85,8 @@ def generate(unit: Unit) -> str:
     out.line(f"NUM_MASKS = {usage['masks']}")
     out.line(f"NUM_REDUCTIONS = {len(unit.slot)}")
     out.line(f"TENSORS = {unit.columns!r}")
+    if unit.shaped_states:
+        out.line(f"SHAPED = {tuple(sorted(unit.shaped_states))!r}  # states of library stages")
     text = out.text() + libraries + sweeps.text()
     table = CodeBuffer()
     table.line()

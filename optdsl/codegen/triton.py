@@ -117,6 +117,9 @@ class _Generator:
             head.line("from triton.language.extra import libdevice")
         head.line()
         head.line(f"TENSORS = {tuple(self.columns)!r}  # pointer-table columns")
+        if self.unit.shaped_states:
+            head.line(f"SHAPED = {tuple(sorted(self.unit.shaped_states))!r}  # states of "
+                      f"library stages (no column)")
         head.line(f"NUM_REDUCTIONS = {len(self.slot)}")
         if any(h in USES_INTERPRET for h in helpers):
             head.line()

@@ -50,6 +50,7 @@ class Unit:
     schedule: Schedule
     state_order: tuple[str, ...]  # every state of the program, in declaration order
     tensor_states: frozenset[str]
+    shaped_states: frozenset[str] = frozenset()  # `per row` / `per col` ones: library only
 
     @property
     def graph(self) -> Graph:

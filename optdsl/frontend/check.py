@@ -152,7 +152,7 @@ class _Checker:
         if item.choices is not None:
             choices = self.choices(item)
             default: object = item.default.value if isinstance(item.default, ast.Word) \
-                else choices[0]
+                else None
             self.choice_names[item.name] = choices
             self.hyper_scalars[item.name] = item.span
         elif item.parts is not None:
@@ -204,6 +204,8 @@ class _Checker:
         if default is None:
             raise self.error(f"a choice needs a default: `hyper {item.name} = "
                              f"{_word(values[0])} in {{...}}`", item.span)
+        if isinstance(default, ast.Name) and default.id == "None" and None in values:
+            return tuple(values)
         if not isinstance(default, ast.Word) or default.value not in values:
             span = default.span
             raise self.error(f"the default of `{item.name}` must be one of "

@@ -75,6 +75,8 @@ def _check_message(checker, message: str, span: Span | None) -> None:
     for _, field, spec, conversion in fields:
         if field is None:
             continue
+        if field == "w.shape":  # a per-parameter requirement's parameter
+            continue
         if spec or conversion or field not in checker.hyper_scalars:
             known = ", ".join(f"{{{n}}}" for n in checker.hyper_scalars) or "none"
             raise checker.error(f"`{{{field}{'!' + conversion if conversion else ''}"

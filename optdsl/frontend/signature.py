@@ -140,9 +140,18 @@ class Requirement:
     names: tuple[str, ...]  # the hypers the conditions read, in order of first use
     line: int = 0
 
+    @property
+    def per_parameter(self) -> bool:
+        """Whether the conditions read a parameter's facts (`w.ndim == 2`): then they are
+        checked for each parameter, when it is added to the optimizer."""
+        from optdsl.ir.ops import PARAM_FACTS
+
+        return any(eq.op in PARAM_FACTS for eq in self.graph.eqs)
+
     def holds(self, values: dict[str, float]) -> bool:
-        """Whether every condition holds for these hyper values (NaN makes it fail)."""
-        from optdsl.ir.ops import OPS
+        """Whether every condition holds for these hyper values (and a parameter's facts,
+        for a per-parameter requirement; NaN makes it fail)."""
+        from optdsl.ir.ops import OPS, PARAM_FACTS
 
         results: list = []
         with np.errstate(all="ignore"):
@@ -151,6 +160,8 @@ class Requirement:
                     results.append(np.float64(eq.attr))
                 elif eq.op == "hyper":
                     results.append(np.float64(values[eq.attr]))
+                elif eq.op in PARAM_FACTS:
+                    results.append(np.float64(values[eq.op]))
                 else:
                     results.append(OPS[eq.op].meaning(*[results[a] for a in eq.args]))
         return all(bool(results[v]) for _, v in self.graph.outputs)

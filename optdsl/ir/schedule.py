@@ -189,7 +189,7 @@ def _sweeps(graph: Graph, time: list[int], library: frozenset[int], final_time: 
             stored[v] = p
         roots = roots + handed
 
-        def needed() -> list[int]:
+        def needed(roots=roots, p=p) -> list[int]:
             reach = graph.ancestors(roots, lambda v: not is_tensor(v) or v in library
                                     or (v in stored and stored[v] < p))
             return sorted(v for v in reach if is_tensor(v))

@@ -31,6 +31,8 @@ PROGRAMS = {
     "SGDClip": "sgd_clip.opt",
     "AdamWClip": "adamw_clip.opt",
     "SGDClipPerTensor": "sgd_clip_tensor.opt",
+    "Muon": "muon.opt",
+    "Adafactor": "adafactor.opt",
 }
 
 # torch.optim.Adam (and AdamW) refuse Tensor-valued lr and betas in some combinations

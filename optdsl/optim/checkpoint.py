@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from optdsl.optim import hypers as hyper_values
+from optdsl.optim import step_checks
 from optdsl.optim import precision
 
 
@@ -84,17 +85,17 @@ def validate(opt, state_dict: Any) -> None:
                              f"{len(saved['params'])} parameters in the checkpoint, "
                              f"{len(group['params'])} here)")
     for number, (group, saved) in enumerate(zip(groups, saved_groups)):
-        required = _required_keys(opt, saved, number)
         for index, (saved_id, param) in enumerate(zip(saved["params"], group["params"])):
             entry = saved_state.get(saved_id)
             if entry is not None:
+                required = _required_keys(opt, saved, number, param)
                 _check_entry(opt, entry, param, required,
                              f"parameter {index} of param group {number}")
 
 
-def _required_keys(opt, saved: Mapping, number: int) -> frozenset[str]:
+def _required_keys(opt, saved: Mapping, number: int, param: torch.Tensor) -> frozenset[str]:
     """The state keys a parameter of this saved group must have: the tensor states its
-    step uses, and every scalar state."""
+    step uses (which may depend on the parameter's shape), and every scalar state."""
     program = opt.program
     values = dict(saved)
     for name, spec in program.hypers.items():
@@ -106,7 +107,8 @@ def _required_keys(opt, saved: Mapping, number: int) -> frozenset[str]:
         raise KeyError(f"param group {number} of the checkpoint: {exc.args[0]}") from None
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{exc} (param group {number} of the checkpoint)") from None
-    variant = program.variant(hyper)
+    facts = step_checks.param_facts(param) if program.param_flags else None
+    variant = program.variant(hyper, facts=facts)
     scalar_keys = {s.key for s in program.states.values() if not s.tensor}
     return frozenset(variant.required_keys) | scalar_keys
 
@@ -136,7 +138,8 @@ def _check_entry(opt, entry: Any, param: torch.Tensor, required: frozenset[str],
                        f"updates), which {name}'s step uses")
     for spec in specs:
         if spec.key in entry:
-            _check_value(entry[spec.key], param, spec.tensor, f"state[{spec.key!r}] of {where}")
+            _check_value(entry[spec.key], param, spec.tensor, f"state[{spec.key!r}] of {where}",
+                         spec.shape_of(tuple(param.shape)) if spec.per else None)
     if precision.MASTER_KEY in entry:
         _check_value(entry[precision.MASTER_KEY], param, True,
                      f"state[{precision.MASTER_KEY!r}] of {where}")
@@ -160,16 +163,21 @@ def _one_number(value: Any, what: str) -> float:
     raise TypeError(f"{what} in the checkpoint must be a number, got {type(value).__name__}")
 
 
-def _check_value(value: Any, param: torch.Tensor, tensor: bool, what: str) -> None:
+def _check_value(value: Any, param: torch.Tensor, tensor: bool, what: str,
+                 shape: tuple | None = None) -> None:
+    """A state's value: one number, or a tensor of the parameter's shape (of ``shape``: a
+    row or column statistic's)."""
     if not tensor:
         _one_number(value, what)
         return
     if not torch.is_tensor(value):
         raise TypeError(f"{what} in the checkpoint must be a tensor, got "
                         f"{type(value).__name__}")
-    if value.shape != param.shape:
-        raise ValueError(f"{what} in the checkpoint has shape {tuple(value.shape)}, but the "
-                         f"parameter has shape {tuple(param.shape)}")
+    want = tuple(param.shape) if shape is None else tuple(shape)
+    if tuple(value.shape) != want:
+        whose = "the parameter has" if shape is None else "it must have"
+        raise ValueError(f"{what} in the checkpoint has shape {tuple(value.shape)}, but "
+                         f"{whose} shape {want}")
     if not value.is_floating_point() or value.is_complex():
         raise ValueError(f"{what} in the checkpoint has dtype {value.dtype}; states are "
                          f"real floating-point tensors")

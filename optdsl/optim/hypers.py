@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ assert tuple(TORCH_FLAGS) == TORCH_FLAG_NAMES
 # torch.optim's words for an out-of-range value of these hypers (all its optimizers share
 # them); any other hyper gets torch's general form, "Invalid <name> value: <value>".
 _TORCH_WORDING = {"lr": "Invalid learning rate: {value}", "eps": "Invalid epsilon value: {value}"}
+# torch's words for a value that is not one of a choice's (Muon's adjust_lr_fn)
+_CHOICE_WORDING = {"adjust_lr_fn": "Adjust learning rate function {value} is not supported"}
 
 
 def shown(value: Any) -> str:
@@ -138,9 +141,22 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
     given: dict[str, Any] = {}
     scalar_values = scalars(specs, values, given)  # validate now, at construction
     for requirement in requirements:
-        if not requirement.holds(scalar_values):
+        if not requirement.per_parameter and not requirement.holds(scalar_values):
             raise ValueError(_unmet(requirement, given))
     return values
+
+
+def check_parameter(requirements: Iterable[Requirement], specs: Mapping[str, HyperSpec],
+                    group: Mapping[str, Any], facts: Mapping[str, float], size) -> None:
+    """The per-parameter requirements (those reading `w.ndim` ...) for one parameter."""
+    checks = [r for r in requirements if r.per_parameter]
+    if not checks:
+        return
+    given: dict[str, Any] = {}
+    values = {**scalars(specs, group, given), **facts}
+    for requirement in checks:
+        if not requirement.holds(values):
+            raise ValueError(_unmet(requirement, given, size))
 
 
 def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
@@ -188,8 +204,8 @@ def _choice_index(spec: HyperSpec, value: Any) -> float:
     if value in spec.choices and (value is None or isinstance(value, str)):
         return float(spec.choices.index(value))
     listed = ", ".join("None" if c is None else repr(c) for c in spec.choices)
-    raise ValueError(f"Invalid {spec.name}: {value!r} is not supported (hyper `{spec.name}` "
-                     f"is one of {listed})")
+    words = _CHOICE_WORDING.get(spec.name, f"Invalid {spec.name}: {{value}} is not supported")
+    raise ValueError(words.format(value=value) + f" (hyper `{spec.name}` is one of {listed})")
 
 
 def _absent(spec: HyperSpec, name: str, value: Any, out: dict, given: dict) -> bool:
@@ -214,10 +230,13 @@ def _singular(name: str) -> str:
     return name[:-1] if len(name) > 1 and name.endswith("s") else name
 
 
-def _unmet(requirement: Requirement, given: Mapping[str, Any]) -> str:
+def _unmet(requirement: Requirement, given: Mapping[str, Any], size=None) -> str:
     values = {name: shown(value) for name, value in given.items()}
     got = ", ".join(f"{name} = {values[name]}" for name in requirement.names)
+    if size is not None:
+        got = ", ".join(x for x in (got, f"a parameter of size {tuple(size)}") if x)
     condition = f"requires {requirement.text}; got {got}"
     if requirement.message is None:
         return f"Invalid hyper values: this optimizer {condition}"
-    return f"{requirement.message.format(**values)} (this optimizer {condition})"
+    shape = types.SimpleNamespace(shape=size)
+    return f"{requirement.message.format(**values, w=shape)} (this optimizer {condition})"

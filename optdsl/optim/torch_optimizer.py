@@ -105,6 +105,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                                 f"{p.dtype}")
         # bad per-group values fail here
         hyper_values.scalars(self.program.hypers, group)
+        for p in group["params"]:  # requirements on each parameter (`w.ndim == 2`)
+            hyper_values.check_parameter(self.program.requirements, self.program.hypers,
+                                         group, step_checks.param_facts(p), p.size())
         if getattr(self, "_backend_request", None) is not None and self._backend is not None:
             self._choose_backend()
 

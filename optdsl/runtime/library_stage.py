@@ -24,17 +24,11 @@ def machine_eps(dtype: torch.dtype) -> float:
 
 
 def as_tensor(x, shape) -> torch.Tensor:
-    """A column (a flat NumPy array or a torch tensor) in the parameter's shape."""
+    """A parameter-shaped column (a flat NumPy array or a torch tensor) in the parameter's
+    shape."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
-    return x.view(shape) if x.numel() == _numel(shape) else x
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return x.view(shape)
 
 
 def commit(slots: Sequence[ParamSlot], states: Sequence[dict],

@@ -114,6 +114,7 @@ class NumpyRunner:
         self.program = program
         self.backend = backend  # whose generated modules it runs (a NumPy-style back end)
         self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
+        self.shaped_keys = frozenset(s.key for s in program.states.values() if s.per)
         self._scratch: dict[np.dtype, list[np.ndarray]] = {}
         self._masks: list[np.ndarray] = []
         self._views: dict[int, _Views] = {}  # id(param) -> its kept slot
@@ -241,13 +242,13 @@ class NumpyRunner:
         n = slot.arrays[0].shape[0]
         out = []
         for c, array in enumerate(slot.arrays[:len(module.columns)]):
-            if array is not None and array.shape[0] == n:
-                out.append(as_tensor(array, slot.shape))
-            elif state is not None and 2 <= c < 2 + len(keys):  # a shaped state
-                value = state[keys[c - 2]]
-                out.append(value.to(torch.from_numpy(slot.arrays[0][:0]).dtype))
-            else:
+            key = keys[c - 2] if 2 <= c < 2 + len(keys) else None
+            if key in self.shaped_keys and state is not None:  # a row or column state
+                out.append(state[key].to(torch.from_numpy(slot.arrays[0][:0]).dtype))
+            elif array is None or array.shape[0] != n:  # (a state this step does not use)
                 out.append(None)
+            else:
+                out.append(as_tensor(array, slot.shape))
         return out
 
     def _write_back(self, entries: list[Entry], slots: list[NumpySlot], written: list,

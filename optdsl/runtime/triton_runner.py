@@ -48,6 +48,7 @@ from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.codegen.triton import dtype_param
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.runtime import select
+from optdsl.runtime.library_stage import commit, machine_eps
 from optdsl.runtime.rounding import derive_seed
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
@@ -114,6 +115,7 @@ class _Plan:
         self.writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.numel: list[int] = []
         self.keep: list[torch.Tensor] = []  # staged copies the pointer table points into
+        self.scratch: dict[int, list[torch.Tensor]] = {}  # per entry: its scratch tensors
 
 
 def _usable(t: torch.Tensor, device: torch.device, tl_types: dict) -> bool:
@@ -138,6 +140,8 @@ class TritonRunner:
         self.block = block
         self.num_warps = 4 if block <= 1024 else 8
         self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
+        # row/column statistics: read and written by library stages only (no column)
+        self.shaped_keys = frozenset(s.key for s in program.states.values() if s.per)
         self._plans: OrderedDict = OrderedDict()
         self._blocks: OrderedDict = OrderedDict()
         self._busy = OneStepAtATime()
@@ -164,24 +168,44 @@ class TritonRunner:
             variant.check_states(state)
             states = [None if is_tensor else np.float64(float(state[key]))
                       for key, is_tensor in self.state_keys]
-            slots.append(ParamSlot(float(t), states, module.num_reductions))
+            slot = ParamSlot(float(t), states, module.num_reductions)
+            slot.set_facts(tuple(param.shape), machine_eps(param.dtype))
+            slots.append(slot)
         plan = self._plan(module, entries, tensor_keys,
                           options.copies or [None] * len(entries))
 
         def run_sweep(k: int, params) -> list | None:
             return self._launch(module, plan, k, params, options.rounding_seed)
 
+        def run_library(k: int, params) -> None:
+            for i, p in enumerate(params):
+                p.tensors = self._library_tensors(module, entries[i], plan, i, tensor_keys)
+            module.libraries[k].function(params)
+
         ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
-                          plan.numel, options.combine)
+                          plan.numel, options.combine, run_library)
         module.step(ctx, slots)
         for original, staged in plan.writeback:
             original.copy_(staged)
+        if module.libraries:
+            commit(slots, [entry.state for entry in entries], self.state_keys)
         for entry, slot in zip(entries, slots):
             for (key, is_tensor), value in zip(self.state_keys, slot.states):
                 if not is_tensor:
                     # through a float64 tensor: a float32 state overflows to inf (fill_ of
                     # a Python float too large for the state's dtype raises)
                     entry.state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
+
+    def _library_tensors(self, module: GeneratedModule, entry: Entry, plan: _Plan,
+                         index: int, tensor_keys: list[str]) -> list:
+        """A library stage's view of a parameter's columns, in the compute dtype."""
+        param = entry.param.detach()
+        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+        out = [param.to(compute), entry.grad.detach().to(compute)]
+        for key in tensor_keys:
+            value = entry.state.get(key)
+            out.append(None if value is None else value.detach().to(compute))
+        return out + list(plan.scratch.get(index, ()))
 
     # -- tables --------------------------------------------------------------------------------
     def _plan(self, module: GeneratedModule, entries: list, tensor_keys: list[str],
@@ -196,7 +220,8 @@ class TritonRunner:
             n = param.numel()
             device = param.device
             add((n, device, copy is not None))
-            tensors = [param, grad] + [state.get(key) for key in tensor_keys]
+            tensors = [param, grad] + [None if key in self.shaped_keys else state.get(key)
+                                       for key in tensor_keys]
             if copy is not None:
                 tensors.append(copy)
             for i, x in enumerate(tensors):
@@ -237,11 +262,13 @@ class TritonRunner:
                 continue
             device = param.device
             used = []
-            tensors = [param, grad] + [state.get(key) for key in tensor_keys]
+            tensors = [param, grad] + [None if key in self.shaped_keys else state.get(key)
+                                       for key in tensor_keys]
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            scratch = [torch.empty(param.numel(), dtype=compute, device=device)
-                       for _ in module.scratch]  # values stored between sweeps
+            scratch = [torch.empty(param.shape, dtype=compute, device=device)
+                       for _ in module.scratch]  # values stored between stages
             plan.keep.extend(scratch)
+            plan.scratch[index] = scratch
             for j, x in enumerate(tensors + scratch + ([] if copy is None else [copy])):
                 if x is None:
                     used.append(None)

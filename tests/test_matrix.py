@@ -1,0 +1,309 @@
+"""Matrix-shaped optimizers: the Muon and Adafactor twins against torch.optim on every back
+end, checkpoints both ways, and the language's shapes (matrix products, transposes, row and
+column statistics, repeat, choices and optional hypers) with their positioned errors.
+
+Tolerances: Muon's Newton-Schulz runs in torch's own bfloat16 matrix products on every back
+end; only the element-wise momentum rounds differently (torch's lerp uses a fused
+multiply-add, ours rounds twice), by a float32 ulp. Where that ulp moves a bfloat16 rounding
+of Newton-Schulz's input, that element of one step's update differs by a bfloat16 ulp (0.4%
+of lr * ratio). So one step from the same state agrees to two bfloat16 ulps of lr * ratio,
+and 30 steps stay within 2e-3 relative. Adafactor agrees to float32 (float64) rounding: the per-tensor norms are
+summed in float64 here, in float32 by torch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import optdsl
+from optdsl import library
+
+BACKENDS = ["numpy", "triton"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch, tmp_path):
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path / "cache"))
+    return request.param
+
+
+def _pair(shapes, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ours = [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    return ours, theirs
+
+
+def _train(ours, theirs, opt, ref, steps, seed=1, skip=None):
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            if skip is not None and i == skip:
+                p.grad = q.grad = None  # a parameter without a gradient
+                continue
+            g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+
+
+def _close(ours, theirs, rtol):
+    for p, q in zip(ours, theirs):
+        scale = float(q.detach().abs().max()) or 1.0
+        assert float((p.detach() - q.detach()).abs().max()) <= rtol * scale, \
+            float((p.detach() - q.detach()).abs().max()) / scale
+
+
+MUON_CASES = [
+    {},
+    {"nesterov": False},
+    {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
+    {"adjust_lr_fn": "original", "momentum": 0.9, "ns_steps": 3},
+]
+
+
+@pytest.mark.parametrize("kwargs", MUON_CASES, ids=lambda k: ",".join(k) or "default")
+def test_muon_follows_torch(backend, kwargs):
+    shapes = [(16, 32), (48, 8), (5, 5), (20, 12)]
+    ours, theirs = _pair(shapes)
+    groups = [{"params": ours[:2]}, {"params": ours[2:], "lr": 0.01}]
+    ref_groups = [{"params": theirs[:2]}, {"params": theirs[2:], "lr": 0.01}]
+    opt = library.Muon(groups, lr=0.02, backend=backend, **kwargs)
+    ref = torch.optim.Muon(ref_groups, lr=0.02, **kwargs)
+    _train(ours, theirs, opt, ref, 30, skip=3)
+    _close(ours, theirs, 2e-3)
+    assert set(opt.state[ours[0]]) == {"step", "momentum_buffer"}
+
+
+def test_muon_one_step_from_the_same_state_is_within_bf16_rounding(backend):
+    import copy
+    import math
+
+    shapes = [(16, 32), (48, 8), (5, 5)]
+    ours, theirs = _pair(shapes)
+    opt = library.Muon(ours, lr=0.02, backend=backend)
+    ref = torch.optim.Muon(theirs, lr=0.02)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+        for p, q in zip(ours, theirs):
+            p.data.copy_(q.detach())
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        for p, q in zip(ours, theirs):
+            rows, cols = p.shape
+            bound = 2 ** -7 * 0.02 * math.sqrt(max(1, rows / cols)) + 1e-6
+            assert float((p - q).detach().abs().max()) <= bound
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-6), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.1, "maximize": True},
+                                    {"eps": (1e-20, 1e-3), "d": 2.0, "beta2_decay": -0.5}],
+                         ids=["default", "wd-maximize", "eps-d"])
+def test_adafactor_follows_torch(backend, dtype, rtol, kwargs):
+    shapes = [(16, 32), (48, 8), (7,), (3, 5, 6), (1,)]
+    ours, theirs = _pair(shapes, dtype)
+    groups = [{"params": ours[:3]}, {"params": ours[3:], "lr": 0.02}]
+    ref_groups = [{"params": theirs[:3]}, {"params": theirs[3:], "lr": 0.02}]
+    opt = library.Adafactor(groups, backend=backend, **kwargs)
+    ref = torch.optim.Adafactor(ref_groups, **kwargs)
+    _train(ours, theirs, opt, ref, 30, skip=1)
+    _close(ours, theirs, rtol)
+    state = opt.state_dict()["state"]
+    ref_state = ref.state_dict()["state"]
+    for index in ref_state:
+        assert set(state[index]) == set(ref_state[index]), index
+        for key, value in ref_state[index].items():
+            torch.testing.assert_close(state[index][key].to(value.dtype), value,
+                                       rtol=10 * rtol, atol=10 * rtol * float(value.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["Muon", "Adafactor"])
+def test_checkpoints_move_both_ways(name):
+    shapes = [(8, 12), (6,)] if name == "Adafactor" else [(8, 12), (12, 4)]
+    ours, theirs = _pair(shapes)
+    twin = getattr(library, name)(ours, lr=0.01)
+    ref = getattr(torch.optim, name)(theirs, lr=0.01)
+    _train(ours, theirs, twin, ref, 3)
+    # torch's checkpoint into the twin, and the twin's into torch: both continue alike
+    twin.load_state_dict(copy.deepcopy(ref.state_dict()))  # (as torch.save and load would)
+    for p, q in zip(ours, theirs):
+        p.data.copy_(q.detach())
+    other = getattr(torch.optim, name)([q.detach().clone().requires_grad_() for q in theirs],
+                                       lr=0.01)
+    other.load_state_dict(copy.deepcopy(twin.state_dict()))
+    copies = [p for g in other.param_groups for p in g["params"]]
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        for p, q, c in zip(ours, theirs, copies):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad, c.grad = g.clone(), g.clone(), g.clone()
+        twin.step()
+        ref.step()
+        other.step()
+    _close(ours, theirs, 1e-5)
+    _close(copies, theirs, 1e-5)
+
+
+def test_muon_and_adamw_in_one_step():
+    """Muon for the 2-D hidden weights, AdamW for the rest: two optimizers, one model."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    others = [p for p in model.parameters() if p.ndim != 2]
+    muon, adamw = library.Muon(matrices, lr=0.02), library.AdamW(others, lr=1e-3)
+    x, y = torch.randn(32, 8), torch.randn(32, 4)
+    first = None
+    for _ in range(20):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else loss.item()
+        muon.zero_grad()
+        adamw.zero_grad()
+        loss.backward()
+        muon.step()
+        adamw.step()
+    assert float(loss) < first
+
+
+def test_both_backends_agree_on_matrix_work(monkeypatch, tmp_path):
+    results = []
+    for backend in BACKENDS:
+        if backend == "triton":
+            pytest.importorskip("triton")
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+            monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path / "cache"))
+        ours, _ = _pair([(9, 14), (14, 3)])
+        opt = library.Muon(ours, lr=0.05, backend=backend)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(5):
+            for p in ours:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        results.append([p.detach().clone() for p in ours])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+# -- the language --------------------------------------------------------------------------------
+
+def _step(source, w, g, backend="numpy", **hypers):
+    p = torch.tensor(w)
+    p.grad = torch.tensor(g)
+    optdsl.compile(source).optimizer([p], backend=backend, **hypers).step()
+    return p.numpy()
+
+
+def test_row_and_column_statistics(backend):
+    rng = np.random.default_rng(0)
+    w, g = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    source = ("w = w - 0.1 * (g - rowmean(g)) * colsum(g) + rownorm(g) @ colnorm(g) * 0.01"
+              " - transpose(transpose(g)) * 0.001")
+    want = w - 0.1 * (g - g.mean(-1, keepdims=True)) * g.sum(-2, keepdims=True) \
+        + np.sqrt((g * g).sum(-1, keepdims=True)) @ np.sqrt((g * g).sum(-2, keepdims=True)) \
+        * 0.01 - g * 0.001
+    np.testing.assert_allclose(_step(source, w, g, backend), want, rtol=1e-12)
+
+
+def test_states_per_row_and_per_column(backend):
+    source = ("state r = 0 per row as rows_seen\nstate c = 0 per col\n"
+              "r = r + rowsum(g)\nc = c + colsum(g)\nw = w - 0.1 * (r @ c)")
+    prog = optdsl.compile(source)
+    p = torch.ones(3, 4, dtype=torch.float64)
+    opt = prog.optimizer([p], backend=backend)
+    for _ in range(2):
+        p.grad = torch.ones(3, 4, dtype=torch.float64)
+        opt.step()
+    assert opt.state[p]["rows_seen"].shape == (3, 1)
+    assert opt.state[p]["c"].shape == (1, 4)
+    assert torch.equal(opt.state[p]["rows_seen"], torch.full((3, 1), 8.0, dtype=torch.float64))
+    # 1 - 0.1 * (4 * 3) after the first step; then - 0.1 * (8 * 6)
+    assert torch.allclose(p, torch.full((3, 4), 1 - 1.2 - 4.8, dtype=torch.float64))
+
+
+def test_repeat_runs_its_body_a_fixed_number_of_times():
+    prog = optdsl.compile("hyper n = 3\nx = g\nrepeat n\n  x *= 2\nend\nrepeat 2\n  x += 1\n"
+                          "end\nw = w - x")
+    for n, want in ((3, 1 - (8 + 2)), (0, 1 - 3), (5, 1 - (32 + 2))):
+        p = torch.ones(2, dtype=torch.float64)
+        p.grad = torch.ones(2, dtype=torch.float64)
+        prog.optimizer([p], n=n).step()
+        assert p.tolist() == [want, want], n
+    with pytest.raises(ValueError, match="whole number"):
+        p = torch.ones(2)
+        p.grad = torch.ones(2)
+        prog.optimizer([p], n=2.5).step()
+
+
+def test_choices_and_optional_hypers():
+    source = ('hyper mode = "plain" in {None, "plain", "double"}\nhyper e = (e1 = None, e2 = 1)\n'
+              'k = where(mode == "double", 2, where(mode == None, 3, 1))\n'
+              'w = w - k * where(e1 == None, e2, e1) * g')
+    prog = optdsl.compile(source)
+    assert prog.hypers["mode"].choices == (None, "plain", "double")
+    for kwargs, want in (({}, 1 - 1), ({"mode": "double"}, 1 - 2), ({"mode": None}, 1 - 3),
+                         ({"e": (0.5, 1)}, 1 - 0.5)):
+        p = torch.ones(1, dtype=torch.float64)
+        p.grad = torch.ones(1, dtype=torch.float64)
+        prog.optimizer([p], **kwargs).step()
+        assert p.item() == want, kwargs
+    with pytest.raises(ValueError, match="is not supported"):
+        prog.optimizer([torch.zeros(1)], mode="triple")
+
+
+def test_a_matrix_program_on_a_vector_is_refused_naming_the_parameter():
+    prog = optdsl.compile("w = w - 0.1 * rowmean(g) @ colmean(g)")
+    p, q = torch.zeros(3, 3), torch.zeros(4)
+    opt = prog.optimizer([p, q])
+    p.grad, q.grad = torch.ones(3, 3), torch.ones(4)
+    with pytest.raises(ValueError, match=r"parameter 1 of param group 0 has shape \(4,\)"):
+        opt.step()
+    assert torch.equal(p, torch.zeros(3, 3))  # nothing written
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        library.Muon([torch.zeros(4)])
+
+
+@pytest.mark.parametrize("source,caret,message", [
+    ("w = w - rowmean(g) @ rowmean(g)", "rowmean(g) @ rowmean(g)", "matrix product"),
+    ("w = rowmean(g)", "rowmean(g)", "(rows x 1)"),
+    ("w = w - transpose(g) * g", "transpose(g) * g", "broadcast"),
+    ("w = w - 2 @ g", "2 @ g", "not scalars"),
+    ("w = w - unwide(g)", "unwide(g)", "what wide() gives"),
+    ("x = wide(g)\nw = w - x", "w - x", "do not broadcast"),
+    ("state r = 0 per row\nr = g\nw = w - r", "g", "(rows x 1)"),
+    ("state m = 0\nm = colsum(g)\nw = w - m", "colsum(g)", "per col"),
+    ("w = w - global_norm(g @ transpose(g) @ g) * g",
+     "global_norm(g @ transpose(g) @ g)", "one parameter at a time"),
+    ("w = w - global_norm(transpose(g) @ g) * g", "global_norm(transpose(g) @ g)",
+     "not (cols x cols)"),
+    ('hyper m = "a" in {"a", "b"}\nw = w - m * g', "m", "is a choice"),
+    ('hyper m = "c" in {"a", "b"}\nw = w', '"c"', "must be one of"),
+    ('hyper m = "a" in {"a", "b"}\nw = where(m == "z", w, g)', '"z"', "never"),
+    ('hyper lr = 1\nw = where(lr == "z", w, g)', "lr", "only a choice hyper"),
+    ("hyper k = 2.5\nrepeat k\n  w = w\nend\nw = w - g", "k", "whole number"),
+    ("repeat t\n  w = w\nend\nw = w - g", "t", "`repeat` takes"),
+    ("x = g\nrepeat 2\n  x = x * 2\nw = w - x", "", "no `end`"),
+    ("w = w - w.foo * g", "foo", "facts"),
+])
+def test_shape_and_construct_mistakes_are_positioned(source, caret, message):
+    with pytest.raises(optdsl.DslError) as info:
+        optdsl.compile(source)
+    err = info.value
+    assert message in err.message, str(err)
+    if caret:
+        line = source.split("\n")[err.line - 1]
+        assert line[err.column - 1:].startswith(caret), str(err)
+
+
+def test_the_library_stage_is_generated_torch_code():
+    source = library.program("Muon").source("numpy")
+    assert "torch.addmm" in source or "_addmm(" in source
+    assert "def library0(params):" in source and "LIBRARIES = (" in source
+    assert library.program("Muon").source("triton").count("def library0(params):") == 1
