@@ -9,6 +9,7 @@ DSL optimizer is an ordinary ``torch.optim.Optimizer`` whose ``lr`` is a param-g
     python examples/train_transformer.py                                   # AdamW (bundled)
     python examples/train_transformer.py --optimizer examples/adabelief.opt
     python examples/train_transformer.py --optimizer Lion --lr 3e-4
+    python examples/train_transformer.py --muon                            # Muon + AdamW
     python examples/train_transformer.py --optimizer examples/momentum.opt --lr 0.05 --hyper a=0.9
     python examples/train_transformer.py --device cuda --backend triton    # on a GPU
     python examples/train_transformer.py --bf16 --master-weights           # bf16 model
@@ -32,6 +33,7 @@ from torch import nn
 
 import optdsl
 from optdsl import library
+from optdsl.optim.grouped import GroupedOptimizer
 
 
 # -- the task -------------------------------------------------------------------------------------
@@ -99,6 +101,23 @@ def make_optimizer(prog: optdsl.Program, model: nn.Module, lr: float, weight_dec
     return prog.optimizer(groups, lr=lr, backend=backend, **hypers)
 
 
+def make_muon_optimizer(model: nn.Module, lr: float, muon_lr: float, weight_decay: float,
+                        backend: str, **hypers) -> torch.optim.Optimizer:
+    """Muon as it is used: for the 2-D weights of the hidden layers (the encoder's), with
+    AdamW for the embeddings, the read-out head, biases and norms; one optimizer object
+    (GroupedOptimizer: one program per param group). ``hypers`` go to Muon."""
+    hidden = [p for name, p in model.named_parameters()
+              if name.startswith("encoder.") and p.dim() == 2]
+    ids = {id(p) for p in hidden}
+    others = [p for p in model.parameters() if id(p) not in ids]
+    return GroupedOptimizer([
+        {"params": hidden, "optimizer": library.Muon, "lr": muon_lr,
+         "weight_decay": weight_decay, "backend": backend, **hypers},
+        {"params": others, "optimizer": library.AdamW, "lr": lr, "weight_decay": 0.0,
+         "backend": backend},
+    ])
+
+
 def make_scheduler(opt: torch.optim.Optimizer, kind: str, steps: int, lr: float):
     if kind == "onecycle":
         # OneCycleLR also cycles beta1 (or momentum) when the optimizer has one
@@ -140,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizer", default="AdamW",
                         help="a bundled optimizer (AdamW, Adam, Lion, ...) or a .opt file")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--muon", action="store_true",
+                        help="Muon for the hidden layers' matrices and AdamW (--lr) for the "
+                             "rest, in one optimizer; --hyper then goes to Muon")
+    parser.add_argument("--muon-lr", type=float, default=0.02,
+                        help="Muon's peak learning rate with --muon (default 0.02)")
     parser.add_argument("--weight-decay", type=float, default=0.01,
                         help="for the weight matrices, if the optimizer has weight_decay")
     parser.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
@@ -183,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.bf16:
         model = model.to(torch.bfloat16)
     try:
-        prog = load_optimizer_program(args.optimizer)
-        opt = make_optimizer(prog, model, args.lr, args.weight_decay, args.backend,
-                             **parse_hypers(args.hyper), **precision_options(args))
+        if args.muon:
+            opt = make_muon_optimizer(model, args.lr, args.muon_lr, args.weight_decay,
+                                      args.backend, **parse_hypers(args.hyper),
+                                      **precision_options(args))
+            title = "Muon + AdamW"
+        else:
+            prog = load_optimizer_program(args.optimizer)
+            opt = make_optimizer(prog, model, args.lr, args.weight_decay, args.backend,
+                                 **parse_hypers(args.hyper), **precision_options(args))
+            title = prog.name
     except (optdsl.DslError, ValueError, TypeError, RuntimeError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -196,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         name for name, on in (("master weights", args.master_weights),
                               ("stochastic rounding", args.stochastic_rounding)) if on] + (
         [f"{args.state_dtype} state"] if args.state_dtype else []))
-    print(f"{prog.name} ({args.backend} backend) on {device}, {args.schedule} schedule, "
+    print(f"{title} ({args.backend} backend) on {device}, {args.schedule} schedule, "
           f"{n_params} parameters ({precision}), {args.steps} steps")
 
     bounds = [round(args.steps * (e + 1) / args.epochs) for e in range(args.epochs)]

@@ -71,3 +71,18 @@ def test_generated_excerpts_are_what_the_compiler_generates(path: Path) -> None:
 
 def test_how_it_works_shows_generated_code() -> None:
     assert len(GENERATED.findall((ROOT / "docs" / "how-it-works.md").read_text())) >= 4
+
+
+def test_no_merge_conflict_markers_in_the_tree() -> None:
+    """A merge left `<<<<<<< HEAD` blocks in docs/how-it-works.md once; no text file of the
+    project may hold one."""
+    markers = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    found = []
+    for path in ROOT.rglob("*"):
+        if any(part.startswith(".") or part in ("build", "dist") or part.endswith(".egg-info")
+               for part in path.relative_to(ROOT).parts):
+            continue
+        if path.suffix in (".md", ".py", ".opt", ".lark", ".toml", ".txt") and path.is_file():
+            if markers.search(path.read_text(encoding="utf-8", errors="replace")):
+                found.append(str(path.relative_to(ROOT)))
+    assert not found, found
