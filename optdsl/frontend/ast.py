@@ -111,7 +111,19 @@ class Require:
     span: Span
 
 
-Statement = Header | HyperDecl | StateDecl | Require | Assign
+@dataclass(frozen=True)
+class Sparse:
+    """``sparse``, ``sparse only [, "message"]`` or ``sparse require c1, c2 [, "message"]``:
+    the program takes sparse gradients (only, or when the conditions on hypers hold)."""
+
+    only: bool
+    conditions: tuple[Expr, ...]
+    message: str | None
+    message_span: Span | None
+    span: Span
+
+
+Statement = Header | HyperDecl | StateDecl | Require | Sparse | Assign
 
 
 @dataclass(frozen=True)

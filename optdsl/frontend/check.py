@@ -11,7 +11,7 @@ fixed point (assume scalar, lower, widen the states that received a tensor, repe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from optdsl.frontend.signature import (
     Requirement,
     StateSpec,
 )
+from optdsl.frontend.sparse import SparseRule, lower_sparse
 from optdsl.ir.builder import Builder, pruned
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import (
@@ -55,6 +56,7 @@ class Checked:
     states: dict[str, StateSpec]
     graph: Graph
     requirements: tuple[Requirement, ...] = ()
+    sparse: SparseRule = field(default_factory=SparseRule)
 
 
 class _Checker:
@@ -68,6 +70,7 @@ class _Checker:
         self.inferred_states: dict[str, Span] = {}
         self.assigns: list[ast.Assign] = []
         self.requires: list[ast.Require] = []
+        self.sparse: list[ast.Sparse] = []
 
     def error(self, message: str, span: Span | None) -> DslError:
         return DslError(message, span or Span(1, 1), filename=self.module.filename,
@@ -88,6 +91,8 @@ class _Checker:
                     self.declare_state(item)
             elif isinstance(stmt, ast.Require):
                 self.requires.append(stmt)
+            elif isinstance(stmt, ast.Sparse):
+                self.sparse.append(stmt)
             else:
                 self.assigns.append(stmt)
 
@@ -436,6 +441,7 @@ def check(module: ast.Module) -> Checked:
     graph, tensor_state = checker.lower()
     states = checker.state_specs(tensor_state)
     requirements = tuple(lower_requirement(checker, stmt) for stmt in checker.requires)
+    sparse = lower_sparse(checker, checker.sparse, graph)
     header = checker.header
     return Checked(header.name if header else None, header.description if header else None,
-                   checker.hypers, states, graph, requirements)
+                   checker.hypers, states, graph, requirements, sparse)

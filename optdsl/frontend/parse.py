@@ -49,6 +49,8 @@ _TERMINAL_WORDS = {
     "HYPER": "`hyper`",
     "STATE": "`state`",
     "REQUIRE": "`require`",
+    "SPARSE": "`sparse`",
+    "_ONLY": "`only`",
 }
 
 
