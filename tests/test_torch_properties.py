@@ -79,6 +79,7 @@ CONFIGS: dict[str, list[dict]] = {
     "SGDClip": [{}, {"momentum": 0.9, "nesterov": True, "max_norm": 0.5}],
     "AdamWClip": [{}, {"max_norm": 0.5}],
     "SGDClipPerTensor": [{}, {"momentum": 0.9, "max_norm": 0.5}],
+    "ASGD": [{}, {"lambd": 0.1, "t0": 1, "weight_decay": 0.1, "maximize": True}],
 }
 assert set(CONFIGS) == set(ALL), "every bundled optimizer needs CONFIGS"
 
@@ -443,6 +444,8 @@ def _zero_wd(name: str, cfg: dict) -> dict:
     cfg = dict(cfg)
     if "weight_decay" in library.program(name).hypers:
         cfg["weight_decay"] = 0.0
+    if name == "ASGD":  # its decay w * (1 - lambd * eta) moves w without gradients too
+        cfg["lambd"] = 0.0
     return cfg
 
 

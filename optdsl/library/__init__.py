@@ -24,6 +24,7 @@ PROGRAMS = {
     "RAdam": "radam.opt",
     "Adadelta": "adadelta.opt",
     "Rprop": "rprop.opt",
+    "ASGD": "asgd.opt",
     "Lion": "lion.opt",
     "PolyakSGD": "polyak_sgd.opt",
     "LAMB": "lamb.opt",
