@@ -24,6 +24,7 @@ import torch
 from optdsl.optim import checkpoint, distributed, precision, step_checks
 from optdsl.optim import hypers as hyper_values
 from optdsl.runtime import backends
+from optdsl.runtime import sparse as sparse_rows
 from optdsl.runtime.step import Entry, StepOptions
 
 
@@ -325,7 +326,10 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             options.combine = combine
             if options.copies is not None:
                 options.copies = [distributed.local_tensor(c) for c in copies]
-        runner.run(plan.variant, entries, options)
+        if plan.sparse:  # the rows of sparse gradients, gathered and scattered back
+            sparse_rows.run(runner, plan.variant, entries, options, keys)
+        else:
+            runner.run(plan.variant, entries, options)
 
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
                     live: frozenset[str]) -> float:
