@@ -411,4 +411,9 @@ def test_other_sparse_gradients_are_refused():
     p.grad.data = embedding_grad([1], 3, 5)  # (autograd's own check is passed by)
     with pytest.raises(RuntimeError, match=r"shape \(5, 3\).*shape \(4, 3\)"):
         opt.step()
+    z = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+    opt = library.SGD([z], lr=0.1)
+    z.grad = torch.randn(4, 3, dtype=torch.complex64).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients of complex parameters"):
+        opt.step()
 

@@ -11,7 +11,8 @@ tensor state a parameter has (a tensor of the parameter's shape on its device). 
 optimizer then makes missing state, counts the updates and runs, in that order.
 
 Sparse (COO) gradients pass only where the program says ``sparse`` (and its ``sparse
-require`` conditions hold for the group), dense ones not where it says ``sparse only``.
+require`` conditions hold for the group), dense ones not where it says ``sparse only``;
+complex parameters take complex gradients (their steps run on torch.view_as_real views).
 
 This runs for every parameter at every step, so the usual case is a few attribute reads per
 gradient; a parameter's states are checked again only when its state dict, one of its
@@ -101,16 +102,17 @@ def check_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, index: in
     (this runs for every parameter at every step)."""
     shape = grad.shape
     if (grad.layout is not torch.strided or shape != param.shape or grad.dtype not in _REAL
-            or param.is_meta or grad.is_meta or grad.is_cuda != param.is_cuda
-            or grad.get_device() != param.get_device() or rule.only):
+            or param.dtype not in _REAL or param.is_meta or grad.is_meta
+            or grad.is_cuda != param.is_cuda or grad.get_device() != param.get_device()
+            or rule.only):
         _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
     return shape
 
 
 def _unusual_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: str,
                       fused: bool, rule: SparseRule) -> None:
-    """check_gradient's slow path: return for a sparse gradient the program takes; raise,
-    saying what is wrong, otherwise."""
+    """check_gradient's slow path: return for a sparse gradient the program takes and for
+    the complex gradient of a complex parameter; raise, saying what is wrong, otherwise."""
     if param.device.type == "meta":
         if fused:
             raise RuntimeError(f"`fused=True` requires all the params to be floating point "
@@ -124,10 +126,16 @@ def _unusual_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where:
     if rule.only:
         words = rule.dense_message or f"{name} does not support dense gradients"
         raise RuntimeError(f"{words} ({where})")
+    if (param.is_complex() and grad.dtype == param.dtype and grad.shape == param.shape
+            and grad.device == param.device):
+        return
     if grad.shape != param.shape:
         raise RuntimeError(f"the gradient of {where} has shape {tuple(grad.shape)}, but the "
                            f"parameter has shape {tuple(param.shape)}")
-    if grad.dtype not in _REAL:
+    if param.is_complex() and grad.dtype != param.dtype:
+        raise RuntimeError(f"the gradient of {where} has dtype {grad.dtype}; the gradient of a "
+                           f"{param.dtype} parameter has its dtype")
+    if grad.dtype not in _REAL and not param.is_complex():
         raise RuntimeError(f"the gradient of {where} has dtype {grad.dtype}; a gradient of a "
                            f"floating-point parameter is floating-point")
     raise RuntimeError(f"the gradient of {where} is on {grad.device}, but the parameter is on "
@@ -145,6 +153,9 @@ def check_sparse_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, wh
                            f"(torch.sparse_coo), but the gradient of {where} is {grad.layout}")
     if fused:
         raise RuntimeError(f"`fused=True` does not support sparse gradients ({where})")
+    if param.is_complex() or grad.is_complex():
+        raise RuntimeError(f"sparse gradients of complex parameters are not supported "
+                           f"({where})")
     if grad.shape != param.shape:
         raise RuntimeError(f"the gradient of {where} has shape {tuple(grad.shape)}, but the "
                            f"parameter has shape {tuple(param.shape)}")
@@ -177,6 +188,7 @@ def check_sparse_group(opt, group: dict, hyper: dict[str, float], number: int) -
 
 
 _REAL = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_COMPLEX = frozenset({torch.complex64, torch.complex128})
 
 
 def check_state(opt, param: torch.Tensor, state: dict, where: str) -> None:
@@ -203,8 +215,11 @@ def check_like_param(value: torch.Tensor, param: torch.Tensor, what: str) -> Non
     if value.shape != param.shape:
         raise RuntimeError(f"{what} has shape {tuple(value.shape)}, but the parameter has "
                            f"shape {tuple(param.shape)}")
-    if value.dtype not in _REAL:
+    if value.dtype not in _REAL and not (value.dtype in _COMPLEX and param.is_complex()):
         raise RuntimeError(f"{what} has dtype {value.dtype}; states are floating-point")
+    if param.is_complex() and not value.is_complex():
+        raise RuntimeError(f"{what} has dtype {value.dtype}; the states of a complex "
+                           f"parameter are complex")
     if value.device != param.device:
         raise RuntimeError(f"{what} is on {value.device}, but the parameter is on "
                            f"{param.device}")
