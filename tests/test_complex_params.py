@@ -7,7 +7,7 @@ groups with different hypers and the switches on, a parameter that misses its gr
 some steps; relative error 1e-10 (complex128) and 1e-5 (complex64) on the parameters and on
 every state, whose dtypes and shapes are torch's (complex). Also: checkpoints both ways, the
 Triton back end through its interpreter, state_dtype policies, a user program with a
-reduction, the refusals, and that the views are kept between steps.
+reduction, the refusals (SparseAdam, complex32), and that the views are kept between steps.
 """
 
 from __future__ import annotations
@@ -213,6 +213,11 @@ def test_a_reduction_sees_the_complex_tensor():
 
 
 def test_refusals():
+    with pytest.raises(ValueError, match=r"Complex params at indices \[\[0, 0\]\]: SparseAdam "
+                                         r"does not support complex parameters"):
+        library.SparseAdam([torch.rand(2, 3, dtype=torch.complex64)])
+    with pytest.raises(ValueError, match="SparseAdam does not support complex parameters"):
+        torch.optim.SparseAdam([torch.rand(2, 3, dtype=torch.complex64)])
     z = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     opt = library.Adam([z])
     z.grad = torch.randn(3, dtype=torch.complex64)

@@ -40,6 +40,8 @@ EXPECTED = {
                   {"prev": "prev", "step_size": "step_size"}),
     "asgd.opt": ("ASGD", ["lr", "lambd", "alpha", "t0", "weight_decay", "maximize"],
                  {"eta": "eta", "mu": "mu", "ax": "ax"}),
+    "sparse_adam.opt": ("SparseAdam", ["lr", "betas", "eps", "maximize"],
+                        {"m": "exp_avg", "v": "exp_avg_sq"}),
     "lion.opt": ("Lion", ["lr", "betas", "weight_decay", "maximize"], {"m": "exp_avg"}),
     "polyak_sgd.opt": ("PolyakSGD", ["lr", "momentum", "weight_decay", "maximize"],
                        {"buf": "momentum_buffer", "avg": "ax"}),

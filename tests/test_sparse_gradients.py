@@ -1,5 +1,5 @@
-"""Sparse (COO) gradients: SGD and Adagrad where torch.optim takes them, against
-torch.optim with the same sparse gradients.
+"""Sparse (COO) gradients: SparseAdam, and SGD and Adagrad where torch.optim takes them,
+against torch.optim with the same sparse gradients.
 
 - 30 steps, two param groups with different hypers (lr halved halfway, as a scheduler does),
   parameters of several shapes (an embedding table, a 1-D vector, a hybrid tensor whose
@@ -11,9 +11,9 @@ torch.optim with the same sparse gradients.
 - what the step touches: only the rows the gradient holds (the others keep their values bit
   for bit), gathered into scratch of the gradient's size (never a dense gradient), and no view
   of that scratch kept by the runner;
-- the refusals, in torch's words, before anything is written: sparse gradients for
-  optimizers that do not take them (with the reduction that prevents it), and the options
-  torch refuses with sparse gradients.
+- the refusals, in torch's words, before anything is written: dense gradients for
+  SparseAdam, sparse ones for optimizers that do not take them (with the reduction that
+  prevents it), and the options torch refuses with sparse gradients.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ SPLIT = 3
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 CONFIGS = {
+    "SparseAdam": [
+        ("plain", dict(lr=0.01), {}, dict(lr=0.005, betas=(0.8, 0.99))),
+        ("maximize_eps", dict(lr=0.02, maximize=True), {}, dict(lr=0.01, eps=1e-3,
+                                                                maximize=False)),
+    ],
     "SGD": [
         ("plain", dict(lr=0.05), {}, dict(lr=0.02)),
         ("maximize", dict(lr=0.05, maximize=True), {}, dict(lr=0.02, dampening=0.3,
@@ -342,7 +347,7 @@ def test_master_weights_and_bfloat16_states():
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_an_empty_gradient_counts_a_step_and_changes_nothing(name):
-    """As in torch.optim: the step count goes up, nothing else moves."""
+    """As torch.optim.SparseAdam: the step count goes up, nothing else moves."""
     table = torch.nn.Parameter(torch.randn(4, 2))
     before = table.detach().clone()
     opt = getattr(library, name)([table], lr=0.1)
@@ -378,6 +383,8 @@ def two_groups(name, g1: dict, dense_second: bool = False, **kwargs):
 
 
 REFUSALS = [
+    ("SparseAdam", {}, True, {},
+     "SparseAdam does not support dense gradients, please consider Adam instead"),
     ("SGD", {"weight_decay": 0.1}, False, {},
      (r"add\(sparse, dense\) is not supported. Use add\(dense, sparse\) instead. \(SGD takes "
       r"sparse gradients when weight_decay == 0; got weight_decay = 0.1 in param group 1\)")),
@@ -417,3 +424,31 @@ def test_other_sparse_gradients_are_refused():
     with pytest.raises(RuntimeError, match="sparse gradients of complex parameters"):
         opt.step()
 
+
+# -- SparseAdam ---------------------------------------------------------------------------------
+
+def test_sparse_parameters_are_refused_at_construction():
+    for params in ([torch.zeros(3, layout=torch.sparse_coo)],
+                   [{"params": [torch.zeros(3, layout=torch.sparse_coo)]}]):
+        with pytest.raises(ValueError, match="SparseAdam requires dense parameter tensors"):
+            library.SparseAdam(params)
+    with pytest.raises(ValueError, match=r"Sparse params at indices \[\[0, 0\]\]: SGD"):
+        library.SGD([torch.zeros(3, layout=torch.sparse_coo)])
+
+
+def test_sparse_adams_constructor_checks_as_torch():
+    p = [torch.nn.Parameter(torch.ones(2))]
+    for kwargs, message in ((dict(lr=0), "Invalid learning rate: 0"),
+                            (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+                            (dict(eps=0.0), "Invalid epsilon value: 0.0"),
+                            (dict(betas=(1.0, 0.0)), "Invalid beta parameter at index 0: 1.0"),
+                            (dict(betas=(0.5, 1.0)), "Invalid beta parameter at index 1: 1.0")):
+        with pytest.raises(ValueError, match=message):
+            library.SparseAdam(p, **kwargs)
+        with pytest.raises(ValueError, match=message):
+            torch.optim.SparseAdam(p, **kwargs)
+    opt = library.SparseAdam(p, lr=0.1)
+    opt.param_groups[0]["lr"] = 0.0  # a scheduler may take it there, as in torch
+    p[0].grad = torch.ones(2).to_sparse()
+    opt.step()
+    assert float(opt.state[p[0]]["step"]) == 1.0
