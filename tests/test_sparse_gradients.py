@@ -372,6 +372,38 @@ def test_a_gradient_with_no_sparse_dimension():
     assert rel_err(p, q) <= 1e-7 and not torch.equal(p.detach(), torch.ones(3))
 
 
+def test_skip_nonfinite_reads_the_summed_values():
+    """skip_nonfinite=True skips a step whose sparse gradient holds inf or NaN, also when
+    only the sum of duplicate entries overflows."""
+    table = torch.nn.Parameter(torch.ones(4, 2))
+    opt = library.Adagrad([table], lr=0.1, skip_nonfinite=True)
+    big = torch.tensor([[3e38, 1.0], [3e38, 1.0]])
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 1]]), big, (4, 2))
+    opt.step()
+    assert opt.skipped_steps == 1 and torch.equal(table.detach(), torch.ones(4, 2))
+    table.grad = embedding_grad([1], 2, 4)
+    opt.step()
+    assert opt.skipped_steps == 1 and not torch.equal(table.detach(), torch.ones(4, 2))
+
+
+def test_grad_scaler_unscales_sparse_gradients_as_for_torch():
+    """torch.amp.GradScaler unscales (and checks) sparse .grad itself for the twins, as for
+    torch's non-fused optimizers."""
+    results = []
+    for lib in (library, torch.optim):
+        table = torch.nn.Parameter(torch.ones(6, 2))
+        opt = lib.SGD([table], lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for rows in ([1, 2, 1], [0, 5]):
+            opt.zero_grad()
+            loss = torch.nn.functional.embedding(torch.tensor(rows), table, sparse=True).sum()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        results.append(table.detach())
+    assert rel_err(*results) <= 1e-6
+
+
 # -- refusals, before anything is written --------------------------------------------------------
 
 def two_groups(name, g1: dict, dense_second: bool = False, **kwargs):

@@ -375,7 +375,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         agreed = distributed.all_finite(grads)  # DTensor gradients: agreed across ranks
         if agreed is not None:
             return agreed
-        flags = [torch.isfinite(g).all() for g in grads]
+        # (a sparse gradient: its values, duplicates summed as the step will sum them)
+        flags = [torch.isfinite(g.coalesce()._values() if g.layout is torch.sparse_coo
+                                else g).all() for g in grads]
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 class _Ready:
