@@ -121,24 +121,24 @@ def sweep0_block(offs, n, p_w, p_g, p_s_acc, p_wcopy, sp, ti, seed, CT: tl.const
         mask = None
     v5 = tl.load(sp + 0)  # h_weight_decay
     v6 = tl.load(sp + 1)  # h_eps
-    v10 = tl.load(sp + 2) != 0.0  # line 28
-    v13 = tl.load(sp + 3) != 0.0  # line 29
-    v21 = tl.load(sp + 4)  # line 30
+    v10 = tl.load(sp + 2) != 0.0  # line 32
+    v13 = tl.load(sp + 3) != 0.0  # line 33
+    v21 = tl.load(sp + 4)  # line 34
     v0 = _loaded(p_w, offs, mask, CT)  # w
     v1 = _loaded(p_g, offs, mask, CT)  # g
     v8 = _loaded(p_s_acc, offs, mask, CT)  # acc
-    v11 = (v1 * -1.0)  # line 28
-    v12 = tl.where(v10, v11, v1)  # line 28
-    v14 = v5 * v0  # line 29
-    v15 = v12 + v14  # line 29
-    v16 = tl.where(v13, v15, v12)  # line 29
-    v22 = v16 * v16  # line 31
-    v23 = v8 + v22  # line 31
-    v24 = _sqrt(v23)  # line 32
-    v25 = v24 + v6  # line 32
-    v26 = _div(v16, v25)  # line 32
-    v27 = v21 * v26  # line 32
-    v28 = v0 - v27  # line 32
+    v11 = (v1 * -1.0)  # line 32
+    v12 = tl.where(v10, v11, v1)  # line 32
+    v14 = v5 * v0  # line 33
+    v15 = v12 + v14  # line 33
+    v16 = tl.where(v13, v15, v12)  # line 33
+    v22 = v16 * v16  # line 35
+    v23 = v8 + v22  # line 35
+    v24 = _sqrt(v23)  # line 36
+    v25 = v24 + v6  # line 36
+    v26 = _div(v16, v25)  # line 36
+    v27 = v21 * v26  # line 36
+    v28 = v0 - v27  # line 36
     tl.store(p_w + offs, _stored(v28, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
     if COPY:  # the low-precision parameter of a master weight
         tl.store(p_wcopy + offs, _stored(v28, p_wcopy.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)
@@ -188,13 +188,13 @@ def step(ctx, params):
     h_lr_decay = np.float64(ctx.hyper['lr_decay'])
     h_maximize = np.float64(ctx.hyper['maximize'])
     h_weight_decay = np.float64(ctx.hyper['weight_decay'])
-    v10 = bool(h_maximize != 0.0)  # line 28
-    v13 = bool(h_weight_decay != 0.0)  # line 29
+    v10 = bool(h_maximize != 0.0)  # line 32
+    v13 = bool(h_weight_decay != 0.0)  # line 33
     for p in params:  # final sweep: updates
         t = np.float64(p.t)
-        v18 = (t - 1.0)  # line 30
-        v19 = (v18 * h_lr_decay)  # line 30
-        v20 = (1.0 + v19)  # line 30
-        v21 = (h_lr / v20)  # line 30
+        v18 = (t - 1.0)  # line 34
+        v19 = (v18 * h_lr_decay)  # line 34
+        v20 = (1.0 + v19)  # line 34
+        v21 = (h_lr / v20)  # line 34
         p.scalars = (h_weight_decay, h_eps, v10, v13, v21)  # the sweep's scalar row
     ctx.sweep(0, params)

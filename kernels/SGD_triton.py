@@ -102,33 +102,33 @@ def sweep0_block(offs, n, p_w, p_g, p_s_buf, p_wcopy, sp, ti, seed, CT: tl.const
     v3 = tl.load(sp + 0)  # h_lr
     v4 = tl.load(sp + 1)  # h_momentum
     v6 = tl.load(sp + 2)  # h_weight_decay
-    v11 = tl.load(sp + 3) != 0.0  # line 29
-    v14 = tl.load(sp + 4) != 0.0  # line 30
-    v18 = tl.load(sp + 5) != 0.0  # line 31
-    v20 = tl.load(sp + 6) != 0.0  # line 31
-    v22 = tl.load(sp + 7) != 0.0  # line 31
-    v23 = tl.load(sp + 8)  # line 31
-    v29 = tl.load(sp + 9) != 0.0  # line 32
+    v11 = tl.load(sp + 3) != 0.0  # line 35
+    v14 = tl.load(sp + 4) != 0.0  # line 36
+    v18 = tl.load(sp + 5) != 0.0  # line 37
+    v20 = tl.load(sp + 6) != 0.0  # line 37
+    v22 = tl.load(sp + 7) != 0.0  # line 37
+    v23 = tl.load(sp + 8)  # line 37
+    v29 = tl.load(sp + 9) != 0.0  # line 38
     v0 = _loaded(p_w, offs, mask, CT)  # w
     v1 = _loaded(p_g, offs, mask, CT)  # g
     v9 = _loaded(p_s_buf, offs, mask, CT)  # buf
-    v12 = (v1 * -1.0)  # line 29
-    v13 = tl.where(v11, v12, v1)  # line 29
-    v15 = v6 * v0  # line 30
-    v16 = v13 + v15  # line 30
-    v17 = tl.where(v14, v16, v13)  # line 30
-    v21 = v4 * v9  # line 31
-    v24 = v23 * v17  # line 31
-    v25 = tl.where(v22, v24, v17)  # line 31
-    v26 = v21 + v25  # line 31
-    v27 = tl.where(v20, v17, v26)  # line 31
-    v28 = tl.where(v18, v27, v9)  # line 31
-    v30 = v4 * v28  # line 32
-    v31 = v17 + v30  # line 32
-    v32 = tl.where(v29, v31, v28)  # line 32
-    v33 = tl.where(v18, v32, v17)  # line 33
-    v34 = v3 * v33  # line 33
-    v35 = v0 - v34  # line 33
+    v12 = (v1 * -1.0)  # line 35
+    v13 = tl.where(v11, v12, v1)  # line 35
+    v15 = v6 * v0  # line 36
+    v16 = v13 + v15  # line 36
+    v17 = tl.where(v14, v16, v13)  # line 36
+    v21 = v4 * v9  # line 37
+    v24 = v23 * v17  # line 37
+    v25 = tl.where(v22, v24, v17)  # line 37
+    v26 = v21 + v25  # line 37
+    v27 = tl.where(v20, v17, v26)  # line 37
+    v28 = tl.where(v18, v27, v9)  # line 37
+    v30 = v4 * v28  # line 38
+    v31 = v17 + v30  # line 38
+    v32 = tl.where(v29, v31, v28)  # line 38
+    v33 = tl.where(v18, v32, v17)  # line 39
+    v34 = v3 * v33  # line 39
+    v35 = v0 - v34  # line 39
     tl.store(p_w + offs, _stored(v35, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
     if COPY:  # the low-precision parameter of a master weight
         tl.store(p_wcopy + offs, _stored(v35, p_wcopy.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)
@@ -179,14 +179,14 @@ def step(ctx, params):
     h_momentum = np.float64(ctx.hyper['momentum'])
     h_nesterov = np.float64(ctx.hyper['nesterov'])
     h_weight_decay = np.float64(ctx.hyper['weight_decay'])
-    v11 = bool(h_maximize != 0.0)  # line 29
-    v14 = bool(h_weight_decay != 0.0)  # line 30
-    v18 = bool(h_momentum != 0.0)  # line 31
-    v22 = bool(h_dampening != 0.0)  # line 31
-    v23 = (1.0 - h_dampening)  # line 31
-    v29 = bool(h_nesterov != 0.0)  # line 32
+    v11 = bool(h_maximize != 0.0)  # line 35
+    v14 = bool(h_weight_decay != 0.0)  # line 36
+    v18 = bool(h_momentum != 0.0)  # line 37
+    v22 = bool(h_dampening != 0.0)  # line 37
+    v23 = (1.0 - h_dampening)  # line 37
+    v29 = bool(h_nesterov != 0.0)  # line 38
     for p in params:  # final sweep: updates
         t = np.float64(p.t)
-        v20 = bool(t == 1.0)  # line 31
+        v20 = bool(t == 1.0)  # line 37
         p.scalars = (h_lr, h_momentum, h_weight_decay, v11, v14, v18, v20, v22, v23, v29)  # the sweep's scalar row
     ctx.sweep(0, params)

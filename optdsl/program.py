@@ -29,6 +29,7 @@ from optdsl.frontend.check import MAX_REPEAT, Checked, check
 from optdsl.frontend.limits import read_source
 from optdsl.frontend.parse import parse
 from optdsl.frontend.signature import HyperSpec, Requirement, StateSpec
+from optdsl.frontend.sparse import SparseRule
 from optdsl.frontend.to_ast import to_ast
 from optdsl.ir.nodes import Graph
 from optdsl.ir.printer import print_graph
@@ -88,6 +89,7 @@ class Program:
         self.hypers: dict[str, HyperSpec] = dict(checked.hypers)
         self.states: dict[str, StateSpec] = dict(checked.states)
         self.requirements: tuple[Requirement, ...] = checked.requirements
+        self.sparse: SparseRule = checked.sparse  # what it says about sparse gradients
         self.graph: Graph = checked.graph
         self.optimized: Graph = optimize(checked.graph, check=DEBUG)
         self.tensor_states = frozenset(n for n, s in self.states.items() if s.tensor)

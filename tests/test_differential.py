@@ -157,6 +157,7 @@ REFERENCES = {
     "RAdam": torch.optim.RAdam,
     "Adadelta": torch.optim.Adadelta,
     "Rprop": torch.optim.Rprop,
+    "ASGD": torch.optim.ASGD,
     "Lion": LionReference,
     "PolyakSGD": PolyakSGDReference,
 }
@@ -239,6 +240,14 @@ CONFIGS = {
         ("clamped", dict(lr=0.01, etas=(0.3, 1.5), step_sizes=(1e-3, 2e-2)), {},
          dict(lr=0.005, maximize=True, etas=(0.5, 1.2))),
         ("maximize", dict(lr=0.01, maximize=True), {}, dict(lr=0.02, step_sizes=(1e-4, 0.03))),
+    ],
+    "ASGD": [
+        # t0 small enough that the averaging (mu < 1) starts within the run
+        ("plain", dict(lr=0.05), {}, dict(lr=0.02, lambd=0.1)),
+        ("averaging_weight_decay", dict(lr=0.05, t0=5, alpha=0.5, weight_decay=0.1), {},
+         dict(lr=0.02, t0=10, lambd=0.05, maximize=True)),
+        ("maximize", dict(lr=0.05, maximize=True, t0=2, lambd=0.01), {},
+         dict(lr=0.03, weight_decay=0.2, alpha=0.9)),
     ],
     "Lion": [
         ("plain", dict(lr=1e-3), {}, dict(lr=5e-4, betas=(0.8, 0.95))),

@@ -38,6 +38,10 @@ EXPECTED = {
                      {"v": "square_avg", "u": "acc_delta"}),
     "rprop.opt": ("Rprop", ["lr", "etas", "step_sizes", "maximize"],
                   {"prev": "prev", "step_size": "step_size"}),
+    "asgd.opt": ("ASGD", ["lr", "lambd", "alpha", "t0", "weight_decay", "maximize"],
+                 {"eta": "eta", "mu": "mu", "ax": "ax"}),
+    "sparse_adam.opt": ("SparseAdam", ["lr", "betas", "eps", "maximize"],
+                        {"m": "exp_avg", "v": "exp_avg_sq"}),
     "lion.opt": ("Lion", ["lr", "betas", "weight_decay", "maximize"], {"m": "exp_avg"}),
     "polyak_sgd.opt": ("PolyakSGD", ["lr", "momentum", "weight_decay", "maximize"],
                        {"buf": "momentum_buffer", "avg": "ax"}),
@@ -51,7 +55,7 @@ TUPLE_PARTS = {
 }
 
 # states kept as one number per parameter rather than a tensor
-SCALAR_STATES = {("nadam.opt", "mu_product")}
+SCALAR_STATES = {("nadam.opt", "mu_product"), ("asgd.opt", "eta"), ("asgd.opt", "mu")}
 
 NEVER_KEYWORDS = {"foreach", "fused", "capturable", "differentiable"}
 

@@ -170,7 +170,7 @@ def test_muon_and_adamw_in_one_step():
         loss.backward()
         muon.step()
         adamw.step()
-    assert float(loss) < first
+    assert loss.item() < first
 
 
 def test_both_backends_agree_on_matrix_work(monkeypatch, tmp_path):

@@ -53,8 +53,11 @@ from optdsl.optim import step_checks
 
 # Muon steps 2-D parameters only (torch.optim.Muon refuses others), and these properties are
 # checked on models with biases: its own are in tests/test_matrix.py and PyTorch's suite.
+# SparseAdam takes sparse gradients only: torch's own suite runs it with them, through
+# ../shared/torch_suite, and so does tests/test_sparse_gradients.py.
 MATRIX_ONLY = {"Muon"}
-ALL = [name for name in library.PROGRAMS if name not in MATRIX_ONLY]
+ALL = [name for name in library.PROGRAMS
+       if name not in MATRIX_ONLY and not library.program(name).sparse.only]
 TWINS = [name for name in ALL if hasattr(torch.optim, name)]
 # Run on the interpreted Triton back end as well: plain (SGD), Adam-like, a scalar state
 # (NAdam's mu_product), state initialised from hypers (Rprop, Adagrad), per-tensor
@@ -84,6 +87,7 @@ CONFIGS: dict[str, list[dict]] = {
     "AdamWClip": [{}, {"max_norm": 0.5}],
     "SGDClipPerTensor": [{}, {"momentum": 0.9, "max_norm": 0.5}],
     "Adafactor": [{}, {"weight_decay": 0.1, "maximize": True, "eps": (1e-10, 1e-3)}],
+    "ASGD": [{}, {"lambd": 0.1, "t0": 1, "weight_decay": 0.1, "maximize": True}],
 }
 assert set(CONFIGS) == set(ALL), "every bundled optimizer needs CONFIGS"
 
@@ -452,6 +456,8 @@ def _zero_wd(name: str, cfg: dict) -> dict:
     cfg = dict(cfg)
     if "weight_decay" in library.program(name).hypers:
         cfg["weight_decay"] = 0.0
+    if name == "ASGD":  # its decay w * (1 - lambd * eta) moves w without gradients too
+        cfg["lambd"] = 0.0
     return cfg
 
 

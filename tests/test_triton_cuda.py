@@ -71,7 +71,10 @@ def run_both(prog, sizes=SIZES, dtype=torch.float32, steps=3, make=None, referen
         for step in range(steps):
             for i, p in enumerate(ps):
                 g = torch.randn(p.shape, generator=gen_g, dtype=torch.float64).to(dtype)
-                p.grad = None if (step == 1 and i == len(ps) - 2) else g.to(device, dt)
+                grad = g.to(device, dt)
+                if prog.sparse.only:  # SparseAdam takes sparse gradients only
+                    grad = grad.to_sparse()
+                p.grad = None if (step == 1 and i == len(ps) - 2) else grad
             opt.step()
         out[backend] = (ps, opt)
     return out["numpy"], out["triton"]

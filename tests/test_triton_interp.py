@@ -93,7 +93,10 @@ def run_both(prog, sizes=SIZES, dtype=torch.float32, steps=3, groups=True, make=
                   for p in ps]
             for i, (p, g) in enumerate(zip(ps, gs)):
                 skip = step == 1 and i == len(ps) - 2  # misses its gradient on one step
-                p.grad = None if skip else g.to(p.dtype)
+                grad = g.to(p.dtype)
+                if prog.sparse.only:  # SparseAdam takes sparse gradients only
+                    grad = grad.to_sparse()
+                p.grad = None if skip else grad
             opt.step()
         out[backend] = (ps, opt)
     return out["numpy"], out["triton"]

@@ -153,7 +153,19 @@ class Repeat:
     span: Span
 
 
-Statement = Header | HyperDecl | StateDecl | Require | Repeat | Assign
+@dataclass(frozen=True)
+class Sparse:
+    """``sparse``, ``sparse only [, "message"]`` or ``sparse require c1, c2 [, "message"]``:
+    the program takes sparse gradients (only, or when the conditions on hypers hold)."""
+
+    only: bool
+    conditions: tuple[Expr, ...]
+    message: str | None
+    message_span: Span | None
+    span: Span
+
+
+Statement = Header | HyperDecl | StateDecl | Require | Repeat | Sparse | Assign
 
 
 @dataclass(frozen=True)

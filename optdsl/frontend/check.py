@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from optdsl.frontend.signature import (
     Requirement,
     StateSpec,
 )
+from optdsl.frontend.sparse import SparseRule, lower_sparse
 from optdsl.ir.builder import Builder, pruned
 from optdsl.ir.nodes import Graph
 from optdsl.ir.shapes import ShapeError, show
@@ -63,6 +64,7 @@ class Checked:
     states: dict[str, StateSpec]
     graph: Graph
     requirements: tuple[Requirement, ...] = ()
+    sparse: SparseRule = field(default_factory=SparseRule)
 
 
 MAX_REPEAT = 1000  # repetitions of one `repeat` block (the body is unrolled when compiled)
@@ -84,6 +86,7 @@ class _Checker:
         self.requires: list[ast.Require] = []
         self._lines: list[str] | None = None  # the source's lines, split once (see text())
         self._probing = False  # lowering to find the tensor states (see tensor_states())
+        self.sparse: list[ast.Sparse] = []
 
     def error(self, message: str, span: Span | None) -> DslError:
         return DslError(message, span or Span(1, 1), filename=self.module.filename,
@@ -106,6 +109,8 @@ class _Checker:
                 self.requires.append(stmt)
             elif isinstance(stmt, ast.Repeat):
                 self.assigns.extend(stmt.body * self.repeat_count(stmt))
+            elif isinstance(stmt, ast.Sparse):
+                self.sparse.append(stmt)
             else:
                 self.assigns.append(stmt)
 
@@ -665,6 +670,7 @@ def check(module: ast.Module, counts: dict[str, int] | None = None) -> Checked:
     graph, tensor_state = checker.lower()
     states = checker.state_specs(tensor_state)
     requirements = tuple(lower_requirement(checker, stmt) for stmt in checker.requires)
+    sparse = lower_sparse(checker, checker.sparse, graph)
     header = checker.header
     return Checked(header.name if header else None, header.description if header else None,
-                   checker.hypers, states, graph, requirements)
+                   checker.hypers, states, graph, requirements, sparse)

@@ -59,6 +59,8 @@ _TERMINAL_WORDS = {
     "HYPER": "`hyper`",
     "STATE": "`state`",
     "REQUIRE": "`require`",
+    "SPARSE": "`sparse`",
+    "_ONLY": "`only`",
 }
 
 

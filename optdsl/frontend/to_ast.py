@@ -213,6 +213,16 @@ class _Converter:
         return ast.Require(tuple(self.expr(c) for c in conditions), text,
                            _span_of(message) if message is not None else None, _span_of(node))
 
+    def _sparse_decl(self, node: lark.Tree) -> ast.Sparse:
+        _, detail = node.children
+        if detail is None:
+            return ast.Sparse(False, (), None, None, _span_of(node))
+        *conditions, message = detail.children
+        text = str(message)[1:-1] if message is not None else None
+        message_span = _span_of(message) if message is not None else None
+        return ast.Sparse(detail.data == "sparse_only", tuple(self.expr(c) for c in conditions),
+                          text, message_span, _span_of(node))
+
     def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
         items = []
         for item in node.children:

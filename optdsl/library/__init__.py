@@ -24,6 +24,8 @@ PROGRAMS = {
     "RAdam": "radam.opt",
     "Adadelta": "adadelta.opt",
     "Rprop": "rprop.opt",
+    "ASGD": "asgd.opt",
+    "SparseAdam": "sparse_adam.opt",
     "Lion": "lion.opt",
     "PolyakSGD": "polyak_sgd.opt",
     "LAMB": "lamb.opt",
@@ -39,6 +41,10 @@ PROGRAMS = {
 # (torch/optim/adam.py, Adam.__init__): with foreach=True unless capturable=True, and betas
 # mixing a Tensor and a float. Their twins refuse the same (optdsl.optim.hypers).
 TENSOR_HYPER_RULES = {"Adam": ("lr", "betas"), "AdamW": ("lr", "betas")}
+
+# The twins whose torch.optim namesake refuses complex parameters (torch's optim_db marks them
+# supports_complex=False); every other twin steps them as torch does, on their real view.
+REAL_ONLY = frozenset({"SparseAdam"})
 
 __all__ = list(PROGRAMS) + ["program", "path"]
 
@@ -79,7 +85,8 @@ def _optimizer_class(name: str) -> type:
 
     cls = make_optimizer_class(program(name), name=name, module=__name__,
                                positional=_torch_positional(name),
-                               tensor_hyper_rules=TENSOR_HYPER_RULES.get(name, ()))
+                               tensor_hyper_rules=TENSOR_HYPER_RULES.get(name, ()),
+                               complex_params=name not in REAL_ONLY)
     cls.__qualname__ = name
     return cls
 

@@ -15,7 +15,8 @@ them before anything changes, naming the parameter (its group and index) and the
   number >= 0, and may be absent only where the program reads ``t`` just to tell the first
   update from the others (torch.optim.SGD keeps none);
 - a tensor state is a floating-point tensor of its parameter's shape (any dtype and
-  device: loading casts and moves it), a scalar state one number.
+  device: loading casts and moves it; complex for a complex parameter), a scalar state one
+  number.
 
 ``run_pre_hooks`` and ``pre_hooks_run`` let the optimizer validate what its
 load_state_dict pre-hooks made, as torch.optim's load_state_dict would load it.
@@ -178,6 +179,10 @@ def _check_value(value: Any, param: torch.Tensor, tensor: bool, what: str,
         whose = "the parameter has" if shape is None else "it must have"
         raise ValueError(f"{what} in the checkpoint has shape {tuple(value.shape)}, but "
                          f"{whose} shape {want}")
-    if not value.is_floating_point() or value.is_complex():
+    if param.is_complex():  # its states are complex too (optdsl.optim.complex_view)
+        if not value.is_complex():
+            raise ValueError(f"{what} in the checkpoint has dtype {value.dtype}; the states "
+                             f"of a complex parameter are complex tensors")
+    elif not value.is_floating_point() or value.is_complex():
         raise ValueError(f"{what} in the checkpoint has dtype {value.dtype}; states are "
                          f"real floating-point tensors")

@@ -28,6 +28,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from optdsl.optim import complex_view
 from optdsl.runtime.rounding import derive_seed, round_bf16_stochastic  # noqa: F401
 
 MASTER_KEY = "master_param"
@@ -62,6 +63,8 @@ def check_flag(name: str, value: object) -> bool:
 
 def state_dtype_for(policy: StateDtype, param_dtype: torch.dtype) -> torch.dtype:
     """The dtype tensor states of a ``param_dtype`` parameter are stored in."""
+    if param_dtype.is_complex:  # complex states (optdsl.optim.complex_view)
+        return complex_view.state_dtype_of(policy, param_dtype)
     if policy is None:
         return torch.float64 if param_dtype == torch.float64 else torch.float32
     if policy == "param":

@@ -3,12 +3,16 @@ parameter, state and step count as it was.
 
 A step runs group by group, and a runner writes as it goes (the NumPy step a chunk at a
 time), so a mistake found while running (a gradient of the wrong size set through
-``p.grad.data``, a sparse gradient, a state tensor of another shape, an invalid hyper in a
-later group) would leave half an update. ``prepare_groups`` finds them all first: every
-group's hyper values (their intervals) and its compiled variant, every
-gradient (dense, floating, on the parameter's device, of its shape) and every tensor state a
-parameter has (a tensor of the parameter's shape on its device). The optimizer then makes
-missing state, counts the updates and runs, in that order.
+``p.grad.data``, a sparse gradient the program does not take, a state tensor of another
+shape, an invalid hyper in a later group) would leave half an update. ``prepare_groups``
+finds them all first: every group's hyper values (their intervals) and its compiled
+variant, every gradient (floating, on the parameter's device, of its shape) and every
+tensor state a parameter has (a tensor of the parameter's shape on its device). The
+optimizer then makes missing state, counts the updates and runs, in that order.
+
+Sparse (COO) gradients pass only where the program says ``sparse`` (and its ``sparse
+require`` conditions hold for the group), dense ones not where it says ``sparse only``;
+complex parameters take complex gradients (their steps run on torch.view_as_real views).
 
 This runs for every parameter at every step, so the usual case is a few attribute reads per
 gradient; a parameter's states are checked again only when its state dict, one of its
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from optdsl.frontend.sparse import SparseRule
+from optdsl.optim import distributed, precision
 from optdsl.optim import hypers as hyper_values
-from optdsl.optim import precision
 
 # torch's devices for fused optimizers, as its message for a parameter elsewhere lists them
 FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia"]
@@ -39,6 +44,7 @@ class GroupPlan:
     variant: object
     inv_grad_scale: float | None = None  # GradScaler's, when the step unscales itself
     items: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    sparse: bool = False  # some gradient is sparse (optdsl.runtime.sparse runs the step)
 
 
 def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
@@ -63,7 +69,7 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
             grad = param.grad
             if grad is None:
                 continue
-            shape = check_gradient(name, param, grad, index, number, fused)
+            shape = check_gradient(name, param, grad, index, number, fused, program.sparse)
             facts = param_facts(param) if program.param_flags else None
             variant = program.variant(hyper, unscale=inverse is not None, facts=facts)
             if variant.needs_matrix and param.dim() < 2:
@@ -72,6 +78,8 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
             plan = by_variant.get(id(variant))
             if plan is None:
                 plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
+            if grad.layout is not torch.strided:
+                plan.sparse = True
             state = opt.state.get(param)
             if state:
                 values = tuple(state.values())
@@ -83,6 +91,8 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
                     checked[id(param)] = (state, values, shape)
             plan.items.append((param, grad))
             devices.add("cpu" if param.is_cpu else param.device.type)
+        if any(plan.sparse for plan in by_variant.values()):
+            check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())
     return plans, devices
 
@@ -100,19 +110,23 @@ def _where(index: int, number: int) -> str:
 
 
 def check_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, index: int,
-                   number: int, fused: bool) -> torch.Size:
-    """Raise unless ``grad`` can be the gradient of ``param``; its shape. The usual case
-    costs a few attribute reads (this runs for every parameter at every step)."""
+                   number: int, fused: bool, rule: SparseRule) -> torch.Size:
+    """Raise unless ``grad`` can be the gradient of ``param`` (``rule``: what the program
+    says about sparse gradients); its shape. The usual case costs a few attribute reads
+    (this runs for every parameter at every step)."""
     shape = grad.shape
     if (grad.layout is not torch.strided or shape != param.shape or grad.dtype not in _REAL
-            or param.is_meta or grad.is_meta or grad.is_cuda != param.is_cuda
-            or grad.get_device() != param.get_device()):
-        _refuse_gradient(name, param, grad, _where(index, number), fused)
+            or param.dtype not in _REAL or param.is_meta or grad.is_meta
+            or grad.is_cuda != param.is_cuda or grad.get_device() != param.get_device()
+            or rule.only):
+        _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
     return shape
 
 
-def _refuse_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: str,
-                     fused: bool) -> None:
+def _unusual_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: str,
+                      fused: bool, rule: SparseRule) -> None:
+    """check_gradient's slow path: return for a sparse gradient the program takes and for
+    the complex gradient of a complex parameter; raise, saying what is wrong, otherwise."""
     if param.device.type == "meta":
         if fused:
             raise RuntimeError(f"`fused=True` requires all the params to be floating point "
@@ -121,18 +135,74 @@ def _refuse_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: 
         raise RuntimeError(f"{where} is on the meta device, which holds no values: give the "
                            f"parameters a real device first (module.to_empty(device=...))")
     if grad.layout is not torch.strided:
-        raise RuntimeError(f"{name} does not support sparse gradients ({where})")
+        check_sparse_gradient(name, param, grad, where, fused, rule)
+        return
+    if rule.only:
+        words = rule.dense_message or f"{name} does not support dense gradients"
+        raise RuntimeError(f"{words} ({where})")
+    if (param.is_complex() and grad.dtype == param.dtype and grad.shape == param.shape
+            and grad.device == param.device):
+        return
     if grad.shape != param.shape:
         raise RuntimeError(f"the gradient of {where} has shape {tuple(grad.shape)}, but the "
                            f"parameter has shape {tuple(param.shape)}")
-    if grad.dtype not in _REAL:
+    if param.is_complex() and grad.dtype != param.dtype:
+        raise RuntimeError(f"the gradient of {where} has dtype {grad.dtype}; the gradient of a "
+                           f"{param.dtype} parameter has its dtype")
+    if grad.dtype not in _REAL and not param.is_complex():
         raise RuntimeError(f"the gradient of {where} has dtype {grad.dtype}; a gradient of a "
                            f"floating-point parameter is floating-point")
     raise RuntimeError(f"the gradient of {where} is on {grad.device}, but the parameter is on "
                        f"{param.device}")
 
 
+def check_sparse_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: str,
+                          fused: bool, rule: SparseRule) -> None:
+    """Raise unless the program takes ``grad``, a sparse gradient, for ``param``."""
+    if not rule.allowed:
+        why = f": its step is not element-wise ({rule.blocker})" if rule.blocker else ""
+        raise RuntimeError(f"{name} does not support sparse gradients ({where}){why}")
+    if grad.layout is not torch.sparse_coo:
+        raise RuntimeError(f"{name} takes sparse gradients in the COO layout "
+                           f"(torch.sparse_coo), but the gradient of {where} is {grad.layout}")
+    if fused:
+        raise RuntimeError(f"`fused=True` does not support sparse gradients ({where})")
+    if param.is_complex() or grad.is_complex():
+        raise RuntimeError(f"sparse gradients of complex parameters are not supported "
+                           f"({where})")
+    if grad.shape != param.shape:
+        raise RuntimeError(f"the gradient of {where} has shape {tuple(grad.shape)}, but the "
+                           f"parameter has shape {tuple(param.shape)}")
+    if grad.dtype not in _REAL:
+        raise RuntimeError(f"the gradient of {where} has dtype {grad.dtype}; a gradient of a "
+                           f"floating-point parameter is floating-point")
+    if grad.device != param.device:
+        raise RuntimeError(f"the gradient of {where} is on {grad.device}, but the parameter "
+                           f"is on {param.device}")
+    if distributed.is_dtensor(param):
+        raise RuntimeError(f"sparse gradients of DTensor (sharded) parameters are not "
+                           f"supported ({where})")
+
+
+def check_sparse_group(opt, group: dict, hyper: dict[str, float], number: int) -> None:
+    """Raise if a param group with a sparse gradient breaks one of the program's ``sparse
+    require`` conditions (as torch.optim checks them: at the step, a RuntimeError)."""
+    program = opt.program
+    for requirement in program.sparse.requirements:
+        if requirement.holds(hyper):
+            continue
+        given: dict = {}
+        hyper_values.scalars(program.hypers, group, given)
+        values = {key: hyper_values.shown(value) for key, value in given.items()}
+        got = ", ".join(f"{key} = {values[key]}" for key in requirement.names)
+        words = (requirement.message.format(**values) if requirement.message is not None
+                 else "Invalid hyper values for sparse gradients")
+        raise RuntimeError(f"{words} ({type(opt).__name__} takes sparse gradients when "
+                           f"{requirement.text}; got {got} in param group {number})")
+
+
 _REAL = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_COMPLEX = frozenset({torch.complex64, torch.complex128})
 
 
 def check_state(opt, param: torch.Tensor, state: dict, where: str) -> None:
@@ -163,8 +233,11 @@ def check_like_param(value: torch.Tensor, param: torch.Tensor, what: str,
     if tuple(value.shape) != want:
         whose = "the parameter has" if shape is None else "it must have"
         raise RuntimeError(f"{what} has shape {tuple(value.shape)}, but {whose} shape {want}")
-    if value.dtype not in _REAL:
+    if value.dtype not in _REAL and not (value.dtype in _COMPLEX and param.is_complex()):
         raise RuntimeError(f"{what} has dtype {value.dtype}; states are floating-point")
+    if param.is_complex() and not value.is_complex():
+        raise RuntimeError(f"{what} has dtype {value.dtype}; the states of a complex "
+                           f"parameter are complex")
     if value.device != param.device:
         raise RuntimeError(f"{what} is on {value.device}, but the parameter is on "
                            f"{param.device}")

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from optdsl.optim import checkpoint, distributed, precision, step_checks
+from optdsl.optim import checkpoint, complex_view, distributed, precision, step_checks
 from optdsl.optim import hypers as hyper_values
 from optdsl.runtime import backends
+from optdsl.runtime import sparse as sparse_rows
 from optdsl.runtime.step import Entry, StepOptions
 
 
@@ -49,6 +50,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     positional: tuple[str, ...] = ()  # the keywords that may also be given by position
     # hypers for which torch's rules on Tensor values apply (optdsl.optim.hypers)
     tensor_hyper_rules: tuple[str, ...] = ()
+    # complex parameters are stepped on their real view, as torch.optim's (complex_view);
+    # False where the torch namesake refuses them (SparseAdam)
+    complex_params: bool = True
 
     def __init__(self, params, *args: Any, backend: str = "auto", skip_nonfinite: bool = False,
                  state_dtype: precision.StateDtype = None, master_weights: bool = False,
@@ -97,12 +101,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for p in group["params"]:
-            if p.is_complex():
-                raise TypeError(f"{type(self).__name__} does not support complex parameters")
-            if not p.is_floating_point():
-                raise TypeError(f"{type(self).__name__} optimizes floating-point tensors, got "
-                                f"{p.dtype}")
+        complex_view.check_params(type(self).__name__, group["params"],
+                                  len(self.param_groups) - 1, self.complex_params,
+                                  getattr(self, "state_dtype", None))
         # bad per-group values fail here
         hyper_values.scalars(self.program.hypers, group)
         for p in group["params"]:  # requirements on each parameter (`w.ndim == 2`)
@@ -195,6 +196,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         with checkpoint.pre_hooks_run(self):
             super().load_state_dict(state_dict)
         self._ready.clear()
+        self.__dict__.pop("_complex_views", None)  # (views of the replaced complex states)
         if self._runner_of is not None:  # (views of the replaced states would keep them alive)
             self._runner_of[1].forget()
         self.__dict__.get("_checked_states", {}).clear()  # (and so would the checked ones)
@@ -306,6 +308,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             if precision.needs_master(self.master_weights, param.dtype):
                 entries.append(Entry(state[precision.MASTER_KEY], grad, state, t))
                 copies.append(param)
+            elif param.is_complex():  # stepped on its real view, as torch.optim's
+                entries.append(self._real_views().entry(param, grad, state, t))
+                copies.append(None)
             else:
                 entries.append(Entry(param, grad, state, t))
                 copies.append(None)
@@ -328,7 +333,18 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             options.combine = combine
             if options.copies is not None:
                 options.copies = [distributed.local_tensor(c) for c in copies]
-        runner.run(plan.variant, entries, options)
+        if plan.sparse:  # the rows of sparse gradients, gathered and scattered back
+            sparse_rows.run(runner, plan.variant, entries, options, keys)
+        else:
+            runner.run(plan.variant, entries, options)
+
+    def _real_views(self) -> complex_view.RealViews:
+        """The real views of this optimizer's complex parameters (made on first use)."""
+        views = self.__dict__.get("_complex_views")
+        if views is None:
+            keys = [key for key, is_tensor in self._state_keys() if is_tensor]
+            views = self.__dict__["_complex_views"] = complex_view.RealViews(keys)
+        return views
 
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
                     live: frozenset[str]) -> float:
@@ -362,7 +378,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         agreed = distributed.all_finite(grads)  # DTensor gradients: agreed across ranks
         if agreed is not None:
             return agreed
-        flags = [torch.isfinite(g).all() for g in grads]
+        # (a sparse gradient: its values, duplicates summed as the step will sum them)
+        flags = [torch.isfinite(g.coalesce()._values() if g.layout is torch.sparse_coo
+                                else g).all() for g in grads]
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 class _Ready:
@@ -398,6 +416,8 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
         return distributed.like_param(param, local) if spec.tensor else local
     if not spec.tensor:
         return torch.tensor(float(spec.initial_value(hyper)), dtype=_scalar_dtype())
+    if param.is_complex():  # the initial value of the real view (c: complex(c, c))
+        return complex_view.initial_value(lambda real: _initial_value(spec, real, hyper), param)
     if spec.per is not None:  # a row or column statistic (the checker allows no `w` there)
         value = float(spec.initial_value(hyper))
         return torch.full(spec.shape_of(tuple(param.shape)), value, dtype=param.dtype,
@@ -415,11 +435,13 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
 
 def make_optimizer_class(program, name: str | None = None, module: str | None = None,
                          positional: tuple[str, ...] | None = None,
-                         tensor_hyper_rules: tuple[str, ...] = ()) -> type:
+                         tensor_hyper_rules: tuple[str, ...] = (),
+                         complex_params: bool = True) -> type:
     """A DslOptimizer subclass for ``program`` named after it. ``positional`` lists the
     keywords accepted by position after ``params`` (default: every hyper, in order);
     ``tensor_hyper_rules`` the hypers to which torch.optim.Adam's rules for Tensor values
-    apply (optdsl.optim.hypers.check_tensor_rules)."""
+    apply (optdsl.optim.hypers.check_tensor_rules); ``complex_params=False`` refuses complex
+    parameters (as torch.optim.SparseAdam does)."""
     cls_name = name or program.name
     doc = program.description or f"Optimizer compiled by optdsl from {program.filename}."
     keywords = ", ".join(f"{n}={s.default!r}" if not s.required else n
@@ -428,6 +450,7 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
         "program": program,
         "positional": tuple(program.hypers) if positional is None else tuple(positional),
         "tensor_hyper_rules": tuple(tensor_hyper_rules),
+        "complex_params": bool(complex_params),
         "__doc__": f"{doc}\n\nKeywords: {keywords}; backend="
                    f"{'|'.join(map(repr, backends.names()))}; "
                    f"skip_nonfinite, state_dtype, master_weights, stochastic_rounding "

@@ -185,7 +185,7 @@ class NumpyRunner:
         with self._busy, np.errstate(all="ignore"):
             module = variant.generated(self.backend)
             slots, written = [], []
-            keep = options.combine is None
+            keep = options.combine is None and not options.transient
             for entry in entries:
                 variant.check_states(entry.state)
                 slot = self._kept_slot(entry, module.num_reductions) if keep else None

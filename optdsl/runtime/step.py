@@ -39,6 +39,8 @@ class StepOptions:
     combine: Any = None  # optdsl.optim.distributed.ShardCombiner when some entries are shards
     copies: list | None = None  # per entry: the low-precision tensor of a master weight
     rounding_seed: int | None = None  # round bfloat16 writes stochastically from this seed
+    transient: bool = False  # the entries are scratch of this step (e.g. a sparse gradient's
+    #                          gathered rows, optdsl.runtime.sparse): keep no views of them
 
 
 class Runner(Protocol):
