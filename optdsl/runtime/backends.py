@@ -9,9 +9,11 @@ iterates this registry: backend choice (``choose``), the command line (``show --
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from optdsl.codegen import c as c_codegen
 from optdsl.codegen import numpy as numpy_codegen
 from optdsl.codegen import triton as triton_codegen
 from optdsl.codegen.unit import Unit
@@ -32,6 +34,7 @@ class Backend:
     auto: Callable[[frozenset[str]], bool]  # whether "auto" tries it for these devices
     load_mode: Callable[[], str] = lambda: ""  # what else a loaded module depends on
     suffix: str = ".py"  # of the files `optdsl compile` writes
+    auto_rank: int = 0  # "auto" tries back ends in this order (lowest first), then by name
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -78,13 +81,30 @@ def choose(request: str, devices) -> str:
         if reason:
             raise ValueError(reason)
         return backend.name
-    tried = [b for b in BACKENDS.values() if b.auto(devices)]
+    tried = sorted((b for b in BACKENDS.values() if b.auto(devices)),
+                   key=lambda b: b.auto_rank)
+    passed = []
     for backend in tried:
-        if backend.unavailable(devices, True) is None:
+        reason = backend.unavailable(devices, True)
+        if reason is None:
+            for skipped, why in passed:
+                _fall_back_warning(skipped, backend.name, why)
             return backend.name
+        passed.append((backend.name, reason))
     if tried:
-        raise ValueError(tried[0].unavailable(devices, True))
+        raise ValueError(passed[0][1])
     raise ValueError(f"no back end runs parameters on {', '.join(sorted(devices))}")
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _fall_back_warning(skipped: str, chosen: str, why: str) -> None:
+    """One warning per process that backend="auto" passed over a preferred back end."""
+    if (skipped, chosen) not in _WARNED:
+        _WARNED.add((skipped, chosen))
+        warnings.warn(f"backend='auto' uses {chosen!r}: the {skipped!r} back end is not "
+                      f"available here ({why})", RuntimeWarning, stacklevel=4)
 
 
 # -- the built-in back ends ---------------------------------------------------------------------
@@ -145,3 +165,34 @@ register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
                  load_mode=lambda: select.interpret_mode()))
+
+
+def _c_unavailable(devices: frozenset[str], auto: bool) -> str | None:
+    gpus = devices - {"cpu"}
+    if gpus:
+        return (f"backend='c' runs on CPU tensors, but parameters are on "
+                f"{', '.join(sorted(gpus))}; use backend='triton' or 'auto'")
+    from optdsl.runtime import c_build
+
+    why = c_build.unavailable()
+    if why:
+        return f"backend='c' needs a working C compiler: {why} (set CC, or use " \
+               f"backend='numpy')" if not auto else why
+    return None
+
+
+def _c_runner(program):
+    from optdsl.runtime.c_runner import CRunner
+
+    return CRunner(program)
+
+
+def _c_load(source: str, tag: str):
+    from optdsl.runtime import c_module
+
+    return c_module.load(source, tag)
+
+
+register(Backend("c", "compiled C on CPU tensors (the system compiler, at first use)",
+                 c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
+                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1))
