@@ -209,7 +209,7 @@ class CRunner:
             tables = self._tables(lib, variant, entries, copies)
             alive = tables.set_gradients(entries)
             self._prepare(lib, tables, entries, options)
-            if options.combine is None and lib.FINISHES_IN_C:
+            if self._direct(lib, options):
                 self.calls += 1
                 rc = lib.optdsl_step(ctypes.byref(tables.args))
                 if rc:
@@ -221,6 +221,11 @@ class CRunner:
                 original.copy_(staged)
             for original, staged in tables.scalar_writeback:
                 original.copy_(staged)
+
+    @staticmethod
+    def _direct(lib, options: StepOptions) -> bool:
+        """Whether the whole step runs in C (else each sweep goes through the runtime)."""
+        return options.combine is None and lib.FINISHES_IN_C
 
     def _tables(self, lib, variant, entries, copies) -> _Tables:
         signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
