@@ -196,7 +196,8 @@ def test_one_foreign_call_per_step_and_group():
 
 
 @needs_cc
-def test_reductions_do_not_depend_on_threads():
+def test_reductions_do_not_depend_on_threads(monkeypatch):
+    monkeypatch.setattr("optdsl.runtime.c_runner.PARALLEL_MIN", 1 << 12)
     results = []
     saved = torch.get_num_threads()
     try:

@@ -40,7 +40,7 @@ from optdsl.runtime.rounding import seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
 _CACHED_PLANS = 8
-PARALLEL_MIN = 1 << 16  # elements below which a sweep runs on one thread
+PARALLEL_MIN = 1 << 20  # elements below which a sweep runs on one thread (a barrier costs more)
 _CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
 
 
