@@ -253,6 +253,22 @@ def test_runtime_path_gives_the_direct_bits(monkeypatch):
     assert direct_calls == 2 and through_calls > 2 * 2  # a call per sweep, and the step
 
 
+@needs_cc
+def test_kept_tables_follow_replaced_and_moved_tensors():
+    """The C runner's kept tables are rebuilt when a state tensor is replaced or the
+    parameter's storage moves: the result equals the NumPy step's."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_numpy_runtime import _train_reload_move
+
+    ours, opt = _train_reload_move("c")
+    theirs, other = _train_reload_move("numpy")
+    assert opt.backend == "c" and other.backend == "numpy"
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    for a, b in zip(ours, theirs):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[a][key], other.state[b][key]), key
+
+
 def test_generated_source_is_deterministic_and_cites_lines():
     prog = optdsl.load(ROOT / "examples" / "adam.opt")
     text = prog.source("c")
