@@ -161,8 +161,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     from optdsl.runtime import backends
 
     p.add_argument("--backend", default="auto", choices=list(backends.names()),
-                   help="how the compiled optimizers step: auto (Triton for CUDA tensors, "
-                        "else NumPy), or one back end: "
+                   help="how the compiled optimizers step: auto (Triton for CUDA tensors; "
+                        "C for CPU tensors where a C compiler works, else NumPy), or one "
+                        "back end: "
                         + "; ".join(f"{n} ({b.summary})" for n, b in backends.BACKENDS.items())
                         + " (default: auto)")
 

@@ -108,6 +108,20 @@ class Program:
     def boundary(self):
         """The compile boundary for this program's text (see ``compile_boundary``)."""
         return compile_boundary(self.filename, self.text)
+
+    @functools.cached_property
+    def library_work(self) -> str:
+        """This program's first value computed in a library stage (matrix products, row and
+        column statistics, bfloat16 work: optdsl.ir.stages), named with its line; '' if the
+        step is element-wise sweeps only."""
+        from optdsl.ir.ops import OPS
+
+        for v in sorted(self.schedule.library):
+            eq = self.optimized.eqs[v]
+            name = OPS[eq.op].dsl or OPS[eq.op].symbol or eq.op
+            return f"`{name}` at line {eq.line}" if eq.line else f"`{name}`"
+        return ""
+
     def __reduce__(self):
         """Pickled as its source: unpickling compiles it again (in a fresh process), or finds
         this very Program (in this process, by a token it is given when first pickled)."""

@@ -12,12 +12,15 @@ import torch
 
 import optdsl
 from optdsl import library
+from optdsl.runtime import c_build
 
-BACKENDS = ["numpy", "triton"]
+BACKENDS = ["numpy", "triton", "c"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch, tmp_path_factory):
+    if request.param == "c" and c_build.unavailable():
+        pytest.skip(c_build.unavailable())
     if request.param == "triton":
         pytest.importorskip("triton")
         monkeypatch.setenv("TRITON_INTERPRET", "1")

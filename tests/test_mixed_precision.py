@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 import optdsl
 from optdsl.optim import precision
 from optdsl.library import SGD, Adam
+from optdsl.runtime import c_build
 
-BACKENDS = ("numpy", "triton")
+BACKENDS = ("numpy", "triton", "c")
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,8 @@ def interpret(monkeypatch, tmp_path_factory):
 def _backend(backend: str) -> str:
     if backend == "triton":
         pytest.importorskip("triton")
+    if backend == "c" and c_build.unavailable():
+        pytest.skip(c_build.unavailable())
     return backend
 
 

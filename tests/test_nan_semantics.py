@@ -35,11 +35,12 @@ import pytest
 import torch
 
 import optdsl
+from optdsl.runtime import c_build
 
 NAN, INF = math.nan, math.inf
 SPECIAL = [NAN, INF, -INF, 0.0, -0.0, 1.0, -1.0, 2.5, -2.5]
 SMALL = [NAN, INF, -INF, 0.0, -0.0, 1.0]  # for triples of host-level arguments
-BACKENDS = ["numpy", "triton"]
+BACKENDS = ["numpy", "triton", "c"]
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 
@@ -47,6 +48,8 @@ DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 def _environment(request, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
     callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "c" and c_build.unavailable():
+        pytest.skip(c_build.unavailable())
     if callspec is not None and callspec.params.get("backend") == "triton":
         pytest.importorskip("triton")
         monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -10,10 +10,10 @@ from optdsl import library
 from optdsl.runtime.numpy_runner import NumpyRunner
 
 
-def _train(name, steps=4, **hypers):
+def _train(name, steps=4, backend="numpy", **hypers):
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (5, 3000, 7, 9000)]
-    opt = getattr(library, name)(params, **hypers)
+    opt = getattr(library, name)(params, backend=backend, **hypers)
     for step in range(steps):
         for i, p in enumerate(params):
             p.grad = None if (step == 1 and i == 2) else torch.randn(p.shape, generator=gen)
@@ -21,8 +21,8 @@ def _train(name, steps=4, **hypers):
     return params, opt
 
 
-def _train_reload_move():
-    params, opt = _train("Adam")
+def _train_reload_move(backend="numpy"):
+    params, opt = _train("Adam", backend=backend)
     for p in params:  # every state tensor replaced, in place in the state dicts
         for key in ("exp_avg", "exp_avg_sq"):
             opt.state[p][key] = opt.state[p][key].clone()

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from optdsl import library
+from optdsl.runtime import c_build
 from optdsl.runtime.numpy_runner import NumpyRunner
 
 STEPS = 30
@@ -195,6 +196,17 @@ def test_triton_interpreter_matches_numpy(name, triton_interpreter):
                                            steps=8)
     check_close(p_triton, p_numpy, 1e-6, name)
     check_state(triton_twin, numpy_twin, 1e-6, name)
+
+
+@pytest.mark.skipif(c_build.unavailable() is not None, reason="no C compiler")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_c_backend_matches_numpy(name):
+    """The compiled C step on the gathered rows gives the NumPy step's bits."""
+    _, kwargs, g0, g1 = CONFIGS[name][-1]
+    _, numpy_twin, _, p_numpy = run_pair(name, kwargs, g0, g1, torch.float32, steps=8)
+    _, c_twin, _, p_c = run_pair(name, kwargs, g0, g1, torch.float32, "c", steps=8)
+    check_close(p_c, p_numpy, 0.0, name)
+    check_state(c_twin, numpy_twin, 0.0, name)
 
 
 N_BEFORE, N_AFTER = 5, 12

@@ -121,14 +121,15 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         key = frozenset(devices)
         found = self._backends.get(key)
         if found is None:
-            found = backends.choose(self._backend_request, key)
+            found = backends.choose(self._backend_request, key, self.program.library_work)
             self._backends[key] = found
         self._backend = found
         return found
 
     @property
     def backend(self) -> str:
-        return self._backend or backends.choose(self._backend_request, [])
+        return self._backend or backends.choose(self._backend_request, [],
+                                                self.program.library_work)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -9,9 +9,11 @@ iterates this registry: backend choice (``choose``), the command line (``show --
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from optdsl.codegen import c as c_codegen
 from optdsl.codegen import numpy as numpy_codegen
 from optdsl.codegen import triton as triton_codegen
 from optdsl.codegen.unit import Unit
@@ -32,6 +34,10 @@ class Backend:
     auto: Callable[[frozenset[str]], bool]  # whether "auto" tries it for these devices
     load_mode: Callable[[], str] = lambda: ""  # what else a loaded module depends on
     suffix: str = ".py"  # of the files `optdsl compile` writes
+    auto_rank: int = 0  # "auto" tries back ends in this order (lowest first), then by name
+    # whether it runs library stages (matrix products, row and column statistics, bfloat16
+    # work: optdsl.ir.stages); "auto" passes over one that does not for such a program
+    library_stages: bool = True
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -65,10 +71,12 @@ def names(with_auto: bool = True) -> tuple[str, ...]:
     return (("auto",) if with_auto else ()) + tuple(BACKENDS)
 
 
-def choose(request: str, devices) -> str:
+def choose(request: str, devices, library_work: str = "") -> str:
     """The concrete back end for parameters on ``devices`` (device types such as "cpu"),
     checked at construction, not at the first step. Parameters on the ``meta`` device have
-    no data yet (built to be moved with ``to_empty()``): they do not decide."""
+    no data yet (built to be moved with ``to_empty()``): they do not decide.
+    ``library_work``: the program's first library-stage operation ('' if none), which a
+    back end without library stages cannot run."""
     if not isinstance(request, str):
         raise TypeError(f"backend must be a str, got {type(request).__name__}")
     devices = frozenset(devices) - {"meta"}
@@ -77,14 +85,36 @@ def choose(request: str, devices) -> str:
         reason = backend.unavailable(devices, False)
         if reason:
             raise ValueError(reason)
+        if library_work and not backend.library_stages:
+            raise ValueError(f"backend={backend.name!r} does not run matrix work (library "
+                             f"stages) yet, and this program has {library_work}; use "
+                             f"backend='numpy' (CPU), 'triton' (GPU) or 'auto'")
         return backend.name
-    tried = [b for b in BACKENDS.values() if b.auto(devices)]
+    tried = sorted((b for b in BACKENDS.values()
+                    if b.auto(devices) and (b.library_stages or not library_work)),
+                   key=lambda b: b.auto_rank)
+    passed = []
     for backend in tried:
-        if backend.unavailable(devices, True) is None:
+        reason = backend.unavailable(devices, True)
+        if reason is None:
+            for skipped, why in passed:
+                _fall_back_warning(skipped, backend.name, why)
             return backend.name
+        passed.append((backend.name, reason))
     if tried:
-        raise ValueError(tried[0].unavailable(devices, True))
+        raise ValueError(passed[0][1])
     raise ValueError(f"no back end runs parameters on {', '.join(sorted(devices))}")
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _fall_back_warning(skipped: str, chosen: str, why: str) -> None:
+    """One warning per process that backend="auto" passed over a preferred back end."""
+    if (skipped, chosen) not in _WARNED:
+        _WARNED.add((skipped, chosen))
+        warnings.warn(f"backend='auto' uses {chosen!r}: the {skipped!r} back end is not "
+                      f"available here ({why})", RuntimeWarning, stacklevel=4)
 
 
 # -- the built-in back ends ---------------------------------------------------------------------
@@ -145,3 +175,35 @@ register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
                  load_mode=lambda: select.interpret_mode()))
+
+
+def _c_unavailable(devices: frozenset[str], auto: bool) -> str | None:
+    gpus = devices - {"cpu"}
+    if gpus:
+        return (f"backend='c' runs on CPU tensors, but parameters are on "
+                f"{', '.join(sorted(gpus))}; use backend='triton' or 'auto'")
+    from optdsl.runtime import c_build
+
+    why = c_build.unavailable()
+    if why:
+        return f"backend='c' needs a working C compiler: {why} (set CC, or use " \
+               f"backend='numpy')" if not auto else why
+    return None
+
+
+def _c_runner(program):
+    from optdsl.runtime.c_runner import CRunner
+
+    return CRunner(program)
+
+
+def _c_load(source: str, tag: str):
+    from optdsl.runtime import c_module
+
+    return c_module.load(source, tag)
+
+
+register(Backend("c", "compiled C on CPU tensors (the system compiler, at first use)",
+                 c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
+                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1,
+                 library_stages=False))

@@ -7,9 +7,10 @@ threads at once is refused).
 float32 and float64 tensors that are contiguous are updated in place through zero-copy
 NumPy views. Other dtypes (float16, bfloat16) and non-contiguous tensors are staged: copied
 to a contiguous float32 (or float64) array, updated, and copied back, rounded to nearest or,
-with a rounding seed, bfloat16 ones rounded stochastically (optdsl.runtime.rounding). A
-parameter with an fp32 master weight is stepped on the master, then the master is copied
-into it.
+with a rounding seed, bfloat16 ones rounded stochastically with the bits every back end
+draws for that element (optdsl.runtime.rounding: the same buckets, tensor indices and
+columns as the Triton and C steps). A parameter with an fp32 master weight is stepped on
+the master, then the master is copied into it.
 
 A parameter whose tensors are all viewed in place keeps its slot between steps (views of w
 and its tensor states): building NumPy views costs a few microseconds a tensor, a tenth of a
@@ -25,7 +26,7 @@ import torch
 
 from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.runtime.library_stage import as_tensor, commit, machine_eps
-from optdsl.runtime.rounding import round_bf16_stochastic
+from optdsl.runtime.rounding import bf16_stochastic_bits, seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
 _NATIVE = (torch.float32, torch.float64)
@@ -50,12 +51,16 @@ class NumpySlot(ParamSlot):
 
 
 class _Staged:
-    """A tensor viewed as a flat NumPy array, copied back on ``flush`` if it was staged."""
+    """A tensor viewed as a flat NumPy array, copied back on ``flush`` if it was staged;
+    ``entry`` and ``column`` say whose column it is (for its random bits)."""
 
-    __slots__ = ("tensor", "array", "staged")
+    __slots__ = ("array", "column", "entry", "staged", "tensor")
 
-    def __init__(self, tensor: torch.Tensor, compute: torch.dtype) -> None:
+    def __init__(self, tensor: torch.Tensor, compute: torch.dtype, entry: int = 0,
+                 column: int = 0) -> None:
         self.tensor = tensor
+        self.entry = entry
+        self.column = column
         if tensor.dtype == compute and tensor.is_contiguous():
             self.array = tensor.view(-1).numpy()
             self.staged = False
@@ -63,17 +68,34 @@ class _Staged:
             self.array = tensor.detach().to(compute).contiguous().view(-1).numpy()
             self.staged = True
 
-    def flush(self, seed: int | None = None) -> None:
+    def flush(self, where: tuple[int, int] | None = None) -> None:
         if self.staged:
-            write_rounded(self.tensor, self.array, seed)
+            write_rounded(self.tensor, self.array, where, self.column)
 
 
-def write_rounded(tensor: torch.Tensor, array: np.ndarray, seed: int | None) -> None:
-    """Copy a flat compute-dtype ``array`` into ``tensor``; with a seed, a bfloat16 tensor
-    gets the values rounded stochastically (others round to nearest)."""
-    if seed is not None and tensor.dtype == torch.bfloat16:
-        array = round_bf16_stochastic(array, seed)
+def write_rounded(tensor: torch.Tensor, array: np.ndarray, where: tuple[int, int] | None,
+                  column: int) -> None:
+    """Copy a flat compute-dtype ``array`` into ``tensor``. With ``where`` (the seed of the
+    tensor's bucket and its index there), a bfloat16 tensor gets the values rounded
+    stochastically with the bits of ``column`` (others round to nearest)."""
+    if where is not None and tensor.dtype == torch.bfloat16:
+        bits = bf16_stochastic_bits(array, where[0], where[1], column)
+        tensor.copy_(torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+                     .view(tensor.shape))
+        return
     tensor.copy_(torch.from_numpy(array).view(tensor.shape))
+
+
+def bucket_key(entry: Entry, tensor_keys: list[str], copy: torch.Tensor | None):
+    """What puts a parameter in a bucket of the step (the dtypes of its tensors and of its
+    master weight's copy; None: a zero-size parameter), as every back end numbers them for
+    stochastic rounding (optdsl.runtime.rounding.buckets)."""
+    if entry.param.numel() == 0:
+        return None
+    states = tuple(None if entry.state.get(k) is None else entry.state[k].dtype
+                   for k in tensor_keys)
+    return (entry.param.dtype, entry.grad.dtype, *states,
+            None if copy is None else copy.dtype)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -158,10 +180,11 @@ class NumpyRunner:
         slot.states = _scalar_states(state, self.state_keys)
         return slot
 
-    def _staged_slot(self, entry: Entry, num_reductions: int, written: list) -> NumpySlot:
+    def _staged_slot(self, entry: Entry, num_reductions: int, written: list,
+                     index: int) -> NumpySlot:
         param, grad, state, t = entry
         compute = compute_dtype(param.dtype)
-        w = _Staged(param.detach(), compute)
+        w = _Staged(param.detach(), compute, index, 0)
         g = _Staged(grad.detach(), compute)
         arrays = [w.array, g.array]
         for key, is_tensor in self.state_keys:
@@ -171,7 +194,7 @@ class NumpyRunner:
             if value is None:  # a state this step neither reads nor writes
                 arrays.append(None)
                 continue
-            staged = _Staged(value, compute)
+            staged = _Staged(value, compute, index, len(arrays))
             arrays.append(staged.array)
             written.append(staged)
         written.append(w)
@@ -186,11 +209,11 @@ class NumpyRunner:
             module = variant.generated(self.backend)
             slots, written = [], []
             keep = options.combine is None and not options.transient
-            for entry in entries:
+            for index, entry in enumerate(entries):
                 variant.check_states(entry.state)
                 slot = self._kept_slot(entry, module.num_reductions) if keep else None
                 if slot is None:
-                    slot = self._staged_slot(entry, module.num_reductions, written)
+                    slot = self._staged_slot(entry, module.num_reductions, written, index)
                 slots.append(slot)
             states = [entry.state for entry in entries]
             self._execute(module, slots, options, states)
@@ -253,14 +276,19 @@ class NumpyRunner:
 
     def _write_back(self, entries: list[Entry], slots: list[NumpySlot], written: list,
                     options: StepOptions) -> None:
-        seed = options.rounding_seed
-        # (NumPy's generator hashes its seed, so consecutive seeds give unrelated streams)
-        for i, staged in enumerate(written):
-            staged.flush(None if seed is None else seed + i)
-        for i, copy in enumerate(options.copies or ()):
+        copies = options.copies or [None] * len(entries)
+        places: list = [None] * len(entries)
+        if options.rounding_seed is not None:
+            keys = [key for key, is_tensor in self.state_keys if is_tensor]
+            places = seeded_places(options.rounding_seed,
+                                   [bucket_key(e, keys, c) for e, c in zip(entries, copies)])
+        for staged in written:
+            staged.flush(places[staged.entry])
+        # the copy's random stream follows the parameter's own columns (w, g, tensor states)
+        copy_column = 2 + sum(1 for _, is_tensor in self.state_keys if is_tensor)
+        for i, copy in enumerate(copies):
             if copy is not None:
-                write_rounded(copy, slots[i].arrays[0],
-                              None if seed is None else seed + len(written) + i)
+                write_rounded(copy, slots[i].arrays[0], places[i], copy_column)
         for entry, slot in zip(entries, slots):
             slot.arrays[1] = None  # a kept slot must not keep the gradient alive
             for (key, is_tensor), value in zip(self.state_keys, slot.states):

@@ -1,0 +1,275 @@
+"""Runs one param group's step on CPU torch tensors through a program's generated C step.
+
+A step is ONE foreign call (``optdsl_step``): the host scalars, every sweep over every
+parameter (all dtypes: the C code reads and writes float32, float64, float16 and bfloat16
+storage itself) and the reductions, finished in C in the descriptor's order. When a step
+needs the runtime between sweeps (a distributed combiner all-reduces shards' partials, or a
+reduction's finish has no C spelling) the same C host step calls back into Python for each
+sweep, which runs the sweep (``optdsl_sweep``) and finishes its reductions in
+optdsl.runtime.reduce. Programs with library stages (matrix products run by torch between
+sweeps) are not the C back end's yet: backend="auto" passes it over for them and
+backend="c" is refused at construction (optdsl.runtime.backends).
+
+Tables (``_Tables``): the pointer table (one row per parameter: w, g, each tensor state,
+the scratch columns of values stored between sweeps, the master weight's low-precision
+copy), dtype codes, sizes, the block map (BLOCK elements per block) and the buffers the C
+code writes (rows, reductions, partials) are built once for a set of tensors and kept while
+their storage, sizes and dtypes are unchanged (at most _CACHED_PLANS sets per runner); a
+step then writes only the gradients' pointers, the step numbers, the hypers and the
+rounding seeds. Tensors that are not contiguous are staged through a contiguous copy
+(copied back after the step), as are scalar states that are not a float32/float64 number
+in memory.
+
+Threads: the blocks run in parallel on torch's OpenMP runtime (the shared object links
+``libgomp.so.1``, which resolves to the one torch loaded) with torch's thread count, so the
+step's threads are the ones torch's own ops just used; each block's reduction partials are
+combined in block order, so results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from optdsl.codegen.c_prelude import BLOCK, DTYPE_CODES
+from optdsl.runtime.c_abi import Args
+from optdsl.runtime.rounding import seeded_places
+from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
+
+_CACHED_PLANS = 8
+PARALLEL_MIN = 1 << 20  # elements below which a sweep runs on one thread (a barrier costs more)
+_CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
+
+
+def _ptr(array: np.ndarray) -> int:
+    return array.ctypes.data
+
+
+def _contiguous_copy(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=dtype).copy_(x)
+
+
+class _Tables:
+    """One set of tensors, laid out for the C step (see the module docstring)."""
+
+    def __init__(self, lib, entries: list[Entry], tensor_keys: list[str],
+                 scalar_keys: list[str], copies: list) -> None:
+        n, ncol = len(entries), len(lib.TENSORS) + 1
+        scratch = len(lib.TENSORS) - lib.STATE_COLUMNS
+        self.n = n
+        self.keep: list[torch.Tensor] = []  # staged copies and scratch the table points into
+        self.writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.scalar_writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.grad_dtypes: list[torch.dtype] = []
+        self.ptr = np.zeros(n * ncol, dtype=np.int64)
+        self.dtype = np.zeros(n * ncol, dtype=np.int8)
+        self.numel = np.zeros(n, dtype=np.int64)
+        nss = max(len(scalar_keys), 1)
+        self.sptr = np.zeros(n * nss, dtype=np.int64)
+        self.sdtype = np.zeros(n * nss, dtype=np.int8)
+        self.bucket_keys = []
+        for i, (entry, copy) in enumerate(zip(entries, copies)):
+            param = entry.param
+            numel = param.numel()
+            self.numel[i] = numel
+            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+            tensors = [param, entry.grad] + [entry.state.get(k) for k in tensor_keys]
+            tensors += [torch.empty(numel, dtype=compute) for _ in range(scratch)]
+            tensors.append(copy)
+            for c, x in enumerate(tensors):
+                if x is None:
+                    continue
+                x = x.detach()
+                if not x.is_contiguous() or x.dtype not in _CODES:
+                    staged = _contiguous_copy(x, x.dtype if x.dtype in _CODES
+                                              else torch.float32)
+                    if c != 1:  # the gradient is only read
+                        self.writeback.append((x, staged))
+                    x = staged
+                self.keep.append(x)
+                self.ptr[i * ncol + c] = x.data_ptr()
+                self.dtype[i * ncol + c] = _CODES[x.dtype]
+            self.grad_dtypes.append(tensors[1].dtype)
+            for j, key in enumerate(scalar_keys):
+                value = entry.state[key].detach()
+                if value.dtype not in (torch.float32, torch.float64) or not value.is_contiguous():
+                    staged = _contiguous_copy(value, torch.float64)
+                    self.scalar_writeback.append((value, staged))
+                    value = staged
+                self.keep.append(value)
+                self.sptr[i * nss + j] = value.data_ptr()
+                self.sdtype[i * nss + j] = _CODES[value.dtype]
+            self.bucket_keys.append(None if numel == 0 else tuple(
+                None if x is None else x.dtype for x in tensors[:2 + len(tensor_keys)]
+            ) + (None if copy is None else copy.dtype,))
+        counts = -(-self.numel // BLOCK)
+        owner = np.repeat(np.arange(n, dtype=np.int64), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        starts = (np.arange(int(counts.sum()), dtype=np.int64) - first) * BLOCK
+        self.blocks = np.ascontiguousarray(np.stack([owner, starts], axis=1).reshape(-1))
+        nblocks = len(owner)
+        width = max(lib.MAX_SWEEP_REDUCTIONS, 1)
+        self.t = np.zeros(n, dtype=np.float64)
+        self.sval = np.zeros(n * nss, dtype=np.float64)
+        self.hyper = np.zeros(max(len(lib.HYPERS), 1), dtype=np.float64)
+        self.rows = np.zeros(n * lib.ROW, dtype=np.float64)
+        self.red = np.zeros(max(n * lib.NUM_REDUCTIONS, 1), dtype=np.float64)
+        self.totals = np.zeros(max(lib.NUM_REDUCTIONS, 1), dtype=np.float64)
+        self.raw = np.zeros(max(n * width, 1), dtype=np.float64)
+        self.partials = np.zeros(max(nblocks * width, 1), dtype=np.float64)
+        self.seed = np.zeros(n, dtype=np.int64)
+        self.ti = np.zeros(n, dtype=np.int64)
+        self.num_reductions = lib.NUM_REDUCTIONS
+        self.grad_column = 1
+        self.ncol = ncol
+        a = self.args = Args()
+        a.n, a.ncol, a.nblocks = n, ncol, nblocks
+        for name in ("ptr", "dtype", "numel", "t", "sptr", "sdtype", "sval", "hyper", "rows",
+                     "red", "totals", "raw", "blocks", "partials", "seed", "ti"):
+            setattr(a, name, _ptr(getattr(self, name)))
+        a.parallel_min = PARALLEL_MIN
+
+    def set_gradients(self, entries: list[Entry]) -> list[torch.Tensor]:
+        """Point the gradient column at this step's gradients (staged where they are not
+        contiguous or change dtype); returns what must stay alive during the step."""
+        staged = []
+        ptr, ncol = self.ptr, self.ncol
+        for i, (entry, dtype) in enumerate(zip(entries, self.grad_dtypes)):
+            g = entry.grad
+            if g.dtype is not dtype or not g.is_contiguous():
+                g = _contiguous_copy(g.detach(), dtype)
+                staged.append(g)
+            ptr[i * ncol + 1] = g.data_ptr()
+        return staged
+
+    def take_finished(self, reductions, params, totals) -> None:
+        """Copy the reductions the runtime finished for a sweep into the C tables."""
+        count = self.num_reductions
+        for slot, _ in reductions:
+            self.totals[slot] = np.float64(totals[slot]) if totals[slot] is not None else 0.0
+            for i, p in enumerate(params):
+                if p.red[slot] is not None:
+                    self.red[i * count + slot] = p.red[slot]
+
+    def raw_partials(self, count: int) -> list[list]:
+        return self.raw[:self.n * count].reshape(self.n, count).tolist() if count else []
+
+
+def _signature(columns: tuple, entries: list[Entry], tensor_keys: list[str],
+               scalar_keys: list[str], copies: list) -> tuple:
+    """What the cached tables depend on: each tensor's storage, size, dtype and layout."""
+    out: list = [columns]
+    add = out.append
+    for entry, copy in zip(entries, copies):
+        param, state = entry.param, entry.state
+        add((param.data_ptr(), param.numel(), param.dtype, param.is_contiguous(),
+             entry.grad.dtype))
+        for key in tensor_keys:
+            x = state.get(key)
+            add(None if x is None else (x.data_ptr(), x.dtype, x.is_contiguous()))
+        for key in scalar_keys:
+            x = state[key]
+            add((x.data_ptr(), x.dtype))
+        add(None if copy is None else (copy.data_ptr(), copy.dtype, copy.is_contiguous()))
+    return tuple(out)
+
+
+class CRunner:
+    """One optimizer's runner of a program's generated C steps."""
+
+    def __init__(self, program) -> None:
+        self.program = program
+        self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
+        self.tensor_keys = [k for k, is_tensor in self.state_keys if is_tensor]
+        self.scalar_keys = [k for k, is_tensor in self.state_keys if not is_tensor]
+        self._plans: OrderedDict = OrderedDict()
+        self._busy = OneStepAtATime()
+        self.calls = 0  # foreign calls made (one per step, on the direct path)
+
+    def forget(self) -> None:
+        """Drop the cached tables (after a load_state_dict replaced the states)."""
+        self._plans.clear()
+
+    def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
+        """Step every entry in place. ``options.copies``: per entry, None or the tensor that
+        receives a rounded copy of the updated parameter (the entry's parameter is then its
+        fp32 master weight)."""
+        with self._busy:
+            module = variant.generated("c")
+            lib = module.module
+            copies = options.copies or [None] * len(entries)
+            tables = self._tables(lib, variant, entries, copies)
+            alive = tables.set_gradients(entries)
+            self._prepare(lib, tables, entries, options)
+            if self._direct(lib, options):
+                self.calls += 1
+                rc = lib.optdsl_step(ctypes.byref(tables.args))
+                if rc:
+                    raise RuntimeError(f"the generated C step failed (code {rc})")
+            else:
+                self._through_runtime(module, tables, entries, options)
+            del alive
+            for original, staged in tables.writeback:
+                original.copy_(staged)
+            for original, staged in tables.scalar_writeback:
+                original.copy_(staged)
+
+    @staticmethod
+    def _direct(lib, options: StepOptions) -> bool:
+        """Whether the whole step runs in C (else each sweep goes through the runtime)."""
+        return options.combine is None and lib.FINISHES_IN_C
+
+    def _tables(self, lib, variant, entries, copies) -> _Tables:
+        signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
+                               copies)
+        found = self._plans.get(signature)
+        if found is not None and not (found.writeback or found.scalar_writeback):
+            self._plans.move_to_end(signature)
+            return found
+        for entry in entries:
+            variant.check_states(entry.state)
+        tables = _Tables(lib, entries, self.tensor_keys, self.scalar_keys, copies)
+        if not (tables.writeback or tables.scalar_writeback):  # (staged copies are per step)
+            self._plans[signature] = tables
+            while len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
+        return tables
+
+    def _prepare(self, lib, tables: _Tables, entries: list[Entry],
+                 options: StepOptions) -> None:
+        a = tables.args
+        tables.t[:] = [e.t for e in entries]
+        hyper = options.hyper
+        for j, name in enumerate(lib.HYPERS):
+            tables.hyper[j] = hyper[name]
+        a.inv_grad_scale = float(options.inv_grad_scale)
+        a.threads = torch.get_num_threads()
+        a.sr = options.rounding_seed is not None
+        if a.sr:
+            places = seeded_places(options.rounding_seed, tables.bucket_keys)
+            tables.seed[:] = [0 if p is None else p[0] for p in places]
+            tables.ti[:] = [0 if p is None else p[1] for p in places]
+        for original, staged in tables.scalar_writeback:
+            staged.copy_(original)
+
+    def _through_runtime(self, module, tables: _Tables, entries: list[Entry],
+                         options: StepOptions) -> None:
+        """The C host step, each sweep run and finished by the runtime (the combiner)."""
+        lib = module.module
+
+        def run_sweep(k: int, params) -> list:
+            self.calls += 1
+            lib.optdsl_sweep(ctypes.byref(tables.args), k)
+            return tables.raw_partials(len(module.sweeps[k].reductions))
+
+        from optdsl.codegen.contract import ParamSlot
+
+        slots = [ParamSlot(e.t, [], module.num_reductions) for e in entries]
+        ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
+                          [int(x) for x in tables.numel], options.combine)
+        ctx.tables = tables
+        self.calls += 1
+        module.step(ctx, slots)

@@ -1,0 +1,145 @@
+"""The C back end's shared objects in the disk cache (optdsl.runtime.cache artifacts), with the
+real compiler behind a wrapper ($CC) that logs each build:
+
+- 8 processes stepping a never-seen program into one empty cache at the same moment all
+  succeed with the same bits, the step is compiled once, and one entry is left;
+- a compiler killed in the middle of a build (its process and the Python above it) leaves
+  no entry; the next process builds it, silently;
+- a corrupted entry (flipped bits, a directory in its place) is a miss: rebuilt
+  with a RuntimeWarning, and the step runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from optdsl.runtime import c_build
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(c_build.unavailable() is not None,
+                                reason=f"no C compiler: {c_build.unavailable()}")
+
+CHILD = textwrap.dedent("""
+    import hashlib, os, time, warnings
+    import torch
+    import optdsl
+    go = os.environ.get("FAULT_GO")
+    while go and not os.path.exists(go):
+        time.sleep(0.002)
+    prog = optdsl.compile("hyper lr = 0.1\\nstate m = 0\\nm = 0.9 * m + g\\n"
+                          "w = w - lr * m / (1 + norm(m))", name="Cached")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 5000))
+        opt = prog.optimizer([p], backend="c")
+        for _ in range(2):
+            p.grad = torch.cos(p.detach() * 3)
+            opt.step()
+    print("ok", hashlib.sha256(p.detach().numpy().tobytes()).hexdigest())
+    for w in caught:
+        print("warning:", w.message)
+""")
+
+
+def _wrapper(tmp_path: Path, hang: bool = False) -> Path:
+    """A $CC that logs each build of a step (not the probe) and may hang in one."""
+    real = c_build.compiler().command[0]
+    log, marker = tmp_path / "builds.log", tmp_path / "building"
+    hang_line = f'touch {marker}; sleep 600\n' if hang else ""
+    script = tmp_path / "cc"
+    script.write_text("#!/bin/sh\ncase \"$*\" in *artifact.c*)\n"
+                      f"  echo build >> {log}\n  {hang_line}  ;;\nesac\n"
+                      f"exec {real} \"$@\"\n")
+    script.chmod(0o755)
+    return script
+
+
+def _env(tmp_path: Path, cc: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, OPTDSL_CACHE_DIR=str(tmp_path / "cache"), CC=str(cc),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def _entries(tmp_path: Path) -> list[Path]:
+    directory = tmp_path / "cache"
+    return sorted(p for p in directory.glob("c_Cached_*.so")) if directory.exists() else []
+
+
+def _builds(tmp_path: Path) -> int:
+    log = tmp_path / "builds.log"
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def test_eight_processes_compile_one_step_at_once(tmp_path):
+    go = tmp_path / "go"
+    env = _env(tmp_path, _wrapper(tmp_path), FAULT_GO=str(go))
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    time.sleep(2.0)  # let them import
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0 and out.startswith("ok"), err[-2000:]
+        assert "warning" not in out, out
+    assert len({out for out, _ in outputs}) == 1  # the same bits everywhere
+    assert _builds(tmp_path) == 1
+    assert len(_entries(tmp_path)) == 1
+
+
+def test_compiler_killed_mid_build_leaves_no_entry(tmp_path):
+    env = _env(tmp_path, _wrapper(tmp_path, hang=True))
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "building").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the Python process and the compiler
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not _entries(tmp_path), "a partial shared object is visible"
+    env["CC"] = str(_wrapper(tmp_path))
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    assert "warning" not in done.stdout, done.stdout
+    assert _builds(tmp_path) == 2 and len(_entries(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("corruption", ["flipped", "directory"])
+def test_corrupt_shared_object_is_rebuilt_with_a_warning(tmp_path, corruption):
+    env = _env(tmp_path, _wrapper(tmp_path))
+    first = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (entry,) = _entries(tmp_path)
+    data = entry.read_bytes()
+    if corruption == "truncated":
+        entry.write_bytes(data[: len(data) // 2])
+    elif corruption == "flipped":
+        middle = len(data) // 2
+        entry.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    else:
+        entry.unlink()
+        entry.mkdir()
+    again = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]  # the same bits
+    assert "warning:" in again.stdout and "corrupt" in again.stdout, again.stdout
+    assert _builds(tmp_path) == 2
