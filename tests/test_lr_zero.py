@@ -47,14 +47,17 @@ def _build(source: str, lr: float) -> tuple[torch.Tensor, torch.optim.Optimizer]
     prog = optdsl.compile(source)
     hypers = {name: _value_inside(spec) for name, spec in prog.hypers.items()
               if spec.required and name != "lr"}
-    w = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+    if any(r.per_parameter for r in prog.requirements):  # Muon: matrices only
+        w = w.reshape(2, 2)
+    w.requires_grad_()
     return w, prog.optimizer([w], lr=lr, **hypers)
 
 
 def _step(w: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-    w.grad = torch.tensor([0.3, -0.1, 0.2, 0.4], dtype=torch.float64)
+    w.grad = torch.tensor([0.3, -0.1, 0.2, 0.4], dtype=torch.float64).reshape(w.shape)
     opt.step()
-    assert all(math.isfinite(x) for x in w.detach().tolist())
+    assert all(math.isfinite(x) for x in w.detach().flatten().tolist())
 
 
 def test_the_cases_are_there():
