@@ -123,6 +123,13 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
+def _where(mask, a, b):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+    if torch.is_tensor(mask):
+        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+    return a if mask else b
+
+
 def _wide(x):
     """x transposed when it has more rows than columns."""
     return x.transpose(-1, -2) if x.shape[-2] > x.shape[-1] else x
@@ -163,19 +170,19 @@ def library0(params):
         v45 = (v44 - v10)  # line 40
         v46 = (f21 * v45)  # line 40
         v47 = (v10 + v46)  # line 40
-        v48 = torch.where(f40, v47, v10)  # line 40
+        v48 = _where(f40, v47, v10)  # line 40
         v49 = torch.linalg.vector_norm(v16, dim=-2, keepdim=True)  # line 41
         v50 = (v49 * v49)  # line 41
         v52 = (v50 / f51)  # line 41
         v53 = (v52 - v11)  # line 41
         v54 = (f21 * v53)  # line 41
         v55 = (v11 + v54)  # line 41
-        v56 = torch.where(f40, v55, v11)  # line 41
+        v56 = _where(f40, v55, v11)  # line 41
         v62 = torch.matmul(v48, v56)  # line 43
         v63 = torch.mean(v48, dim=-2, keepdim=True)  # line 43
         v64 = _max(v63, f20)  # line 43
         v65 = (v62 / v64)  # line 43
-        v66 = torch.where(f40, v65, v61)  # line 43
+        v66 = _where(f40, v65, v61)  # line 43
         v68 = _max(v66, f67)  # line 44
         v69 = torch.rsqrt(v68)  # line 44
         v70 = (v69 * v16)  # line 44

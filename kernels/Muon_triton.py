@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-TENSORS = ('w', 'g', 'buf', '__t22', '__t89')  # pointer-table columns
+TENSORS = ('w', 'g', 'buf', '__t23', '__t92')  # pointer-table columns
 NUM_REDUCTIONS = 0
 
 
@@ -116,6 +116,13 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
+def _where(mask, a, b):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+    if torch.is_tensor(mask):
+        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+    return a if mask else b
+
+
 def _wide(x):
     """x transposed when it has more rows than columns."""
     return x.transpose(-1, -2) if x.shape[-2] > x.shape[-1] else x
@@ -141,41 +148,43 @@ def library0(params):
         f7 = float(s[1])
         f8 = float(s[2])
         f9 = float(s[3])
-        f73 = float(s[4])  # line 43
-        f74 = float(s[5])  # line 43
+        f24 = float(s[4])  # line 39
+        f76 = float(s[5])  # line 46
+        f77 = float(s[6])  # line 46
         T = p.tensors
-        v22 = T[3]
-        v23 = v22.to(torch.bfloat16)  # line 36
-        v24 = _wide(v23)  # line 36
-        v25 = torch.linalg.vector_norm(v24)  # line 37
-        v26 = _max(v25, f9)  # line 37
-        v27 = (v24 / v26)  # line 37
-        v28 = v27.transpose(-1, -2)  # line 39
-        v29 = torch.matmul(v27, v28)  # line 39
-        v33 = _addmm(v29, v29, v29, beta=f7, alpha=f8)  # line 40
-        v36 = _addmm(v27, v33, v27, beta=f6, alpha=1.0)  # line 41
-        v37 = v36.transpose(-1, -2)  # line 39
-        v38 = torch.matmul(v36, v37)  # line 39
-        v42 = _addmm(v38, v38, v38, beta=f7, alpha=f8)  # line 40
-        v45 = _addmm(v36, v42, v36, beta=f6, alpha=1.0)  # line 41
-        v46 = v45.transpose(-1, -2)  # line 39
-        v47 = torch.matmul(v45, v46)  # line 39
-        v51 = _addmm(v47, v47, v47, beta=f7, alpha=f8)  # line 40
-        v54 = _addmm(v45, v51, v45, beta=f6, alpha=1.0)  # line 41
-        v55 = v54.transpose(-1, -2)  # line 39
-        v56 = torch.matmul(v54, v55)  # line 39
-        v60 = _addmm(v56, v56, v56, beta=f7, alpha=f8)  # line 40
-        v63 = _addmm(v54, v60, v54, beta=f6, alpha=1.0)  # line 41
-        v64 = v63.transpose(-1, -2)  # line 39
-        v65 = torch.matmul(v63, v64)  # line 39
-        v69 = _addmm(v65, v65, v65, beta=f7, alpha=f8)  # line 40
-        v72 = _addmm(v63, v69, v63, beta=f6, alpha=1.0)  # line 41
-        v89 = _unwide(v72, f73, f74)  # line 45
-        T[4].copy_(v89)  # for later sweeps
+        v23 = T[3]
+        v25 = v23.to(torch.bfloat16)  # line 39
+        v26 = _where(f24, v23, v25)  # line 39
+        v27 = _wide(v26)  # line 39
+        v28 = torch.linalg.vector_norm(v27)  # line 40
+        v29 = _max(v28, f9)  # line 40
+        v30 = (v27 / v29)  # line 40
+        v31 = v30.transpose(-1, -2)  # line 42
+        v32 = torch.matmul(v30, v31)  # line 42
+        v36 = _addmm(v32, v32, v32, beta=f7, alpha=f8)  # line 43
+        v39 = _addmm(v30, v36, v30, beta=f6, alpha=1.0)  # line 44
+        v40 = v39.transpose(-1, -2)  # line 42
+        v41 = torch.matmul(v39, v40)  # line 42
+        v45 = _addmm(v41, v41, v41, beta=f7, alpha=f8)  # line 43
+        v48 = _addmm(v39, v45, v39, beta=f6, alpha=1.0)  # line 44
+        v49 = v48.transpose(-1, -2)  # line 42
+        v50 = torch.matmul(v48, v49)  # line 42
+        v54 = _addmm(v50, v50, v50, beta=f7, alpha=f8)  # line 43
+        v57 = _addmm(v48, v54, v48, beta=f6, alpha=1.0)  # line 44
+        v58 = v57.transpose(-1, -2)  # line 42
+        v59 = torch.matmul(v57, v58)  # line 42
+        v63 = _addmm(v59, v59, v59, beta=f7, alpha=f8)  # line 43
+        v66 = _addmm(v57, v63, v57, beta=f6, alpha=1.0)  # line 44
+        v67 = v66.transpose(-1, -2)  # line 42
+        v68 = torch.matmul(v66, v67)  # line 42
+        v72 = _addmm(v68, v68, v68, beta=f7, alpha=f8)  # line 43
+        v75 = _addmm(v66, v72, v66, beta=f6, alpha=1.0)  # line 44
+        v92 = _unwide(v75, f76, f77)  # line 48
+        T[4].copy_(v92)  # for later sweeps
 
 
 @triton.jit
-def sweep0_block(offs, n, p_g, p_s_buf, p_t22, sp, CT: tl.constexpr, BLOCK: tl.constexpr,
+def sweep0_block(offs, n, p_g, p_s_buf, p_t23, sp, CT: tl.constexpr, BLOCK: tl.constexpr,
                  MASKED: tl.constexpr):
     """Sweep 0 (reductions) on one block of one tensor."""
     if MASKED:  # the tensor's last block
@@ -183,23 +192,23 @@ def sweep0_block(offs, n, p_g, p_s_buf, p_t22, sp, CT: tl.constexpr, BLOCK: tl.c
     else:
         mask = None
     v4 = tl.load(sp + 0)  # h_momentum
-    v13 = tl.load(sp + 1)  # line 34
-    v18 = tl.load(sp + 2) != 0.0  # line 35
+    v14 = tl.load(sp + 1)  # line 37
+    v19 = tl.load(sp + 2) != 0.0  # line 38
     v1 = _loaded(p_g, offs, mask, CT)  # g
-    v11 = _loaded(p_s_buf, offs, mask, CT)  # buf
-    v14 = v1 - v11  # line 34
-    v15 = v13 * v14  # line 34
-    v16 = v11 + v15  # line 34
-    v19 = v16 - v1  # line 35
-    v20 = v4 * v19  # line 35
-    v21 = v1 + v20  # line 35
-    v22 = tl.where(v18, v21, v16)  # line 35
-    tl.store(p_t22 + offs, v22, mask=mask)  # stored for later sweeps
+    v12 = _loaded(p_s_buf, offs, mask, CT)  # buf
+    v15 = v1 - v12  # line 37
+    v16 = v14 * v15  # line 37
+    v17 = v12 + v16  # line 37
+    v20 = v17 - v1  # line 38
+    v21 = v4 * v20  # line 38
+    v22 = v1 + v21  # line 38
+    v23 = tl.where(v19, v22, v17)  # line 38
+    tl.store(p_t23 + offs, v23, mask=mask)  # stored for later sweeps
 
 
 @triton.jit(do_not_specialize=["seed"])
 def sweep0_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                  DT_s_buf: tl.constexpr, DT_t22: tl.constexpr, DT_t89: tl.constexpr,
+                  DT_s_buf: tl.constexpr, DT_t23: tl.constexpr, DT_t92: tl.constexpr,
                   DT_wcopy: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
                   ALIGNED: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr):
     """Sweep 0 (reductions): one program per (tensor, start) row of `blocks`."""
@@ -210,20 +219,20 @@ def sweep0_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g
     offs = start + tl.arange(0, BLOCK)
     p_g = tl.load(ptrs + 6 * ti + 1).to(tl.pointer_type(DT_g))
     p_s_buf = tl.load(ptrs + 6 * ti + 2).to(tl.pointer_type(DT_s_buf))
-    p_t22 = tl.load(ptrs + 6 * ti + 3).to(tl.pointer_type(DT_t22))
+    p_t23 = tl.load(ptrs + 6 * ti + 3).to(tl.pointer_type(DT_t23))
     if ALIGNED:  # every pointer of the launch is 16-byte aligned
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
-        p_t22 = tl.multiple_of(p_t22, 16)
+        p_t23 = tl.multiple_of(p_t23, 16)
     sp = scal + 3 * ti
     if start + BLOCK <= n:
-        sweep0_block(offs, n, p_g, p_s_buf, p_t22, sp, CT, BLOCK, False)
+        sweep0_block(offs, n, p_g, p_s_buf, p_t23, sp, CT, BLOCK, False)
     else:
-        sweep0_block(offs, n, p_g, p_s_buf, p_t22, sp, CT, BLOCK, True)
+        sweep0_block(offs, n, p_g, p_s_buf, p_t23, sp, CT, BLOCK, True)
 
 
 @triton.jit
-def sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t89, p_wcopy, sp, ti, seed, CT: tl.constexpr,
+def sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t92, p_wcopy, sp, ti, seed, CT: tl.constexpr,
                  BLOCK: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr,
                  MASKED: tl.constexpr):
     """Sweep 1 (updates w, buf) on one block of one tensor."""
@@ -231,29 +240,29 @@ def sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t89, p_wcopy, sp, ti, seed, CT: t
         mask = offs < n
     else:
         mask = None
-    v13 = tl.load(sp + 0)  # line 34
-    v86 = tl.load(sp + 1)  # line 45
-    v88 = tl.load(sp + 2)  # line 45
+    v14 = tl.load(sp + 0)  # line 37
+    v89 = tl.load(sp + 1)  # line 48
+    v91 = tl.load(sp + 2)  # line 48
     v0 = _loaded(p_w, offs, mask, CT)  # w
     v1 = _loaded(p_g, offs, mask, CT)  # g
-    v11 = _loaded(p_s_buf, offs, mask, CT)  # buf
-    v14 = v1 - v11  # line 34
-    v15 = v13 * v14  # line 34
-    v16 = v11 + v15  # line 34
-    v87 = v0 * v86  # line 45
-    v89 = _loaded(p_t89, offs, mask, CT)  # __t89
-    v90 = v89  # line 45
-    v91 = v88 * v90  # line 45
-    v92 = v87 - v91  # line 45
-    tl.store(p_w + offs, _stored(v92, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
+    v12 = _loaded(p_s_buf, offs, mask, CT)  # buf
+    v15 = v1 - v12  # line 37
+    v16 = v14 * v15  # line 37
+    v17 = v12 + v16  # line 37
+    v90 = v0 * v89  # line 48
+    v92 = _loaded(p_t92, offs, mask, CT)  # __t92
+    v93 = v92  # line 48
+    v94 = v91 * v93  # line 48
+    v95 = v90 - v94  # line 48
+    tl.store(p_w + offs, _stored(v95, p_w.dtype.element_ty, SR, seed, ti, 0, offs), mask=mask)  # w =
     if COPY:  # the low-precision parameter of a master weight
-        tl.store(p_wcopy + offs, _stored(v92, p_wcopy.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)
-    tl.store(p_s_buf + offs, _stored(v16, p_s_buf.dtype.element_ty, SR, seed, ti, 2, offs), mask=mask)  # buf =
+        tl.store(p_wcopy + offs, _stored(v95, p_wcopy.dtype.element_ty, SR, seed, ti, 3, offs), mask=mask)
+    tl.store(p_s_buf + offs, _stored(v17, p_s_buf.dtype.element_ty, SR, seed, ti, 2, offs), mask=mask)  # buf =
 
 
 @triton.jit(do_not_specialize=["seed"])
 def sweep1_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g: tl.constexpr,
-                  DT_s_buf: tl.constexpr, DT_t22: tl.constexpr, DT_t89: tl.constexpr,
+                  DT_s_buf: tl.constexpr, DT_t23: tl.constexpr, DT_t92: tl.constexpr,
                   DT_wcopy: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
                   ALIGNED: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr):
     """Sweep 1 (updates w, buf): one program per (tensor, start) row of `blocks`."""
@@ -265,7 +274,7 @@ def sweep1_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g
     p_w = tl.load(ptrs + 6 * ti + 0).to(tl.pointer_type(DT_w))
     p_g = tl.load(ptrs + 6 * ti + 1).to(tl.pointer_type(DT_g))
     p_s_buf = tl.load(ptrs + 6 * ti + 2).to(tl.pointer_type(DT_s_buf))
-    p_t89 = tl.load(ptrs + 6 * ti + 4).to(tl.pointer_type(DT_t89))
+    p_t92 = tl.load(ptrs + 6 * ti + 4).to(tl.pointer_type(DT_t92))
     if COPY:  # w is a master weight: its rounded copy
         p_wcopy = tl.load(ptrs + 6 * ti + 5).to(tl.pointer_type(DT_wcopy))
     else:
@@ -274,13 +283,13 @@ def sweep1_kernel(ptrs, sizes, blocks, scal, red, seed, DT_w: tl.constexpr, DT_g
         p_w = tl.multiple_of(p_w, 16)
         p_g = tl.multiple_of(p_g, 16)
         p_s_buf = tl.multiple_of(p_s_buf, 16)
-        p_t89 = tl.multiple_of(p_t89, 16)
+        p_t92 = tl.multiple_of(p_t92, 16)
         p_wcopy = tl.multiple_of(p_wcopy, 16)
     sp = scal + 3 * ti
     if start + BLOCK <= n:
-        sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t89, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, False)
+        sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t92, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, False)
     else:
-        sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t89, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, True)
+        sweep1_block(offs, n, p_w, p_g, p_s_buf, p_t92, p_wcopy, sp, ti, seed, CT, BLOCK, COPY, SR, True)
 
 
 # Per sweep: (kernel, scalar-table width, reductions produced as (slot, kind)).
@@ -290,7 +299,7 @@ SWEEPS = (
 )
 # Per library stage: (function, scalar-row width).
 LIBRARIES = (
-    (library0, 6),
+    (library0, 7),
 )
 
 
@@ -304,29 +313,31 @@ def step(ctx, params):
     h_lr = np.float64(ctx.hyper['lr'])
     h_momentum = np.float64(ctx.hyper['momentum'])
     h_nesterov = np.float64(ctx.hyper['nesterov'])
+    h_ns_dtype = np.float64(ctx.hyper['ns_dtype'])
     h_weight_decay = np.float64(ctx.hyper['weight_decay'])
-    v13 = (1.0 - h_momentum)  # line 34
-    v18 = bool(h_nesterov != 0.0)  # line 35
+    v14 = (1.0 - h_momentum)  # line 37
+    v19 = bool(h_nesterov != 0.0)  # line 38
     for p in params:  # sweep 0: reductions
         t = np.float64(p.t)
-        p.scalars = (h_momentum, v13, v18)  # the sweep's scalar row
+        p.scalars = (h_momentum, v14, v19)  # the sweep's scalar row
     ctx.sweep(0, params)
+    v24 = bool(h_ns_dtype == 1.0)  # line 39
     for p in params:  # library stage 0: matrix work
         t = np.float64(p.t)
-        p.scalars = (h_a, h_b, h_c, h_eps, p.rows, p.cols)  # the stage's scalar row
+        p.scalars = (h_a, h_b, h_c, h_eps, v24, p.rows, p.cols)  # the stage's scalar row
     ctx.library(0, params)
-    v79 = bool(h_adjust_lr_fn == 2.0)  # line 44
-    v85 = (h_lr * h_weight_decay)  # line 45
-    v86 = (1.0 - v85)  # line 45
+    v82 = bool(h_adjust_lr_fn == 2.0)  # line 47
+    v88 = (h_lr * h_weight_decay)  # line 48
+    v89 = (1.0 - v88)  # line 48
     for p in params:  # final sweep: updates
         t = np.float64(p.t)
-        v75 = (p.rows / p.cols)  # line 43
-        v76 = np.maximum(1.0, v75)  # line 43
-        v77 = np.sqrt(v76)  # line 43
-        v81 = np.maximum(p.rows, p.cols)  # line 44
-        v82 = np.sqrt(v81)  # line 44
-        v83 = (0.2 * v82)  # line 44
-        v84 = np.float64(v83 if v79 else v77)  # line 44
-        v88 = (h_lr * v84)  # line 45
-        p.scalars = (v13, v86, v88)  # the sweep's scalar row
+        v78 = (p.rows / p.cols)  # line 46
+        v79 = np.maximum(1.0, v78)  # line 46
+        v80 = np.sqrt(v79)  # line 46
+        v84 = np.maximum(p.rows, p.cols)  # line 47
+        v85 = np.sqrt(v84)  # line 47
+        v86 = (0.2 * v85)  # line 47
+        v87 = np.float64(v86 if v82 else v80)  # line 47
+        v91 = (h_lr * v87)  # line 48
+        p.scalars = (v14, v89, v91)  # the sweep's scalar row
     ctx.sweep(1, params)

@@ -105,6 +105,42 @@ def test_muon_one_step_from_the_same_state_is_within_bf16_rounding(backend):
             assert float((p - q).detach().abs().max()) <= bound
 
 
+def _newton_schulz_f64(u: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = u.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(float(x.norm()), eps)
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if tall else x
+
+
+def test_muon_newton_schulz_in_float32_on_request(backend):
+    """ns_dtype="float32" (an option torch's Muon lacks) orthogonalises in float32: one step
+    from no state is the float64 computation within float32 rounding, and the default's
+    bfloat16 one is measurably further from it."""
+    import math
+
+    errors = {}
+    for mode in ("float32", "bfloat16"):
+        gen = torch.Generator().manual_seed(3)
+        p = torch.nn.Parameter(torch.randn(24, 10, generator=gen))
+        g = torch.randn(24, 10, generator=gen)
+        p0 = p.detach().clone()
+        p.grad = g.clone()
+        library.Muon([p], lr=0.02, weight_decay=0.0, ns_dtype=mode, backend=backend).step()
+        buf = 0.05 * g.double()
+        u = g.double() + 0.95 * (buf - g.double())  # lerp(g, buf, momentum): nesterov
+        want = p0.double() - 0.02 * math.sqrt(24 / 10) * _newton_schulz_f64(u)
+        errors[mode] = float((p.detach().double() - want).abs().max())
+    assert errors["float32"] < 1e-6
+    assert errors["bfloat16"] > 10 * errors["float32"]
+    with pytest.raises(ValueError, match="ns_dtype"):
+        library.Muon([torch.nn.Parameter(torch.zeros(2, 2))], ns_dtype="float16")
+
+
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 2e-6), (torch.float64, 1e-13)])
 @pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.1, "maximize": True},
                                     {"eps": (1e-20, 1e-3), "d": 2.0, "beta2_decay": -0.5}],

@@ -12,6 +12,8 @@ Before: an optimized graph. After: no where() reads a mask listed in ``choice``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from optdsl.ir.builder import Builder, copy_eq
@@ -96,7 +98,10 @@ def _picks(graph: Graph, choice: dict[int, bool]) -> dict[int, int]:
     for i, eq in enumerate(graph.eqs):
         if eq.op == "where" and eq.args[0] in choice:
             branch = eq.args[1] if choice[eq.args[0]] else eq.args[2]
-            if graph.eqs[branch].kind == eq.kind:
+            # (a bfloat16 branch may replace the where: the values after it are rebuilt,
+            # and their kinds say bfloat16 again where it flows, as `bf16` would have)
+            if dataclasses.replace(graph.eqs[branch].kind, bf16=False) == \
+                    dataclasses.replace(eq.kind, bf16=False):
                 picked[i] = branch
     return picked
 
