@@ -41,8 +41,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             hypers = ", ".join(prog.hypers) or "none"
             states = ", ".join(prog.states) or "none"
             print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})", flush=True)
-        for note in undeclared_notes(prog, path):  # after the ok line, as a terminal shows
-            print(note, file=sys.stderr)
+        for note in undeclared_notes(prog, path) + keyword_notes(prog, path):
+            print(note, file=sys.stderr)  # (after the ok line, as a terminal shows)
     return 1 if failed else 0
 
 
@@ -68,6 +68,17 @@ def undeclared_notes(prog, path: str) -> list[str]:
 
 
 MAX_NOTES = 20  # undeclared names noted one by one by `optdsl check`
+
+
+def keyword_notes(prog, path: str) -> list[str]:
+    """Notes on hypers named like a Python keyword (`lambda`): a constructor keyword that
+    Python code can pass only through ``**kwargs``."""
+    import keyword
+
+    return [f"{path}:{spec.line}: note: hyper `{name}` is a Python keyword, so Python code can "
+            f"only pass it as **{{{name!r}: value}} (e.g. prog.optimizer(params, "
+            f"**{{{name!r}: 0.1}})); a name such as `{name}_` avoids that"
+            for name, spec in prog.hypers.items() if keyword.iskeyword(name)]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
