@@ -226,8 +226,10 @@ class Variant:
             from optdsl.runtime import backends
 
             with self._lock, self.program.boundary():
-                graph = legalize(self.graph, backends.get(backend).spells)
-                found = Unit(self.title, schedule(graph, self.program.tensor_states),
+                info = backends.get(backend)
+                graph = legalize(self.graph, info.spells)
+                found = Unit(self.title, schedule(graph, self.program.tensor_states,
+                                                  info.device_scalars),
                              tuple(self.program.states), self.program.tensor_states)
                 self._units[backend] = found
         return found

@@ -18,9 +18,12 @@ budget (LAMB's final sweep recomputes 9 ops), so they store nothing.
 
 Within a sweep, values are split by level (how often they change): group-level scalars are
 computed once per group, param-level scalars once per parameter, tensor-level values per
-element. Where a scalar is computed is its placement, a separate property: every back end
-today computes scalars on the host (``Placement.HOST``) and hands them to the element code in
-a per-parameter row; a back end may place them on the device instead.
+element. Where a scalar is computed is its placement, a separate property: by default on the
+host (``Placement.HOST``), handed to the element code in a per-parameter row; a schedule made
+with ``device_scalars`` (the Triton back end's) places every scalar but the constants on the
+device (``Placement.DEVICE``): each kernel program computes the scalars its tensor needs in
+its prologue, from device tables of hypers, step counts, scalar states and reductions, so a
+step never waits on the host.
 """
 
 from __future__ import annotations
@@ -62,13 +65,20 @@ class Schedule:
     group_values: tuple[tuple[int, ...], ...]  # per sweep: group scalars first needed there
     tensor_outputs: tuple[tuple[str, int], ...]  # w and tensor states that change
     scalar_outputs: tuple[tuple[str, int], ...]  # scalar states
+    device_scalars: bool = False  # scalars are computed on the device (see placement)
 
     @property
     def final(self) -> Sweep:
         return self.sweeps[-1]
 
     def placement(self, v: int) -> Placement:
-        """Where scalar value ``v`` is computed (every scalar on the host, today)."""
+        """Where scalar value ``v`` is computed: on the device for a schedule with
+        ``device_scalars`` (every group- and param-level value, leaves included: hypers are
+        read from a device table, ``t`` from the step counts), else on the host. Constants
+        are spelled where they are used, on either side."""
+        eq = self.graph.eqs[v]
+        if self.device_scalars and eq.op != "const" and eq.kind.level <= Level.PARAM:
+            return Placement.DEVICE
         return Placement.HOST
 
     @functools.cached_property
@@ -90,7 +100,7 @@ class Schedule:
         return frozenset(read | {n for n, _ in self.tensor_outputs if n != "w"})
 
 
-def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
+def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False) -> Schedule:
     eqs = graph.eqs
     phase = [0] * len(eqs)
     for i, eq in enumerate(eqs):
@@ -125,7 +135,7 @@ def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
         placed.update(here)
         group_values.append(tuple(here))
     return Schedule(graph, tuple(phase), tuple(sweeps), tuple(group_values), tensor_outputs,
-                    scalar_outputs)
+                    scalar_outputs, device_scalars)
 
 
 def _sweeps(graph: Graph, phase: list[int], final_phase: int,

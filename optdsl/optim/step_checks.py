@@ -41,24 +41,30 @@ class GroupPlan:
     items: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
-def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
+def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[GroupPlan], set[str]]:
     """Check every group of optimizer ``opt`` for this step; return the plans of the groups
-    with gradients and the device types of their parameters. Raises before any write."""
+    with gradients and the device types of their parameters. Raises before any write. With
+    ``on_device`` (a step whose scalars are computed on the device) the grad scale is not
+    read (the kernels read it) and hypers given as tensors on the parameters' device stay
+    tensors."""
     program = opt.program
     name = type(opt).__name__
     several = len(opt.param_groups) > 1
     checked = opt.__dict__.setdefault("_checked_states", {})
     plans, devices = [], set()
     for number, group in enumerate(opt.param_groups):
+        tensors_on = None
+        if on_device and group["params"]:
+            tensors_on = group["params"][0].device.type
         try:
-            hyper = hyper_values.scalars(program.hypers, group)
+            hyper = hyper_values.scalars(program.hypers, group, tensors_on=tensors_on)
         except ValueError as exc:
             if not several:
                 raise
             raise ValueError(f"{exc} (in param group {number})") from None
-        inverse = None if grad_scale is None else 1.0 / float(grad_scale)
-        plan = GroupPlan(number, hyper, program.variant(hyper, unscale=inverse is not None),
-                         inverse)
+        unscale = grad_scale is not None
+        inverse = 1.0 / float(grad_scale) if unscale and not on_device else None
+        plan = GroupPlan(number, hyper, program.variant(hyper, unscale=unscale), inverse)
         fused = bool(group.get("fused"))
         for index, param in enumerate(group["params"]):
             grad = param.grad

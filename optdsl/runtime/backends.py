@@ -32,6 +32,8 @@ class Backend:
     auto: Callable[[frozenset[str]], bool]  # whether "auto" tries it for these devices
     load_mode: Callable[[], str] = lambda: ""  # what else a loaded module depends on
     suffix: str = ".py"  # of the files `optdsl compile` writes
+    # its scalars are computed on the device (optdsl.ir.schedule.Schedule.placement)
+    device_scalars: bool = False
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -144,4 +146,4 @@ register(Backend("numpy", "chunked NumPy on CPU tensors", numpy_codegen.spells,
 register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on CPU)",
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
-                 load_mode=lambda: select.interpret_mode()))
+                 load_mode=lambda: select.interpret_mode(), device_scalars=True))
