@@ -244,13 +244,15 @@ def sweep0_combine(sizes, firsts, cnt, red, raw, fin, BLOCK: tl.constexpr, CHUNK
     lanes = tl.arange(0, CHUNK)
     a0 = tl.full([], 0.0, tl.float64)  # norm
     a1 = tl.full([], 0.0, tl.float64)  # norm
-    for c in range(0, count, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < count:
         rows = first + c + lanes
         inside = c + lanes < count
         x = tl.load(red + 2 * rows + 0, mask=inside, other=0.0)
         a0 = _add(a0, tl.reduce(x, 0, _add))
         x = tl.load(red + 2 * rows + 1, mask=inside, other=0.0)
         a1 = _add(a1, tl.reduce(x, 0, _add))
+        c += CHUNK
     tl.store(raw + 2 * ti + 0, a0)
     tl.store(raw + 2 * ti + 1, a1)
     if FINISH:  # no partials to combine across ranks first
@@ -264,7 +266,8 @@ def sweep0_finish(raw, fin, tot, cnt, rows, CHUNK: tl.constexpr, TENSORS: tl.con
     """Sweep 0's reductions over the param group (one program), in tensor order."""
     lanes = tl.arange(0, CHUNK)
     n = tl.full([], 0.0, tl.float64)  # the group's element count
-    for c in range(0, rows, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < rows:
         r = c + lanes
         inside = r < rows
         k = tl.load(cnt + r, mask=inside, other=0.0)
@@ -274,6 +277,7 @@ def sweep0_finish(raw, fin, tot, cnt, rows, CHUNK: tl.constexpr, TENSORS: tl.con
             tl.store(fin + 2 * r + 0, _sqrt(x), mask=inside)  # norm
             x = tl.load(raw + 2 * r + 1, mask=inside, other=0.0)
             tl.store(fin + 2 * r + 1, _sqrt(x), mask=inside)  # norm
+        c += CHUNK
 
 
 @triton.jit

@@ -165,11 +165,13 @@ def sweep0_combine(sizes, firsts, cnt, red, raw, fin, BLOCK: tl.constexpr, CHUNK
     first = tl.load(firsts + ti)
     lanes = tl.arange(0, CHUNK)
     a0 = tl.full([], 0.0, tl.float64)  # norm
-    for c in range(0, count, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < count:
         rows = first + c + lanes
         inside = c + lanes < count
         x = tl.load(red + 1 * rows + 0, mask=inside, other=0.0)
         a0 = _add(a0, tl.reduce(x, 0, _add))
+        c += CHUNK
     tl.store(raw + 1 * ti + 0, a0)
     if FINISH:  # no partials to combine across ranks first
         k = tl.load(cnt + ti)  # the tensor's element count
@@ -181,7 +183,8 @@ def sweep0_finish(raw, fin, tot, cnt, rows, CHUNK: tl.constexpr, TENSORS: tl.con
     """Sweep 0's reductions over the param group (one program), in tensor order."""
     lanes = tl.arange(0, CHUNK)
     n = tl.full([], 0.0, tl.float64)  # the group's element count
-    for c in range(0, rows, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < rows:
         r = c + lanes
         inside = r < rows
         k = tl.load(cnt + r, mask=inside, other=0.0)
@@ -189,6 +192,7 @@ def sweep0_finish(raw, fin, tot, cnt, rows, CHUNK: tl.constexpr, TENSORS: tl.con
         if TENSORS:
             x = tl.load(raw + 1 * r + 0, mask=inside, other=0.0)
             tl.store(fin + 1 * r + 0, _sqrt(x), mask=inside)  # norm
+        c += CHUNK
 
 
 @triton.jit

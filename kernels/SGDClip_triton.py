@@ -165,11 +165,13 @@ def sweep0_combine(sizes, firsts, cnt, red, raw, fin, BLOCK: tl.constexpr, CHUNK
     first = tl.load(firsts + ti)
     lanes = tl.arange(0, CHUNK)
     a0 = tl.full([], 0.0, tl.float64)  # global_norm
-    for c in range(0, count, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < count:
         rows = first + c + lanes
         inside = c + lanes < count
         x = tl.load(red + 1 * rows + 0, mask=inside, other=0.0)
         a0 = _add(a0, tl.reduce(x, 0, _add))
+        c += CHUNK
     tl.store(raw + 1 * ti + 0, a0)
 
 
@@ -179,13 +181,15 @@ def sweep0_finish(raw, fin, tot, cnt, rows, CHUNK: tl.constexpr, TENSORS: tl.con
     lanes = tl.arange(0, CHUNK)
     n = tl.full([], 0.0, tl.float64)  # the group's element count
     a0 = tl.full([], 0.0, tl.float64)  # global_norm
-    for c in range(0, rows, CHUNK):
+    c = tl.full([], 0, tl.int64)
+    while c < rows:
         r = c + lanes
         inside = r < rows
         k = tl.load(cnt + r, mask=inside, other=0.0)
         n = _add(n, tl.reduce(k, 0, _add))
         x = tl.load(raw + 1 * r + 0, mask=inside, other=0.0)
         a0 = _add(a0, tl.reduce(x, 0, _add))
+        c += CHUNK
     tl.store(tot + 0, _sqrt(a0))  # global_norm
 
 

@@ -96,13 +96,16 @@ class ReductionKernels:
             out.line("lanes = tl.arange(0, CHUNK)")
             for j, _, desc in items:
                 out.line(f"a{j} = {typed_const(desc.identity, 'tl.float64')}", desc.name)
-            with out.block("for c in range(0, count, CHUNK):"):
+            # (a while loop: Triton 3.6's interpreter cannot take a tensor bound in range)
+            out.line("c = tl.full([], 0, tl.int64)")
+            with out.block("while c < count:"):
                 out.line("rows = first + c + lanes")
                 out.line("inside = c + lanes < count")
                 for j, _, desc in items:
                     out.line(f"x = tl.load(red + {per_block} * rows + {j}, mask=inside, "
                              f"other={format_float(desc.identity)})")
                     out.line(f"a{j} = {self._combine(desc, f'a{j}', 'x')}")
+                out.line("c += CHUNK")
             for j, slot, desc in items:
                 out.line(f"tl.store(raw + {nr} * ti + {slot}, a{j})")
             tensor_items = [(j, slot, desc) for j, slot, desc in items
@@ -132,7 +135,8 @@ class ReductionKernels:
             out.line(f"n = {typed_const(0.0, 'tl.float64')}  # the group's element count")
             for j, slot, desc in group:
                 out.line(f"a{j} = {typed_const(desc.identity, 'tl.float64')}", desc.name)
-            with out.block("for c in range(0, rows, CHUNK):"):
+            out.line("c = tl.full([], 0, tl.int64)")
+            with out.block("while c < rows:"):
                 out.line("r = c + lanes")
                 out.line("inside = r < rows")
                 out.line("k = tl.load(cnt + r, mask=inside, other=0.0)")
@@ -149,6 +153,7 @@ class ReductionKernels:
                                      f"other={format_float(desc.identity)})")
                             out.line(f"tl.store(fin + {nr} * r + {slot}, "
                                      f"{self.finish(desc, 'x', 'k')}, mask=inside)", desc.name)
+                out.line("c += CHUNK")
             for j, slot, desc in group:
                 out.line(f"tl.store(tot + {slot}, {self.finish(desc, f'a{j}', 'n')})",
                          desc.name)

@@ -27,14 +27,23 @@ def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale:
         found_inf = distributed.agreed_found_inf_tensor(
             found_inf, [p for g in opt.param_groups for p in g["params"]])
     capturable = any(g.get("capturable") for g in opt.param_groups)
+    state_of = opt.state
     for plan in plans:
-        batch = _gather(opt, plan)
-        batch.grad_scale = grad_scale
-        batch.found_inf = found_inf
-        batch.capturable = capturable
+        inputs = DeviceBatch(plan.number, [], [], [], plan.hyper, grad_scale=grad_scale,
+                             found_inf=found_inf, capturable=capturable)
+        params = [p for p, _ in plan.items]
         if opt.stochastic_rounding:
-            batch.seed_of = _seeds(opt._rounding, plan.number,
-                                   distributed.shard_coordinates(batch.params))
+            inputs.seed_of = _seeds(opt._rounding, plan.number,
+                                    distributed.shard_coordinates(params))
+        # the short way of a steady state (never for DTensors: their plans are not kept
+        # for it, so the parameters are not the planned ones)
+        states = [state_of[p] for p in params]
+        if runner.step_again(plan.variant, plan.number, params, states,
+                             [g for _, g in plan.items], inputs):
+            continue
+        batch = _gather(opt, plan)
+        for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
+            setattr(batch, name, getattr(inputs, name))
         owners = _localize(batch, keys)
         runner.run_device(plan.variant, batch, owners)
 

@@ -143,7 +143,7 @@ class DevicePlan:
     """How one group's set of tensors is launched, and what a step checks it against."""
 
     module: Any
-    params: list
+    params: list  # the objects that identify the tensors (see still_valid)
     copies: list | None
     param_ptrs: list[int]
     grad_ptrs: list[int]
@@ -158,33 +158,36 @@ class DevicePlan:
     staged_grads: list = field(default_factory=list)  # (original, staged), refreshed each step
     keep: list = field(default_factory=list)  # tensors the pointer tables point into
     direct: bool = True  # no staged copies: the plan is kept between steps
+    sharded: bool = False  # made for DTensor shards (stepped through run_device only)
     count: int | None = None  # the group's update count (stochastic rounding's seeds)
+    stepped: list = field(default_factory=list)  # the tensors stepped (masters, local shards)
     watch_keys: list = field(default_factory=list)  # per tensor: its plain-tensor states
     watch_ptrs: list = field(default_factory=list)  # their data pointers
     red: dict = field(default_factory=dict)  # id(bucket) -> its partials buffer
     row_of: list = field(default_factory=list)  # batch index -> row of the group tables
     collectives: dict = field(default_factory=dict)  # sweep -> its all-reduces (FSDP2)
 
-    def still_valid(self, batch: DeviceBatch, owners: tuple[list, list]) -> bool:
-        """Whether ``batch`` has this plan's tensors (gradients may have moved: see
-        ``grads_moved``). ``owners``: the parameters and state dicts that identify them."""
-        params, states = owners
+    def still_valid(self, owners: tuple[list, list], stepped: list, states: list,
+                    copies: list | None) -> bool:
+        """Whether a step's tensors are this plan's (gradients may have moved: see
+        ``grads_moved``): ``owners``, the parameters and state dicts that identify them, are
+        the same objects with the same values; ``stepped`` (the tensors stepped: master
+        weights, local shards) and the tensors among ``states`` kept their storage."""
+        params, owner_states = owners
         if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
             return False
-        if [p.data_ptr() for p in batch.params] != self.param_ptrs:
-            return False
-        for state, kept in zip(states, self.state_values):
+        for state, kept in zip(owner_states, self.state_values):
             values = tuple(state.values())
             if len(values) != len(kept) or not all(map(operator.is_, values, kept)):
                 return False
+        if (copies is None) != (self.copies is None) or (
+                copies is not None and not all(map(operator.is_, copies, self.copies))):
+            return False
+        if [p.data_ptr() for p in stepped] != self.param_ptrs:
+            return False
         # (the same tensors may have new storage: `.data =`, share_memory_())
-        if [s[k].data_ptr() for s, keys in zip(batch.states, self.watch_keys)
-                for k in keys] != self.watch_ptrs:
-            return False
-        copies = batch.copies
-        if (copies is None) != (self.copies is None):
-            return False
-        return copies is None or all(map(operator.is_, copies, self.copies))
+        return [s[k].data_ptr() for s, keys in zip(states, self.watch_keys)
+                for k in keys] == self.watch_ptrs
 
     def grads_moved(self, grads: list) -> bool | None:
         """False when the gradients are where the pointer table says; True when they moved

@@ -132,12 +132,37 @@ class TritonRunner:
             plan = self._plan(module, batch, owners)
             self._launch_step(module, plan, batch)
 
+    def step_again(self, variant, number: int, params: list, states: list, grads: list,
+                   batch: DeviceBatch) -> bool:
+        """A steady-state step's short way: when param group ``number``'s plan still fits
+        (``params`` and their ``states`` are the planned objects, with the same storage),
+        launch it with ``grads`` and return True. False: the caller gathers a whole batch
+        (making missing state, finding master weights) and calls ``run_device``. ``batch``
+        brings the step's other inputs (hypers, AMP tensors, seeds); its tensors are the
+        plan's."""
+        with self._busy, np.errstate(all="ignore"):
+            module = variant.generated("triton")
+            plan = self._plans.get((number, len(params)))
+            if plan is None or plan.module is not module or plan.sharded or not plan.still_valid(
+                    (params, states), plan.stepped, states, None if plan.copies is None
+                    else plan.copies):
+                return False
+            moved = plan.grads_moved(grads)
+            if moved is None:
+                return False
+            if moved:
+                plan.point_at_grads()
+            batch.params, batch.grads, batch.states = plan.stepped, grads, states
+            batch.copies = plan.copies
+            self._launch_step(module, plan, batch)
+            return True
+
     def _plan(self, module: GeneratedModule, batch: DeviceBatch, owners) -> DevicePlan:
-        key = batch.number
+        key = (batch.number, len(batch.params))
         plan = self._plans.get(key)
         ident = owners if owners is not None else (batch.params, batch.states)
         if plan is not None and plan.module is module and plan.direct and \
-                plan.still_valid(batch, ident):
+                plan.still_valid(ident, batch.params, batch.states, batch.copies):
             moved = plan.grads_moved(batch.grads)
             if moved is not None:
                 if moved:
@@ -150,7 +175,7 @@ class TritonRunner:
                                "gradients of another layout): run one step with them outside "
                                "the capture first")
         plan = self._build(module, batch, ident)
-        if plan.direct and key >= 0:
+        if plan.direct and batch.number >= 0:
             self._plans[key] = plan
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
@@ -230,6 +255,8 @@ class TritonRunner:
                           else list(batch.copies), [p.data_ptr() for p in batch.params],
                           [g.data_ptr() for g in batch.grads], [g.dtype for g in batch.grads],
                           [tuple(s.values()) for s in ident[1]])
+        plan.stepped = list(batch.params)
+        plan.sharded = batch.combine is not None
         plan.watch_keys = [tuple(k for k, v in s.items() if type(v) is torch.Tensor)
                            for s in batch.states]
         plan.watch_ptrs = [s[k].data_ptr() for s, keys in zip(batch.states, plan.watch_keys)
