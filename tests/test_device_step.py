@@ -42,7 +42,9 @@ READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "
 @contextlib.contextmanager
 def no_device_reads():
     """Every device-to-host read of a tensor raises (Triton's interpreter, which runs the
-    kernels on the host, may still read: it stands for the GPU)."""
+    kernels on the host, may still read: it stands for the GPU), and so does making the host
+    step's per-parameter object (on CPU tensors the host step's scalar arithmetic reads no
+    tensor, so that is how it shows)."""
     saved = {name: getattr(torch.Tensor, name) for name in READS}
 
     def guard(name, original):
@@ -55,9 +57,17 @@ def no_device_reads():
 
     for name, original in saved.items():
         setattr(torch.Tensor, name, guard(name, original))
+    from optdsl.codegen.contract import ParamSlot
+
+    def slot(self, *args, **kwargs):  # the host step's per-parameter object: not needed here
+        raise DeviceRead("a ParamSlot was made during a steady-state step")
+
+    saved_init = ParamSlot.__init__
+    ParamSlot.__init__ = slot
     try:
         yield
     finally:
+        ParamSlot.__init__ = saved_init
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
 
