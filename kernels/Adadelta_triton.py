@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'v', 'u')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('eps', 'lr', 'maximize', 'rho', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'rho', 'eps', 'weight_decay', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -181,11 +181,11 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
         p_s_u = tl.multiple_of(p_s_u, 16)
         p_wcopy = tl.multiple_of(p_wcopy, 16)
     # this tensor's scalars, once per program, in float64
-    h_lr = tl.load(hyp + 1)
-    h_rho = tl.load(hyp + 3)
-    h_eps = tl.load(hyp + 0)
-    h_weight_decay = tl.load(hyp + 4)
-    h_maximize = tl.load(hyp + 2)
+    h_lr = tl.load(hyp + 0)
+    h_rho = tl.load(hyp + 1)
+    h_eps = tl.load(hyp + 2)
+    h_weight_decay = tl.load(hyp + 3)
+    h_maximize = tl.load(hyp + 4)
     v9 = tl.full([], 0.0, tl.float64)
     v10 = h_maximize != v9  # line 23
     v13 = h_weight_decay != v9  # line 24

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'acc')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('eps', 'lr', 'lr_decay', 'maximize', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'lr_decay', 'weight_decay', 'eps', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -170,11 +170,11 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 5 * ti + 4).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 1)
-    h_lr_decay = tl.load(hyp + 2)
-    h_weight_decay = tl.load(hyp + 4)
-    h_eps = tl.load(hyp + 0)
-    h_maximize = tl.load(hyp + 3)
+    h_lr = tl.load(hyp + 0)
+    h_lr_decay = tl.load(hyp + 1)
+    h_weight_decay = tl.load(hyp + 2)
+    h_eps = tl.load(hyp + 3)
+    h_maximize = tl.load(hyp + 4)
     v9 = tl.full([], 0.0, tl.float64)
     v10 = h_maximize != v9  # line 28
     v13 = h_weight_decay != v9  # line 29

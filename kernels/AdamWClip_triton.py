@@ -12,7 +12,7 @@ from triton.language.extra import libdevice
 
 TENSORS = ('w', 'g', 'm', 'v')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('beta1', 'beta2', 'eps', 'lr', 'max_norm', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'beta1', 'beta2', 'eps', 'weight_decay', 'max_norm')  # the hyper table
 NUM_REDUCTIONS = 1
 
 
@@ -289,12 +289,12 @@ def sweep1_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 6 * ti + 5).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 3)
-    h_beta1 = tl.load(hyp + 0)
-    h_beta2 = tl.load(hyp + 1)
-    h_eps = tl.load(hyp + 2)
-    h_weight_decay = tl.load(hyp + 5)
-    h_max_norm = tl.load(hyp + 4)
+    h_lr = tl.load(hyp + 0)
+    h_beta1 = tl.load(hyp + 1)
+    h_beta2 = tl.load(hyp + 2)
+    h_eps = tl.load(hyp + 3)
+    h_weight_decay = tl.load(hyp + 4)
+    h_max_norm = tl.load(hyp + 5)
     v12 = tl.load(tot + 0)  # line 17: global_norm
     v13 = tl.full([], 1e-06, tl.float64)
     v14 = v12 + v13  # line 17

@@ -12,7 +12,7 @@ from triton.language.extra import libdevice
 
 TENSORS = ('w', 'g', 'm', 'v', 'vmax')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('amsgrad', 'beta1', 'beta2', 'decoupled_weight_decay', 'eps', 'lr', 'maximize', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'beta1', 'beta2', 'eps', 'weight_decay', 'amsgrad', 'maximize', 'decoupled_weight_decay')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -222,14 +222,14 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 7 * ti + 6).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 5)
+    h_lr = tl.load(hyp + 0)
     h_beta1 = tl.load(hyp + 1)
     h_beta2 = tl.load(hyp + 2)
-    h_eps = tl.load(hyp + 4)
-    h_weight_decay = tl.load(hyp + 7)
-    h_amsgrad = tl.load(hyp + 0)
+    h_eps = tl.load(hyp + 3)
+    h_weight_decay = tl.load(hyp + 4)
+    h_amsgrad = tl.load(hyp + 5)
     h_maximize = tl.load(hyp + 6)
-    h_decoupled_weight_decay = tl.load(hyp + 3)
+    h_decoupled_weight_decay = tl.load(hyp + 7)
     v14 = tl.full([], 0.0, tl.float64)
     v15 = h_maximize != v14  # line 32
     v18 = h_decoupled_weight_decay != v14  # line 33

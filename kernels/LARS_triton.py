@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'buf')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('eps', 'lr', 'momentum', 'trust_coefficient', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'momentum', 'weight_decay', 'trust_coefficient', 'eps')  # the hyper table
 NUM_REDUCTIONS = 2
 
 
@@ -260,11 +260,11 @@ def sweep1_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
         p_s_buf = tl.multiple_of(p_s_buf, 16)
         p_wcopy = tl.multiple_of(p_wcopy, 16)
     # this tensor's scalars, once per program, in float64
-    h_lr = tl.load(hyp + 1)
-    h_momentum = tl.load(hyp + 2)
-    h_weight_decay = tl.load(hyp + 4)
+    h_lr = tl.load(hyp + 0)
+    h_momentum = tl.load(hyp + 1)
+    h_weight_decay = tl.load(hyp + 2)
     h_trust_coefficient = tl.load(hyp + 3)
-    h_eps = tl.load(hyp + 0)
+    h_eps = tl.load(hyp + 4)
     v9 = tl.load(fin + 2 * ti + 0)  # line 18: norm
     v11 = tl.load(fin + 2 * ti + 1)  # line 19: norm
     v12 = tl.full([], 0.0, tl.float64)

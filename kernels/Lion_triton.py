@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'm')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('beta1', 'beta2', 'lr', 'maximize', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'beta1', 'beta2', 'weight_decay', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -155,11 +155,11 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
         p_s_m = tl.multiple_of(p_s_m, 16)
         p_wcopy = tl.multiple_of(p_wcopy, 16)
     # this tensor's scalars, once per program, in float64
-    h_lr = tl.load(hyp + 2)
-    h_beta1 = tl.load(hyp + 0)
-    h_beta2 = tl.load(hyp + 1)
-    h_weight_decay = tl.load(hyp + 4)
-    h_maximize = tl.load(hyp + 3)
+    h_lr = tl.load(hyp + 0)
+    h_beta1 = tl.load(hyp + 1)
+    h_beta2 = tl.load(hyp + 2)
+    h_weight_decay = tl.load(hyp + 3)
+    h_maximize = tl.load(hyp + 4)
     v8 = tl.full([], 0.0, tl.float64)
     v9 = h_maximize != v8  # line 23
     v12 = h_weight_decay != v8  # line 24

@@ -12,7 +12,7 @@ from triton.language.extra import libdevice
 
 TENSORS = ('w', 'g', 'm', 'v')  # pointer-table columns
 SCALAR_STATES = ('mu_product',)  # after the copy and step columns
-HYPERS = ('beta1', 'beta2', 'decoupled_weight_decay', 'eps', 'lr', 'maximize', 'momentum_decay', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'beta1', 'beta2', 'eps', 'weight_decay', 'momentum_decay', 'decoupled_weight_decay', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -218,14 +218,14 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     p_step = tl.load(ptrs + 7 * ti + 5).to(tl.pointer_type(DT_step))
     p_s_mu_product = tl.load(ptrs + 7 * ti + 6).to(tl.pointer_type(DT_s_mu_product))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 4)
-    h_beta1 = tl.load(hyp + 0)
-    h_beta2 = tl.load(hyp + 1)
+    h_lr = tl.load(hyp + 0)
+    h_beta1 = tl.load(hyp + 1)
+    h_beta2 = tl.load(hyp + 2)
     h_eps = tl.load(hyp + 3)
-    h_weight_decay = tl.load(hyp + 7)
-    h_momentum_decay = tl.load(hyp + 6)
-    h_decoupled_weight_decay = tl.load(hyp + 2)
-    h_maximize = tl.load(hyp + 5)
+    h_weight_decay = tl.load(hyp + 4)
+    h_momentum_decay = tl.load(hyp + 5)
+    h_decoupled_weight_decay = tl.load(hyp + 6)
+    h_maximize = tl.load(hyp + 7)
     s_mu_product = tl.load(p_s_mu_product).to(tl.float64)
     v14 = tl.full([], 0.0, tl.float64)
     v15 = h_maximize != v14  # line 31
@@ -289,8 +289,8 @@ def finish_step(ptrs, hyp, fin, tot, gsc, finf, DT_w: tl.constexpr, DT_g: tl.con
     p_step = tl.load(ptrs + 7 * ti + 5).to(tl.pointer_type(DT_step))
     p_s_mu_product = tl.load(ptrs + 7 * ti + 6).to(tl.pointer_type(DT_s_mu_product))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_beta1 = tl.load(hyp + 0)
-    h_momentum_decay = tl.load(hyp + 6)
+    h_beta1 = tl.load(hyp + 1)
+    h_momentum_decay = tl.load(hyp + 5)
     s_mu_product = tl.load(p_s_mu_product).to(tl.float64)
     v18 = tl.full([], 1.0, tl.float64)
     v31 = tl.full([], 0.5, tl.float64)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'buf', 'avg')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('lr', 'maximize', 'momentum', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'momentum', 'weight_decay', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -168,9 +168,9 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     p_step = tl.load(ptrs + 6 * ti + 5).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
     h_lr = tl.load(hyp + 0)
-    h_momentum = tl.load(hyp + 2)
-    h_weight_decay = tl.load(hyp + 3)
-    h_maximize = tl.load(hyp + 1)
+    h_momentum = tl.load(hyp + 1)
+    h_weight_decay = tl.load(hyp + 2)
+    h_maximize = tl.load(hyp + 3)
     v9 = tl.full([], 0.0, tl.float64)
     v10 = h_maximize != v9  # line 24
     v13 = h_weight_decay != v9  # line 25

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'v', 'buf', 'gavg')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('alpha', 'centered', 'eps', 'lr', 'maximize', 'momentum', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'alpha', 'eps', 'weight_decay', 'momentum', 'centered', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -190,13 +190,13 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
         p_s_gavg = tl.multiple_of(p_s_gavg, 16)
         p_wcopy = tl.multiple_of(p_wcopy, 16)
     # this tensor's scalars, once per program, in float64
-    h_lr = tl.load(hyp + 3)
-    h_alpha = tl.load(hyp + 0)
+    h_lr = tl.load(hyp + 0)
+    h_alpha = tl.load(hyp + 1)
     h_eps = tl.load(hyp + 2)
-    h_weight_decay = tl.load(hyp + 6)
-    h_momentum = tl.load(hyp + 5)
-    h_centered = tl.load(hyp + 1)
-    h_maximize = tl.load(hyp + 4)
+    h_weight_decay = tl.load(hyp + 3)
+    h_momentum = tl.load(hyp + 4)
+    h_centered = tl.load(hyp + 5)
+    h_maximize = tl.load(hyp + 6)
     v12 = tl.full([], 0.0, tl.float64)
     v13 = h_maximize != v12  # line 28
     v16 = h_weight_decay != v12  # line 29

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'buf')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('dampening', 'lr', 'max_norm', 'momentum', 'nesterov', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'max_norm', 'momentum', 'dampening', 'weight_decay', 'nesterov')  # the hyper table
 NUM_REDUCTIONS = 1
 
 
@@ -253,12 +253,12 @@ def sweep1_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 5 * ti + 4).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 1)
-    h_max_norm = tl.load(hyp + 2)
-    h_momentum = tl.load(hyp + 3)
-    h_dampening = tl.load(hyp + 0)
-    h_weight_decay = tl.load(hyp + 5)
-    h_nesterov = tl.load(hyp + 4)
+    h_lr = tl.load(hyp + 0)
+    h_max_norm = tl.load(hyp + 1)
+    h_momentum = tl.load(hyp + 2)
+    h_dampening = tl.load(hyp + 3)
+    h_weight_decay = tl.load(hyp + 4)
+    h_nesterov = tl.load(hyp + 5)
     v11 = tl.load(tot + 0)  # line 15: global_norm
     v12 = tl.full([], 1e-06, tl.float64)
     v13 = v11 + v12  # line 15

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'buf')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('dampening', 'lr', 'maximize', 'momentum', 'nesterov', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'momentum', 'dampening', 'weight_decay', 'nesterov', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -155,12 +155,12 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 5 * ti + 4).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 1)
-    h_momentum = tl.load(hyp + 3)
-    h_dampening = tl.load(hyp + 0)
-    h_weight_decay = tl.load(hyp + 5)
+    h_lr = tl.load(hyp + 0)
+    h_momentum = tl.load(hyp + 1)
+    h_dampening = tl.load(hyp + 2)
+    h_weight_decay = tl.load(hyp + 3)
     h_nesterov = tl.load(hyp + 4)
-    h_maximize = tl.load(hyp + 2)
+    h_maximize = tl.load(hyp + 5)
     v10 = tl.full([], 0.0, tl.float64)
     v11 = h_maximize != v10  # line 29
     v14 = h_weight_decay != v10  # line 30

@@ -28,10 +28,12 @@ F64 = "tl.float64"
 
 
 def hypers_read(unit: Unit) -> tuple[str, ...]:
-    """The hypers the device reads, in the order of the hyper table."""
+    """The hypers the device reads, in the order of the hyper table: the graph's (so that
+    renaming a hyper changes nothing else in the generated code)."""
     eqs = unit.graph.eqs
-    return tuple(sorted({eq.attr for v, eq in enumerate(eqs) if eq.op == "hyper"
-                         and unit.schedule.placement(v) == Placement.DEVICE}))
+    names = [eq.attr for v, eq in enumerate(eqs) if eq.op == "hyper"
+             and unit.schedule.placement(v) == Placement.DEVICE]
+    return tuple(dict.fromkeys(names))
 
 
 def scalar_states(unit: Unit) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from triton.language.extra import libdevice
 
 TENSORS = ('w', 'g', 'm', 'v')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('beta1', 'beta2', 'eps', 'lr', 'weight_decay')  # the hyper table
+HYPERS = ('lr', 'beta1', 'beta2', 'eps', 'weight_decay')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -209,10 +209,10 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     p_step = tl.load(ptrs + 6 * ti + 5).to(tl.pointer_type(DT_step))
     t = (tl.load(p_step) + 1).to(tl.float64)  # this update's step number
-    h_lr = tl.load(hyp + 3)
-    h_beta1 = tl.load(hyp + 0)
-    h_beta2 = tl.load(hyp + 1)
-    h_eps = tl.load(hyp + 2)
+    h_lr = tl.load(hyp + 0)
+    h_beta1 = tl.load(hyp + 1)
+    h_beta2 = tl.load(hyp + 2)
+    h_eps = tl.load(hyp + 3)
     h_weight_decay = tl.load(hyp + 4)
     v13 = tl.full([], 1.0, tl.float64)
     v14 = v13 - h_beta1  # line 13

@@ -11,7 +11,7 @@ import triton.language as tl
 
 TENSORS = ('w', 'g', 'prev', 'step_size')  # pointer-table columns
 SCALAR_STATES = ()  # after the copy and step columns
-HYPERS = ('etaminus', 'etaplus', 'maximize', 'step_size_max', 'step_size_min')  # the hyper table
+HYPERS = ('etaminus', 'etaplus', 'step_size_min', 'step_size_max', 'maximize')  # the hyper table
 NUM_REDUCTIONS = 0
 
 
@@ -163,9 +163,9 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     # this tensor's scalars, once per program, in float64
     h_etaminus = tl.load(hyp + 0)
     h_etaplus = tl.load(hyp + 1)
-    h_step_size_min = tl.load(hyp + 4)
+    h_step_size_min = tl.load(hyp + 2)
     h_step_size_max = tl.load(hyp + 3)
-    h_maximize = tl.load(hyp + 2)
+    h_maximize = tl.load(hyp + 4)
     v9 = tl.full([], 0.0, tl.float64)
     v10 = h_maximize != v9  # line 25
     if SKIP:  # torch.amp found inf or NaN: nothing is written
