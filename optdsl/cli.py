@@ -95,6 +95,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     programs = [_load(path) for path in args.files]
     for path in write_kernels(programs, out, backends=args.backend):
         print(path)
+    for prog in programs:
+        if prog.library_work and args.backend not in ("numpy", "all"):
+            print(f"note: {prog.name} has matrix work ({prog.library_work}), which only the "
+                  f"NumPy back end runs yet: its NumPy step was written", file=sys.stderr)
     return 0
 
 

@@ -307,10 +307,16 @@ class Variant:
         if found is None:
             from optdsl.runtime import backends
 
+            info = backends.get(backend)
+            if self.program.library_work and not info.library_stages:
+                raise ValueError(f"the {backend} back end does not run matrix work (library "
+                                 f"stages) yet, and {self.program.name} has "
+                                 f"{self.program.library_work}; use backend='numpy'")
             with self._lock, self.program.boundary():
-                graph = legalize(self.graph, backends.get(backend).spells)
+                graph = legalize(self.graph, info.spells)
                 shaped = frozenset(n for n, s in self.program.states.items() if s.per)
-                found = Unit(self.title, schedule(graph, self.program.tensor_states),
+                found = Unit(self.title, schedule(graph, self.program.tensor_states,
+                                                  info.device_scalars),
                              tuple(self.program.states), self.program.tensor_states, shaped)
                 self._units[backend] = found
         return found

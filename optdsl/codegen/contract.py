@@ -26,6 +26,15 @@ A generated module defines:
 What ``ctx.sweep`` does with the kernel (launch it per bucket of tensors, or call it over
 NumPy arrays) is the back end's runner's business; how raw partials are combined and
 finished is the runtime's, in one place (optdsl.runtime.reduce).
+
+A back end whose schedule places scalars on the device (``Schedule.placement``: Triton's)
+computes them in its kernels instead: its ``step`` computes nothing, writes no ``p.scalars``
+(``width`` is 0) and reads no reductions; it only calls ``ctx.sweep(k, params)``, and its
+``params`` is whatever the runner passes (the Triton runner passes None: no per-parameter
+object). Such a module also holds, for its runner: ``HYPERS`` (the hyper table's order),
+``SCALAR_STATES`` (the pointer-table columns after the step count), ``REDUCE`` (per sweep,
+the kernels that finish its reductions on the device) and ``FINISH_STEP`` (the kernel that
+advances step counts and writes scalar states); optdsl.codegen.triton says what they read.
 """
 
 from __future__ import annotations
