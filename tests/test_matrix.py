@@ -326,6 +326,8 @@ def test_a_matrix_program_on_a_vector_is_refused_naming_the_parameter():
     ("repeat t\n  w = w\nend\nw = w - g", "t", "`repeat` takes"),
     ("x = g\nrepeat 2\n  x = x * 2\nw = w - x", "", "no `end`"),
     ("w = w - w.foo * g", "foo", "facts"),
+    ("hyper eps = (eps1 = None, eps2 = 1e-3)\nw = w - (eps1 + eps2) * g", "eps1",
+     "is optional"),
 ])
 def test_shape_and_construct_mistakes_are_positioned(source, caret, message):
     with pytest.raises(optdsl.DslError) as info:

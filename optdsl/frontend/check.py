@@ -114,6 +114,34 @@ class _Checker:
             else:
                 self.assigns.append(stmt)
 
+    def check_optional_tested(self) -> None:
+        """An optional hyper (default None) is NaN where it is not given: a program that
+        reads it must say what to use then (`where(eps1 == None, w.eps, eps1)`), so one that
+        never compares it with None is refused at its first use."""
+        if not self.optional_names:
+            return
+        tested: set[str] = set()
+        first_use: dict[str, Span] = {}
+        roots = [a.value for a in self.assigns] + [c for r in self.requires
+                                                     for c in r.conditions]
+        stack = list(reversed(roots))
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.ChoiceCompare):
+                if node.value is None and isinstance(node.left, ast.Name):
+                    tested.add(node.left.id)
+                else:
+                    stack.append(node.left)
+            elif isinstance(node, ast.Name):
+                first_use.setdefault(node.id, node.span)
+            else:
+                stack.extend(reversed(self.children(node)))
+        untested = [n for n in self.optional_names if n in first_use and n not in tested]
+        for name in sorted(untested, key=lambda n: (first_use[n].line, first_use[n].column)):
+            raise self.error(f"`{name}` is optional (its default is None, and then it is "
+                             f"NaN): say what to use when it is not given, e.g. "
+                             f"`where({name} == None, 1e-8, {name})`", first_use[name])
+
     def repeat_count(self, stmt: ast.Repeat) -> int:
         """How many times a repeat block runs: a whole number, or a hyper's value (its
         default, or the value this variant is compiled for)."""
@@ -665,6 +693,7 @@ def check(module: ast.Module, counts: dict[str, int] | None = None) -> Checked:
     values of the hypers that count repetitions, instead of their defaults)."""
     checker = _Checker(module, counts)
     checker.collect()
+    checker.check_optional_tested()
     checker.infer_roles()
     checker.check_state_keys()
     graph, tensor_state = checker.lower()
