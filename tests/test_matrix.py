@@ -343,3 +343,21 @@ def test_the_library_stage_is_generated_torch_code():
     source = library.program("Muon").source("numpy")
     assert "torch.addmm" in source or "_addmm(" in source
     assert "def library0(params):" in source and "LIBRARIES = (" in source
+
+
+def test_numpy_optimizer_refuses_matrix_work_and_says_what_works():
+    """numpy_optimizer steps element-wise programs over flat arrays; for Muon and Adafactor
+    it says to use the torch optimizer over torch.from_numpy views, which does work and
+    updates the arrays in place."""
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    for name in ("Muon", "Adafactor"):
+        with pytest.raises(ValueError, match=rf"{name} has matrix work .*torch\.from_numpy"):
+            library.program(name).numpy_optimizer([w])
+    before = w.copy()
+    t = torch.from_numpy(w)
+    opt = library.program("Muon").optimizer([t], backend="numpy", lr=0.01)
+    t.grad = torch.ones(4, 6)
+    opt.step()
+    assert not np.array_equal(w, before)
