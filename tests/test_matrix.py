@@ -361,3 +361,35 @@ def test_numpy_optimizer_refuses_matrix_work_and_says_what_works():
     t.grad = torch.ones(4, 6)
     opt.step()
     assert not np.array_equal(w, before)
+
+
+FACTS_PROGRAM = """hyper lr = 0.5
+w = w - lr * (w.rows + 10 * w.cols + 100 * w.ndim + 1000 * w.numel + w.eps / 1e-3) * g
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
+def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
+    """w.rows, w.cols, w.ndim, w.numel and w.eps are the parameter's own on every back end
+    (vectors, matrices, a 3-d tensor and a scalar in one group; float32 and float64)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    elif backends.get(backend).unavailable({"cpu"}, False):
+        pytest.skip(f"{backend} unavailable here")
+    prog = optdsl.compile(FACTS_PROGRAM)
+    shapes = [(3,), (2, 3), (2, 3, 4), ()]
+    for dtype in (torch.float32, torch.float64):
+        params = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in shapes]
+        opt = prog.optimizer(params, backend=backend)
+        for p in params:
+            p.grad = torch.full_like(p, -1.0)
+        opt.step()
+        eps = torch.finfo(dtype).eps
+        for p, shape in zip(params, shapes):
+            rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else \
+                (1, shape[0] if shape else 1)
+            numel = int(np.prod(shape)) if shape else 1
+            want = 0.5 * (rows + 10 * cols + 100 * len(shape) + 1000 * numel + eps / 1e-3)
+            torch.testing.assert_close(p.detach(), torch.full_like(p, want), rtol=1e-6,
+                                       atol=0, msg=f"{backend} {shape} {dtype}")

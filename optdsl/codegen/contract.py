@@ -42,6 +42,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from optdsl.ir.ops import facts_of
+
 
 class ParamSlot:
     """One parameter in one step, as the generated host step sees it (its ``p``)."""
@@ -66,14 +68,8 @@ class ParamSlot:
 
     def set_facts(self, shape, eps: float) -> None:
         """Record a parameter's shape and its dtype's machine epsilon."""
-        self.rows, self.cols = (float(shape[-2]), float(shape[-1])) if len(shape) >= 2 \
-            else (1.0, float(shape[0]) if len(shape) else 1.0)
-        self.ndim = float(len(shape))
-        numel = 1
-        for n in shape:
-            numel *= int(n)
-        self.numel = float(numel)
-        self.dtype_eps = float(eps)
+        for name, value in facts_of(shape, eps).items():
+            setattr(self, name, value)
 
 
 class StepContext(Protocol):

@@ -57,7 +57,7 @@ from optdsl.codegen.triton_reduce import ReductionKernels
 from optdsl.codegen.unit import Unit, column_var, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS, Level
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Sweep
 
@@ -116,9 +116,11 @@ class _Generator:
         self.title = unit.safe_title
         self.helpers: set[str] = set()
         self.scalars = scalar_states(unit)
-        # a pointer-table row: the columns, a master weight's copy, the step count, then
-        # each scalar state
-        self.width = len(self.columns) + 2 + len(self.scalars)
+        # a pointer-table row: the columns, a master weight's copy, the step count, each
+        # scalar state, then (if the step reads any) the tensor's facts (PARAM_FACTS)
+        self.facts = any(eq.op in PARAM_FACTS for eq in self.eqs)
+        self.width = len(self.columns) + 2 + len(self.scalars) + \
+            (len(PARAM_FACTS) if self.facts else 0)
         self.prologue = Prologue(unit, SPELLING, self.width)
         self.reduce = ReductionKernels(unit, SPELLING)
 
@@ -161,6 +163,8 @@ class _Generator:
         head.line(f"SCALAR_STATES = {self.scalars!r}  # after the copy and step columns")
         head.line(f"HYPERS = {self.prologue.hypers!r}  # the hyper table")
         head.line(f"NUM_REDUCTIONS = {len(self.slot)}")
+        if self.facts:
+            head.line(f"PARAM_FACTS = {PARAM_FACTS!r}  # the last columns")
         if any(h in USES_INTERPRET for h in helpers):
             head.line()
             head.line()

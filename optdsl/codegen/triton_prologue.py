@@ -5,7 +5,9 @@ tables.
 Where each leaf comes from: a hyper from the group's hyper table ``hyp`` (float64, in the
 order of the module's HYPERS), ``t`` from the tensor's step count (``state["step"]``, through
 the pointer table: this update's number is the stored count plus one), a scalar state from
-its tensor (through the pointer table), ``inv_grad_scale`` from torch.amp's scale tensor
+its tensor (through the pointer table), a fact of the tensor (``rows``, ``cols``, ``ndim``,
+``numel``: integers, ``dtype_eps``: a float64's bits) from the pointer table's last columns,
+``inv_grad_scale`` from torch.amp's scale tensor
 ``gsc``, a per-tensor reduction from the finished table ``fin`` (one float64 row per tensor,
 one column per reduction slot), a group-wide one from ``tot``. Every other value is the
 element spelling of its op (optdsl.codegen.triton.SPELLING) at scalar level, with constants
@@ -21,7 +23,7 @@ from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import Level
+from optdsl.ir.ops import PARAM_FACTS, Level
 from optdsl.ir.schedule import Placement
 
 F64 = "tl.float64"
@@ -117,6 +119,11 @@ class Prologue:
             out.line("t = (tl.load(p_step) + 1).to(tl.float64)", "this update's step number")
         elif eq.op == "state":
             out.line(f"{name} = tl.load(p_{state_name(eq.attr)}).to(tl.float64)")
+        elif eq.op in PARAM_FACTS:
+            column = self.width - len(PARAM_FACTS) + PARAM_FACTS.index(eq.op)
+            cast = "tl.float64, bitcast=True" if eq.op == "dtype_eps" else "tl.float64"
+            out.line(f"{name} = tl.load(ptrs + {self.width} * ti + {column}).to({cast})",
+                     f"the tensor's {eq.op}")
         elif eq.op == "inv_grad_scale":
             self.helpers.add("_div")
             out.line(f"inv_grad_scale = _div({typed_const(1.0, F64)}, "

@@ -10,6 +10,10 @@ on the device; torch.amp's scale and found_inf tensors go to the kernels, which 
 nothing on a step GradScaler skips; stochastic rounding's seed is derived from the group's
 update count, which the runner keeps on the host. DTensor parameters (FSDP2) are stepped
 through their local shards, the ranks agreeing on found_inf with a collective on the device.
+A complex parameter is stepped on its real view (as torch.optim's). A group with sparse
+gradients runs its dense tensors as one batch and the rows its sparse gradients index as
+another (optdsl.runtime.sparse gathers and scatters them; the step counts stay the
+parameters' own), neither kept as a plan between steps.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from optdsl.optim import distributed, precision
+from optdsl.runtime import sparse as sparse_rows
 from optdsl.runtime.device_tables import DeviceBatch
-from optdsl.runtime.step import Entry
+from optdsl.runtime.step import Entry, StepOptions
 
 
 def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale: Any) -> None:
@@ -42,10 +47,39 @@ def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale:
                              [g for _, g in plan.items], inputs):
             continue
         batch = _gather(opt, plan)
+        if plan.sparse:
+            _run_sparse(runner, plan.variant, batch, inputs, keys)
+            continue
         for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
             setattr(batch, name, getattr(inputs, name))
         owners = _localize(batch, keys)
         runner.run_device(plan.variant, batch, owners)
+
+
+class _BatchOf:
+    """A runner (optdsl.runtime.step's protocol) of device batches with the step's inputs
+    (AMP tensors, seeds): what optdsl.runtime.sparse calls for the dense part of a group and
+    for the gathered rows."""
+
+    def __init__(self, runner, inputs: DeviceBatch) -> None:
+        self.runner = runner
+        self.inputs = inputs
+
+    def run(self, variant, entries, options: StepOptions) -> None:
+        batch = DeviceBatch(-1, [e.param for e in entries], [e.grad for e in entries],
+                            [e.state for e in entries], self.inputs.hyper,
+                            copies=options.copies)
+        for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
+            setattr(batch, name, getattr(self.inputs, name))
+        self.runner.run_device(variant, batch)
+
+
+def _run_sparse(runner, variant, batch: DeviceBatch, inputs: DeviceBatch, keys: list) -> None:
+    """A group with sparse gradients (never DTensors: the checks refuse them)."""
+    entries = [Entry(p, g, s, 0.0) for p, g, s in zip(batch.params, batch.grads, batch.states)]
+    options = StepOptions(dict(batch.hyper), copies=batch.copies)
+    sparse_rows.run(_BatchOf(runner, inputs), variant, entries, options,
+                    [*keys, ("step", False)])
 
 
 def _seeds(rounding: precision.RoundingSeeds, number: int, coordinates: tuple):
@@ -68,6 +102,13 @@ def _gather(opt, plan) -> DeviceBatch:
             params.append(state[precision.MASTER_KEY])
             copies.append(param)
             with_copies = True
+        elif param.is_complex():  # its real view, its gradient's and its states'
+            real = opt._real_views().entry(param, grad, state, 0.0)
+            params.append(real.param)
+            copies.append(None)
+            grads.append(real.grad)
+            states.append(real.state)
+            continue
         else:
             params.append(param)
             copies.append(None)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optdsl.frontend.sparse import SparseRule
+from optdsl.ir.ops import facts_of
 from optdsl.optim import distributed, precision
 from optdsl.optim import hypers as hyper_values
 
@@ -111,10 +112,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
 
 def param_facts(param: torch.Tensor) -> dict[str, float]:
     """A parameter's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
-    shape = tuple(param.shape)
-    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
-    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
-            "numel": float(param.numel()), "dtype_eps": float(torch.finfo(param.dtype).eps)}
+    return facts_of(param.shape, torch.finfo(param.dtype).eps)
 
 
 def _where(index: int, number: int) -> str:

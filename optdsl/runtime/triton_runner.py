@@ -42,6 +42,7 @@ of a step replaces it with one that does nothing.
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections import OrderedDict
 from typing import Callable
 
@@ -61,6 +62,8 @@ from optdsl.runtime.device_tables import (
     constexprs_of,
     tl_dtypes,
 )
+from optdsl.ir.ops import PARAM_FACTS, facts_of
+from optdsl.runtime.library_stage import machine_eps
 from optdsl.runtime.rounding import derive_seed
 from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
 
@@ -326,6 +329,8 @@ class TritonRunner:
                              written=True)
             row.append(x.data_ptr())
             dtypes.append(x.dtype)
+        if hasattr(module.module, "PARAM_FACTS"):
+            row += _facts(param)
         return row, tuple(dtypes), n
 
     def _usable(self, plan: DevicePlan, x: torch.Tensor, device: torch.device, dtypes,
@@ -359,3 +364,11 @@ def _on(device: torch.device):
     """Launch on ``device`` (Triton launches on the current CUDA device)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
+
+def _facts(param: torch.Tensor) -> list[int]:
+    """A tensor's facts as the last columns of its pointer-table row (PARAM_FACTS order):
+    its matrix view's rows and columns, dimensions, elements, and its dtype's machine
+    epsilon as the bits of a float64."""
+    facts = facts_of(param.shape, machine_eps(param.dtype))
+    bits = struct.unpack("<q", struct.pack("<d", facts["dtype_eps"]))[0]
+    return [bits if name == "dtype_eps" else int(facts[name]) for name in PARAM_FACTS]
