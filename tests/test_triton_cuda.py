@@ -249,7 +249,7 @@ def test_a_captured_step_replays_as_eager_steps(name):
             p.grad = g
         gen = torch.Generator(device="cuda").manual_seed(1)
 
-        def fill():
+        def fill(grads=grads, gen=gen):
             for g in grads:
                 g.copy_(torch.randn(g.shape, generator=gen, device="cuda"))
 
