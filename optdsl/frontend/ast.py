@@ -47,6 +47,25 @@ class Binary(Expr):
     op_span: Span = field(default=None)  # type: ignore[assignment]
 
 
+@dataclass(frozen=True, eq=False)
+class Index(Expr):
+    """``h[i]``: an entry of a history or an array (closure-driven programs)."""
+
+    name: str
+    name_span: Span
+    index: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class ChoiceCompare(Expr):
+    """``line_search_fn == "strong_wolfe"``: a choice hyper against one of its choices."""
+
+    op: str  # "eq" or "ne"
+    left: Expr
+    choice: str
+    choice_span: Span
+
+
 @dataclass(frozen=True)
 class Interval:
     low: Expr
@@ -63,6 +82,9 @@ class HyperItem:
     default: Expr | None
     parts: tuple[tuple[str, Span, Expr], ...] | None  # a tuple hyper: (part, span, default)
     interval: Interval | None
+    # a choice hyper (closure-driven programs): its choices (str, or None for None) and
+    # their spans; the first is the default
+    choices: tuple[tuple[str | None, Span], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,82 @@ class Require:
     span: Span
 
 
+@dataclass(frozen=True)
+class IndexAssign:
+    """``a[i] = e``: set an entry of a history or an array."""
+
+    target: str
+    target_span: Span
+    index: Expr
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class MultiAssign:
+    """``loss, g = evaluate()``: the results of a function that gives several."""
+
+    targets: tuple[tuple[str, Span], ...]
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class CallStatement:
+    """``push(h, y)``: a function called for what it does."""
+
+    call: Call
+    span: Span
+
+
+@dataclass(frozen=True)
+class If:
+    """``if c: ... elif c2: ... else: ...``: ``branches`` are (condition, body) pairs."""
+
+    branches: tuple[tuple[Expr, tuple], ...]
+    orelse: tuple | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class While:
+    condition: Expr
+    body: tuple
+    span: Span
+
+
+@dataclass(frozen=True)
+class For:
+    """``for i in h:`` / ``for i in reversed(h):`` / ``for i in range(n):``."""
+
+    var: str
+    var_span: Span
+    iterable: Expr
+    body: tuple
+    span: Span
+
+
+@dataclass(frozen=True)
+class Repeat:
+    count: Expr
+    body: tuple
+    span: Span
+
+
+@dataclass(frozen=True)
+class Break:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Return:
+    span: Span
+
+
 Statement = Header | HyperDecl | StateDecl | Require | Assign
+# the statements only closure-driven programs have (optdsl.frontend.procedure)
+BLOCK_STATEMENTS = (IndexAssign, MultiAssign, CallStatement, If, While, For, Repeat, Break,
+                    Return)
 
 
 @dataclass(frozen=True)
@@ -133,4 +230,8 @@ def iter_exprs(root: Expr):
             stack.append(node.operand)
         elif isinstance(node, Binary):
             stack.append(node.right)
+            stack.append(node.left)
+        elif isinstance(node, Index):
+            stack.append(node.index)
+        elif isinstance(node, ChoiceCompare):
             stack.append(node.left)

@@ -60,10 +60,43 @@ class HyperSpec:
     parts: tuple[str, ...] | None = None
     inferred: bool = False
     line: int = 0
+    # closure-driven programs: a choice among strings (None included; the program reads the
+    # chosen one's index), or a default derived from other hypers when the keyword is
+    # absent or None (outputs ("value", v) of a graph of `hyper` leaves)
+    choices: tuple[str | None, ...] | None = None
+    derived: Graph | None = None
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and self.choices is None and self.derived is None
+
+    def choice_index(self, value) -> int:
+        """The index of ``value`` among the choices (what the program computes with)."""
+        for i, choice in enumerate(self.choices or ()):
+            if value == choice and (value is None) == (choice is None):
+                return i
+        shown = ", ".join("None" if c is None else repr(c) for c in self.choices or ())
+        raise ValueError(f"Invalid {self.name} value: {value!r} (hyper `{self.name}` must be "
+                         f"one of {shown})")
+
+    def derive(self, values: Mapping[str, float]) -> float:
+        """The derived default from the other hypers' values."""
+        from optdsl.ir.ops import OPS
+
+        results: list = []
+        with np.errstate(all="ignore"):
+            for eq in self.derived.eqs:
+                if eq.op == "const":
+                    results.append(np.float64(eq.attr))
+                elif eq.op == "hyper":
+                    results.append(np.float64(values[eq.attr]))
+                else:
+                    results.append(OPS[eq.op].meaning(*[results[a] for a in eq.args]))
+        (_, out), = self.derived.outputs
+        return float(results[out])
+
+    def derived_from(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(eq.attr for eq in self.derived.eqs if eq.op == "hyper"))
 
     def scalar_names(self) -> tuple[str, ...]:
         """The names the program's arithmetic uses: the parts, or the keyword itself."""

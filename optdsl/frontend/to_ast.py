@@ -74,6 +74,10 @@ class _Converter:
             return [c for c in node.children[1:] if c is not None]
         if node.data == "comparison":
             return [node.children[0], node.children[2]]
+        if node.data == "index":
+            return [node.children[1]]
+        if node.data == "choice_comparison":
+            return [node.children[0]]
         return [c for c in node.children if isinstance(c, lark.Tree)]
 
     def _leaf_token(self, token: lark.Token) -> ast.Expr:
@@ -111,6 +115,16 @@ class _Converter:
             op_token_span = _span_of(op)
             return ast.Binary(span, _COMPARISONS[str(op)], done[id(left)], done[id(right)],
                               op_token_span)
+        if kind == "index":
+            name, index = node.children
+            return ast.Index(span, str(name), _span_of(name), done[id(index)])
+        if kind == "choice_comparison":
+            left, op, text = node.children
+            if str(op) not in ("==", "!="):
+                raise self.error(f"a choice is compared with `==` or `!=`, not `{op}`",
+                                 _span_of(op))
+            return ast.ChoiceCompare(span, _COMPARISONS[str(op)], done[id(left)],
+                                     str(text)[1:-1], _span_of(text))
         if kind in _BINARY:
             left, right = [c for c in node.children if isinstance(c, lark.Tree)]
             return ast.Binary(span, kind, done[id(left)], done[id(right)], _op_span(node, left))
@@ -168,6 +182,80 @@ class _Converter:
         text = str(message)[1:-1] if message is not None else None
         return ast.Require(tuple(self.expr(c) for c in conditions), text,
                            _span_of(message) if message is not None else None, _span_of(node))
+
+    # -- closure-driven programs (grammars/closure.lark) -----------------------------------------
+    def _choice_decl(self, node: lark.Tree) -> ast.HyperDecl:
+        name, *choices = node.children
+        values = []
+        for choice in choices:
+            token = choice.children[0]
+            if token.type == "STRING":
+                values.append((str(token)[1:-1], _span_of(token)))
+            elif str(token) == "None":
+                values.append((None, _span_of(token)))
+            else:
+                raise self.error(f"a choice is a quoted string or None, not `{token}`",
+                                 _span_of(token))
+        item = ast.HyperItem(str(name), _span_of(name), None, None, None, tuple(values))
+        return ast.HyperDecl((item,), _span_of(node))
+
+    def _multi_assign(self, node: lark.Tree) -> ast.MultiAssign:
+        *targets, value = node.children
+        return ast.MultiAssign(tuple((str(t), _span_of(t)) for t in targets), self.expr(value),
+                               _span_of(node))
+
+    def _call_stmt(self, node: lark.Tree) -> ast.CallStatement:
+        call = self.expr(lark.Tree("call", node.children, node.meta))
+        return ast.CallStatement(call, _span_of(node))
+
+    def _index_assign(self, node: lark.Tree) -> ast.IndexAssign:
+        target, index, value = node.children
+        return ast.IndexAssign(str(target), _span_of(target), self.expr(index),
+                               self.expr(value), _span_of(node))
+
+    def _index_aug_assign(self, node: lark.Tree) -> ast.IndexAssign:
+        target, index, op, value = node.children
+        index_expr = self.expr(index)
+        read = ast.Index(_span_of(target), str(target), _span_of(target), index_expr)
+        total = ast.Binary(_span_of(node), _AUGMENTED[str(op)], read, self.expr(value),
+                           _span_of(op))
+        return ast.IndexAssign(str(target), _span_of(target), index_expr, total,
+                               _span_of(node))
+
+    def _suite(self, node: lark.Tree) -> tuple:
+        return tuple(getattr(self, "_" + c.data)(c) for c in node.children if c is not None)
+
+    def _if_block(self, node: lark.Tree) -> ast.If:
+        condition, suite, *rest = node.children
+        branches = [(self.expr(condition), self._suite(suite))]
+        orelse = None
+        for part in rest:
+            if part is None:
+                continue
+            if part.data == "elif_part":
+                branches.append((self.expr(part.children[0]), self._suite(part.children[1])))
+            else:
+                orelse = self._suite(part.children[0])
+        return ast.If(tuple(branches), orelse, _span_of(node))
+
+    def _while_block(self, node: lark.Tree) -> ast.While:
+        condition, suite = node.children
+        return ast.While(self.expr(condition), self._suite(suite), _span_of(node))
+
+    def _repeat_block(self, node: lark.Tree) -> ast.Repeat:
+        count, suite = node.children
+        return ast.Repeat(self.expr(count), self._suite(suite), _span_of(node))
+
+    def _for_block(self, node: lark.Tree) -> ast.For:
+        var, iterable, suite = node.children
+        return ast.For(str(var), _span_of(var), self.expr(iterable), self._suite(suite),
+                       _span_of(node))
+
+    def _break_stmt(self, node: lark.Tree) -> ast.Break:
+        return ast.Break(_span_of(node))
+
+    def _return_stmt(self, node: lark.Tree) -> ast.Return:
+        return ast.Return(_span_of(node))
 
     def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
         items = []

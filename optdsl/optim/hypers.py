@@ -122,6 +122,7 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
             missing.append(name)
         else:
             values[name] = spec.default
+    _derive(specs, values)
     if missing:
         name = missing[0]
         hint = ""
@@ -139,6 +140,20 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
         if not requirement.holds(scalar_values):
             raise ValueError(_unmet(requirement, given))
     return values
+
+
+def _derive(specs: Mapping[str, HyperSpec], values: dict[str, Any]) -> None:
+    """Fill each derived hyper left absent or None (torch.optim.LBFGS's max_eval =
+    max_iter * 5 // 4): an int when every hyper it reads is an int."""
+    for name, spec in specs.items():
+        if spec.derived is None or values.get(name) is not None:
+            continue
+        sources = spec.derived_from()
+        numbers = {n: to_number(n, values[n]) for n in sources}
+        value = spec.derive(numbers)
+        ints = all(isinstance(values[n], int) and not isinstance(values[n], bool)
+                   for n in sources)
+        values[name] = int(value) if ints and float(value).is_integer() else value
 
 
 def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
@@ -163,6 +178,9 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
                 if not _inside(spec, out[part]):
                     raise ValueError(f"Invalid {_singular(name)} parameter at index {index}: "
                                      f"{shown(item)} ({label} must be in {spec.interval})")
+        elif spec.choices is not None:
+            out[name] = float(spec.choice_index(value))
+            given[name] = value
         else:
             out[name] = to_number(name, value)
             given[name] = value
