@@ -23,6 +23,7 @@ from optdsl.errors import DslError, Span
 from optdsl.ir import procedure as ir
 from optdsl.runtime import backends
 from optdsl.runtime.proc_calls import Calls
+from optdsl.runtime.numpy_runner import NumpySlot
 from optdsl.runtime.proc_state import States
 from optdsl.runtime.step import Entry, StepOptions
 from optdsl.runtime.vectors import Layout, Vector
@@ -273,16 +274,46 @@ class Frame:
     def run_phase(self, spec: ir.PhaseSpec, scalars: dict[str, float],
                   handles: dict[str, Vector]) -> None:
         program = self.machine.program.phase_program(spec)
+        variant = program.variant(scalars)
+        runner = self.machine.runner(program)
+        values = self._run_arrays(runner, program, variant, scalars, handles)
+        if values is None:
+            values = self._run_entries(runner, variant, spec, scalars, handles)
+        for key, ref in spec.writes:
+            self.write(ref, handles[key])
+        for (name, ref, is_mask), value in zip(spec.results, values):
+            self.write(ref, bool(value != 0.0) if is_mask else np.float64(value))
+
+    def _run_entries(self, runner, variant, spec: ir.PhaseSpec, scalars, handles) -> list:
+        """Through the runner's ``run`` (any back end): each parameter an Entry whose state
+        holds its part of every column; scalar outputs come back through cells."""
         cells = {name: _Cell() for name, _, _ in spec.results}
         entries = []
         for j, param in enumerate(self.layout.params):
             state = {key: handle.parts[j] for key, handle in handles.items()}
             state.update(cells)
             entries.append(Entry(param, param, state, 1.0))
-        variant = program.variant(scalars)
-        self.machine.runner(program).run(variant, entries, StepOptions(scalars))
-        for key, ref in spec.writes:
-            self.write(ref, handles[key])
-        for name, ref, is_mask in spec.results:
-            value = cells[name].value
-            self.write(ref, bool(value != 0.0) if is_mask else np.float64(value))
+        runner.run(variant, entries, StepOptions(scalars))
+        return [cells[name].value for name, _, _ in spec.results]
+
+    def _run_arrays(self, runner, program, variant, scalars, handles) -> list | None:
+        """The NumPy back end's fast path: slots of NumPy views kept on the vectors (the
+        runner's own per-parameter views would be rebuilt whenever a column is bound to
+        another vector, as in every iteration of a loop over a history). None when it does
+        not apply (another back end, a dtype that is staged)."""
+        run_arrays = getattr(runner, "run_arrays", None)
+        params = self.layout.parameters().arrays()
+        if run_arrays is None or params is None:
+            return None
+        columns = [key for key, spec in program.states.items() if spec.tensor]
+        arrays = [handles[key].arrays() for key in columns]
+        if any(a is None for a in arrays):
+            return None
+        module = variant.generated(runner.backend)
+        results = len(program.states) - len(columns)
+        states = [None] * len(columns) + [np.float64(0.0)] * results
+        slots = [NumpySlot(1.0, list(states), module.num_reductions,
+                           [w, w] + [column[j] for column in arrays])
+                 for j, w in enumerate(params)]
+        run_arrays(variant, slots, StepOptions(scalars))
+        return [float(v) for v in slots[0].states[len(columns):]] if slots else [0.0] * results

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import torch
 
+_NUMPY = (torch.float32, torch.float64)
+
 
 class Vector:
     """A vector over a Layout: ``parts[j]`` is parameter j's tensor (numel of parameter j),
     ``flat`` the buffer they view (None for separate tensors)."""
 
-    __slots__ = ("__weakref__", "epoch", "flat", "gradient", "owned", "parts")
+    __slots__ = ("__weakref__", "_arrays", "epoch", "flat", "gradient", "owned", "parts")
 
     def __init__(self, parts: list, flat: torch.Tensor | None, owned: bool,
                  gradient: bool = False, epoch: int = 0) -> None:
@@ -34,6 +36,17 @@ class Vector:
         self.owned = owned
         self.gradient = gradient  # the closure's gradients, read in place
         self.epoch = epoch  # the layout's state_dict epoch when the buffer was made
+        self._arrays: list | None = None
+
+    def arrays(self) -> list | None:
+        """Zero-copy flat NumPy views of the parts (None unless every part is a contiguous
+        float32/float64 CPU tensor), made once per vector."""
+        if self._arrays is None:
+            if not all(p.device.type == "cpu" and p.dtype in _NUMPY and p.is_contiguous()
+                       for p in self.parts):
+                return None
+            self._arrays = [p.detach().reshape(-1).numpy() for p in self.parts]
+        return self._arrays
 
 
 class Layout:
@@ -55,6 +68,7 @@ class Layout:
         self._zeros: list | None = None
         self._index: Vector | None = None
         self._wrapped: dict[int, Vector] = {}
+        self._parameters: tuple | None = None
 
     # -- making vectors -------------------------------------------------------------------------
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -99,7 +113,11 @@ class Layout:
         return self._zeros
 
     def parameters(self) -> Vector:
-        return Vector([p.detach() for p in self.params], None, True)
+        """The parameters as a vector (kept while their storage is the same)."""
+        pointers = tuple(p.data_ptr() for p in self.params)
+        if self._parameters is None or self._parameters[0] != pointers:
+            self._parameters = (pointers, Vector([p.detach() for p in self.params], None, True))
+        return self._parameters[1]
 
     def index(self) -> Vector:
         """The elements' positions 0, 1, ..., n-1 (exact in the parameters' dtype)."""
