@@ -317,7 +317,7 @@ def phased(name: str):
     return optdsl.compile(PHASED[name]) if name in PHASED else library.program(name)
 
 
-@pytest.mark.parametrize("name", sorted(PHASED))
+@pytest.mark.parametrize("name", sorted(PHASED) + sorted(library.CLOSURE_DRIVEN))
 def test_every_phase_verifies_and_keeps_scalars_at_group_level(name):
     prog = phased(name)
     assert prog.phases

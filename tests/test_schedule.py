@@ -32,7 +32,7 @@ def test_generated_code_of_a_chain_of_reductions_is_linear():
 
 
 def test_no_bundled_optimizer_stores_anything():
-    for name in library.PROGRAMS:
+    for name in library.STEPWISE:
         prog = library.program(name)
         for backend in ("numpy", "triton"):
             assert not prog.generic.unit(backend).schedule.stored, name

@@ -50,7 +50,7 @@ from torch.optim.optimizer import (
 from optdsl import library
 from optdsl.optim import hypers as hyper_values
 
-ALL = list(library.PROGRAMS)
+ALL = list(library.STEPWISE)  # (the closure-driven ones: tests/test_closure_*.py)
 TWINS = [name for name in ALL if hasattr(torch.optim, name)]
 # Run on the interpreted Triton back end as well: plain (SGD), Adam-like, a scalar state
 # (NAdam's mu_product), state initialised from hypers (Rprop, Adagrad), per-tensor

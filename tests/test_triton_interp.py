@@ -113,7 +113,7 @@ def assert_match(ref, got, rtol=1e-5, atol=1e-6):
 
 
 # -- every program ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(library.PROGRAMS))
+@pytest.mark.parametrize("name", list(library.STEPWISE))
 def test_library_matches_numpy(name):
     prog = library.program(name)
     assert_match(*run_both(prog))
@@ -413,7 +413,7 @@ def test_kernels_compile_for_cuda(monkeypatch):
         from triton.compiler import ASTSource  # noqa: F401
     except ImportError:
         pytest.skip("this Triton cannot compile ahead for a target")
-    programs = [library.program(n) for n in library.PROGRAMS]
+    programs = [library.program(n) for n in library.STEPWISE]
     programs += [optdsl.load(p) for p in EXAMPLES]
     programs.append(optdsl.compile(REDUCTIONS))
     programs.append(optdsl.compile("w = " + " + ".join(FUNCTIONS), name="Functions"))

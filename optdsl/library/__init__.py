@@ -31,7 +31,15 @@ PROGRAMS = {
     "SGDClip": "sgd_clip.opt",
     "AdamWClip": "adamw_clip.opt",
     "SGDClipPerTensor": "sgd_clip_tensor.opt",
+    # closure-driven (stepped as torch.optim.LBFGS is: opt.step(closure))
+    "LBFGS": "lbfgs.opt",
 }
+
+# The closure-driven programs of PROGRAMS (optdsl.closure_program): their step runs host
+# control around compiled phases and may call the closure; the others update once per
+# step() from the gradients as they are.
+CLOSURE_DRIVEN = frozenset({"LBFGS"})
+STEPWISE = tuple(name for name in PROGRAMS if name not in CLOSURE_DRIVEN)
 
 # torch.optim.Adam (and AdamW) refuse Tensor-valued lr and betas in some combinations
 # (torch/optim/adam.py, Adam.__init__): with foreach=True unless capturable=True, and betas
