@@ -84,7 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     optimizers = args.optimizers or None
     results = run_demo(epochs=args.epochs, optimizers=optimizers, backend=args.backend,
-                       out_dir=args.out, progress=not args.quiet)
+                       out_dir=args.out, progress=not args.quiet,
+                       validation_split=args.validation_split, patience=args.patience,
+                       init=args.init)
     print(format_table(results))
     if args.out:
         print(f"wrote {Path(args.out) / 'loss_curves.png'}")
@@ -94,9 +96,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_landscape(args: argparse.Namespace) -> int:
     from optdsl.apps.landscape import format_table, run_landscape
 
+    if getattr(args, "second_order", False):
+        return cmd_second_order(args)
     results = run_landscape(programs=args.programs or None, out_dir=args.out,
                             max_iters=args.max_iters, tol=args.tol, backend=args.backend)
     print(format_table(results))
+    return 0
+
+
+def cmd_second_order(args: argparse.Namespace) -> int:
+    """``optdsl landscape --second-order``: the lectures' second-order methods racing."""
+    from optdsl.apps.landscape import format_table
+    from optdsl.apps.second_order import format_evaluations, run_second_order
+
+    if args.programs:
+        raise _Fail("optdsl landscape --second-order races its own set (Newton, saddle-free "
+                    "Newton, BFGS, L-BFGS, CG, coordinate descent, gradient descent); give "
+                    "programs without --second-order")
+    results = run_second_order(out_dir=args.out, max_iters=args.max_iters, tol=args.tol,
+                               backend=args.backend)
+    print(format_table(results))
+    print(format_evaluations(results))
+    return 0
+
+
+def cmd_fullbatch(args: argparse.Namespace) -> int:
+    """``optdsl fullbatch``: L-BFGS against gradient descent and Adam, full batch."""
+    from optdsl.apps.fullbatch import format_fullbatch, run_fullbatch
+
+    results = run_fullbatch(iterations=args.iterations, target=args.target,
+                            backend=args.backend, out_dir=args.out, progress=not args.quiet)
+    print(format_fullbatch(results))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'fullbatch.png'}")
     return 0
 
 
@@ -144,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", metavar="DIR",
                    help="where to write loss_curves.png and results.json (default: demo-out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--validation-split", type=float, default=0.0, metavar="F",
+                   help="hold out the last fraction F of the training set, as Keras' "
+                        "validation_split (the recipe's is 0.1)")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop early once the validation loss has not improved for N epochs")
+    p.add_argument("--init", default="torch", choices=["torch", "glorot_uniform", "orthogonal"],
+                   help="weight initialisation (glorot_uniform: Keras' default)")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("landscape", help="race optimizers on 2-D test functions")
@@ -152,7 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=int, default=5000)
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--backend", default="auto", choices=list(backends.names()))
+    p.add_argument("--second-order", action="store_true",
+                   help="race Newton, saddle-free Newton, BFGS, L-BFGS, conjugate gradients "
+                        "and coordinate descent beside gradient descent")
     p.set_defaults(run=cmd_landscape)
+
+    p = sub.add_parser("fullbatch", help="full-batch logistic regression on the digits: "
+                                         "L-BFGS (optdsl's and torch's) against GD and Adam")
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--target", type=float, default=0.27, help="the training loss to reach")
+    p.add_argument("--backend", default="auto", choices=list(backends.names()))
+    p.add_argument("--out", default="fullbatch-out", metavar="DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_fullbatch)
 
     p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")
     p.add_argument("--size", default="small", choices=["small", "medium", "large"])
