@@ -124,7 +124,7 @@ w = w - g
     assert state["n"] == 11 and state["h"] == [1.0, 1.0]
 
 
-# -- histories and arrays ---------------------------------------------------------------------------
+# -- histories and arrays ------------------------------------------------------------------------
 
 def test_histories_keep_the_last_entries_oldest_first():
     source = """
@@ -252,6 +252,18 @@ def test_hvp_needs_create_graph_and_a_closure():
     opt.step(second)  # w - H g = w - 6 w * 3 w^2
     assert p.tolist() == pytest.approx([1 - 6 * 3, 2 - 12 * 12])
     assert not p.grad.requires_grad  # the graph was freed
+
+
+def test_hvp_without_a_closure_names_it():
+    prog = optdsl.compile("h = hvp(g)\nw = w - h\n")
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    p.grad = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(TypeError) as info:
+        prog.optimizer([p]).step()
+    assert isinstance(info.value, optdsl.DslError)
+    assert (info.value.line, info.value.column) == (1, 5)
+    assert "hvp() differentiates the gradient again" in info.value.message
+    assert p.tolist() == [1.0, 1.0]
 
 
 def test_numpy_optimizer_is_refused():

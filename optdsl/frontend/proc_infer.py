@@ -137,8 +137,9 @@ def _value_kind(kinds: Kinds, value: ast.Expr, assigned) -> str:
 def _unknown_local(kinds: Kinds, value: ast.Expr, assigned) -> None:
     """A DslError for the first local read before the program assigns it (if any)."""
     for node in ast.iter_exprs(value):
-        if isinstance(node, ast.Name) and node.id in assigned and node.id not in ("w", "g", "t") and \
-                node.id not in kinds.locals and node.id not in kinds.states:
-            raise kinds.error(f"`{node.id}` may be read before it is assigned (locals start "
+        name = node.id if isinstance(node, ast.Name) else None
+        if name in assigned and name not in ("w", "g", "t") and \
+                name not in kinds.locals and name not in kinds.states:
+            raise kinds.error(f"`{name}` may be read before it is assigned (locals start "
                               f"afresh at every step; keep a value between steps in a state: "
-                              f"`state {node.id} = 0`)", node.span)
+                              f"`state {name} = 0`)", node.span)

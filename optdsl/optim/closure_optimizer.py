@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from optdsl.optim import distributed
 from optdsl.optim import hypers as hyper_values
 from optdsl.optim.torch_optimizer import OptimizerClass
 from optdsl.runtime import backends
@@ -65,6 +66,9 @@ class ClosureOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     def _check_params(self, params: list[torch.Tensor]) -> None:
         name = type(self).__name__
         for p in params:
+            if distributed.is_dtensor(p):
+                raise TypeError(f"{name} works on the whole model's flattened vector, so it "
+                                f"does not take DTensor (sharded) parameters")
             if p.is_complex():
                 raise TypeError(f"{name} does not support complex parameters")
             if not p.is_floating_point():

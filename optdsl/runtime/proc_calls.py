@@ -121,6 +121,14 @@ class Calls:
     def hvp(self, vector: Vector, stmt: ir.Call) -> Vector:
         """H v by differentiating the gradients again (the closure's create_graph=True)."""
         frame = self.frame
+        if self.closure is None:
+            from optdsl.runtime.procedure import ClosureRequired
+
+            raise frame.error(ClosureRequired, f"{stmt.function}() differentiates the "
+                              f"gradient again, which needs the closure's graph, but step() "
+                              f"was given no closure: step {frame.machine.program.name} with "
+                              f"a closure that calls loss.backward(create_graph=True)",
+                              stmt.line, stmt.column)
         params = frame.layout.params
         grads = [p.grad for p in params]
         pairs = [(g, part) for g, part in zip(grads, vector.parts)

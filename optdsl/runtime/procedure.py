@@ -22,10 +22,10 @@ import torch
 from optdsl.errors import DslError, Span
 from optdsl.ir import procedure as ir
 from optdsl.runtime import backends
-from optdsl.runtime.proc_calls import Calls
 from optdsl.runtime.numpy_runner import NumpySlot
+from optdsl.runtime.proc_calls import Calls
 from optdsl.runtime.proc_state import States
-from optdsl.runtime.step import Entry, StepOptions
+from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
 from optdsl.runtime.vectors import Layout, Vector
 
 BREAK, RETURN = "break", "return"
@@ -71,6 +71,7 @@ class Machine:
         self.backend = backend
         self._runners: dict[int, Any] = {}
         self.layout: Layout | None = None
+        self._busy = OneStepAtATime()
 
     def layout_of(self, params: list[torch.Tensor]) -> Layout:
         layout = self.layout
@@ -90,12 +91,13 @@ class Machine:
     def step(self, params: list[torch.Tensor], store: dict, hyper: dict[str, float],
              closure: Callable[[], Any] | None):
         """Run one step; returns what the closure returned at its first call (or None)."""
-        frame = Frame(self, self.layout_of(params), store, hyper, closure)
-        try:
-            frame.block(self.procedure.body)
-        finally:
-            frame.calls.finish()
-        return frame.calls.first_loss
+        with self._busy:
+            frame = Frame(self, self.layout_of(params), store, hyper, closure)
+            try:
+                frame.block(self.procedure.body)
+            finally:
+                frame.calls.finish()
+            return frame.calls.first_loss
 
 
 class Frame:
