@@ -35,7 +35,7 @@ def test_no_bundled_optimizer_stores_anything():
     """Element-wise programs recompute rather than store; library stages (Muon's matrix
     products) and the sweeps hand each other parameter-shaped values through memory, and
     only those are stored."""
-    for name in library.PROGRAMS:
+    for name in library.STEPWISE:
         prog = library.program(name)
         for backend in ("numpy",) if prog.library_work else ("numpy", "triton"):
             schedule = prog.generic.unit(backend).schedule

@@ -56,7 +56,7 @@ from optdsl.optim import step_checks
 # SparseAdam takes sparse gradients only: torch's own suite runs it with them, through
 # ../shared/torch_suite, and so does tests/test_sparse_gradients.py.
 MATRIX_ONLY = {"Muon"}
-ALL = [name for name in library.PROGRAMS
+ALL = [name for name in library.STEPWISE  # (closure-driven: tests/test_closure_*.py)
        if name not in MATRIX_ONLY and not library.program(name).sparse.only]
 TWINS = [name for name in ALL if hasattr(torch.optim, name)]
 # Run on the interpreted Triton back end as well: plain (SGD), Adam-like, a scalar state

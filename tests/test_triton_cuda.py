@@ -92,7 +92,7 @@ def assert_match(ref, got, rtol=1e-5, atol=1e-6):
                                        rtol=rtol, atol=atol, equal_nan=True)
 
 
-@pytest.mark.parametrize("name", [n for n in library.PROGRAMS
+@pytest.mark.parametrize("name", [n for n in library.STEPWISE
                                   if not library.program(n).library_work])
 def test_library_matches_numpy(name):
     assert_match(*run_both(library.program(name)))

@@ -118,7 +118,7 @@ def assert_match(ref, got, rtol=1e-5, atol=1e-6):
 # -- every program ------------------------------------------------------------------------------
 # Muon and Adafactor have matrix work (library stages), which the Triton back end does not
 # run yet (tests/test_matrix.py checks the refusal).
-ELEMENT_WISE = [name for name in library.PROGRAMS if not library.program(name).library_work]
+ELEMENT_WISE = [name for name in library.STEPWISE if not library.program(name).library_work]
 
 
 @pytest.mark.parametrize("name", ELEMENT_WISE)

@@ -108,7 +108,7 @@ class _Checker:
             elif isinstance(stmt, ast.Require):
                 self.requires.append(stmt)
             elif isinstance(stmt, ast.Repeat):
-                self.assigns.extend(stmt.body * self.repeat_count(stmt))
+                self.assigns.extend(self.unrolled(stmt))
             elif isinstance(stmt, ast.Sparse):
                 self.sparse.append(stmt)
             else:
@@ -141,6 +141,13 @@ class _Checker:
             raise self.error(f"`{name}` is optional (its default is None, and then it is "
                              f"NaN): say what to use when it is not given, e.g. "
                              f"`where({name} == None, 1e-8, {name})`", first_use[name])
+
+    def unrolled(self, stmt: ast.Repeat) -> list[ast.Assign]:
+        """A repeat block's assignments, as many times as it runs (nested blocks too)."""
+        body: list[ast.Assign] = []
+        for inner in stmt.body:
+            body.extend(self.unrolled(inner) if isinstance(inner, ast.Repeat) else [inner])
+        return body * self.repeat_count(stmt)
 
     def repeat_count(self, stmt: ast.Repeat) -> int:
         """How many times a repeat block runs: a whole number, or a hyper's value (its
@@ -185,7 +192,7 @@ class _Checker:
         if item.choices is not None:
             choices = self.choices(item)
             default: object = item.default.value if isinstance(item.default, ast.Word) \
-                else None
+                else None if item.default is not None else choices[0]
             self.choice_names[item.name] = choices
             self.hyper_scalars[item.name] = item.span
         elif item.parts is not None:
@@ -234,9 +241,8 @@ class _Checker:
                 raise self.error(f"{word.value!r} is listed twice", word.span)
             values.append(word.value)
         default = item.default
-        if default is None:
-            raise self.error(f"a choice needs a default: `hyper {item.name} = "
-                             f"{_word(values[0])} in {{...}}`", item.span)
+        if default is None:  # `hyper x in {"a", "b"}`: the first is the default
+            return tuple(values)
         if isinstance(default, ast.Name) and default.id == "None" and None in values:
             return tuple(values)
         if not isinstance(default, ast.Word) or default.value not in values:

@@ -118,6 +118,7 @@ for _desc in (
     Reduction("dot", 2, TENSOR_SCOPE, ("mul", 0, 1), "add", 0.0, "none", 0.0),
     Reduction("global_norm", 1, GROUP_SCOPE, ("square", 0), "add", 0.0, "sqrt", 0.0),
     Reduction("global_sum", 1, GROUP_SCOPE, 0, "add", 0.0, "none", 0.0),
+    Reduction("global_maxabs", 1, GROUP_SCOPE, ("abs", 0), "max", 0.0, "none", 0.0),
 ):
     register_reduction(_desc)
 

@@ -127,6 +127,7 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
             missing.append(name)
         else:
             values[name] = spec.default
+    _derive(specs, values)
     if missing:
         name = missing[0]
         hint = ""
@@ -157,6 +158,20 @@ def check_parameter(requirements: Iterable[Requirement], specs: Mapping[str, Hyp
     for requirement in checks:
         if not requirement.holds(values):
             raise ValueError(_unmet(requirement, given, size))
+
+
+def _derive(specs: Mapping[str, HyperSpec], values: dict[str, Any]) -> None:
+    """Fill each derived hyper left absent or None (torch.optim.LBFGS's max_eval =
+    max_iter * 5 // 4): an int when every hyper it reads is an int."""
+    for name, spec in specs.items():
+        if spec.derived is None or values.get(name) is not None:
+            continue
+        sources = spec.derived_from()
+        numbers = {n: to_number(n, values[n]) for n in sources}
+        value = spec.derive(numbers)
+        ints = all(isinstance(values[n], int) and not isinstance(values[n], bool)
+                   for n in sources)
+        values[name] = int(value) if ints and float(value).is_integer() else value
 
 
 def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
@@ -215,8 +230,9 @@ def _choice_index(spec: HyperSpec, value: Any) -> float:
     if value in spec.choices and (value is None or isinstance(value, str)):
         return float(spec.choices.index(value))
     listed = ", ".join("None" if c is None else repr(c) for c in spec.choices)
-    words = _CHOICE_WORDING.get(spec.name, f"Invalid {spec.name}: {{value}} is not supported")
-    raise ValueError(words.format(value=value) + f" (hyper `{spec.name}` is one of {listed})")
+    words = _CHOICE_WORDING.get(spec.name, f"Invalid {spec.name} value: {{value!r}}")
+    raise ValueError(words.format(value=value) + f" (hyper `{spec.name}` must be one of "
+                     f"{listed})")
 
 
 def _absent(spec: HyperSpec, name: str, value: Any, out: dict, given: dict) -> bool:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import torch
 
 from optdsl.frontend.sparse import SparseRule
-from optdsl.ir.ops import facts_of
 from optdsl.optim import distributed, precision
 from optdsl.optim import hypers as hyper_values
+from optdsl.runtime.library_stage import tensor_facts
 
 # torch's devices for fused optimizers, as its message for a parameter elsewhere lists them
 FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia"]
@@ -112,7 +112,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
 
 def param_facts(param: torch.Tensor) -> dict[str, float]:
     """A parameter's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
-    return facts_of(param.shape, torch.finfo(param.dtype).eps)
+    return tensor_facts(param)
 
 
 def _where(index: int, number: int) -> str:

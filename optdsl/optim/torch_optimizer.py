@@ -500,6 +500,10 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
     ``tensor_hyper_rules`` the hypers to which torch.optim.Adam's rules for Tensor values
     apply (optdsl.optim.hypers.check_tensor_rules); ``complex_params=False`` refuses complex
     parameters (as torch.optim.SparseAdam does)."""
+    if getattr(program, "closure_driven", False):  # stepped with a closure: its own class
+        from optdsl.optim.closure_optimizer import make_closure_optimizer_class
+
+        return make_closure_optimizer_class(program, name, module, positional)
     cls_name = name or program.name
     doc = program.description or f"Optimizer compiled by optdsl from {program.filename}."
     keywords = ", ".join(f"{n}={s.default!r}" if not s.required else n

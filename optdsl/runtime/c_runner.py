@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from optdsl.codegen.c_prelude import BLOCK, DTYPE_CODES
-from optdsl.ir.ops import PARAM_FACTS, facts_of
+from optdsl.ir.ops import PARAM_FACTS
 from optdsl.runtime.c_abi import Args
-from optdsl.runtime.library_stage import machine_eps
+from optdsl.runtime.library_stage import tensor_facts
 from optdsl.runtime.rounding import seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
@@ -281,5 +281,5 @@ class CRunner:
 
 def _facts(param: torch.Tensor) -> list[float]:
     """A parameter's facts in PARAM_FACTS order (as optdsl.codegen.contract.ParamSlot's)."""
-    facts = facts_of(param.shape, machine_eps(param.dtype))
+    facts = tensor_facts(param)
     return [facts[name] for name in PARAM_FACTS]

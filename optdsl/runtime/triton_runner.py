@@ -62,8 +62,8 @@ from optdsl.runtime.device_tables import (
     constexprs_of,
     tl_dtypes,
 )
-from optdsl.ir.ops import PARAM_FACTS, facts_of
-from optdsl.runtime.library_stage import machine_eps
+from optdsl.ir.ops import PARAM_FACTS
+from optdsl.runtime.library_stage import tensor_facts
 from optdsl.runtime.rounding import derive_seed
 from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
 
@@ -369,6 +369,6 @@ def _facts(param: torch.Tensor) -> list[int]:
     """A tensor's facts as the last columns of its pointer-table row (PARAM_FACTS order):
     its matrix view's rows and columns, dimensions, elements, and its dtype's machine
     epsilon as the bits of a float64."""
-    facts = facts_of(param.shape, machine_eps(param.dtype))
+    facts = tensor_facts(param)
     bits = struct.unpack("<q", struct.pack("<d", facts["dtype_eps"]))[0]
     return [bits if name == "dtype_eps" else int(facts[name]) for name in PARAM_FACTS]
