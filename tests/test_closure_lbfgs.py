@@ -235,3 +235,11 @@ def test_triton_back_end_matches_torch(line_search_fn, monkeypatch, tmp_path):
         ref[1].step(ref[2])
         got[1].step(got[2])
     assert_same(ref, got, tol=1e-9)
+
+
+def test_auto_runs_cpu_tensors_on_numpy():
+    """backend="auto" puts a closure-driven step's phases on NumPy for CPU tensors (views kept
+    on each vector); "c" by name still works."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    assert library.LBFGS([w]).backend == "numpy"
+    assert library.LBFGS([w], backend="numpy").backend == "numpy"
