@@ -239,7 +239,7 @@ def test_triton_back_end_matches_torch(line_search_fn, monkeypatch, tmp_path):
 
 def test_auto_runs_cpu_tensors_on_numpy():
     """backend="auto" puts a closure-driven step's phases on NumPy for CPU tensors (views kept
-    on each vector); "c" by name still works."""
+    on each vector), not on C, which "auto" picks for other programs."""
     w = torch.nn.Parameter(torch.zeros(3))
     assert library.LBFGS([w]).backend == "numpy"
     assert library.LBFGS([w], backend="numpy").backend == "numpy"
