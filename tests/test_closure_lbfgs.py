@@ -243,3 +243,19 @@ def test_auto_runs_cpu_tensors_on_numpy():
     w = torch.nn.Parameter(torch.zeros(3))
     assert library.LBFGS([w]).backend == "numpy"
     assert library.LBFGS([w], backend="numpy").backend == "numpy"
+
+
+def test_lr_zero_with_strong_wolfe_leaves_the_parameters():
+    """A warm-up's first step (lr = 0) with the line search moves nothing; torch.optim.LBFGS
+    raises ZeroDivisionError there (its cubic interpolation divides by the zero bracket)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = library.LBFGS([w], lr=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert w.detach().tolist() == [1.0, -2.0]
