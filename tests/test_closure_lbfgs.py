@@ -237,6 +237,29 @@ def test_triton_back_end_matches_torch(line_search_fn, monkeypatch, tmp_path):
     assert_same(ref, got, tol=1e-9)
 
 
+def test_c_back_end_matches_torch(monkeypatch, tmp_path):
+    """The phases compiled to C (one shared object each) give torch's iterates too."""
+    from optdsl.runtime import c_build
+
+    if c_build.unavailable():
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path / "cache"))
+    shapes = ((5,), (2, 3))
+    ref = [make_params(shapes)]
+    ref.append(torch.optim.LBFGS(ref[0], history_size=2, max_iter=3,
+                                 line_search_fn="strong_wolfe"))
+    ref.append(closure_for(ref[1], ref[0], quadratic))
+    got = [make_params(shapes)]
+    got.append(LBFGS(got[0], history_size=2, max_iter=3, line_search_fn="strong_wolfe",
+                     backend="c"))
+    got.append(closure_for(got[1], got[0], quadratic))
+    assert got[1].backend == "c"
+    for _ in range(2):
+        ref[1].step(ref[2])
+        got[1].step(got[2])
+    assert_same(ref, got, tol=1e-9)
+
+
 def test_auto_runs_cpu_tensors_on_numpy():
     """backend="auto" puts a closure-driven step's phases on NumPy for CPU tensors (views kept
     on each vector), not on C, which "auto" picks for other programs."""
