@@ -15,6 +15,7 @@ from __future__ import annotations
 import copyreg
 import pickle
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ from optdsl.optim import (
 from optdsl.optim import hypers as hyper_values
 from optdsl.runtime import backends
 from optdsl.runtime import sparse as sparse_rows
-from optdsl.runtime.step import Entry, StepOptions
+from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
 
 
 def _graph_break(fn: Callable) -> Callable:
@@ -297,7 +298,12 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     def _step(self) -> None:
         """The step itself, run eagerly. Under torch.compile it sits behind a clean graph
         break (``_step_behind_graph_break``): dynamo runs it as it is instead of tracing the
-        runner, which would recompile every step."""
+        runner, which would recompile every step. One thread at a time: a second thread's
+        step is refused before it writes anything (step counts included)."""
+        with _one_step_of(self):
+            self._step_unlocked()
+
+    def _step_unlocked(self) -> None:
         found_inf = getattr(self, "found_inf", None)
         grad_scale = getattr(self, "grad_scale", None)
         on_device = backends.get(self.backend).device_scalars
@@ -556,3 +562,16 @@ def _program_class(program, name: str, positional: tuple[str, ...] | None,
 
 
 copyreg.pickle(OptimizerClass, _pickle_class)
+
+
+_MAKING_LOCKS = threading.Lock()
+
+
+def _one_step_of(opt) -> OneStepAtATime:
+    """The optimizer's own one-step-at-a-time guard (made on first use; not pickled: torch's
+    Optimizer.__getstate__ keeps only defaults, state and param_groups)."""
+    guard = opt.__dict__.get("_one_step")
+    if guard is None:
+        with _MAKING_LOCKS:
+            guard = opt.__dict__.setdefault("_one_step", OneStepAtATime())
+    return guard
