@@ -370,7 +370,7 @@ w = w - lr * (w.rows + 10 * w.cols + 100 * w.ndim + 1000 * w.numel + w.eps / 1e-
 """
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
+@pytest.mark.parametrize("backend", ["numpy", "c", "triton", "torch"])
 def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
     """w.rows, w.cols, w.ndim, w.numel and w.eps are the parameter's own on every back end
     (vectors, matrices, a 3-d tensor and a scalar in one group; float32 and float64)."""
