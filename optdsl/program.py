@@ -313,6 +313,9 @@ class Variant:
                 raise ValueError(f"the {backend} back end does not run matrix work (library "
                                  f"stages) yet, and {self.program.name} has "
                                  f"{self.program.library_work}; use backend='numpy'")
+            refused = info.refuses(self.graph, self.program.name)
+            if refused:
+                raise ValueError(refused)
             with self._lock, self.program.boundary():
                 graph = legalize(self.graph, info.spells)
                 shaped = frozenset(n for n, s in self.program.states.items() if s.per)

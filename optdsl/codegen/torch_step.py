@@ -19,6 +19,7 @@ from __future__ import annotations
 from optdsl.codegen import host, library
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.unit import Unit
+from optdsl.ir.nodes import Graph
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import GLOBAL, OPS
 from optdsl.ir.schedule import Sweep
@@ -28,13 +29,11 @@ def spells(name: str, tensor: bool) -> bool:
     return library.spells(name) if tensor else host.spells(name)
 
 
-class Unsupported(ValueError):
-    """A program this back end does not run yet."""
-
-
 def generate(unit: Unit) -> str:
     """The source of the module: the contract's names, the library stages, the step."""
-    _refuse_group_reductions(unit)
+    refused = refuses(unit.graph, unit.title)
+    if refused:  # (Program.unit refuses it first)
+        raise ValueError(refused)
     libraries, library_rows = library.emit_libraries(unit)
     sweeps = CodeBuffer()
     rows = []
@@ -73,18 +72,21 @@ def generate(unit: Unit) -> str:
     return out.text() + libraries + sweeps.text() + table.text() + steps.text()
 
 
-def _refuse_group_reductions(unit: Unit) -> None:
-    for eq in unit.graph.eqs:
+def refuses(graph: Graph, name: str) -> str | None:
+    """Why this back end cannot run a step (a group-wide reduction), or None."""
+    for eq in graph.eqs:
         if OPS[eq.op].category == GLOBAL:
             where = f" at line {eq.line}" if eq.line else ""
-            raise Unsupported(f"backend='torch' does not run group-wide reductions yet "
-                              f"(`{eq.attr or eq.op}`{where} of {unit.title}); use "
-                              f"backend='numpy', 'triton' or 'auto'")
+            return (f"backend='torch' does not run group-wide reductions yet "
+                    f"(`{eq.attr or eq.op}`{where} of {name}); use backend='numpy', "
+                    f"'triton' or 'auto'")
+    return None
 
 
 def _emit_sweep(out: CodeBuffer, unit: Unit, sweep: Sweep) -> str:
     """The final sweep's outputs that no library stage computes (inputs, scalars), handed to
-    the commits of the end of the step."""
+    the commits of the end of the step (the runner copies a value that is a tensor it
+    writes before writing any: ``a = b; b = a_old`` swaps)."""
     eqs = unit.graph.eqs
     if not sweep.final or sweep.reductions or sweep.saves:
         raise AssertionError(f"a library_only schedule has element work in sweep "
@@ -103,7 +105,7 @@ def _emit_sweep(out: CodeBuffer, unit: Unit, sweep: Sweep) -> str:
                 key = "'w'" if output == "w" else unit.state_order.index(output)
                 if eq.kind.is_tensor:
                     column = unit.columns.index(eq.attr if eq.op == "state" else eq.op)
-                    text = f"T[{column}].clone()"
+                    text = f"T[{column}]"
                 elif eq.op == "const":
                     text = f"torch.full_like(T[0], {format_float(eq.attr)})"
                 else:

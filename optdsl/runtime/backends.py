@@ -44,6 +44,8 @@ class Backend:
     # it has no element sweeps: every tensor-level value runs in library stages
     # (optdsl.ir.stages, ``library_only``)
     library_only: bool = False
+    # (graph, program name) -> why it cannot run this step, or None
+    refuses: Callable[[Any, str], str | None] = lambda graph, name: None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -233,4 +235,4 @@ def _torch_load(source: str, tag: str):
 register(Backend("torch", "torch operations on the parameters' own tensors (CPU or CUDA)",
                  torch_codegen.spells, torch_codegen.generate, _torch_load, _torch_runner,
                  lambda devices, auto: None, lambda devices: bool(devices - {"cpu"}),
-                 auto_rank=1, library_only=True))
+                 auto_rank=1, library_only=True, refuses=torch_codegen.refuses))

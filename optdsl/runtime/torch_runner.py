@@ -13,7 +13,7 @@ shards are refused for now, with what to use instead.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
