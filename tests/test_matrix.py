@@ -23,7 +23,7 @@ import optdsl
 from optdsl import library
 from optdsl.runtime import backends
 
-# the back ends that run library stages (matrix work): NumPy, for now
+# the back ends that run library stages (matrix work): NumPy and torch
 BACKENDS = [name for name, b in backends.BACKENDS.items() if b.library_stages]
 
 
