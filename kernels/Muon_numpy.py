@@ -37,10 +37,12 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
-def _where(mask, a, b):
-    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+def _where(mask, a, b, w):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor);
+    host scalars on both sides become tensors of w's dtype (the compute dtype)."""
     if torch.is_tensor(mask):
-        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+        like = a if torch.is_tensor(a) else b if torch.is_tensor(b) else w
+        return torch.where(mask, _tensor(a, like), _tensor(b, like))
     return a if mask else b
 
 
@@ -52,6 +54,25 @@ def _wide(x):
 def _unwide(x, rows, cols):
     """What _wide gave back in the parameter's orientation (rows x cols)."""
     return x.transpose(-1, -2) if rows > cols else x
+
+
+def _reduce(x, combine, identity, finish):
+    """A lowered reduction: the combine ("add" or "max") of the mapped values x in float64,
+    from identity, finished ("none", "sqrt", "mean", "rms") over their count."""
+    x = _tensor(x, None).to(torch.float64)
+    n = x.numel()
+    if combine == "add":
+        total = torch.sum(x)
+    else:
+        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        total = torch.maximum(torch.amax(x), start) if n else start
+    if finish == "sqrt":
+        return torch.sqrt(total)
+    if finish == "mean":
+        return total / n if n else total * float("nan")
+    if finish == "rms":
+        return torch.sqrt(total / n) if n else total * float("nan")
+    return total
 
 
 def _addmm(c, a, b, beta, alpha):
@@ -70,12 +91,12 @@ def library0(params):
         f8 = float(s[2])
         f9 = float(s[3])
         f24 = float(s[4])  # line 39
-        f76 = float(s[5])  # line 46
-        f77 = float(s[6])  # line 46
+        f76 = float(s[5])  # line 45
+        f77 = float(s[6])  # line 45
         T = p.tensors
         v23 = T[3]
         v25 = v23.to(torch.bfloat16)  # line 39
-        v26 = _where(f24, v23, v25)  # line 39
+        v26 = _where(f24, v23, v25, T[0])  # line 39
         v27 = _wide(v26)  # line 39
         v28 = torch.linalg.vector_norm(v27)  # line 40
         v29 = _max(v28, f9)  # line 40
@@ -100,7 +121,7 @@ def library0(params):
         v68 = torch.matmul(v66, v67)  # line 42
         v72 = _addmm(v68, v68, v68, beta=f7, alpha=f8)  # line 43
         v75 = _addmm(v66, v72, v66, beta=f6, alpha=1.0)  # line 44
-        v92 = _unwide(v75, f76, f77)  # line 48
+        v92 = _unwide(v75, f76, f77)  # line 47
         T[4].copy_(v92)  # for later sweeps
 
 
@@ -141,8 +162,8 @@ def sweep1(params):
     for p in params:
         s = p.scalars
         f14 = float(s[0])  # line 37
-        f89 = float(s[1])  # line 48
-        f91 = float(s[2])  # line 48
+        f89 = float(s[1])  # line 47
+        f91 = float(s[2])  # line 47
         a_w = p.arrays[0]
         a_g = p.arrays[1]
         a_s_buf = p.arrays[2]
@@ -163,10 +184,10 @@ def sweep1(params):
             np.subtract(c_g, c_s_buf, out=b0)  # line 37
             np.multiply(f14, b0, out=b1)  # line 37
             np.add(c_s_buf, b1, out=c_s_buf)  # line 37
-            np.multiply(c_w, f89, out=b0)  # line 48
-            np.copyto(b1, c_t92)  # line 48
-            np.multiply(f91, b1, out=b2)  # line 48
-            np.subtract(b0, b2, out=c_w)  # line 48
+            np.multiply(c_w, f89, out=b0)  # line 47
+            np.copyto(b1, c_t92)  # line 47
+            np.multiply(f91, b1, out=b2)  # line 47
+            np.subtract(b0, b2, out=c_w)  # line 47
 
 
 # Per sweep: (function, scalar-row width, reductions produced as (slot, kind)).
@@ -203,18 +224,18 @@ def step(ctx, params):
         t = np.float64(p.t)
         p.scalars = (h_a, h_b, h_c, h_eps, v24, p.rows, p.cols)  # the stage's scalar row
     ctx.library(0, params)
-    v82 = bool(h_adjust_lr_fn == 2.0)  # line 47
-    v88 = (h_lr * h_weight_decay)  # line 48
-    v89 = (1.0 - v88)  # line 48
+    v82 = bool(h_adjust_lr_fn == 2.0)  # line 46
+    v88 = (h_lr * h_weight_decay)  # line 47
+    v89 = (1.0 - v88)  # line 47
     for p in params:  # final sweep: updates
         t = np.float64(p.t)
-        v78 = (p.rows / p.cols)  # line 46
-        v79 = np.maximum(1.0, v78)  # line 46
-        v80 = np.sqrt(v79)  # line 46
-        v84 = np.maximum(p.rows, p.cols)  # line 47
-        v85 = np.sqrt(v84)  # line 47
-        v86 = (0.2 * v85)  # line 47
-        v87 = np.float64(v86 if v82 else v80)  # line 47
-        v91 = (h_lr * v87)  # line 48
+        v78 = (p.rows / p.cols)  # line 45
+        v79 = np.maximum(1.0, v78)  # line 45
+        v80 = np.sqrt(v79)  # line 45
+        v84 = np.maximum(p.rows, p.cols)  # line 46
+        v85 = np.sqrt(v84)  # line 46
+        v86 = (0.2 * v85)  # line 46
+        v87 = np.float64(v86 if v82 else v80)  # line 46
+        v91 = (h_lr * v87)  # line 47
         p.scalars = (v14, v89, v91)  # the sweep's scalar row
     ctx.sweep(1, params)

@@ -201,3 +201,73 @@ def test_what_torch_does_not_run_yet_is_refused_saying_what_to_use():
         library.SGDClip([p], lr=0.1, backend="torch").step()
     with pytest.raises(ValueError, match=r"stochastically.*stochastic_rounding=False"):
         library.Muon([p], backend="torch", stochastic_rounding=True).step()
+
+
+# -- the catalog -------------------------------------------------------------------------------
+
+# every bundled per-parameter program but SparseAdam (sparse gradients only) and the two that
+# clip by global norm (refused, above); Muon and Adafactor need matrices
+CATALOG = [name for name in library.PROGRAMS
+           if isinstance(library.program(name), optdsl.Program)
+           and name not in ("SparseAdam", "SGDClip", "AdamWClip")]
+CATALOG_CASES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+                 "noncontiguous": torch.float32}
+# a few ulps of each dtype (float16 parameters keep float32 states)
+CATALOG_RTOL = {torch.float16: 2e-3, torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def _catalog_run(name: str, backend: str, case: str, steps: int = 3) -> list[torch.Tensor]:
+    dtype = CATALOG_CASES[case]
+    gen = torch.Generator().manual_seed(1)
+    matrix = name in ("Muon", "Adafactor")
+    shapes = [(6, 9), (12, 4)] if matrix else [(37, 3), (5,), (300,), (0,), (1,)]
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
+    if case == "noncontiguous":
+        params[0] = torch.randn(shapes[0][::-1], generator=gen,
+                                dtype=torch.float64).to(dtype).t()
+    params = [p.requires_grad_() for p in params]
+    prog = library.program(name)
+    required = {n: 0.1 for n, s in prog.hypers.items() if s.required}
+    opt = getattr(library, name)([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}],
+                                 backend=backend, **required)
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
+        opt.step()
+    out = [p.detach().clone() for p in params]
+    for p in params:
+        out += [v.clone() for v in opt.state[p].values() if torch.is_tensor(v)]
+    return out
+
+
+@pytest.mark.parametrize("case", list(CATALOG_CASES))
+@pytest.mark.parametrize("name", CATALOG)
+def test_catalog_on_torch_matches_numpy(name, case):
+    """Every bundled program steps alike on both back ends, within a few ulps of each
+    tensor's dtype: torch's own sqrt, exp, log and pow are not NumPy's (an ulp apart at
+    times), and float64 sums run in another order."""
+    want, got = _catalog_run(name, "numpy", case), _catalog_run(name, "torch", case)
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        rtol = CATALOG_RTOL[a.dtype]
+        scale = float(torch.nan_to_num(a.double(), 0.0, 0.0, 0.0).abs().max()) if a.numel() \
+            else 0.0
+        torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * scale, equal_nan=True,
+                                   msg=f"{name} {case}")
+
+
+def test_a_choice_between_two_scalars_is_computed_in_the_compute_dtype():
+    """where(mask, scalar, scalar) under an element mask is a float32 tensor for float32
+    parameters (not float64, which would round the product twice): bit for bit NumPy."""
+    prog = optdsl.compile("hyper lr = 0.1\nw = w - where(g > 0, lr, 3 * lr) * g\n")
+    gen = torch.Generator().manual_seed(3)
+    start, grad = torch.randn(10000, generator=gen), torch.randn(10000, generator=gen)
+    results = []
+    for backend in ("torch", "numpy"):
+        p = torch.nn.Parameter(start.clone())
+        p.grad = grad.clone()
+        prog.optimizer([p], lr=0.1 / 3, backend=backend).step()
+        results.append(p.detach())
+    assert torch.equal(results[0], results[1])

@@ -41,7 +41,7 @@ SPELLING: dict[str, str] = {
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "torch.logical_and({0}, {1})", "or": "torch.logical_or({0}, {1})",
-    "not": "torch.logical_not({0})", "where": "_where({0}, {1}, {2})",
+    "not": "torch.logical_not({0})", "where": "_where({0}, {1}, {2}, T[0])",
     "matmul": "torch.matmul({0}, {1})", "transpose": "{0}.transpose(-1, -2)",
     "wide": "_wide({0})", "unwide": "_unwide({0}, {1}, {2})",
     "bf16": "{0}.to(torch.bfloat16)", "precise": "{0}.to(T[0].dtype)",
@@ -84,10 +84,12 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
-def _where(mask, a, b):
-    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+def _where(mask, a, b, w):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor);
+    host scalars on both sides become tensors of w's dtype (the compute dtype)."""
     if torch.is_tensor(mask):
-        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+        like = a if torch.is_tensor(a) else b if torch.is_tensor(b) else w
+        return torch.where(mask, _tensor(a, like), _tensor(b, like))
     return a if mask else b
 
 
