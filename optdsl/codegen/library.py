@@ -11,7 +11,7 @@ wrote (``p.tensors``, in the order of TENSORS), the values earlier library stage
 later sweeps read, keeps what later library stages read, hands back scalars host code reads
 (``p.lib``, one transfer each) and computes shaped states into new tensors that the runtime
 commits at the end of the step (``p.commits``: state index -> tensor; ``'w'``: the
-parameter, for a back end whose library stages compute everything, optdsl.codegen.torch).
+parameter, for a back end whose library stages compute everything, optdsl.codegen.torch_step).
 A lowered reduction (``reduce(m)``, what other back ends' element sweeps compute) is reduced
 here in float64 and finished as the runtime finishes it (optdsl.runtime.reduce).
 

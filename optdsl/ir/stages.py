@@ -17,9 +17,9 @@ value is ready for the next sweep. Host scalars are computed between stages, as 
 their arguments are ready.
 
 A schedule for a back end without element sweeps (``library_only``: the torch back end,
-optdsl.codegen.torch) puts every tensor-level value in library stages, element-wise ones and
-per-parameter reductions included: its sweeps then only copy outputs that are inputs
-(``prev = g``). Group-wide reductions still need a sweep.
+optdsl.codegen.torch_step) puts every tensor-level value in library stages, element-wise
+ones and per-parameter reductions included: its sweeps then only copy outputs that are
+inputs (``prev = g``). Group-wide reductions still need a sweep.
 """
 
 from __future__ import annotations
