@@ -38,10 +38,12 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
-def _where(mask, a, b):
-    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+def _where(mask, a, b, w):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor);
+    host scalars on both sides become tensors of w's dtype (the compute dtype)."""
     if torch.is_tensor(mask):
-        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+        like = a if torch.is_tensor(a) else b if torch.is_tensor(b) else w
+        return torch.where(mask, _tensor(a, like), _tensor(b, like))
     return a if mask else b
 
 
@@ -53,6 +55,25 @@ def _wide(x):
 def _unwide(x, rows, cols):
     """What _wide gave back in the parameter's orientation (rows x cols)."""
     return x.transpose(-1, -2) if rows > cols else x
+
+
+def _reduce(x, combine, identity, finish):
+    """A lowered reduction: the combine ("add" or "max") of the mapped values x in float64,
+    from identity, finished ("none", "sqrt", "mean", "rms") over their count."""
+    x = _tensor(x, None).to(torch.float64)
+    n = x.numel()
+    if combine == "add":
+        total = torch.sum(x)
+    else:
+        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        total = torch.maximum(torch.amax(x), start) if n else start
+    if finish == "sqrt":
+        return torch.sqrt(total)
+    if finish == "mean":
+        return total / n if n else total * float("nan")
+    if finish == "rms":
+        return torch.sqrt(total / n) if n else total * float("nan")
+    return total
 
 
 def _addmm(c, a, b, beta, alpha):
@@ -85,19 +106,19 @@ def library0(params):
         v45 = (v44 - v10)  # line 40
         v46 = (f21 * v45)  # line 40
         v47 = (v10 + v46)  # line 40
-        v48 = _where(f40, v47, v10)  # line 40
+        v48 = _where(f40, v47, v10, T[0])  # line 40
         v49 = torch.linalg.vector_norm(v16, dim=-2, keepdim=True)  # line 41
         v50 = (v49 * v49)  # line 41
         v52 = (v50 / f51)  # line 41
         v53 = (v52 - v11)  # line 41
         v54 = (f21 * v53)  # line 41
         v55 = (v11 + v54)  # line 41
-        v56 = _where(f40, v55, v11)  # line 41
+        v56 = _where(f40, v55, v11, T[0])  # line 41
         v62 = torch.matmul(v48, v56)  # line 43
         v63 = torch.mean(v48, dim=-2, keepdim=True)  # line 43
         v64 = _max(v63, f20)  # line 43
         v65 = (v62 / v64)  # line 43
-        v66 = _where(f40, v65, v61)  # line 43
+        v66 = _where(f40, v65, v61, T[0])  # line 43
         v68 = _max(v66, f67)  # line 44
         v69 = torch.rsqrt(v68)  # line 44
         v70 = (v69 * v16)  # line 44

@@ -37,10 +37,12 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
-def _where(mask, a, b):
-    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+def _where(mask, a, b, w):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor);
+    host scalars on both sides become tensors of w's dtype (the compute dtype)."""
     if torch.is_tensor(mask):
-        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+        like = a if torch.is_tensor(a) else b if torch.is_tensor(b) else w
+        return torch.where(mask, _tensor(a, like), _tensor(b, like))
     return a if mask else b
 
 
@@ -52,6 +54,25 @@ def _wide(x):
 def _unwide(x, rows, cols):
     """What _wide gave back in the parameter's orientation (rows x cols)."""
     return x.transpose(-1, -2) if rows > cols else x
+
+
+def _reduce(x, combine, identity, finish):
+    """A lowered reduction: the combine ("add" or "max") of the mapped values x in float64,
+    from identity, finished ("none", "sqrt", "mean", "rms") over their count."""
+    x = _tensor(x, None).to(torch.float64)
+    n = x.numel()
+    if combine == "add":
+        total = torch.sum(x)
+    else:
+        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        total = torch.maximum(torch.amax(x), start) if n else start
+    if finish == "sqrt":
+        return torch.sqrt(total)
+    if finish == "mean":
+        return total / n if n else total * float("nan")
+    if finish == "rms":
+        return torch.sqrt(total / n) if n else total * float("nan")
+    return total
 
 
 def _addmm(c, a, b, beta, alpha):
@@ -75,7 +96,7 @@ def library0(params):
         T = p.tensors
         v23 = T[3]
         v25 = v23.to(torch.bfloat16)  # line 39
-        v26 = _where(f24, v23, v25)  # line 39
+        v26 = _where(f24, v23, v25, T[0])  # line 39
         v27 = _wide(v26)  # line 39
         v28 = torch.linalg.vector_norm(v27)  # line 40
         v29 = _max(v28, f9)  # line 40

@@ -313,11 +313,14 @@ class Variant:
                 raise ValueError(f"the {backend} back end does not run matrix work (library "
                                  f"stages) yet, and {self.program.name} has "
                                  f"{self.program.library_work}; use backend='numpy'")
+            refused = info.refuses(self.graph, self.program.name)
+            if refused:
+                raise ValueError(refused)
             with self._lock, self.program.boundary():
                 graph = legalize(self.graph, info.spells)
                 shaped = frozenset(n for n, s in self.program.states.items() if s.per)
                 found = Unit(self.title, schedule(graph, self.program.tensor_states,
-                                                  info.device_scalars),
+                                                  info.device_scalars, info.library_only),
                              tuple(self.program.states), self.program.tensor_states, shaped)
                 self._units[backend] = found
         return found

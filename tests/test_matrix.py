@@ -23,7 +23,7 @@ import optdsl
 from optdsl import library
 from optdsl.runtime import backends
 
-# the back ends that run library stages (matrix work): NumPy, for now
+# the back ends that run library stages (matrix work): NumPy and torch
 BACKENDS = [name for name, b in backends.BACKENDS.items() if b.library_stages]
 
 
@@ -370,7 +370,7 @@ w = w - lr * (w.rows + 10 * w.cols + 100 * w.ndim + 1000 * w.numel + w.eps / 1e-
 """
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
+@pytest.mark.parametrize("backend", ["numpy", "c", "triton", "torch"])
 def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
     """w.rows, w.cols, w.ndim, w.numel and w.eps are the parameter's own on every back end
     (vectors, matrices, a 3-d tensor and a scalar in one group; float32 and float64)."""
@@ -397,10 +397,8 @@ def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
                                        atol=0, msg=f"{backend} {shape} {dtype}")
 
 
-def test_matrix_work_on_a_device_no_back_end_serves_is_refused_by_name():
-    """CUDA tensors with a program of matrix work: the error names the work and the back ends
-    that run it (the choice is made from device types: no GPU is needed to check it)."""
-    with pytest.raises(ValueError, match=r"this program has matrix work \(`@` at line 3\), which "
-                                         r"no back end runs on cuda tensors yet \(back ends "
-                                         r"that run matrix work: 'numpy'"):
-        backends.choose("auto", {"cuda"}, "`@` at line 3")
+def test_matrix_work_on_cuda_tensors_goes_to_the_torch_back_end():
+    """backend="auto" with matrix work on CUDA tensors picks the torch back end (Triton does
+    not run library stages); element-wise work stays on Triton. (The choice is made from
+    device types: no GPU is needed to check it.)"""
+    assert backends.choose("auto", {"cuda"}, "`@` at line 3") == "torch"

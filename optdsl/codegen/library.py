@@ -10,7 +10,10 @@ wrote (``p.tensors``, in the order of TENSORS), the values earlier library stage
 (``p.kept``), and its row of host scalars (``p.scalars``); it writes the scratch tensors
 later sweeps read, keeps what later library stages read, hands back scalars host code reads
 (``p.lib``, one transfer each) and computes shaped states into new tensors that the runtime
-commits at the end of the step (``p.commits``: state index -> tensor).
+commits at the end of the step (``p.commits``: state index -> tensor; ``'w'``: the
+parameter, for a back end whose library stages compute everything, optdsl.codegen.torch_step).
+A lowered reduction (``reduce(m)``, what other back ends' element sweeps compute) is reduced
+here in float64 and finished as the runtime finishes it (optdsl.runtime.reduce).
 
 The spelling here is torch's; every op the element code can spell has one.
 """
@@ -22,6 +25,7 @@ from optdsl.codegen.unit import Unit, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Library
 
 # How a library stage writes each op as torch ({0}, {1}...: tensors, or Python numbers for
@@ -37,7 +41,7 @@ SPELLING: dict[str, str] = {
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "torch.logical_and({0}, {1})", "or": "torch.logical_or({0}, {1})",
-    "not": "torch.logical_not({0})", "where": "_where({0}, {1}, {2})",
+    "not": "torch.logical_not({0})", "where": "_where({0}, {1}, {2}, T[0])",
     "matmul": "torch.matmul({0}, {1})", "transpose": "{0}.transpose(-1, -2)",
     "wide": "_wide({0})", "unwide": "_unwide({0}, {1}, {2})",
     "bf16": "{0}.to(torch.bfloat16)", "precise": "{0}.to(T[0].dtype)",
@@ -80,10 +84,12 @@ def _atan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
-def _where(mask, a, b):
-    """where() with a tensor mask, or a host one (a switch: one branch for the tensor)."""
+def _where(mask, a, b, w):
+    """where() with a tensor mask, or a host one (a switch: one branch for the tensor);
+    host scalars on both sides become tensors of w's dtype (the compute dtype)."""
     if torch.is_tensor(mask):
-        return torch.where(mask, _tensor(a, b), _tensor(b, a))
+        like = a if torch.is_tensor(a) else b if torch.is_tensor(b) else w
+        return torch.where(mask, _tensor(a, like), _tensor(b, like))
     return a if mask else b
 
 
@@ -95,6 +101,25 @@ def _wide(x):
 def _unwide(x, rows, cols):
     """What _wide gave back in the parameter's orientation (rows x cols)."""
     return x.transpose(-1, -2) if rows > cols else x
+
+
+def _reduce(x, combine, identity, finish):
+    """A lowered reduction: the combine ("add" or "max") of the mapped values x in float64,
+    from identity, finished ("none", "sqrt", "mean", "rms") over their count."""
+    x = _tensor(x, None).to(torch.float64)
+    n = x.numel()
+    if combine == "add":
+        total = torch.sum(x)
+    else:
+        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        total = torch.maximum(torch.amax(x), start) if n else start
+    if finish == "sqrt":
+        return torch.sqrt(total)
+    if finish == "mean":
+        return total / n if n else total * float("nan")
+    if finish == "rms":
+        return torch.sqrt(total / n) if n else total * float("nan")
+    return total
 
 
 def _addmm(c, a, b, beta, alpha):
@@ -175,6 +200,8 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
                 alpha = names.ref(s2) if s2 is not None else "1.0"
                 text = (f"_addmm({names.ref(c)}, {names.ref(a)}, {names.ref(b)}, "
                         f"beta={beta}, alpha={alpha})")
+            elif eq.op == "reduce":
+                text = _lowered_reduction(eq.attr, names.ref(eq.args[0]))
             else:
                 text = SPELLING[eq.op].format(*[names.ref(a) for a in eq.args])
         out.line(f"{value_name(v)} = {text}", unit.cite(v))
@@ -184,10 +211,18 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     for v in stage.keeps:
         out.line(f"p.kept[{v}] = {value_name(v)}")
     for name, v in stage.commits:
-        out.line(f"p.commits[{unit.state_order.index(name)}] = {value_name(v)}",
-                 f"{name} =, at the end of the step")
+        key = "'w'" if name == "w" else unit.state_order.index(name)
+        out.line(f"p.commits[{key}] = {value_name(v)}", f"{name} =, at the end of the step")
     for v in _handed(unit, stage):
         out.line(f"p.lib[{v}] = float({value_name(v)})", "read by host code (a transfer)")
+
+
+def _lowered_reduction(name: str, mapped: str) -> str:
+    """A lowered reduction (``reduce(m)``, optdsl.ir.reductions) of a library stage: its
+    descriptor's combine of the mapped values in float64, finished over their count."""
+    desc = REDUCTIONS[name]
+    return (f"_reduce({mapped}, {desc.combine!r}, {format_float(desc.identity)}, "
+            f"{desc.finish!r})")
 
 
 def _reads(unit: Unit, stage: Library) -> list[tuple[int, str]]:

@@ -71,7 +71,9 @@ class Library:
     scalars_in: tuple[int, ...]  # host scalars it reads (the parameter's row)
     writes: tuple[int, ...]  # values later sweeps read (it writes their scratch tensors)
     keeps: tuple[int, ...]  # values later library stages read (kept for the step)
-    commits: tuple[tuple[str, int], ...]  # shaped states, committed at the end of the step
+    # shaped states (and, library_only, w and every tensor state it computes), committed at
+    # the end of the step
+    commits: tuple[tuple[str, int], ...]
     time: int = 1
 
 
@@ -127,13 +129,16 @@ class Schedule:
         for lib in self.libraries:
             read |= {eqs[a].attr for v in lib.values for a in eqs[v].args
                      if eqs[a].op == "state"}
-            read |= {name for name, _ in lib.commits}
+            read |= {name for name, _ in lib.commits if name != "w"}
         return frozenset(read | {n for n, _ in self.tensor_outputs if n != "w"})
 
 
-def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False) -> Schedule:
+def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False,
+             library_only: bool = False) -> Schedule:
+    """``library_only``: every tensor-level value runs in library stages, which also
+    commit the parameter-shaped outputs (optdsl.ir.stages)."""
     eqs = graph.eqs
-    library = library_values(graph)
+    library = library_values(graph, library_only)
     time = times(graph, library)
 
     def unchanged(name: str, v: int) -> bool:  # an output that is its own input
@@ -142,8 +147,10 @@ def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False
 
     changed = [(n, v) for n, v in graph.outputs
                if (n == "w" or n in tensor_states) and not unchanged(n, v)]
-    shaped = tuple((n, v) for n, v in changed if eqs[v].kind.shaped)
-    tensor_outputs = tuple((n, v) for n, v in changed if not eqs[v].kind.shaped)
+    committed = [(n, v) for n, v in changed
+                 if eqs[v].kind.shaped or (library_only and v in library)]
+    shaped = tuple(committed)
+    tensor_outputs = tuple((n, v) for n, v in changed if (n, v) not in committed)
     scalar_outputs = tuple((n, v) for n, v in graph.outputs if n != "w" and n not in tensor_states)
     final_time = max([_output_time(graph, v, time, library) for _, v in tensor_outputs]
                      + [time[v] + 1 for _, v in shaped if v in library]

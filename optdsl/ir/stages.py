@@ -15,16 +15,22 @@ time is the earliest at which it can be computed: a sweep's reductions are ready
 next library stage and the host code after it, and for the sweep after that; a library
 value is ready for the next sweep. Host scalars are computed between stages, as soon as
 their arguments are ready.
+
+A schedule for a back end without element sweeps (``library_only``: the torch back end,
+optdsl.codegen.torch_step) puts every tensor-level value in library stages, element-wise
+ones and per-parameter reductions included: its sweeps then only copy outputs that are
+inputs (``prev = g``). Group-wide reductions still need a sweep.
 """
 
 from __future__ import annotations
 
 from optdsl.ir.nodes import Graph
-from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
 
 
-def library_values(graph: Graph) -> frozenset[int]:
-    """The values a library stage computes (see the module docstring)."""
+def library_values(graph: Graph, library_only: bool = False) -> frozenset[int]:
+    """The values a library stage computes (see the module docstring); ``library_only``:
+    every tensor-level value and every per-parameter reduction."""
     eqs = graph.eqs
     users: list[list[int]] = [[] for _ in eqs]
     for i, eq in enumerate(eqs):
@@ -37,7 +43,8 @@ def library_values(graph: Graph) -> frozenset[int]:
         info = OPS[eq.op]
         if info.category == LEAF:
             continue
-        if info.matrix or eq.kind.shaped or eq.kind.bf16:
+        if info.matrix or eq.kind.shaped or eq.kind.bf16 or (library_only and (
+                eq.kind.level == Level.TENSOR or (info.is_reduction and info.category != GLOBAL))):
             chosen.add(i)
         elif any(a in chosen or a in pending for a in eq.args):
             candidates.append(i)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from optdsl.codegen import c as c_codegen
 from optdsl.codegen import numpy as numpy_codegen
+from optdsl.codegen import torch_step as torch_codegen
 from optdsl.codegen import triton as triton_codegen
 from optdsl.codegen.unit import Unit
 from optdsl.runtime import select
@@ -40,6 +41,11 @@ class Backend:
     library_stages: bool = True
     # its scalars are computed on the device (optdsl.ir.schedule.Schedule.placement)
     device_scalars: bool = False
+    # it has no element sweeps: every tensor-level value runs in library stages
+    # (optdsl.ir.stages, ``library_only``)
+    library_only: bool = False
+    # (graph, program name) -> why it cannot run this step, or None
+    refuses: Callable[[Any, str], str | None] = lambda graph, name: None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -216,3 +222,23 @@ register(Backend("c", "compiled C on CPU tensors (the system compiler, at first 
                  c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
                  lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1,
                  library_stages=False))
+
+
+def _torch_runner(program):
+    from optdsl.runtime.torch_runner import TorchRunner
+
+    return TorchRunner(program)
+
+
+def _torch_load(source: str, tag: str):
+    from optdsl.runtime.loader import load_source
+
+    return load_source(source, f"torch:{tag}")
+
+
+# every tensor op in torch, on the tensors' own device: "auto" takes it for GPU parameters
+# when Triton cannot run the program (matrix work) or cannot be imported
+register(Backend("torch", "torch operations on the parameters' own tensors (CPU or CUDA)",
+                 torch_codegen.spells, torch_codegen.generate, _torch_load, _torch_runner,
+                 lambda devices, auto: None, lambda devices: bool(devices - {"cpu"}),
+                 auto_rank=1, library_only=True, refuses=torch_codegen.refuses))

@@ -32,11 +32,14 @@ def _chosen(backends: str) -> tuple[str, ...]:
 def runnable(program, backends: str = "triton") -> tuple[str, ...]:
     """The back ends ``write_kernels`` writes ``program`` for: the chosen ones, where a back
     end without library stages is replaced by NumPy for a program with matrix work (the
-    Triton and C back ends do not run it yet)."""
+    Triton and C back ends do not run it yet); "all" leaves out a back end that refuses the
+    program (the torch back end, for group-wide reductions)."""
     out: list[str] = []
     for b in _chosen(backends):
         if program.library_work and not registry.get(b).library_stages:
             b = "numpy"
+        if backends == "all" and registry.get(b).refuses(program.generic.graph, program.name):
+            continue
         if b not in out:
             out.append(b)
     return tuple(out)
