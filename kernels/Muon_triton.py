@@ -297,9 +297,9 @@ SWEEPS = (
     (sweep0_kernel, 3, ()),
     (sweep1_kernel, 3, ()),
 )
-# Per library stage: (function, scalar-row width).
+# Per library stage: (function, scalar-row width, columns read, columns written).
 LIBRARIES = (
-    (library0, 7),
+    (library0, 7, (3,), (4,)),
 )
 
 

@@ -146,7 +146,7 @@ class _Generator:
                 meta.line(f"({kernel or 'None'}, {width}, {reds!r}),")
         meta.line(")")
         if library_rows:
-            meta.line("# Per library stage: (function, scalar-row width).")
+            meta.line(library.TABLE_COMMENT)
             with meta.block("LIBRARIES = ("):
                 for row in library_rows:
                     meta.line(row)
