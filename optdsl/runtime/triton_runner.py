@@ -50,7 +50,7 @@ from optdsl.ir.reductions import REDUCTIONS
 from optdsl.runtime import select
 from optdsl.runtime.library_stage import commit, machine_eps
 from optdsl.runtime.rounding import derive_seed
-from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
+from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions, whole_shape
 
 _CACHED_PLANS = 8  # tensor sets remembered per runner (its param groups)
 
@@ -164,12 +164,12 @@ class TritonRunner:
         if len(tensor_keys) != len(module.tensor_states):
             raise RuntimeError("state keys do not match the program's tensor states")
         slots = []
-        for param, grad, state, t in entries:
+        for index, (param, grad, state, t) in enumerate(entries):
             variant.check_states(state)
             states = [None if is_tensor else np.float64(float(state[key]))
                       for key, is_tensor in self.state_keys]
             slot = ParamSlot(float(t), states, module.num_reductions)
-            slot.set_facts(tuple(param.shape), machine_eps(param.dtype))
+            slot.set_facts(whole_shape(options, index, param), machine_eps(param.dtype))
             slots.append(slot)
         plan = self._plan(module, entries, tensor_keys,
                           options.copies or [None] * len(entries))
@@ -177,13 +177,11 @@ class TritonRunner:
         def run_sweep(k: int, params) -> list | None:
             return self._launch(module, plan, k, params, options.rounding_seed)
 
-        def run_library(k: int, params) -> None:
-            for i, p in enumerate(params):
-                p.tensors = self._library_tensors(module, entries[i], plan, i, tensor_keys)
-            module.libraries[k].function(params)
+        def library_tensors(i: int, p: ParamSlot) -> list:
+            return self._library_tensors(module, entries[i], plan, i, tensor_keys)
 
         ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
-                          plan.numel, options.combine, run_library)
+                          plan.numel, options.combine, library_tensors)
         module.step(ctx, slots)
         for original, staged in plan.writeback:
             original.copy_(staged)
