@@ -23,10 +23,14 @@ First-step latency: a fresh process builds the optdsl Adam on ``linear10`` and t
 construction + first step (codegen, Triton compilation, launch), with empty optdsl and Triton
 caches ("cold") and again with the caches it filled ("warm").
 
-CUDA graphs are not reported: the step computes bias corrections on the host and copies them
-each step, which a captured graph would freeze (see the closing note of issue #3).
+CUDA graphs (issue 11): with ``capturable=True`` and a tensor lr, optdsl's step and torch's
+``Adam(fused=True, capturable=True)`` are each captured once after warm-up and the table adds
+their replays ("..., CUDA graph" rows; fp32 only). ``--sync-check`` runs every bundled
+optimizer's steady-state steps under ``torch.cuda.set_sync_debug_mode("error")`` and reports
+any synchronisation (there should be none).
 
-Writes bench/results/gpu-<date>-<device>-<cases>.json and .md unless --no-save. The whole
+Writes bench/results/gpu-<date>-<device>-<cases>.json and .md (or under ``--out DIR``) unless
+--no-save. bench/gpu_session.sh runs the whole GPU session (tests, sync check, bench). The whole
 set takes minutes (torch.compile of 436 tensors most); on a machine with a per-command time
 limit run the cases one at a time (``--cases linear10``, ``--cases gpt2``, ``--cases large
 --no-latency``).
@@ -151,6 +155,59 @@ class _compiled:
         self.step = torch.compile(self.opt.step, fullgraph=False)
 
 
+def graph_contenders(params, device: torch.device) -> list[tuple[str, object]]:
+    """(name, make optimizer) of the steps timed as CUDA-graph replays."""
+    def lr():
+        return torch.tensor(LR, device=device)
+
+    return [("optdsl, CUDA graph",
+             lambda: Adam(params, lr=lr(), backend="triton", capturable=True)),
+            ("torch fused, CUDA graph",
+             lambda: torch.optim.Adam(params, lr=lr(), fused=True, capturable=True))]
+
+
+def time_graph(opt, steps: int, rounds: int, warmup: int) -> list[float]:
+    """Seconds per replay of one captured step (warmed up on a side stream first)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(warmup, 2)):
+            opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    graph.replay()
+    torch.cuda.synchronize()
+    return [time_steps(graph.replay, steps, torch.device("cuda")) for _ in range(rounds)]
+
+
+def sync_check(device: torch.device) -> dict[str, str]:
+    """Every bundled optimizer's steady-state steps under set_sync_debug_mode("error")."""
+    from optdsl import library
+
+    out = {}
+    for name in library.PROGRAMS:
+        prog = library.program(name)
+        hypers = {n: 0.1 for n, spec in prog.hypers.items() if spec.required}
+        params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in CASES["tiny"]()]
+        opt = prog.optimizer(params, backend="triton", **hypers)
+        try:
+            for step in range(5):
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                if step == 2:
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                opt.step()
+            out[name] = "ok"
+        except RuntimeError as exc:
+            out[name] = f"synchronised: {str(exc).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return out
+
+
 def bench_case(case: str, precision: str, device: torch.device, args) -> dict:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -175,6 +232,15 @@ def bench_case(case: str, precision: str, device: torch.device, args) -> dict:
                      "copy_share": moved / median / copy_bw})
         del opt
         if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type == "cuda" and precision == "fp32" and args.graphs:
+        for name, make in graph_contenders(params, device):
+            times = time_graph(make(), args.steps, args.rounds, args.warmup)
+            median = statistics.median(times)
+            moved = adam_bytes(params, None)
+            rows.append({"name": name, "ms": median * 1e3, "min_ms": min(times) * 1e3,
+                         "warmup_s": 0.0, "bytes": moved, "GBps": moved / median / 1e9,
+                         "copy_share": moved / median / copy_bw})
             torch.cuda.empty_cache()
     ours = rows[0]["ms"]
     for row in rows:
@@ -244,6 +310,12 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny case on the CPU under TRITON_INTERPRET=1; saves nothing")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-graphs", dest="graphs", action="store_false",
+                    help="skip the CUDA-graph rows")
+    ap.add_argument("--sync-check", action="store_true",
+                    help="only check that steady-state steps never synchronise")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                    help="where the results go")
     ap.add_argument("--first-step", nargs=2, metavar=("DEVICE", "CASE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -260,6 +332,14 @@ def main(argv=None) -> int:
         return 2
     else:
         device = torch.device("cuda")
+    if args.sync_check:
+        if device.type != "cuda":
+            print("sync check: skipped (no CUDA GPU)")
+            return 0
+        found = sync_check(device)
+        for name, status in found.items():
+            print(f"sync check {name}: {status}")
+        return 0 if all(v == "ok" for v in found.values()) else 1
     import triton
 
     meta = {"date": datetime.date.today().isoformat(),
@@ -283,7 +363,8 @@ def main(argv=None) -> int:
     if not args.no_save:
         slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
         cases = "-".join(args.cases)  # one run per case fits a 10-minute device call
-        stem = ROOT / "bench" / "results" / f"gpu-{meta['date']}-{slug}-{cases}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"gpu-{meta['date']}-{slug}-{cases}"
         stem.with_suffix(".md").write_text(text)
         stem.with_suffix(".json").write_text(json.dumps(
             {"meta": meta, "results": results, "first_step_s": latency}, indent=2))

@@ -41,8 +41,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             hypers = ", ".join(prog.hypers) or "none"
             states = ", ".join(prog.states) or "none"
             print(f"{path}: ok ({prog.name}; hypers: {hypers}; state: {states})", flush=True)
-        for note in undeclared_notes(prog, path):  # after the ok line, as a terminal shows
-            print(note, file=sys.stderr)
+        for note in undeclared_notes(prog, path) + keyword_notes(prog, path):
+            print(note, file=sys.stderr)  # (after the ok line, as a terminal shows)
     return 1 if failed else 0
 
 
@@ -70,6 +70,17 @@ def undeclared_notes(prog, path: str) -> list[str]:
 MAX_NOTES = 20  # undeclared names noted one by one by `optdsl check`
 
 
+def keyword_notes(prog, path: str) -> list[str]:
+    """Notes on hypers named like a Python keyword (`lambda`): a constructor keyword that
+    Python code can pass only through ``**kwargs``."""
+    import keyword
+
+    return [f"{path}:{spec.line}: note: hyper `{name}` is a Python keyword, so Python code can "
+            f"only pass it as **{{{name!r}: value}} (e.g. prog.optimizer(params, "
+            f"**{{{name!r}: 0.1}})); a name such as `{name}_` avoids that"
+            for name, spec in prog.hypers.items() if keyword.iskeyword(name)]
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     prog = _load(args.file)
     what = args.what or "numpy"
@@ -84,6 +95,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     programs = [_load(path) for path in args.files]
     for path in write_kernels(programs, out, backends=args.backend):
         print(path)
+    for prog in programs:
+        if prog.library_work and args.backend not in ("numpy", "all"):
+            print(f"note: {prog.name} has matrix work ({prog.library_work}), which only the "
+                  f"NumPy back end runs yet: its NumPy step was written", file=sys.stderr)
     return 0
 
 
@@ -102,7 +117,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     optimizers = args.optimizers or None
     results = run_demo(epochs=args.epochs, optimizers=optimizers, backend=args.backend,
-                       out_dir=args.out or None, progress=not args.quiet)
+                       out_dir=args.out or None, progress=not args.quiet,
+                       validation_split=args.validation_split, patience=args.patience,
+                       init=args.init)
     print(format_table(results))
     if args.out:
         print(f"wrote {Path(args.out) / 'loss_curves.png'} and {Path(args.out) / 'results.json'}")
@@ -113,6 +130,8 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     _require_extras("landscape", ["matplotlib"] if args.out else [])
     from optdsl.apps.landscape import format_table, run_landscape, write_pictures
 
+    if getattr(args, "second_order", False):
+        return cmd_second_order(args)
     results = run_landscape(programs=args.programs or None, max_iters=args.max_iters,
                             tol=args.tol, backend=args.backend, progress=not args.quiet)
     print(format_table(results), flush=True)  # the table first: it survives a plotting error
@@ -129,6 +148,34 @@ def cmd_landscape(args: argparse.Namespace) -> int:
                     f"({type(exc).__name__}: {exc})") from exc
     names = ", ".join(path.name for path in written)
     print(f"wrote {len(written)} pictures to {args.out}{os.sep}: {names}")
+    return 0
+
+
+def cmd_second_order(args: argparse.Namespace) -> int:
+    """``optdsl landscape --second-order``: the lectures' second-order methods racing."""
+    from optdsl.apps.landscape import format_table
+    from optdsl.apps.second_order import format_evaluations, run_second_order
+
+    if args.programs:
+        raise _Fail("optdsl landscape --second-order races its own set (Newton, saddle-free "
+                    "Newton, BFGS, L-BFGS, CG, coordinate descent, gradient descent); give "
+                    "programs without --second-order")
+    results = run_second_order(out_dir=args.out or None, max_iters=args.max_iters, tol=args.tol,
+                               backend=args.backend)
+    print(format_table(results))
+    print(format_evaluations(results))
+    return 0
+
+
+def cmd_fullbatch(args: argparse.Namespace) -> int:
+    """``optdsl fullbatch``: L-BFGS against gradient descent and Adam, full batch."""
+    from optdsl.apps.fullbatch import format_fullbatch, run_fullbatch
+
+    results = run_fullbatch(iterations=args.iterations, target=args.target,
+                            backend=args.backend, out_dir=args.out or None, progress=not args.quiet)
+    print(format_fullbatch(results))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'fullbatch.png'}")
     return 0
 
 
@@ -217,6 +264,13 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="where to write loss_curves.png and results.json ('' for nowhere; "
                         "default: demo-out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--validation-split", type=float, default=0.0, metavar="F",
+                   help="hold out the last fraction F of the training set, as Keras' "
+                        "validation_split (the recipe's is 0.1)")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop early once the validation loss has not improved for N epochs")
+    p.add_argument("--init", default="torch", choices=["torch", "glorot_uniform", "orthogonal"],
+                   help="weight initialisation (glorot_uniform: Keras' default)")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("landscape", help="race optimizers on 2-D test functions",
@@ -238,7 +292,22 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:
                         "is below this (default: 1e-3)")
     _add_backend(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--second-order", action="store_true",
+                   help="race Newton, saddle-free Newton, BFGS, L-BFGS, conjugate gradients "
+                        "and coordinate descent beside gradient descent")
     p.set_defaults(run=cmd_landscape)
+
+    p = sub.add_parser("fullbatch", help="full-batch logistic regression on the digits: "
+                                         "L-BFGS (optdsl's and torch's) against GD and Adam")
+    p.add_argument("--iterations", type=int, default=100, metavar="N",
+                   help="full-batch steps per racer, from zero weights (default: 100)")
+    p.add_argument("--target", type=float, default=0.27,
+                   help="the training loss to reach (default: 0.27)")
+    _add_backend(p)
+    p.add_argument("--out", default="fullbatch-out", metavar="DIR",
+                   help="where to write fullbatch.png ('' for nowhere; default: fullbatch-out)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_fullbatch)
 
     p = sub.add_parser("bench", help="benchmark bundled optimizers against torch.optim")
     p.add_argument("--size", default="small", choices=["small", "medium", "large"],

@@ -28,6 +28,7 @@ from optdsl.errors import CompilerBug, DslError, Span
 from optdsl.frontend.check import MAX_REPEAT, Checked, check
 from optdsl.frontend.limits import read_source
 from optdsl.frontend.parse import parse
+from optdsl.frontend.procedure import check_procedure, is_procedure
 from optdsl.frontend.signature import HyperSpec, Requirement, StateSpec
 from optdsl.frontend.sparse import SparseRule
 from optdsl.frontend.to_ast import to_ast
@@ -307,10 +308,16 @@ class Variant:
         if found is None:
             from optdsl.runtime import backends
 
+            info = backends.get(backend)
+            if self.program.library_work and not info.library_stages:
+                raise ValueError(f"the {backend} back end does not run matrix work (library "
+                                 f"stages) yet, and {self.program.name} has "
+                                 f"{self.program.library_work}; use backend='numpy'")
             with self._lock, self.program.boundary():
-                graph = legalize(self.graph, backends.get(backend).spells)
+                graph = legalize(self.graph, info.spells)
                 shaped = frozenset(n for n, s in self.program.states.items() if s.per)
-                found = Unit(self.title, schedule(graph, self.program.tensor_states),
+                found = Unit(self.title, schedule(graph, self.program.tensor_states,
+                                                  info.device_scalars),
                              tuple(self.program.states), self.program.tensor_states, shaped)
                 self._units[backend] = found
         return found
@@ -356,6 +363,12 @@ def compile_program(source: str, name: str | None = None,
         raise ValueError(f"name must be an identifier, got {name!r}")
     with compile_boundary(filename, source):
         module = to_ast(parse(source, filename), filename, source)
+        if is_procedure(module):  # closure-driven: optdsl.closure_program
+            from optdsl.closure_program import ClosureProgram
+
+            closure_checked = check_procedure(module)
+            title = name or closure_checked.name or _default_name(filename)
+            return ClosureProgram(closure_checked, source, filename, title)
         checked = check(module)
         title = name or checked.name or _default_name(filename)
         return Program(checked, source, filename, title, module)

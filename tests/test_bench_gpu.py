@@ -39,3 +39,19 @@ def test_gpu_benchmark_without_gpu_says_so():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--smoke" in done.stderr
+
+
+def test_gpu_session_script_smoke(tmp_path):
+    """bench/gpu_session.sh, the one command a session with a GPU runs, on the CPU: every
+    part runs and reports its status under $OUT."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable,
+               OPTDSL_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "--smoke"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    for part in ("pytest-cuda", "sync-check", "bench"):
+        assert f"{part}: exit 0" in summary
+    assert "| optdsl |" in (out / "bench.log").read_text()
+    assert "sync check: skipped" in (out / "sync-check.log").read_text()

@@ -119,6 +119,18 @@ def test_check_notes_an_undeclared_name_in_a_declared_program(tmp_path):
     assert result.returncode == 0 and result.stderr == ""
 
 
+def test_check_notes_a_hyper_named_like_a_python_keyword(tmp_path):
+    """`hyper lambda` compiles, but Python can pass it only through **kwargs (issue 16.11)."""
+    (tmp_path / "kw.opt").write_text("hyper lr = 0.1\nhyper lambda = 0.5, match = 1\n"
+                                     "w = w - lr * lambda * match * g\n")
+    result = optdsl_cli("check", "kw.opt", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr.strip() == (
+        "kw.opt:2: note: hyper `lambda` is a Python keyword, so Python code can only pass it "
+        "as **{'lambda': value} (e.g. prog.optimizer(params, **{'lambda': 0.1})); a name "
+        "such as `lambda_` avoids that")  # (`match` is a soft keyword: a fine keyword argument)
+
+
 def test_compile_to_a_file_or_under_one_is_an_error_not_a_traceback(tmp_path):
     (tmp_path / "afile").write_text("x")
     for out in ("afile", "afile/sub"):

@@ -27,7 +27,10 @@ import torch
 
 from optdsl import library
 from optdsl.runtime import c_build
+from optdsl.runtime.c_runner import CRunner
 from optdsl.runtime.numpy_runner import NumpyRunner
+
+HOST_BACKENDS = ["numpy"] + ([] if c_build.unavailable() else ["c"])
 
 STEPS = 30
 # (shape, sparse dimensions of its gradient)
@@ -266,11 +269,13 @@ def test_only_the_gradients_rows_change(name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_the_gradient_is_never_made_dense(name, monkeypatch):
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_the_gradient_is_never_made_dense(name, backend, monkeypatch):
     """A 200000-row table with a gradient on three rows (one twice): the runner steps 2 rows
     of 8, and no tensor is made dense."""
     seen = []
-    original = NumpyRunner.run
+    runner_class = {"numpy": NumpyRunner, "c": CRunner}[backend]
+    original = runner_class.run
 
     def spy(self, variant, entries, options):
         seen.append([(e.param.numel(), e.grad.numel(), options.transient) for e in entries])
@@ -279,10 +284,10 @@ def test_the_gradient_is_never_made_dense(name, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a sparse tensor was made dense")
 
-    monkeypatch.setattr(NumpyRunner, "run", spy)
+    monkeypatch.setattr(runner_class, "run", spy)
     monkeypatch.setattr(torch.Tensor, "to_dense", refuse)
     table = torch.nn.Parameter(torch.zeros(200_000, 8))
-    opt = getattr(library, name)([table], lr=0.1)
+    opt = getattr(library, name)([table], lr=0.1, backend=backend)
     table.grad = embedding_grad([7, 123_456, 7], 8, 200_000)
     opt.step()
     assert seen == [[(16, 16, True)]]
@@ -295,7 +300,7 @@ def test_runner_keeps_no_view_of_the_scratch():
     gathered for a sparse gradient (a new scratch every step would pile up)."""
     dense = torch.nn.Parameter(torch.randn(5))
     table = torch.nn.Parameter(torch.randn(20, 2))
-    opt = library.SGD([dense, table], lr=0.1)
+    opt = library.SGD([dense, table], lr=0.1, backend="numpy")
     for step in range(6):
         dense.grad = torch.randn(5)
         table.grad = embedding_grad([step, step + 3], 2, 20)

@@ -60,6 +60,13 @@ from optdsl.apps.ui import (
     overlap_notes,
     racer_device,
 )
+from optdsl.apps.strategies import (
+    Strategy,
+    initialize,
+    strategy_lines,
+    strategy_record,
+    with_validation,
+)
 
 __all__ = [
     "BUILTIN_OPTIMIZERS",
@@ -186,8 +193,11 @@ def _train_one(
     backend: str,
     progress: bool,
     setup_seconds: float = 0.0,
+    strategy: Strategy | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train a copy of ``initial`` with one racer; returns its result record."""
+    """Train a copy of ``initial`` with one racer; returns its result record (with a
+    validation set, its loss per epoch, and early stopping when the strategy asks)."""
     model = copy.deepcopy(initial)
     setup_start = time.perf_counter()
     name, optimizer, hypers = make_optimizer(spec, model.parameters(), DEMO_LEARNING_RATES, backend)
@@ -196,12 +206,18 @@ def _train_one(
     losses = [_evaluate(model, data.x_train, data.y_train)[0]]
     accuracies = [_evaluate(model, data.x_test, data.y_test)[1]]
     bar = Progress(name, epochs, enabled=progress)
+    stopping = strategy.early_stopping() if strategy is not None else None
+    val_losses = [] if validation is None else [_evaluate(model, *validation)[0]]
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         _train_epoch(model, optimizer, data, batch_size, generator)
         losses.append(_evaluate(model, data.x_train, data.y_train)[0])
         accuracies.append(_evaluate(model, data.x_test, data.y_test)[1])
         bar.update(epoch, f"loss {losses[-1]:.4f}")
+        if validation is not None:
+            val_losses.append(_evaluate(model, *validation)[0])
+            if stopping is not None and stopping.update(epoch, val_losses[-1]):
+                break
     seconds = time.perf_counter() - start
     bar.close(f"loss {losses[-1]:.4f}  test acc {accuracies[-1]:.3f}")
     return {
@@ -215,6 +231,7 @@ def _train_one(
         "setup_seconds": setup_seconds,
         "loss_curve": losses,
         "accuracy_curve": accuracies,
+        **strategy_record(strategy, val_losses, stopping),
     }
 
 
@@ -231,6 +248,9 @@ def run_demo(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = True,
+    validation_split: float = 0.0,
+    patience: int | None = None,
+    init: str = "torch",
 ) -> list[dict[str, Any]]:
     """Train the lecture's digits MLP once per optimizer, from the same initial weights.
 
@@ -245,6 +265,11 @@ def run_demo(
         batch_size: minibatch size (the recipe uses 128).
         seed: seeds the initial weights, the train/test split and the minibatch order.
         progress: draw a progress bar per optimizer on stderr.
+        validation_split, patience, init: the lectures' training strategies
+            (optdsl.apps.strategies): hold out the last fraction of the training set as
+            Keras' ``validation_split``, stop early on its loss after ``patience`` epochs
+            without improvement, initialise the weights with "torch", "glorot_uniform" or
+            "orthogonal".
 
     Returns:
         One dict per optimizer, in order: ``name``, ``spec``, ``hypers`` (as constructed),
@@ -257,22 +282,27 @@ def run_demo(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
+    strategy = Strategy(validation_split, patience, init)
     specs = resolve_optimizer_specs(optimizers, DEFAULT_OPTIMIZERS)
     device = racer_device(backend)
     setup = check_racers(specs, DEMO_LEARNING_RATES, backend, device)
-    data = load_digits_split(seed).to(device)
-    initial = build_model(seed).to(device)
+    data, validation = with_validation(load_digits_split(seed), strategy)
+    data = data.to(device)
+    validation = None if validation is None else tuple(t.to(device) for t in validation)
+    initial = initialize(build_model(seed), strategy.init, seed).to(device)
     with one_torch_thread():
         results = [
             _train_one(
                 spec, initial, data, epochs=epochs, batch_size=batch_size, seed=seed,
                 backend=backend, progress=progress, setup_seconds=setup_seconds,
+                strategy=strategy, validation=validation,
             )
             for spec, setup_seconds in zip(specs, setup)
         ]
     if out_dir is not None:
         config = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "backend": backend,
-                  "train_size": len(data.x_train), "test_size": len(data.x_test)}
+                  "train_size": len(data.x_train), "test_size": len(data.x_test),
+                  "strategy": strategy.describe()}
         write_outputs(results, out_dir, config)
     return results
 
@@ -305,7 +335,8 @@ def format_table(results: Sequence[Mapping[str, Any]]) -> str:
         return "  ".join([first, *rest])
 
     rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+    return "\n".join([line(header), rule, *(line(row) for row in rows)]
+                     + strategy_lines(results))
 
 
 def _json_safe(value: Any) -> Any:

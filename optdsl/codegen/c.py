@@ -44,7 +44,7 @@ SPELLING: dict[str, str] = {
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "({0} & {1})", "or": "({0} | {1})", "not": "(!{0})",
-    "where": "({0} ? {1} : {2})",
+    "where": "({0} ? {1} : {2})", "precise": "{0}",
 }
 # How far (in ulps of the compute dtype) an element op of libm (exp, log, pow, tanh, atan2),
 # which the C step calls, may be from NumPy's SIMD version of it, which the NumPy step calls:

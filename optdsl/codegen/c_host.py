@@ -19,7 +19,7 @@ from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import LEAF, OPS
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS
 from optdsl.ir.reductions import GROUP_SCOPE, REDUCTIONS
 from optdsl.ir.schedule import param_scalars
 
@@ -35,7 +35,7 @@ SPELLING: dict[str, str] = {
     "atan2": "atan2({0}, {1})", "lt": "({0} < {1})", "le": "({0} <= {1})",
     "gt": "({0} > {1})", "ge": "({0} >= {1})", "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "({0} && {1})", "or": "({0} || {1})", "not": "(!{0})",
-    "where": "({0} ? {1} : {2})",
+    "where": "({0} ? {1} : {2})", "precise": "{0}",
 }
 
 # How a reduction's combined float64 total x over n elements is finished (the C spelling of
@@ -80,6 +80,8 @@ def c_float(value: float) -> str:
 def scalar_ref(unit: Unit, v: int) -> str:
     """How host code refers to scalar value v."""
     eq = unit.graph.eqs[v]
+    if eq.op in PARAM_FACTS:  # (read inside the loop over the parameters: i is one)
+        return f"a->facts[i * {len(PARAM_FACTS)} + {PARAM_FACTS.index(eq.op)}]"
     if eq.op == "const":
         return c_float(eq.attr)
     if eq.op == "hyper":

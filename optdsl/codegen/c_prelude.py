@@ -12,7 +12,7 @@ bits (as the Triton kernels do).
 
 from __future__ import annotations
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 BLOCK = 1024  # elements of one parameter handled by one call of a sweep's block function
 MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
 
@@ -60,6 +60,7 @@ typedef struct optdsl_args {
     int64_t sr;              /* round bfloat16 stores stochastically */
     const int64_t *seed;     /* [n] the seed of each parameter's bucket */
     const int64_t *ti;       /* [n] each parameter's index in its bucket */
+    const double *facts;     /* [n * 5] rows, cols, ndim, numel, dtype_eps of each parameter */
     int (*sweep_cb)(int64_t k); /* NULL: sweeps and reductions run here; else the runtime's */
 } optdsl_args;
 

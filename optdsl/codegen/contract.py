@@ -27,12 +27,23 @@ A generated module defines:
 What ``ctx.sweep`` does with the kernel (launch it per bucket of tensors, or call it over
 NumPy arrays) is the back end's runner's business; how raw partials are combined and
 finished is the runtime's, in one place (optdsl.runtime.reduce).
+
+A back end whose schedule places scalars on the device (``Schedule.placement``: Triton's)
+computes them in its kernels instead: its ``step`` computes nothing, writes no ``p.scalars``
+(``width`` is 0) and reads no reductions; it only calls ``ctx.sweep(k, params)``, and its
+``params`` is whatever the runner passes (the Triton runner passes None: no per-parameter
+object). Such a module also holds, for its runner: ``HYPERS`` (the hyper table's order),
+``SCALAR_STATES`` (the pointer-table columns after the step count), ``REDUCE`` (per sweep,
+the kernels that finish its reductions on the device) and ``FINISH_STEP`` (the kernel that
+advances step counts and writes scalar states); optdsl.codegen.triton says what they read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from optdsl.ir.ops import facts_of
 
 
 class ParamSlot:
@@ -58,14 +69,8 @@ class ParamSlot:
 
     def set_facts(self, shape, eps: float) -> None:
         """Record a parameter's shape and its dtype's machine epsilon."""
-        self.rows, self.cols = (float(shape[-2]), float(shape[-1])) if len(shape) >= 2 \
-            else (1.0, float(shape[0]) if len(shape) else 1.0)
-        self.ndim = float(len(shape))
-        numel = 1
-        for n in shape:
-            numel *= int(n)
-        self.numel = float(numel)
-        self.dtype_eps = float(eps)
+        for name, value in facts_of(shape, eps).items():
+            setattr(self, name, value)
 
 
 class StepContext(Protocol):

@@ -2,6 +2,9 @@
 over NumPy float64 scalars, and the one emitter of the host ``step`` (the contract of
 optdsl.codegen.contract). Group-level values are computed once per group, param-level values
 once per parameter, never per element; the element code of each sweep is the back end's.
+Values the schedule places on the device (``Schedule.placement``) are left out: the back
+end's kernels compute them, and a step whose scalars are all on the device is only its
+sweeps, with no loop over the parameters.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from optdsl.errors import located
 from optdsl.ir.nodes import Graph
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS
-from optdsl.ir.schedule import Library, param_scalars
+from optdsl.ir.schedule import Library, Placement, param_scalars
 
 # How host code writes each op over float64 scalars ({0}, {1}...: the arguments). Masks are
 # Python bools.
@@ -71,12 +74,15 @@ def emit_step(out: CodeBuffer, unit: Unit) -> None:
     with out.block("def step(ctx, params):"):
         out.line(f'"""One optimizer step of {unit.safe_title} for the parameters of one '
                  f'group."""')
-        for name in sorted({eq.attr for eq in eqs if eq.op == "hyper"}):
+        for name in sorted({eq.attr for v, eq in enumerate(eqs)
+                            if eq.op == "hyper" and _on_host(unit, v)}):
             out.line(f"{hyper_name(name)} = np.float64(ctx.hyper[{name!r}])")
-        if any(eq.op == "inv_grad_scale" for eq in eqs):
+        if any(eq.op == "inv_grad_scale" and _on_host(unit, v) for v, eq in enumerate(eqs)):
             out.line("inv_grad_scale = np.float64(ctx.inv_grad_scale)")
         for stage, group_values in zip(schedule.stages, schedule.group_values):
             for v in group_values:
+                if not _on_host(unit, v):
+                    continue
                 if eqs[v].op == "reduce_group":
                     out.line(f"{value_name(v)} = ctx.totals[{unit.slot[v]}]", unit.cite(v))
                 else:
@@ -119,9 +125,12 @@ def _emit_param_loop(out: CodeBuffer, unit: Unit, sweep) -> None:
     roots = list(sweep.scalars_in)
     if sweep.final:
         roots += [v for _, v in schedule.scalar_outputs]
-    values = [v for v in param_scalars(schedule, roots) if OPS[eqs[v].op].category != LEAF]
-    writes = schedule.scalar_outputs if sweep.final else ()
-    if not (values or writes or unit.runs(sweep)):
+    values = [v for v in param_scalars(schedule, roots)
+              if OPS[eqs[v].op].category != LEAF and _on_host(unit, v)]
+    # (a schedule with device scalars writes scalar states from its kernels)
+    writes = schedule.scalar_outputs if sweep.final and not schedule.device_scalars else ()
+    sends_row = unit.runs(sweep) and not schedule.device_scalars  # (else kernels compute it)
+    if not (values or writes or sends_row):
         return
     label = "final sweep: updates" if sweep.final else f"sweep {sweep.index}: reductions"
     with out.block("for p in params:", label):
@@ -134,10 +143,14 @@ def _emit_param_loop(out: CodeBuffer, unit: Unit, sweep) -> None:
                 out.line(f"{value_name(v)} = p.red[{unit.slot[v]}]", unit.cite(v))
             else:
                 emit_scalar(out, unit, v)
-        if unit.runs(sweep):
+        if sends_row:
             row = [scalar_ref(graph, v, schedule.library) for v in unit.row(sweep)]
             out.line(f"p.scalars = ({', '.join(row)}{',' if len(row) == 1 else ''})",
                      "the sweep's scalar row")
         for name, v in writes:
             out.line(f"p.states[{unit.state_order.index(name)}] = "
                      f"{scalar_ref(graph, v, schedule.library)}")
+
+
+def _on_host(unit: Unit, v: int) -> bool:
+    return unit.schedule.placement(v) == Placement.HOST

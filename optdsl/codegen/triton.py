@@ -1,17 +1,26 @@
 """The Triton back end: a compilation unit to the source of a Python module (the contract of
-optdsl.codegen.contract) holding one @triton.jit kernel per sweep, plus the shared host step.
+optdsl.codegen.contract) holding one @triton.jit kernel per sweep, the kernels that finish
+reductions and step counts on the device, and the shared host step (which, every scalar
+being placed on the device, only launches the sweeps).
 
 One launch of ``sweep<k>_kernel`` covers every tensor of a (device, dtype) bucket of the
-group: the runtime hands it a table of data pointers (one row per tensor, in the order of
-TENSORS, then the copy), the tensors' sizes, a block map (one ``(tensor, start)`` row per
-program) and a scalar table (one row per tensor, in the compute dtype: the parameter's row
-of optdsl.codegen.contract). Sweeps that feed reductions store one float64 partial per block
-and reduction, the descriptor's per-element map combined over the block (padding
-contributes the identity); the runtime combines them per tensor in a fixed order and
-finishes them. Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with
-``COPY`` the pointer table's extra last column points at a low-precision parameter that
-receives the updated ``w`` (which is then its fp32 master weight); with ``SR`` bfloat16
-stores round stochastically from the ``seed`` argument.
+group: the runtime hands it a table of data pointers (one row per tensor: the columns of
+TENSORS, a master weight's copy, the step count ``state["step"]``, then each scalar state),
+the tensors' sizes, a block map (one ``(tensor, start)`` row per program), the group's
+hyper table (float64, in the order of HYPERS), the finished reductions (``fin``: a row per
+tensor, ``tot``: the group-wide ones) and torch.amp's scale and found_inf tensors. Each
+program computes the scalars its element code reads in a prologue, once, in float64
+(optdsl.codegen.triton_prologue), and passes them, rounded to the compute dtype, to the
+block function. Sweeps that feed reductions store one float64 partial per block and
+reduction, the descriptor's per-element map combined over the block (padding contributes
+the identity); generated kernels combine them per tensor and over the group in a fixed
+order and finish them (optdsl.codegen.triton_reduce). ``finish_step`` then advances each
+tensor's step count and writes its scalar states, on the device. With ``SKIP`` (in-step
+AMP unscaling) the final sweep and finish_step write nothing when found_inf is set.
+Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the
+copy column points at a low-precision parameter that receives the updated ``w`` (which is
+then its fp32 master weight); with ``SR`` bfloat16 stores round stochastically from the
+``seed`` argument.
 
 Generated code is deterministic and readable: values are named after the lowered IR, each
 element-wise line cites its DSL line, and the only names taken from the program are
@@ -22,16 +31,33 @@ float64 kernels keep them exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
-from optdsl.codegen import host, library
+from optdsl.codegen import host
 from optdsl.codegen.buffer import CodeBuffer
-from optdsl.codegen.triton_helpers import HELPERS, USES_INTERPRET, USES_LIBDEVICE, closure
-from optdsl.codegen.unit import Unit, column_var, temp_column, value_name
+from optdsl.codegen.triton_helpers import (
+    HELPERS,
+    NUMPY_HOOK,
+    USES_INTERPRET,
+    USES_LIBDEVICE,
+    USES_NUMPY,
+    closure,
+)
+from optdsl.codegen.triton_prologue import (
+    Prologue,
+    call,
+    scalar_dtype_param,
+    scalar_states,
+    signature,
+)
+from optdsl.codegen.triton_prologue import ref as prologue_ref
+from optdsl.codegen.triton_reduce import ReductionKernels
+from optdsl.codegen.unit import Unit, column_var, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS, Level
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Sweep
 
@@ -89,38 +115,56 @@ class _Generator:
         self.slot = unit.slot
         self.title = unit.safe_title
         self.helpers: set[str] = set()
+        self.scalars = scalar_states(unit)
+        # a pointer-table row: the columns, a master weight's copy, the step count, each
+        # scalar state, then (if the step reads any) the tensor's facts (PARAM_FACTS)
+        self.facts = any(eq.op in PARAM_FACTS for eq in self.eqs)
+        self.width = len(self.columns) + 2 + len(self.scalars) + \
+            (len(PARAM_FACTS) if self.facts else 0)
+        self.prologue = Prologue(unit, SPELLING, self.width)
+        self.reduce = ReductionKernels(unit, SPELLING)
 
     # -- the module --------------------------------------------------------------------------
     def source(self) -> str:
         kernels = CodeBuffer()
-        table = []
+        table, device = [], []
         for sweep in self.schedule.sweeps:
             table.append(self._emit_kernels(kernels, sweep))
+            device.append(self.reduce.emit(kernels, sweep) if sweep.reductions and
+                          self.unit.runs(sweep) else (None, None))
+        self._emit_finish_step(kernels)
+        self.helpers |= self.prologue.helpers | self.reduce.helpers
         steps = CodeBuffer()
         host.emit_step(steps, self.unit)
-        libraries, library_rows = library.emit_libraries(self.unit)
+        parts = [self._head(closure(self.helpers))]
+        for name in closure(self.helpers):
+            parts.append("\n" + HELPERS[name])
+        parts.append(kernels.text())
+        parts.append(self._tables(table, device))
+        parts.append(steps.text())
+        return "".join(parts)
 
+    def _head(self, helpers: list[str]) -> str:
         head = CodeBuffer()
         head.line(f'"""Triton step of {self.title}, generated by optdsl. Do not edit.')
         head.line()
         head.line("Element-wise work runs in one kernel launch per sweep for all tensors of a")
-        head.line("(device, dtype) bucket; scalars are computed by `step` on the host, once per")
-        head.line("group or per parameter. Contract: optdsl.codegen.contract.")
+        head.line("(device, dtype) bucket. Scalars are computed on the device, once per kernel")
+        head.line("program, from device tables (hypers, step counts, scalar states, finished")
+        head.line("reductions); `step` only launches. Contract: optdsl.codegen.contract.")
         head.line('"""')
         head.line("import numpy as np")
-        if library_rows:
-            head.line("import torch")
         head.line("import triton")
         head.line("import triton.language as tl")
-        helpers = closure(self.helpers)
         if any(h in USES_LIBDEVICE for h in helpers):
             head.line("from triton.language.extra import libdevice")
         head.line()
         head.line(f"TENSORS = {tuple(self.columns)!r}  # pointer-table columns")
-        if self.unit.shaped_states:
-            head.line(f"SHAPED = {tuple(sorted(self.unit.shaped_states))!r}  # states of "
-                      f"library stages (no column)")
+        head.line(f"SCALAR_STATES = {self.scalars!r}  # after the copy and step columns")
+        head.line(f"HYPERS = {self.prologue.hypers!r}  # the hyper table")
         head.line(f"NUM_REDUCTIONS = {len(self.slot)}")
+        if self.facts:
+            head.line(f"PARAM_FACTS = {PARAM_FACTS!r}  # the last columns")
         if any(h in USES_INTERPRET for h in helpers):
             head.line()
             head.line()
@@ -132,11 +176,11 @@ class _Generator:
             head.line("# True under TRITON_INTERPRET=1 (no libdevice there), as triton.jit "
                       "decided.")
             head.line('_INTERPRET = tl.constexpr(type(_probe).__name__ == "InterpretedFunction")')
-        parts = [head.text()]
-        for name in helpers:
-            parts.append("\n" + HELPERS[name])
-        parts.append(libraries)
-        parts.append(kernels.text())
+        if any(h in USES_NUMPY for h in helpers):
+            head.line(NUMPY_HOOK)
+        return head.text()
+
+    def _tables(self, table, device) -> str:
         meta = CodeBuffer()
         meta.line()
         meta.line()
@@ -145,17 +189,23 @@ class _Generator:
             for kernel, width, reds in table:
                 meta.line(f"({kernel or 'None'}, {width}, {reds!r}),")
         meta.line(")")
-        if library_rows:
-            meta.line(library.TABLE_COMMENT)
-            with meta.block("LIBRARIES = ("):
-                for row in library_rows:
-                    meta.line(row)
-            meta.line(")")
+        meta.line("# Per sweep: the kernels that finish its reductions (combine, finish).")
+        with meta.block("REDUCE = ("):
+            for combine, finish in device:
+                meta.line(f"({combine or 'None'}, {finish or 'None'}),")
+        meta.line(")")
+        meta.line("FINISH_STEP = finish_step")
         meta.line()
         meta.line()
-        parts.append(meta.text())
-        parts.append(steps.text())
-        return "".join(parts)
+        return meta.text()
+
+    def _constexprs(self) -> list[str]:
+        """Every sweep kernel's (and finish_step's) compile-time parameters."""
+        return ([f"{dtype_param(c)}: tl.constexpr" for c in self.columns]
+                + ["DT_wcopy: tl.constexpr"]
+                + [f"{scalar_dtype_param(n)}: tl.constexpr" for n in ("step",) + self.scalars]
+                + ["CT: tl.constexpr", "BLOCK: tl.constexpr", "ALIGNED: tl.constexpr",
+                   "COPY: tl.constexpr", "SR: tl.constexpr", "SKIP: tl.constexpr"])
 
     # -- kernels -------------------------------------------------------------------------------
     def _emit_kernels(self, out: CodeBuffer, ps: Sweep):
@@ -164,7 +214,7 @@ class _Generator:
         stores = list(self.unit.stores(ps))
         if not self.unit.runs(ps):
             return None, 0, ()
-        table = list(self.unit.row(ps))
+        row = list(self.unit.row(ps))
         consts = [v for v in ps.scalars_in if eqs[v].op == "const"]
         loads = [v for v in ps.tensor if OPS[eqs[v].op].category == LEAF or v in ps.loads]
         written = stores + list(self.unit.saves(ps))
@@ -175,7 +225,7 @@ class _Generator:
                 used.append(col)
         copy = any(name == "w" for name, _ in stores)  # a master weight's copy is written
         ptrs = [column_name(c) for c in used] + (["p_wcopy"] if copy else [])
-        extra = (["sp"] if table else []) + (["rp"] if ps.reductions else [])
+        extra = [value_name(v) for v in row] + (["rp"] if ps.reductions else [])
         if stores:
             extra += ["ti", "seed"]
         flags = ["COPY: tl.constexpr", "SR: tl.constexpr"] if stores else []
@@ -183,21 +233,19 @@ class _Generator:
         out.line()
         out.line()
         out.line("@triton.jit")
-        *first, last = _signature(f"sweep{k}_block", ["offs", "n"] + ptrs + extra + [
+        *first, last = signature(f"sweep{k}_block", ["offs", "n"] + ptrs + extra + [
             "CT: tl.constexpr", "BLOCK: tl.constexpr"] + flags + ["MASKED: tl.constexpr"])
         for line in first:
             out.line(line)
         with out.block(last):
-            self._emit_block(out, ps, what, table, consts, stores)
+            self._emit_block(out, ps, what, consts, stores)
 
         out.line()
         out.line()
         out.line('@triton.jit(do_not_specialize=["seed"])')
-        *first, last = _signature(f"sweep{k}_kernel", [
-            "ptrs", "sizes", "blocks", "scal", "red", "seed"] + [
-            f"{dtype_param(c)}: tl.constexpr" for c in self.columns] + [
-            "DT_wcopy: tl.constexpr", "CT: tl.constexpr", "BLOCK: tl.constexpr",
-            "ALIGNED: tl.constexpr", "COPY: tl.constexpr", "SR: tl.constexpr"])
+        *first, last = signature(f"sweep{k}_kernel", [
+            "ptrs", "sizes", "blocks", "hyp", "fin", "tot", "red", "gsc", "finf", "seed"]
+            + self._constexprs())
         for line in first:
             out.line(line)
         with out.block(last):
@@ -207,47 +255,87 @@ class _Generator:
             out.line("start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)")
             out.line("n = tl.load(sizes + ti)")
             out.line("offs = start + tl.arange(0, BLOCK)")
-            width = len(self.columns) + 1  # the last column: the master weight's copy
-            for col in used:
-                j = self.columns.index(col)
-                out.line(f"{column_name(col)} = tl.load(ptrs + {width} * ti + {j})"
-                         f".to(tl.pointer_type({dtype_param(col)}))")
-            if copy:
-                with out.block("if COPY:", "w is a master weight: its rounded copy"):
-                    out.line(f"p_wcopy = tl.load(ptrs + {width} * ti + {width - 1})"
-                             f".to(tl.pointer_type(DT_wcopy))")
-                with out.block("else:"):
-                    out.line("p_wcopy = p_w")
-            with out.block("if ALIGNED:", "every pointer of the launch is 16-byte aligned"):
-                for col in used + (["wcopy"] if copy else []):
-                    name = "p_wcopy" if col == "wcopy" else column_name(col)
-                    out.line(f"{name} = tl.multiple_of({name}, 16)")
-            if table:
-                out.line(f"sp = scal + {len(table)} * ti")
+            self._emit_pointers(out, used, copy)
+            if row:
+                out.line("# this tensor's scalars, once per program, in float64")
+                self.prologue.emit(out, row)
             if ps.reductions:
                 out.line(f"rp = red + {len(ps.reductions)} * pid")
-            args = ", ".join(["offs", "n"] + ptrs + extra + ["CT", "BLOCK"] +
-                             (["COPY", "SR"] if stores else []))
-            with out.block("if start + BLOCK <= n:"):
-                out.line(f"sweep{k}_block({args}, False)")
-            with out.block("else:"):
-                out.line(f"sweep{k}_block({args}, True)")
-        return f"sweep{k}_kernel", len(table), self.unit.reductions_of(ps)
+            args = ", ".join(["offs", "n"] + ptrs + self.prologue.row_args(row)
+                             + (["rp"] if ps.reductions else [])
+                             + (["ti", "seed"] if stores else []) + ["CT", "BLOCK"]
+                             + (["COPY", "SR"] if stores else []))
+            if stores:
+                with out.block("if SKIP:", "torch.amp found inf or NaN: nothing is written"):
+                    out.line("go = tl.load(finf) == 0")
+                with out.block("else:"):
+                    out.line("go = tl.full([], 1, tl.int1)")
+                guard = out.block("if go:")
+            else:
+                guard = contextlib.nullcontext()
+            with guard:
+                with out.block("if start + BLOCK <= n:"):
+                    call(out, f"sweep{k}_block", args + ", False")
+                with out.block("else:"):
+                    call(out, f"sweep{k}_block", args + ", True")
+        return f"sweep{k}_kernel", 0, self.unit.reductions_of(ps)
 
-    def _emit_block(self, out: CodeBuffer, ps: Sweep, what: str, table: list[int],
-                    consts: list[int], stores: list[tuple[str, int]]) -> None:
+    def _emit_pointers(self, out: CodeBuffer, used: list[str], copy: bool) -> None:
+        width = self.width
+        for col in used:
+            j = self.columns.index(col)
+            out.line(f"{column_name(col)} = tl.load(ptrs + {width} * ti + {j})"
+                     f".to(tl.pointer_type({dtype_param(col)}))")
+        if copy:
+            with out.block("if COPY:", "w is a master weight: its rounded copy"):
+                out.line(f"p_wcopy = tl.load(ptrs + {width} * ti + {len(self.columns)})"
+                         f".to(tl.pointer_type(DT_wcopy))")
+            with out.block("else:"):
+                out.line("p_wcopy = p_w")
+        with out.block("if ALIGNED:", "every pointer of the launch is 16-byte aligned"):
+            for col in used + (["wcopy"] if copy else []):
+                name = "p_wcopy" if col == "wcopy" else column_name(col)
+                out.line(f"{name} = tl.multiple_of({name}, 16)")
+
+    def _emit_finish_step(self, out: CodeBuffer) -> None:
+        """finish_step: after the last sweep, per tensor, its step count and scalar states
+        (a separate launch: every program of the sweeps read the old values)."""
+        writes = self.schedule.scalar_outputs
+        out.line()
+        out.line()
+        out.line("@triton.jit")
+        *first, last = signature("finish_step", ["ptrs", "hyp", "fin", "tot", "gsc", "finf"]
+                                  + self._constexprs())
+        for line in first:
+            out.line(line)
+        with out.block(last):
+            out.line('"""After the last sweep, one program per tensor: its step count and '
+                     'its scalar states."""')
+            out.line("ti = tl.program_id(0).to(tl.int64)")
+            out.line(self.prologue.pointer("step"))
+            values = self.prologue.emit(out, [v for _, v in writes])
+            with out.block("if SKIP:", "torch.amp found inf or NaN: the step did not happen"):
+                out.line("go = tl.load(finf) == 0")
+            with out.block("else:"):
+                out.line("go = tl.full([], 1, tl.int1)")
+            with out.block("if go:"):
+                out.line("tl.store(p_step, tl.load(p_step) + 1)")
+                for name, v in writes:
+                    var = f"p_{state_name(name)}"
+                    if not any(self.eqs[u].op == "state" and self.eqs[u].attr == name
+                               for u in values):
+                        out.line(self.prologue.pointer(name))
+                    out.line(f"tl.store({var}, {prologue_ref(self.unit, v)}"
+                             f".to({scalar_dtype_param(name)}))", f"{name} =")
+
+    def _emit_block(self, out: CodeBuffer, ps: Sweep, what: str, consts: list[int],
+                    stores: list[tuple[str, int]]) -> None:
         eqs = self.eqs
         out.line(f'"""Sweep {ps.index} ({what}) on one block of one tensor."""')
         with out.block("if MASKED:", "the tensor's last block"):
             out.line("mask = offs < n")
         with out.block("else:"):
             out.line("mask = None")
-        for j, v in enumerate(table):
-            cmp = " != 0.0" if eqs[v].kind.mask else ""
-            ref = host.scalar_ref(self.graph, v)
-            if ref == value_name(v):
-                ref = f"line {eqs[v].line}" if eqs[v].line else None
-            out.line(f"{value_name(v)} = tl.load(sp + {j}){cmp}", ref)
         for v in consts:
             out.line(f"{value_name(v)} = {_const(eqs[v].attr)}")
         for v in ps.tensor:
@@ -300,20 +388,6 @@ class _Generator:
         with out.block("if MASKED:"):
             out.line(f"x = tl.where(mask, x, {format_float(desc.identity)})")
         out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, {combine}))")
-
-
-def _signature(name: str, params: list[str]) -> list[str]:
-    """The lines of ``def name(params):``, wrapped at 96 columns."""
-    lead = f"def {name}("
-    lines, current = [], lead
-    for i, p in enumerate(params):
-        piece = p + (", " if i < len(params) - 1 else "):")
-        if len(current) + len(piece.rstrip()) > 96 and current.strip() != lead.strip():
-            lines.append(current.rstrip())
-            current = " " * len(lead)
-        current += piece
-    lines.append(current)
-    return lines
 
 
 def _const(value: float) -> str:

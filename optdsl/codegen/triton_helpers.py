@@ -6,24 +6,15 @@ callees first, and ``HELPERS`` their source. Every generated module carries its 
 each stands alone.
 
 On a GPU the transcendental helpers call libdevice (triton.language.extra.libdevice, in every
-Triton 3.x); the interpreter has no libdevice, so there they evaluate a float64 formula made of
-operations it has. ``_INTERPRET`` (defined by the generated module) is a compile-time constant:
-the other branch is never compiled.
+Triton 3.x); the interpreter has no libdevice, so there they call NumPy's function on the
+interpreted values (``NUMPY_HOOK``, a plain function the generated module defines: the
+interpreter runs kernels as Python), which is what the NumPy back end and the host step
+compute, bit for bit: ``np.power`` on blocks, C's pow (NumPy's scalar ``**``) on scalars.
+``_INTERPRET`` (defined by the generated module) is a compile-time constant: the other
+branch is never compiled.
 """
 
 from __future__ import annotations
-
-import math
-
-
-def _atan_series(terms: int = 12) -> str:
-    """Horner lines for atan(b) = b * sum_k (-1)^k b2^k / (2k + 1), |b| <= tan(pi/12)."""
-    k = terms - 1
-    lines = [f"    s = {(-1.0) ** k / (2 * k + 1)!r}"]
-    for k in range(terms - 2, -1, -1):
-        lines.append(f"    s = {(-1.0) ** k / (2 * k + 1)!r} + b2 * s")
-    return "\n".join(lines)
-
 
 HELPERS: dict[str, str] = {
     "_div": '''
@@ -75,9 +66,10 @@ def _sign(x):
     "_pow": '''
 @triton.jit
 def _pow(x, y):
-    """x ** y as libm's pow (libdevice; a float64 formula in the interpreter)."""
+    """x ** y as libm's pow (libdevice; NumPy's in the interpreter)."""
     if _INTERPRET:
-        r = _pow_f64(x.to(tl.float64), y.to(tl.float64)).to(x.dtype)
+        x, y = tl.broadcast(x, y)
+        r = _NUMPY("power", x, y)
     else:
         r = libdevice.pow(x, y)
     return r
@@ -85,9 +77,9 @@ def _pow(x, y):
     "_tanh": '''
 @triton.jit
 def _tanh(x):
-    """tanh(x) (libdevice; a float64 formula in the interpreter)."""
+    """tanh(x) (libdevice; NumPy's in the interpreter)."""
     if _INTERPRET:
-        r = _tanh_f64(x.to(tl.float64)).to(x.dtype)
+        r = _NUMPY("tanh", x, x)
     else:
         r = libdevice.tanh(x)
     return r
@@ -95,9 +87,10 @@ def _tanh(x):
     "_atan2": '''
 @triton.jit
 def _atan2(y, x):
-    """atan2(y, x) (libdevice; a float64 formula in the interpreter)."""
+    """atan2(y, x) (libdevice; NumPy's in the interpreter)."""
     if _INTERPRET:
-        r = _atan2_f64(y.to(tl.float64), x.to(tl.float64)).to(y.dtype)
+        y, x = tl.broadcast(y, x)
+        r = _NUMPY("arctan2", y, x)
     else:
         r = libdevice.atan2(y, x)
     return r
@@ -183,66 +176,38 @@ def _maxnan(a, b):
     """max that propagates NaN: the combine function of maxabs."""
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 ''',
-    "_signbit_f64": '''
-@triton.jit
-def _signbit_f64(x):
-    """Whether a float64's sign bit is set (true for -0.0)."""
-    return x.to(tl.int64, bitcast=True) < 0
-''',
-    "_pow_f64": '''
-@triton.jit
-def _pow_f64(x, y):
-    """pow in float64 as exp2(y * log2|x|), with libm's signs and special cases (nested
-    wheres: the interpreter mishandles & of a 0-d mask)."""
-    r = tl.exp2(y * tl.log2(tl.abs(x)))
-    odd = tl.floor(y * 0.5) != y * 0.5
-    r = tl.where(tl.floor(y) == y, tl.where(odd, tl.where(_signbit_f64(x), r * -1.0, r), r),
-                 tl.where(x < 0.0, tl.where(x == float('-inf'), r, float('nan')), r))
-    r = tl.where(tl.abs(x) == 1.0, tl.where(tl.abs(y) == float('inf'), 1.0, r), r)
-    return tl.where(y == 0.0, 1.0, tl.where(x == 1.0, 1.0, r))
-''',
-    "_tanh_f64": '''
-@triton.jit
-def _tanh_f64(x):
-    """tanh in float64: (1 - e) / (1 + e) with e = exp(-2|x|); a series near zero."""
-    ax = tl.abs(x)
-    e = tl.exp(-2.0 * ax)
-    r = (1.0 - e) / (1.0 + e)
-    r = tl.where(x < 0.0, r * -1.0, r)
-    return tl.where(ax < 1e-4, x * (1.0 - x * x / 3.0), r)
-''',
-    "_atan2_f64": f'''
-@triton.jit
-def _atan2_f64(y, x):
-    """atan2 in float64: octant reduction, then atan on [0, tan(pi/12)] by its series."""
-    ay = tl.abs(y)
-    ax = tl.abs(x)
-    hi = tl.maximum(ax, ay, propagate_nan=tl.PropagateNan.ALL)
-    lo = tl.minimum(ax, ay, propagate_nan=tl.PropagateNan.ALL)
-    a = tl.where(hi == 0.0, 0.0, tl.where(lo == float('inf'), 1.0, lo / hi))
-    big = a > {2.0 - math.sqrt(3.0)!r}
-    b = tl.where(big, (a * {math.sqrt(3.0)!r} - 1.0) / (a + {math.sqrt(3.0)!r}), a)
-    b2 = b * b
-{_atan_series()}
-    r = b * s
-    r = tl.where(big, r + {math.pi / 6!r}, r)
-    r = tl.where(ay > ax, {math.pi / 2!r} - r, r)
-    r = tl.where(_signbit_f64(x), {math.pi!r} - r, r)
-    return tl.where(_signbit_f64(y), r * -1.0, r)
-''',
 }
 
 _DEPENDS = {
-    "_pow": ("_pow_f64",), "_tanh": ("_tanh_f64",), "_atan2": ("_atan2_f64",),
-    "_pow_f64": ("_signbit_f64",), "_atan2_f64": ("_signbit_f64",),
     "_stored": ("_random_bits", "_bf16_high"), "_random_bits": ("_mix32",),
 }
 # Emission order: callees before callers.
-_ORDER = ("_signbit_f64", "_pow_f64", "_tanh_f64", "_atan2_f64", "_mix32", "_random_bits",
-          "_bf16_high", "_add", "_atan2", "_div", "_exp", "_loaded", "_log", "_maxnan", "_pow",
-          "_sign", "_sqrt", "_stored", "_tanh")
+_ORDER = ("_mix32", "_random_bits", "_bf16_high", "_add", "_atan2", "_div", "_exp", "_loaded",
+          "_log", "_maxnan", "_pow", "_sign", "_sqrt", "_stored", "_tanh")
 USES_LIBDEVICE = frozenset({"_exp", "_log", "_pow", "_tanh", "_atan2"})
 USES_INTERPRET = USES_LIBDEVICE | {"_loaded", "_stored"}
+USES_NUMPY = frozenset({"_pow", "_tanh", "_atan2"})
+
+# Defined by a generated module whose helpers call NumPy under the interpreter (USES_NUMPY).
+NUMPY_HOOK = '''
+
+def _numpy_of(name, x, y):
+    """NumPy's ufunc `name` of interpreted values (TRITON_INTERPRET=1 only: the interpreter
+    runs kernels as Python over NumPy arrays), as the NumPy back end computes it; on scalars,
+    pow is C's (NumPy's scalar `**`), as the host step computes it."""
+    from triton.runtime.interpreter import TensorHandle
+
+    a, b = x.handle.data, y.handle.data
+    if name == "power" and not x.type.is_block():
+        out = np.array([a.dtype.type(a.item()) ** b.dtype.type(b.item())], dtype=a.dtype)
+    elif name == "tanh":
+        out = np.tanh(a)
+    else:
+        out = getattr(np, name)(a, b)
+    return tl.tensor(TensorHandle(out.astype(a.dtype), x.handle.dtype), x.type)
+
+
+_NUMPY = tl.constexpr(_numpy_of)'''
 
 
 def closure(names: set[str]) -> list[str]:

@@ -56,6 +56,15 @@ class Attribute(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class Index(Expr):
+    """``h[i]``: an entry of a history or an array (closure-driven programs)."""
+
+    name: str
+    name_span: Span
+    index: Expr
+
+
+@dataclass(frozen=True, eq=False)
 class ChoiceCompare(Expr):
     """``mode == "original"``: a choice hyper (or an optional one) against one of its values
     (a string, or None)."""
@@ -145,11 +154,67 @@ class Require:
 
 
 @dataclass(frozen=True)
+class IndexAssign:
+    """``a[i] = e``: set an entry of a history or an array."""
+
+    target: str
+    target_span: Span
+    index: Expr
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class MultiAssign:
+    """``loss, g = evaluate()``: the results of a function that gives several."""
+
+    targets: tuple[tuple[str, Span], ...]
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class CallStatement:
+    """``push(h, y)``: a function called for what it does."""
+
+    call: Call
+    span: Span
+
+
+@dataclass(frozen=True)
+class If:
+    """``if c: ... elif c2: ... else: ...``: ``branches`` are (condition, body) pairs."""
+
+    branches: tuple[tuple[Expr, tuple], ...]
+    orelse: tuple | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class While:
+    condition: Expr
+    body: tuple
+    span: Span
+
+
+@dataclass(frozen=True)
+class For:
+    """``for i in h:`` / ``for i in reversed(h):`` / ``for i in range(n):``."""
+
+    var: str
+    var_span: Span
+    iterable: Expr
+    body: tuple
+    span: Span
+
+
+@dataclass(frozen=True)
 class Repeat:
-    """``repeat N ... end``: the assignments between, N times (N known when compiled)."""
+    """``repeat n:`` and an indented body: the body n times (in a plain program n is known
+    when the step is compiled: a number or a hyper)."""
 
     count: Expr
-    body: tuple[Assign, ...]
+    body: tuple
     span: Span
 
 
@@ -165,7 +230,21 @@ class Sparse:
     span: Span
 
 
+@dataclass(frozen=True)
+class Break:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Return:
+    span: Span
+
+
 Statement = Header | HyperDecl | StateDecl | Require | Repeat | Sparse | Assign
+# the statements of closure-driven programs (optdsl.frontend.procedure; a plain program may
+# have `repeat n:` blocks of assignments)
+BLOCK_STATEMENTS = (IndexAssign, MultiAssign, CallStatement, If, While, For, Repeat, Break,
+                    Return)
 
 
 @dataclass(frozen=True)
@@ -188,5 +267,7 @@ def iter_exprs(root: Expr):
         elif isinstance(node, Binary):
             stack.append(node.right)
             stack.append(node.left)
+        elif isinstance(node, Index):
+            stack.append(node.index)
         elif isinstance(node, ChoiceCompare):
             stack.append(node.left)

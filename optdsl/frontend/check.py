@@ -108,11 +108,46 @@ class _Checker:
             elif isinstance(stmt, ast.Require):
                 self.requires.append(stmt)
             elif isinstance(stmt, ast.Repeat):
-                self.assigns.extend(stmt.body * self.repeat_count(stmt))
+                self.assigns.extend(self.unrolled(stmt))
             elif isinstance(stmt, ast.Sparse):
                 self.sparse.append(stmt)
             else:
                 self.assigns.append(stmt)
+
+    def check_optional_tested(self) -> None:
+        """An optional hyper (default None) is NaN where it is not given: a program that
+        reads it must say what to use then (`where(eps1 == None, w.eps, eps1)`), so one that
+        never compares it with None is refused at its first use."""
+        if not self.optional_names:
+            return
+        tested: set[str] = set()
+        first_use: dict[str, Span] = {}
+        roots = [a.value for a in self.assigns] + [c for r in self.requires
+                                                     for c in r.conditions]
+        stack = list(reversed(roots))
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.ChoiceCompare):
+                if node.value is None and isinstance(node.left, ast.Name):
+                    tested.add(node.left.id)
+                else:
+                    stack.append(node.left)
+            elif isinstance(node, ast.Name):
+                first_use.setdefault(node.id, node.span)
+            else:
+                stack.extend(reversed(self.children(node)))
+        untested = [n for n in self.optional_names if n in first_use and n not in tested]
+        for name in sorted(untested, key=lambda n: (first_use[n].line, first_use[n].column)):
+            raise self.error(f"`{name}` is optional (its default is None, and then it is "
+                             f"NaN): say what to use when it is not given, e.g. "
+                             f"`where({name} == None, 1e-8, {name})`", first_use[name])
+
+    def unrolled(self, stmt: ast.Repeat) -> list[ast.Assign]:
+        """A repeat block's assignments, as many times as it runs (nested blocks too)."""
+        body: list[ast.Assign] = []
+        for inner in stmt.body:
+            body.extend(self.unrolled(inner) if isinstance(inner, ast.Repeat) else [inner])
+        return body * self.repeat_count(stmt)
 
     def repeat_count(self, stmt: ast.Repeat) -> int:
         """How many times a repeat block runs: a whole number, or a hyper's value (its
@@ -157,7 +192,7 @@ class _Checker:
         if item.choices is not None:
             choices = self.choices(item)
             default: object = item.default.value if isinstance(item.default, ast.Word) \
-                else None
+                else None if item.default is not None else choices[0]
             self.choice_names[item.name] = choices
             self.hyper_scalars[item.name] = item.span
         elif item.parts is not None:
@@ -206,9 +241,8 @@ class _Checker:
                 raise self.error(f"{word.value!r} is listed twice", word.span)
             values.append(word.value)
         default = item.default
-        if default is None:
-            raise self.error(f"a choice needs a default: `hyper {item.name} = "
-                             f"{_word(values[0])} in {{...}}`", item.span)
+        if default is None:  # `hyper x in {"a", "b"}`: the first is the default
+            return tuple(values)
         if isinstance(default, ast.Name) and default.id == "None" and None in values:
             return tuple(values)
         if not isinstance(default, ast.Word) or default.value not in values:
@@ -665,6 +699,7 @@ def check(module: ast.Module, counts: dict[str, int] | None = None) -> Checked:
     values of the hypers that count repetitions, instead of their defaults)."""
     checker = _Checker(module, counts)
     checker.collect()
+    checker.check_optional_tested()
     checker.infer_roles()
     checker.check_state_keys()
     graph, tensor_state = checker.lower()

@@ -1,7 +1,11 @@
 """Text to Lark parse tree, with every syntax error turned into a positioned DslError.
 
 The grammar lives in grammars/optdsl.lark (shipped inside the package as
-optdsl/grammars/optdsl.lark); the LALR parser is built once per process.
+optdsl/grammars/optdsl.lark); the LALR parser is built once per process. Closure-driven
+programs (blocks, calls, tuple assignment: docs/language.md) are read by a second parser,
+built from the same text with grammars/closure.lark appended and the block postlexer of
+optdsl.frontend.blocks; a text is read by the first parser unless it has blocks or the
+first parser fails where the second goes further.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from optdsl.errors import DslError, Span, source_lines
+from optdsl.frontend import blocks
 from optdsl.frontend.limits import check_text
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "optdsl.lark"
+CLOSURE_GRAMMAR_PATH = GRAMMAR_PATH.with_name("closure.lark")
 
 # What users call the grammar's terminals, for "expected ..." messages.
 _TERMINAL_WORDS = {
@@ -27,8 +33,6 @@ _TERMINAL_WORDS = {
     "_OR": "`or`",
     "_NOT": "`not`",
     "AUGOP": "`+=`, `-=`, `*=` or `/=`",
-    "REPEAT": "`repeat`",
-    "END": "`end`",
     "NONE": "`None`",
     "PER_WHAT": "`row` or `col`",
     "_PER": "`per`",
@@ -61,6 +65,11 @@ _TERMINAL_WORDS = {
     "REQUIRE": "`require`",
     "SPARSE": "`sparse`",
     "_ONLY": "`only`",
+    "COLON": "`:`",
+    "_INDENT": "an indented block",
+    "_DEDENT": "the end of the block",
+    "_IF": "`if`", "_ELIF": "`elif`", "_ELSE": "`else`", "_WHILE": "`while`",
+    "_FOR": "`for`", "_REPEAT": "`repeat`", "_BREAK": "`break`", "_RETURN": "`return`",
 }
 
 
@@ -72,6 +81,14 @@ def _parser() -> lark.Lark:
         propagate_positions=True,
         maybe_placeholders=True,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _closure_parser() -> lark.Lark:
+    text = (GRAMMAR_PATH.read_text(encoding="utf-8") + "\n"
+            + CLOSURE_GRAMMAR_PATH.read_text(encoding="utf-8"))
+    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                     start="procedure", postlex=blocks.BlockLexer())
 
 
 def _expected(terminals: set[str] | frozenset[str]) -> str:
@@ -103,16 +120,34 @@ def parse(source: str, filename: str = "<string>") -> lark.Tree:
         column = at - (source.rfind("\n", 0, at) + 1) + 1
         raise DslError("program text contains a NUL character", Span(line, column),
                        filename=filename, source=source)
+    found = blocks.scan(source, filename)
+    if found.has_blocks:
+        return _parse_closure(source, filename, found)
     try:
         return _parser().parse(source)
     except UnexpectedInput as exc:  # the one place Lark's errors become ours
-        raise _syntax_error(exc, source, filename) from None
+        plain = _syntax_error(exc, source, filename)
+    try:  # tuple assignments, calls as statements, indexing, choices: a closure program
+        return _parse_closure(source, filename, found)
+    except DslError as other:
+        if (other.line, other.column) > (plain.line, plain.column):
+            raise other from None
+    raise plain
+
+
+def _parse_closure(source: str, filename: str, found: blocks.Scan) -> lark.Tree:
+    with blocks.parsing(found):
+        try:
+            return _closure_parser().parse(source)
+        except UnexpectedInput as exc:
+            raise _syntax_error(exc, source, filename) from None
 
 
 # What to write instead of a construct of other languages (appended to the syntax error).
 _MASK_HINT = "; combine masks with `and`, `or`, `not`"
-_IF_HINT = ("; optdsl has no `if`: choose between values with where(mask, a, b), e.g. "
-            "`w = where(g > 0, w - lr, w)`")
+_IF_HINT = ("; optdsl has no one-line `if`: choose between values with where(mask, a, b), "
+            "e.g. `w = where(g > 0, w - lr, w)` (a closure-driven step may branch with `if "
+            "cond:` and an indented block)")
 
 
 def _hint(source: str, line: int, column: int) -> str:
@@ -123,7 +158,9 @@ def _hint(source: str, line: int, column: int) -> str:
     text = lines[line - 1]
     before, at = text[:column - 1], text[column - 1:]
     words = before.split()
-    if words and words[0] in ("if", "elif", "else", "while", "for") or at.startswith("if "):
+    header = text.split("#")[0].rstrip().endswith(":")  # a block header: its own errors
+    if not header and (words and words[0] in ("if", "elif", "else", "while", "for")
+                       or at.startswith("if ")):
         return _IF_HINT
     if at[:1] in ("&", "|") or (at.startswith("!") and not at.startswith("!=")):
         return _MASK_HINT

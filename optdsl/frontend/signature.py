@@ -67,13 +67,36 @@ class HyperSpec:
     parts: tuple[str, ...] | None = None
     inferred: bool = False
     line: int = 0
-    choices: tuple[str | None, ...] | None = None
+    choices: tuple[str | None, ...] | None = None  # a choice among strings (None included)
     optional: tuple[str, ...] = ()  # the scalar names that may be None
     repeat: bool = False  # a repetition count, known when the step is compiled
+    # closure-driven programs: a default derived from other hypers when the keyword is
+    # absent or None (outputs ("value", v) of a graph of `hyper` leaves)
+    derived: Graph | None = None
 
     @property
     def required(self) -> bool:
-        return self.default is None and self.choices is None and not self.optional
+        return self.default is None and self.choices is None and not self.optional \
+            and self.derived is None
+
+    def derive(self, values: Mapping[str, float]) -> float:
+        """The derived default from the other hypers' values."""
+        from optdsl.ir.ops import OPS
+
+        results: list = []
+        with np.errstate(all="ignore"):
+            for eq in self.derived.eqs:
+                if eq.op == "const":
+                    results.append(np.float64(eq.attr))
+                elif eq.op == "hyper":
+                    results.append(np.float64(values[eq.attr]))
+                else:
+                    results.append(OPS[eq.op].meaning(*[results[a] for a in eq.args]))
+        (_, out), = self.derived.outputs
+        return float(results[out])
+
+    def derived_from(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(eq.attr for eq in self.derived.eqs if eq.op == "hyper"))
 
     def scalar_names(self) -> tuple[str, ...]:
         """The names the program's arithmetic uses: the parts, or the keyword itself."""

@@ -79,6 +79,8 @@ class _Converter:
             return [c for c in node.children[1:] if c is not None]
         if node.data == "comparison":
             return [node.children[0], node.children[2]]
+        if node.data == "index":
+            return [node.children[1]]
         return [c for c in node.children if isinstance(c, lark.Tree)]
 
     def _leaf_token(self, token: lark.Token) -> ast.Expr:
@@ -138,6 +140,9 @@ class _Converter:
             op_token_span = _span_of(op)
             return ast.Binary(span, _COMPARISONS[str(op)], done[id(left)], done[id(right)],
                               op_token_span)
+        if kind == "index":
+            name, index = node.children
+            return ast.Index(span, str(name), _span_of(name), done[id(index)])
         if kind in _BINARY:
             left, right = [c for c in node.children if isinstance(c, lark.Tree)]
             return ast.Binary(span, kind, done[id(left)], done[id(right)], _op_span(node, left))
@@ -223,6 +228,65 @@ class _Converter:
         return ast.Sparse(detail.data == "sparse_only", tuple(self.expr(c) for c in conditions),
                           text, message_span, _span_of(node))
 
+    # -- closure-driven programs (grammars/closure.lark) -----------------------------------------
+    def _multi_assign(self, node: lark.Tree) -> ast.MultiAssign:
+        *targets, value = node.children
+        return ast.MultiAssign(tuple((str(t), _span_of(t)) for t in targets), self.expr(value),
+                               _span_of(node))
+
+    def _call_stmt(self, node: lark.Tree) -> ast.CallStatement:
+        call = self.expr(lark.Tree("call", node.children, node.meta))
+        return ast.CallStatement(call, _span_of(node))
+
+    def _index_assign(self, node: lark.Tree) -> ast.IndexAssign:
+        target, index, value = node.children
+        return ast.IndexAssign(str(target), _span_of(target), self.expr(index),
+                               self.expr(value), _span_of(node))
+
+    def _index_aug_assign(self, node: lark.Tree) -> ast.IndexAssign:
+        target, index, op, value = node.children
+        index_expr = self.expr(index)
+        read = ast.Index(_span_of(target), str(target), _span_of(target), index_expr)
+        total = ast.Binary(_span_of(node), _AUGMENTED[str(op)], read, self.expr(value),
+                           _span_of(op))
+        return ast.IndexAssign(str(target), _span_of(target), index_expr, total,
+                               _span_of(node))
+
+    def _suite(self, node: lark.Tree) -> tuple:
+        return tuple(getattr(self, "_" + c.data)(c) for c in node.children if c is not None)
+
+    def _if_block(self, node: lark.Tree) -> ast.If:
+        condition, suite, *rest = node.children
+        branches = [(self.expr(condition), self._suite(suite))]
+        orelse = None
+        for part in rest:
+            if part is None:
+                continue
+            if part.data == "elif_part":
+                branches.append((self.expr(part.children[0]), self._suite(part.children[1])))
+            else:
+                orelse = self._suite(part.children[0])
+        return ast.If(tuple(branches), orelse, _span_of(node))
+
+    def _while_block(self, node: lark.Tree) -> ast.While:
+        condition, suite = node.children
+        return ast.While(self.expr(condition), self._suite(suite), _span_of(node))
+
+    def _repeat_block(self, node: lark.Tree) -> ast.Repeat:
+        count, suite = node.children
+        return ast.Repeat(self.expr(count), self._suite(suite), _span_of(node))
+
+    def _for_block(self, node: lark.Tree) -> ast.For:
+        var, iterable, suite = node.children
+        return ast.For(str(var), _span_of(var), self.expr(iterable), self._suite(suite),
+                       _span_of(node))
+
+    def _break_stmt(self, node: lark.Tree) -> ast.Break:
+        return ast.Break(_span_of(node))
+
+    def _return_stmt(self, node: lark.Tree) -> ast.Return:
+        return ast.Return(_span_of(node))
+
     def _state_decl(self, node: lark.Tree) -> ast.StateDecl:
         items = []
         for item in node.children:
@@ -233,11 +297,6 @@ class _Converter:
                                        str(per) if per is not None else None))
         return ast.StateDecl(tuple(items), _span_of(node))
 
-    def _repeat_block(self, node: lark.Tree) -> ast.Repeat:
-        _, count, *body, _ = node.children
-        return ast.Repeat(self.expr(count), tuple(getattr(self, "_" + s.data)(s)
-                                                  for s in body if s is not None),
-                          _span_of(node))
 
 
 def _names_declared(stmt: lark.Tree) -> int:

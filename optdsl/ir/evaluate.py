@@ -14,18 +14,14 @@ from typing import Any
 import numpy as np
 
 from optdsl.ir.nodes import Eq, Graph
-from optdsl.ir.ops import GLOBAL, OPS, PARAM_FACTS, Level, _round_bf16
+from optdsl.ir.ops import GLOBAL, OPS, PARAM_FACTS, Level, _round_bf16, facts_of
 from optdsl.ir.reductions import REDUCTIONS
 
 
 def param_facts(w: np.ndarray, dtype_eps: float | None = None) -> dict[str, float]:
     """The facts of a parameter the IR reads (``rows``, ``cols``, ``ndim``, ``numel``,
     ``dtype_eps``): its matrix view's rows and columns (1 and n for a vector)."""
-    shape = np.shape(w)
-    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
-    eps = np.finfo(w.dtype).eps if dtype_eps is None else dtype_eps
-    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
-            "numel": float(np.size(w)), "dtype_eps": float(eps)}
+    return facts_of(np.shape(w), np.finfo(w.dtype).eps if dtype_eps is None else dtype_eps)
 
 
 def _leaf(eq: Eq, inputs: dict[str, Any]):

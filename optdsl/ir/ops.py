@@ -173,6 +173,20 @@ def unregister(name: str) -> None:
 for _leaf in ("const", "hyper", "w", "g", "t", "state", "inv_grad_scale"):
     register(Op(_leaf, 0, LEAF))
 PARAM_FACTS = ("rows", "cols", "ndim", "numel", "dtype_eps")
+
+
+def facts_of(shape, eps: float) -> dict[str, float]:
+    """The facts of a parameter of ``shape`` whose dtype's machine epsilon is ``eps``: its
+    matrix view's rows and columns (1 and n for a vector, 1 and 1 for a scalar), dimensions,
+    elements. Every back end reads a parameter's facts from here."""
+    shape = tuple(int(n) for n in shape)
+    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
+    numel = 1
+    for n in shape:
+        numel *= n
+    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
+            "numel": float(numel), "dtype_eps": float(eps)}
+
 for _leaf in PARAM_FACTS:
     register(Op(_leaf, 0, LEAF))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -27,11 +26,15 @@ from optdsl.ir.ops import GLOBAL, OPS, REDUCE, Expr, Op, evaluate_expr, register
 TENSOR_SCOPE = "tensor"
 GROUP_SCOPE = "group"
 
-_FINISHES: dict[str, Callable[[np.float64, int], np.float64]] = {
-    "none": lambda total, n: total,
-    "sqrt": lambda total, n: np.sqrt(total),
-    "mean": lambda total, n: total / n if n else np.float64(math.nan),
-    "rms": lambda total, n: np.sqrt(total / n) if n else np.float64(math.nan),
+# How a combined total is finished, as an expression over (total, n) in the op table's ops
+# (optdsl.ir.ops.Expr: 0 is the total, 1 the element count as a float64): the host evaluates
+# it with the ops' NumPy meanings, a device back end spells it with its own spelling table,
+# so the two cannot drift. Over no elements the total is the identity: 0 / 0 is NaN.
+FINISH_EXPRS: dict[str, Expr] = {
+    "none": 0,
+    "sqrt": ("sqrt", 0),
+    "mean": ("div", 0, 1),
+    "rms": ("sqrt", ("div", 0, 1)),
 }
 _COMBINES = {"add": np.add, "max": np.maximum}
 
@@ -50,10 +53,18 @@ class Reduction:
     def combine_ufunc(self):
         return _COMBINES[self.combine]
 
+    @property
+    def finish_expr(self) -> Expr:
+        """The finish as an expression over (total, n) (see FINISH_EXPRS)."""
+        return FINISH_EXPRS[self.finish]
+
     def finished(self, total, n: int) -> np.float64:
         """The reduction's value from its combined float64 ``total`` over ``n`` elements:
-        the one place where reductions are finished."""
-        return np.float64(_FINISHES[self.finish](np.float64(total), int(n)))
+        the one place where reductions are finished (a device back end spells the same
+        ``finish_expr``)."""
+        with np.errstate(all="ignore"):
+            return np.float64(evaluate_expr(self.finish_expr,
+                                            (np.float64(total), np.float64(int(n)))))
 
     def mapped(self, args: tuple):
         """The per-element values (NumPy meaning of the map)."""
@@ -78,9 +89,9 @@ def register_reduction(desc: Reduction) -> Reduction:
     """Add a reduction: its descriptor and the op row programs call it by."""
     if desc.name in REDUCTIONS or desc.name in OPS:
         raise ValueError(f"reduction {desc.name!r} already exists")
-    if desc.combine not in _COMBINES or desc.finish not in _FINISHES:
+    if desc.combine not in _COMBINES or desc.finish not in FINISH_EXPRS:
         raise ValueError(f"reduction {desc.name!r}: combine must be one of {list(_COMBINES)} "
-                         f"and finish one of {list(_FINISHES)}")
+                         f"and finish one of {list(FINISH_EXPRS)}")
     empty = desc.finished(desc.identity, 0)
     if not (empty == desc.empty or (math.isnan(empty) and math.isnan(desc.empty))):
         raise ValueError(f"reduction {desc.name!r}: finishing the identity over no elements "
@@ -107,6 +118,7 @@ for _desc in (
     Reduction("dot", 2, TENSOR_SCOPE, ("mul", 0, 1), "add", 0.0, "none", 0.0),
     Reduction("global_norm", 1, GROUP_SCOPE, ("square", 0), "add", 0.0, "sqrt", 0.0),
     Reduction("global_sum", 1, GROUP_SCOPE, 0, "add", 0.0, "none", 0.0),
+    Reduction("global_maxabs", 1, GROUP_SCOPE, ("abs", 0), "max", 0.0, "none", 0.0),
 ):
     register_reduction(_desc)
 

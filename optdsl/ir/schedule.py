@@ -21,9 +21,12 @@ tensors carry element values into library stages and library values into sweeps.
 
 Within a stage, values are split by level (how often they change): group-level scalars are
 computed once per group, param-level scalars once per parameter, tensor-level values per
-element. Where a scalar is computed is its placement, a separate property: every back end
-today computes scalars on the host (``Placement.HOST``) and hands them to the element code in
-a per-parameter row; a back end may place them on the device instead.
+element. Where a scalar is computed is its placement, a separate property: by default on the
+host (``Placement.HOST``), handed to the element code in a per-parameter row; a schedule made
+with ``device_scalars`` (the Triton back end's) places every scalar but the constants on the
+device (``Placement.DEVICE``): each kernel program computes the scalars its tensor needs in
+its prologue, from device tables of hypers, step counts, scalar states and reductions, so a
+step never waits on the host.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class Schedule:
     scalar_outputs: tuple[tuple[str, int], ...]  # scalar states
     libraries: tuple[Library, ...] = ()
     library: frozenset[int] = frozenset()  # every value a library stage computes
+    device_scalars: bool = False  # scalars are computed on the device (see placement)
 
     @property
     def final(self) -> Sweep:
@@ -93,7 +97,13 @@ class Schedule:
         return tuple(sorted(self.sweeps + self.libraries, key=lambda s: s.time))
 
     def placement(self, v: int) -> Placement:
-        """Where scalar value ``v`` is computed (every scalar on the host, today)."""
+        """Where scalar value ``v`` is computed: on the device for a schedule with
+        ``device_scalars`` (every group- and param-level value, leaves included: hypers are
+        read from a device table, ``t`` from the step counts), else on the host. Constants
+        are spelled where they are used, on either side."""
+        eq = self.graph.eqs[v]
+        if self.device_scalars and eq.op != "const" and eq.kind.level <= Level.PARAM:
+            return Placement.DEVICE
         return Placement.HOST
 
     @functools.cached_property
@@ -121,7 +131,7 @@ class Schedule:
         return frozenset(read | {n for n, _ in self.tensor_outputs if n != "w"})
 
 
-def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
+def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False) -> Schedule:
     eqs = graph.eqs
     library = library_values(graph)
     time = times(graph, library)
@@ -145,7 +155,7 @@ def schedule(graph: Graph, tensor_states: set[str]) -> Schedule:
     stages = sorted(sweeps + libraries, key=lambda s: s.time)
     group_values = _group_values(graph, stages, scalar_outputs)
     return Schedule(graph, tuple(time), tuple(sweeps), group_values, tensor_outputs,
-                    scalar_outputs, tuple(libraries), library)
+                    scalar_outputs, tuple(libraries), library, device_scalars)
 
 
 def _output_time(graph: Graph, v: int, time: list[int], library: frozenset[int]) -> int:

@@ -35,7 +35,21 @@ PROGRAMS = {
     "SGDClipPerTensor": "sgd_clip_tensor.opt",
     "Muon": "muon.opt",
     "Adafactor": "adafactor.opt",
+    # closure-driven (stepped as torch.optim.LBFGS is: opt.step(closure))
+    "LBFGS": "lbfgs.opt",
+    "Newton": "newton.opt",
+    "SaddleFreeNewton": "saddle_free_newton.opt",
+    "BFGS": "bfgs.opt",
+    "NonlinearCG": "nonlinear_cg.opt",
+    "CoordinateDescent": "coordinate_descent.opt",
 }
+
+# The closure-driven programs of PROGRAMS (optdsl.closure_program): their step runs host
+# control around compiled phases and may call the closure; the others update once per
+# step() from the gradients as they are.
+CLOSURE_DRIVEN = frozenset({"LBFGS", "Newton", "SaddleFreeNewton", "BFGS", "NonlinearCG",
+                            "CoordinateDescent"})
+STEPWISE = tuple(name for name in PROGRAMS if name not in CLOSURE_DRIVEN)
 
 # torch.optim.Adam (and AdamW) refuse Tensor-valued lr and betas in some combinations
 # (torch/optim/adam.py, Adam.__init__): with foreach=True unless capturable=True, and betas

@@ -51,6 +51,11 @@ def _dtensor_class() -> type | None:
     return getattr(module, "DTensor", None) if module is not None else None
 
 
+def dtensor_class() -> type | None:
+    """torch's DTensor class, once someone imported it (None before: there are none)."""
+    return _dtensor_class()
+
+
 def is_dtensor(x: Any) -> bool:
     cls = _dtensor_class()
     return cls is not None and isinstance(x, cls)
@@ -242,6 +247,30 @@ def agreed_found_inf(found: Any, params: list) -> bool:
     found = float(found) != 0
     agreed = all_ranks(not found, params)
     return found if agreed is None else not agreed
+
+
+def agreed_found_inf_tensor(found: Any, params: list) -> Any:
+    """``agreed_found_inf`` on the device: the flag as a tensor that a device step reads,
+    MAX-all-reduced over the process groups of the DTensors among ``params`` (so every rank
+    skips or steps alike), with nothing read on the host; ``found`` itself without
+    DTensors."""
+    cls = _dtensor_class()
+    if cls is None or not any(isinstance(p, cls) for p in params):
+        return found
+    import torch.distributed as dist
+
+    batches: dict = {}
+    for p in params:
+        if isinstance(p, cls):
+            sharding = _Sharding(p)
+            batches.setdefault(sharding.key, sharding)
+    flag = found.detach().reshape(1).to(torch.float32, copy=True)
+    for sharding in batches.values():
+        value = flag.to(sharding.device)
+        for group in sharding.groups:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+        flag = value.to(flag.device)
+    return flag
 
 
 def _local(param, value: torch.Tensor, what: str) -> torch.Tensor:

@@ -127,6 +127,7 @@ def resolve(specs: Mapping[str, HyperSpec], given: Mapping[str, Any],
             missing.append(name)
         else:
             values[name] = spec.default
+    _derive(specs, values)
     if missing:
         name = missing[0]
         hint = ""
@@ -159,12 +160,37 @@ def check_parameter(requirements: Iterable[Requirement], specs: Mapping[str, Hyp
             raise ValueError(_unmet(requirement, given, size))
 
 
+def _derive(specs: Mapping[str, HyperSpec], values: dict[str, Any]) -> None:
+    """Fill each derived hyper left absent or None (torch.optim.LBFGS's max_eval =
+    max_iter * 5 // 4): an int when every hyper it reads is an int."""
+    for name, spec in specs.items():
+        if spec.derived is None or values.get(name) is not None:
+            continue
+        sources = spec.derived_from()
+        numbers = {n: to_number(n, values[n]) for n in sources}
+        value = spec.derive(numbers)
+        ints = all(isinstance(values[n], int) and not isinstance(values[n], bool)
+                   for n in sources)
+        values[name] = int(value) if ints and float(value).is_integer() else value
+
+
 def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
-            given: dict[str, Any] | None = None) -> dict[str, float]:
+            given: dict[str, Any] | None = None,
+            tensors_on: str | None = None) -> dict[str, float]:
     """The scalar names the generated code reads (tuple parts unpacked), validated against
-    the intervals. ``given`` receives each scalar's value as given (for messages)."""
+    the intervals. ``given`` receives each scalar's value as given (for messages). With
+    ``tensors_on`` (a device type), a one-element tensor on that device is kept as it is,
+    unread (a device step reads it there: reading it here would wait for the device; torch
+    checks a tensor's range at construction only, and so does this)."""
     out: dict[str, float] = {}
     given = {} if given is None else given
+
+    def number(name: str, item: Any, label: str | None = None):
+        if tensors_on is not None and _is_tensor(item) and \
+                getattr(item.device, "type", None) == tensors_on and item.numel() == 1:
+            return item
+        return to_number(name, item, label)
+
     for name, spec in specs.items():
         if name not in group:
             raise KeyError(f"param group has no value for hyper `{name}`")
@@ -182,17 +208,17 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
                 label = f"hyper `{name}` ({part})"
                 if _absent(spec, part, item, out, given):
                     continue
-                out[part] = to_number(f"{name}[{index}]", item, label)
+                out[part] = number(f"{name}[{index}]", item, label)
                 given[part] = item
-                if not _inside(spec, out[part]):
+                if not torch_kept(out[part]) and not _inside(spec, out[part]):
                     raise ValueError(f"Invalid {_singular(name)} parameter at index {index}: "
                                      f"{shown(item)} ({label} must be in {spec.interval})")
         else:
             if _absent(spec, name, value, out, given):
                 continue
-            out[name] = to_number(name, value)
+            out[name] = number(name, value)
             given[name] = value
-            if not _inside(spec, out[name]):
+            if not torch_kept(out[name]) and not _inside(spec, out[name]):
                 words = _TORCH_WORDING.get(name, f"Invalid {name} value: {{value}}")
                 raise ValueError(words.format(value=shown(value))
                                  + f" (hyper `{name}` must be in {spec.interval})")
@@ -204,8 +230,9 @@ def _choice_index(spec: HyperSpec, value: Any) -> float:
     if value in spec.choices and (value is None or isinstance(value, str)):
         return float(spec.choices.index(value))
     listed = ", ".join("None" if c is None else repr(c) for c in spec.choices)
-    words = _CHOICE_WORDING.get(spec.name, f"Invalid {spec.name}: {{value}} is not supported")
-    raise ValueError(words.format(value=value) + f" (hyper `{spec.name}` is one of {listed})")
+    words = _CHOICE_WORDING.get(spec.name, f"Invalid {spec.name} value: {{value!r}}")
+    raise ValueError(words.format(value=value) + f" (hyper `{spec.name}` must be one of "
+                     f"{listed})")
 
 
 def _absent(spec: HyperSpec, name: str, value: Any, out: dict, given: dict) -> bool:
@@ -219,6 +246,11 @@ def _absent(spec: HyperSpec, name: str, value: Any, out: dict, given: dict) -> b
     out[name] = math.nan
     given[name] = None
     return True
+
+
+def torch_kept(value: Any) -> bool:
+    """Whether ``scalars`` kept this value as the tensor it was given (``tensors_on``)."""
+    return _is_tensor(value)
 
 
 def _inside(spec: HyperSpec, value: float) -> bool:

@@ -3,6 +3,7 @@
 The arrays (float32 or float64, C-contiguous, writeable) are updated in place by
 ``step([g1, g2])``; a gradient given as None skips that array (its ``t`` does not advance).
 State lives in ``opt.state[i]`` (a dict keyed by the program's ``as`` keys, plus ``step``).
+Programs with matrix work (Muon, Adafactor) are refused, with what to use instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from optdsl.runtime.step import StepOptions
 class NumpyOptimizer:
     def __init__(self, program, arrays: Sequence[np.ndarray], /, **hypers: Any) -> None:
         self.program = program
+        why = program.library_work or ("a switch on the parameter's shape"
+                                        if program.param_flags else "")
+        if why:
+            raise ValueError(f"{program.name} has matrix work ({why}), which "
+                             f"numpy_optimizer does not step (it steps element-wise programs "
+                             f"over flat arrays); use prog.optimizer([torch.from_numpy(a) for "
+                             f"a in arrays], backend='numpy'), which updates the arrays in "
+                             f"place")
         arrays = list(arrays)
         for i, a in enumerate(arrays):
             if not isinstance(a, np.ndarray):

@@ -30,6 +30,7 @@ import torch
 from optdsl.frontend.sparse import SparseRule
 from optdsl.optim import distributed, precision
 from optdsl.optim import hypers as hyper_values
+from optdsl.runtime.library_stage import tensor_facts
 
 # torch's devices for fused optimizers, as its message for a parameter elsewhere lists them
 FUSED_DEVICES = ["mps", "cuda", "xpu", "hpu", "cpu", "mtia"]
@@ -47,31 +48,43 @@ class GroupPlan:
     sparse: bool = False  # some gradient is sparse (optdsl.runtime.sparse runs the step)
 
 
-def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
+def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[GroupPlan], set[str]]:
     """Check every group of optimizer ``opt`` for this step; return the plans of the groups
-    with gradients and the device types of their parameters. Raises before any write."""
+    with gradients and the device types of their parameters. Raises before any write. With
+    ``on_device`` (a step whose scalars are computed on the device) the grad scale is not
+    read (the kernels read it) and hypers given as tensors on the parameters' device stay
+    tensors."""
     program = opt.program
     name = type(opt).__name__
     several = len(opt.param_groups) > 1
     checked = opt.__dict__.setdefault("_checked_states", {})
     plans, devices = [], set()
     for number, group in enumerate(opt.param_groups):
+        tensors_on = None
+        if on_device and group["params"]:
+            tensors_on = group["params"][0].device.type
         try:
-            hyper = hyper_values.scalars(program.hypers, group)
+            hyper = hyper_values.scalars(program.hypers, group, tensors_on=tensors_on)
         except ValueError as exc:
             if not several:
                 raise
             raise ValueError(f"{exc} (in param group {number})") from None
-        inverse = None if grad_scale is None else 1.0 / float(grad_scale)
+        unscale = grad_scale is not None
+        inverse = 1.0 / float(grad_scale) if unscale and not on_device else None
         by_variant: dict[int, GroupPlan] = {}
         fused = bool(group.get("fused"))
+        matrix_work = bool(program.library_work)
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
                 continue
+            if matrix_work and param.is_complex():  # (a real view is no matrix of the same
+                # rows and columns: torch.optim.Muon and Adafactor refuse them at the step)
+                raise RuntimeError(f"{name} does not support complex parameters "
+                                   f"({_where(index, number)})")
             shape = check_gradient(name, param, grad, index, number, fused, program.sparse)
             facts = param_facts(param) if program.param_flags else None
-            variant = program.variant(hyper, unscale=inverse is not None, facts=facts)
+            variant = program.variant(hyper, unscale=unscale, facts=facts)
             if variant.needs_matrix and param.dim() < 2:
                 raise ValueError(f"{name} works on matrices ({variant.needs_matrix}), but "
                                  f"{_where(index, number)} has shape {tuple(param.shape)}")
@@ -99,10 +112,7 @@ def prepare_groups(opt, grad_scale) -> tuple[list[GroupPlan], set[str]]:
 
 def param_facts(param: torch.Tensor) -> dict[str, float]:
     """A parameter's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
-    shape = tuple(param.shape)
-    rows, cols = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
-    return {"rows": float(rows), "cols": float(cols), "ndim": float(len(shape)),
-            "numel": float(param.numel()), "dtype_eps": float(torch.finfo(param.dtype).eps)}
+    return tensor_facts(param)
 
 
 def _where(index: int, number: int) -> str:

@@ -21,11 +21,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from optdsl.optim import checkpoint, complex_view, distributed, precision, step_checks
+from optdsl.optim import (
+    checkpoint,
+    complex_view,
+    device_step,
+    distributed,
+    precision,
+    step_checks,
+)
 from optdsl.optim import hypers as hyper_values
 from optdsl.runtime import backends
 from optdsl.runtime import sparse as sparse_rows
 from optdsl.runtime.step import Entry, StepOptions
+
+
+def _graph_break(fn: Callable) -> Callable:
+    """``fn`` behind a graph break under torch.compile: torch's own lazy form of
+    torch._dynamo.disable (importing dynamo takes seconds; torch.optim uses the same)."""
+    disable = getattr(torch, "_disable_dynamo", None)
+    return disable(fn, recursive=True) if disable is not None else fn
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (a flag read; False on a torch without it)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(getattr(compiler, "is_compiling", lambda: False)())
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -272,24 +292,48 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _compiling():  # (what dynamo sees while it traces a step calling this one)
+            self._step_behind_graph_break()
+        else:
+            self._step()
+        return loss
+
+    def _step(self) -> None:
+        """The step itself, run eagerly. Under torch.compile it sits behind a clean graph
+        break (``_step_behind_graph_break``): dynamo runs it as it is instead of tracing the
+        runner, which would recompile every step."""
         found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
+        on_device = backends.get(self.backend).device_scalars
         # GradScaler found inf/NaN: parameters, state and t stay as they are. With DTensor
         # parameters (FSDP2) the ranks agree (an inf on any rank skips the step on all), as
-        # found_inf may reflect only this rank's shards; otherwise no collective runs.
-        if found_inf is not None and distributed.agreed_found_inf(
+        # found_inf may reflect only this rank's shards; otherwise no collective runs. A
+        # device step reads found_inf on the device instead (its kernels write nothing).
+        if found_inf is not None and not on_device and distributed.agreed_found_inf(
                 found_inf, [p for g in self.param_groups for p in g["params"]]):
-            return loss
-        plans, devices = step_checks.prepare_groups(self, getattr(self, "grad_scale", None))
+            return
+        plans, devices = step_checks.prepare_groups(self, grad_scale, on_device)
         if self.skip_nonfinite and not self._grads_finite():
             self.skipped_steps += 1
-            return loss
+            return
         if not plans:
-            return loss
+            return
         runner = self._runner(devices, plans)
         keys = self._state_keys()
+        if getattr(runner, "steps_on_device", False):
+            device_step.run_groups(self, runner, plans, keys, found_inf, grad_scale)
+            return
+        if found_inf is not None and on_device and distributed.agreed_found_inf(
+                found_inf, [p for g in self.param_groups for p in g["params"]]):
+            return  # (a host runner after all: parameters on another device type)
         for plan in plans:
+            if plan.inv_grad_scale is None and grad_scale is not None:
+                plan.inv_grad_scale = 1.0 / float(grad_scale)
             self._run_group(runner, plan, keys)
-        return loss
+
+    @_graph_break
+    def _step_behind_graph_break(self) -> None:
+        self._step()
 
     def _runner(self, devices: set[str] | None = None,
                 plans: list[step_checks.GroupPlan] = ()):
@@ -351,6 +395,26 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             views = self.__dict__["_complex_views"] = complex_view.RealViews(keys)
         return views
 
+    def _ready_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
+                     live: frozenset[str], device=None) -> _Ready:
+        """Make ``param``'s state if it is not known to be made (see ``_step_count``); with
+        ``device``, its step count and scalar states are kept there (a device step's)."""
+        ready = self._ready.get(id(param))
+        step = state.get("step")
+        if (ready is None or ready.state is not state or ready.size != len(state)
+                or ready.step is not step or ready.ptr != step.data_ptr()
+                or ready.dtype is not param.dtype or ready.live != live):
+            self._init_state(param, state, hyper, live)
+            if device is not None:
+                for spec in [None] + [s for s in self.program.states.values() if not s.tensor]:
+                    key = "step" if spec is None else spec.key
+                    value = state[key]
+                    if value.device != device and not distributed.is_dtensor(value):
+                        state[key] = value.to(device)
+            ready = _Ready(state, state["step"], param.dtype, live)
+            self._ready[id(param)] = ready
+        return ready
+
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
                     live: frozenset[str]) -> float:
         """Count an update of ``param`` in ``state["step"]`` and return the new count, making
@@ -360,17 +424,10 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         live states are those of the last step, the state is known to be made, and the count
         is bumped through a NumPy view of the CPU step tensor (a tenth of a torch op's
         cost)."""
-        ready = self._ready.get(id(param))
-        step = state.get("step")
-        if (ready is None or ready.state is not state or ready.size != len(state)
-                or ready.step is not step or ready.ptr != step.data_ptr()
-                or ready.dtype is not param.dtype or ready.live != live):
-            self._init_state(param, state, hyper, live)
-            step = state["step"]
-            ready = _Ready(state, step, param.dtype, live)
-            self._ready[id(param)] = ready
+        ready = self._ready_state(param, state, hyper, live)
         view = ready.view
         if view is None:
+            step = state["step"]
             step += 1
             return float(step)
         view += 1
@@ -454,6 +511,10 @@ def make_optimizer_class(program, name: str | None = None, module: str | None = 
     ``tensor_hyper_rules`` the hypers to which torch.optim.Adam's rules for Tensor values
     apply (optdsl.optim.hypers.check_tensor_rules); ``complex_params=False`` refuses complex
     parameters (as torch.optim.SparseAdam does)."""
+    if getattr(program, "closure_driven", False):  # stepped with a closure: its own class
+        from optdsl.optim.closure_optimizer import make_closure_optimizer_class
+
+        return make_closure_optimizer_class(program, name, module, positional)
     cls_name = name or program.name
     doc = program.description or f"Optimizer compiled by optdsl from {program.filename}."
     keywords = ", ".join(f"{n}={s.default!r}" if not s.required else n

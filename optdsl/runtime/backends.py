@@ -38,6 +38,8 @@ class Backend:
     # whether it runs library stages (matrix products, row and column statistics, bfloat16
     # work: optdsl.ir.stages); "auto" passes over one that does not for such a program
     library_stages: bool = True
+    # its scalars are computed on the device (optdsl.ir.schedule.Schedule.placement)
+    device_scalars: bool = False
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -174,7 +176,8 @@ register(Backend("numpy", "chunked NumPy on CPU tensors", numpy_codegen.spells,
 register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on CPU)",
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
-                 load_mode=lambda: select.interpret_mode()))
+                 load_mode=lambda: select.interpret_mode(), device_scalars=True,
+                 library_stages=False))
 
 
 def _c_unavailable(devices: frozenset[str], auto: bool) -> str | None:

@@ -26,7 +26,7 @@ class Args(ctypes.Structure):
         ("rows", _P), ("red", _P), ("totals", _P), ("raw", _P),
         ("nblocks", ctypes.c_int64), ("blocks", _P), ("partials", _P),
         ("threads", ctypes.c_int64), ("parallel_min", ctypes.c_int64), ("sr", ctypes.c_int64),
-        ("seed", _P), ("ti", _P),
+        ("seed", _P), ("ti", _P), ("facts", _P),
         ("sweep_cb", SweepCallback),
     ]
 

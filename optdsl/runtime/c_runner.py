@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from optdsl.codegen.c_prelude import BLOCK, DTYPE_CODES
+from optdsl.ir.ops import PARAM_FACTS
 from optdsl.runtime.c_abi import Args
+from optdsl.runtime.library_stage import tensor_facts
 from optdsl.runtime.rounding import seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
@@ -67,6 +69,7 @@ class _Tables:
         self.ptr = np.zeros(n * ncol, dtype=np.int64)
         self.dtype = np.zeros(n * ncol, dtype=np.int8)
         self.numel = np.zeros(n, dtype=np.int64)
+        self.facts = np.zeros(n * len(PARAM_FACTS), dtype=np.float64)
         nss = max(len(scalar_keys), 1)
         self.sptr = np.zeros(n * nss, dtype=np.int64)
         self.sdtype = np.zeros(n * nss, dtype=np.int8)
@@ -75,6 +78,7 @@ class _Tables:
             param = entry.param
             numel = param.numel()
             self.numel[i] = numel
+            self.facts[i * len(PARAM_FACTS):(i + 1) * len(PARAM_FACTS)] = _facts(param)
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             tensors = [param, entry.grad] + [entry.state.get(k) for k in tensor_keys]
             tensors += [torch.empty(numel, dtype=compute) for _ in range(scratch)]
@@ -128,7 +132,7 @@ class _Tables:
         a = self.args = Args()
         a.n, a.ncol, a.nblocks = n, ncol, nblocks
         for name in ("ptr", "dtype", "numel", "t", "sptr", "sdtype", "sval", "hyper", "rows",
-                     "red", "totals", "raw", "blocks", "partials", "seed", "ti"):
+                     "red", "totals", "raw", "blocks", "partials", "seed", "ti", "facts"):
             setattr(a, name, _ptr(getattr(self, name)))
         a.parallel_min = PARALLEL_MIN
 
@@ -273,3 +277,9 @@ class CRunner:
         ctx.tables = tables
         self.calls += 1
         module.step(ctx, slots)
+
+
+def _facts(param: torch.Tensor) -> list[float]:
+    """A parameter's facts in PARAM_FACTS order (as optdsl.codegen.contract.ParamSlot's)."""
+    facts = tensor_facts(param)
+    return [facts[name] for name in PARAM_FACTS]

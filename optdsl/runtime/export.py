@@ -1,7 +1,8 @@
 """Writes generated code to a directory: ``optdsl compile FILE... -o DIR``.
 
 Each program becomes ``<name>_triton.py`` (the Triton kernels and host step) and/or
-``<name>_numpy.py`` (the chunked NumPy step). The repository's ``kernels/`` directory is
+``<name>_numpy.py`` (the chunked NumPy step); a program with matrix work (library stages),
+which the Triton and C back ends do not run yet, gets its NumPy step instead. The repository's ``kernels/`` directory is
 this output for every bundled program (``make kernels``), and a test fails when it is stale.
 """
 
@@ -28,13 +29,25 @@ def _chosen(backends: str) -> tuple[str, ...]:
     return (backends,)
 
 
+def runnable(program, backends: str = "triton") -> tuple[str, ...]:
+    """The back ends ``write_kernels`` writes ``program`` for: the chosen ones, where a back
+    end without library stages is replaced by NumPy for a program with matrix work (the
+    Triton and C back ends do not run it yet)."""
+    out: list[str] = []
+    for b in _chosen(backends):
+        if program.library_work and not registry.get(b).library_stages:
+            b = "numpy"
+        if b not in out:
+            out.append(b)
+    return tuple(out)
+
+
 def file_names(program, backends: str = "triton") -> list[str]:
     """The file names ``write_kernels`` gives ``program``'s generated code."""
-    chosen = _chosen(backends)
     if not _NAME.fullmatch(program.name):
         raise ValueError(f"program name {program.name!r} is not an identifier; compile it "
                          f"with name=...")
-    return [f"{program.name}_{b}{registry.get(b).suffix}" for b in chosen]
+    return [f"{program.name}_{b}{registry.get(b).suffix}" for b in runnable(program, backends)]
 
 
 def write_kernels(programs: Iterable, out_dir: Path, backends: str = "triton") -> list[Path]:
@@ -44,7 +57,8 @@ def write_kernels(programs: Iterable, out_dir: Path, backends: str = "triton") -
     out_dir = Path(out_dir)
     planned: dict[str, tuple] = {}
     for program in programs:
-        for file_name, backend in zip(file_names(program, backends), _chosen(backends)):
+        for file_name, backend in zip(file_names(program, backends),
+                                      runnable(program, backends)):
             if file_name in planned:
                 other = planned[file_name][0].filename
                 raise ValueError(f"two programs are named {program.name!r} ({other} and "

@@ -28,10 +28,16 @@ import numpy as np
 import torch
 
 from optdsl.codegen.contract import GeneratedModule, LibraryInfo, ParamSlot
+from optdsl.ir.ops import facts_of
 
 
 def machine_eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
+
+
+def tensor_facts(param: torch.Tensor) -> dict[str, float]:
+    """A tensor's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
+    return facts_of(param.shape, machine_eps(param.dtype))
 
 
 def as_tensor(x, shape) -> torch.Tensor:

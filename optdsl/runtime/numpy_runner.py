@@ -39,13 +39,13 @@ class NumpySlot(ParamSlot):
     __slots__ = ("arrays", "buffers", "masks", "partials", "shape")
 
     def __init__(self, t: float, states: list, num_reductions: int, arrays: list,
-                 shape: tuple = (), dtype=None) -> None:
+                 shape: tuple | None = None, dtype=None) -> None:
         super().__init__(t, states, num_reductions)
         self.arrays = arrays  # w, g, then each tensor state (None: unused by this step)
         self.buffers: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.partials: list = []
-        self.shape = tuple(shape) or (arrays[0].shape[0],)  # the parameter's
+        self.shape = (arrays[0].shape[0],) if shape is None else tuple(shape)  # the param's
         if dtype is not None:
             self.set_facts(self.shape, machine_eps(dtype))
 

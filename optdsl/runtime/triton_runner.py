@@ -1,138 +1,98 @@
-"""Runs one param group's step through a program's generated Triton module.
+"""Runs one param group's step through a program's generated Triton module, with every scalar
+on the device: a steady-state step launches kernels and never waits for the GPU.
 
-Each optimizer has its own runner: its plans and device tables are that optimizer's.
+Each optimizer has its own runner: its plans and device tables (optdsl.runtime.device_tables)
+are that optimizer's, kept per param group while the group's tensors are the same.
 
-What one launch is: for each sweep of the program, ONE kernel launch per bucket of the group,
-a bucket being the parameters that share a device and element dtypes (of w, g and each
-tensor state). The launch's grid is one program per block of BLOCK elements over all the
-bucket's tensors; program ``i`` reads row ``i`` of a block map (tensor index, start offset;
-int64) and finds its tensor's data pointers in a pointer table (one int64 row per tensor:
-w, g, then each tensor state), its size in a size table, and its scalars in a scalar table
-(one row per tensor in the compute dtype: each parameter's row from the generated host step).
-The pointer, size and block tables live on the device and are cached while the set of
-tensors (their addresses, sizes and dtypes) is unchanged; only the scalar table is copied
-each step.
+What one step launches, per bucket (the parameters that share a device and element dtypes):
+one kernel per sweep of the program, whose grid is one program per block of BLOCK elements
+over all the bucket's tensors (program ``i`` reads row ``i`` of the block map: tensor index,
+start offset) and whose programs compute their tensor's scalars in a prologue from the
+device tables (hypers, the step count ``state["step"]``, scalar states, finished reductions);
+after a reduction sweep, the kernels that finish its reductions on the device
+(optdsl.runtime.device_reduce); last, ``finish_step``, one program per tensor, which advances
+the step count and writes the scalar states. Adam is two launches per bucket, AdamWClip
+(global-norm clipping) five. Orders are fixed (no float atomics): the same bits every run.
 
-Reductions: a sweep that feeds reductions stores one float64 partial per block and
-reduction; the partials come back to the host in one copy per bucket and are combined per
-tensor in a fixed order (the descriptor's combine, ``reduceat`` over each tensor's blocks),
-then finished with every other back end's (optdsl.runtime.reduce), so results are
-deterministic (no float atomics).
+What the host does in a steady-state step: check that the tensors are the planned ones,
+point the table at gradients that moved, update the hyper table if a hyper changed, and
+launch. With torch.amp's in-step unscaling (``fused=True``) the kernels read the scale and
+found_inf tensors: a skipped step writes nothing, decided on the device.
 
 Dtypes: float32, float16, bfloat16 and float64 tensors are read and written in place in
-their own dtype; arithmetic is float32 (float64 for float64 parameters). Tensors that are
-not contiguous, not on the parameter's device, or of another dtype are staged through a
-contiguous copy and copied back after the step. Zero-size parameters take no part in the
-launches (their reductions read as those of an empty tensor).
+their own dtype; arithmetic is float32 (float64 for float64 parameters); scalars are
+computed in float64. Tensors that are not contiguous, not on the parameter's device, or of
+another dtype are staged through a contiguous copy and copied back after the step (a plan
+that stages is rebuilt every step). Zero-size parameters take part in no sweep; their
+reductions are those of an empty tensor and their step counts advance.
 
 Mixed precision (optdsl.optim.precision): a parameter with an fp32 master weight comes as the
-master (in the w column) and its low-precision tensor (``copies``), which the final pass
-writes through the pointer table's last column (constexpr COPY; such parameters form their
-own buckets). With a rounding seed, bfloat16 stores round stochastically (constexpr SR; the
-seed of a bucket is hashed from the step's seed and the bucket's index).
+master (in the w column) and its low-precision tensor (``copies``), which the final sweep
+writes through the copy column (constexpr COPY; such parameters form their own buckets).
+With a rounding seed, bfloat16 stores round stochastically (constexpr SR; the seed of a
+bucket is hashed from the step's seed and the bucket's index; the group's update count that
+the seed derives from is kept on the host, so it costs no read of the step counts).
 
 Under TRITON_INTERPRET=1 the same kernels and tables run on CPU tensors through Triton's
 interpreter (raw pointers loaded from a table work there, since everything lives in this
-process's memory).
+process's memory). ``launcher`` is what launches a kernel: a benchmark of the host's share
+of a step replaces it with one that does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 import torch
 
-from optdsl.codegen.contract import GeneratedModule, ParamSlot
-from optdsl.codegen.triton import dtype_param
-from optdsl.ir.reductions import REDUCTIONS
-from optdsl.runtime import select
-from optdsl.runtime.library_stage import commit, machine_eps
+from optdsl.codegen.contract import GeneratedModule
+from optdsl.runtime import device_reduce, select
+from optdsl.runtime.device_tables import (
+    DTYPES,
+    SCALAR_DTYPES,
+    Bucket,
+    DeviceBatch,
+    DevicePlan,
+    GroupTables,
+    capturing,
+    constexprs_of,
+    tl_dtypes,
+)
+from optdsl.ir.ops import PARAM_FACTS
+from optdsl.runtime.library_stage import tensor_facts
 from optdsl.runtime.rounding import derive_seed
-from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions, whole_shape
+from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
 
-_CACHED_PLANS = 8  # tensor sets remembered per runner (its param groups)
-
-
-def _tl_dtypes() -> dict:
-    import triton.language as tl
-
-    return {torch.float32: tl.float32, torch.float16: tl.float16,
-            torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+_CACHED_PLANS = 8  # param groups whose tables a runner keeps
 
 
-class _Bucket:
-    """The parameters of one launch and their device tables."""
-
-    def __init__(self, device: torch.device, dtypes: tuple, members: list[int],
-                 rows: list[list[int]], sizes: list[int], block: int, columns: list[str],
-                 blocks_cache: OrderedDict) -> None:
-        """``dtypes``: of each column, then of the copy (None without one); ``rows``: the
-        pointers of each column, then the copy's (0 without one)."""
-        tl_types = _tl_dtypes()
-        *dtypes, copy_dtype = dtypes
-        self.device = device
-        self.members = members
-        self.sizes_host = np.asarray(sizes, dtype=np.int64)
-        self.compute = torch.float64 if dtypes[0] == torch.float64 else torch.float32
-        self.np_compute = np.float64 if self.compute == torch.float64 else np.float32
-        # (a column of a state the step does not use has no tensor: a placeholder dtype)
-        self.constexprs = {dtype_param(c): tl_types[d or torch.float32]
-                           for c, d in zip(columns, dtypes)}
-        self.constexprs["DT_wcopy"] = tl_types[copy_dtype or dtypes[0]]
-        self.constexprs["COPY"] = copy_dtype is not None
-        self.constexprs["CT"] = tl_types[self.compute]
-        self.constexprs["BLOCK"] = block
-        self.constexprs["ALIGNED"] = all(p % 16 == 0 for row in rows for p in row if p)
-        self.ptrs = torch.tensor(rows, dtype=torch.int64).to(device)
-        self.sizes = torch.from_numpy(self.sizes_host).to(device)
-        key = (str(device), block, tuple(sizes))
-        found = blocks_cache.get(key)
-        if found is None:
-            counts = -(-self.sizes_host // block)
-            first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-            tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
-            start = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts))
-            table = np.stack([tensor, start * block], axis=1)
-            found = (torch.from_numpy(np.ascontiguousarray(table)).to(device), first)
-            blocks_cache[key] = found
-            while len(blocks_cache) > _CACHED_PLANS:
-                blocks_cache.popitem(last=False)
-        else:
-            blocks_cache.move_to_end(key)
-        self.blocks, self.first = found
-        self.num_blocks = int(self.blocks.shape[0])
-        self.dummy = torch.zeros(1, dtype=self.compute, device=device)
-        self.dummy_red = torch.zeros(1, dtype=torch.float64, device=device)
+def launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    """Launch a Triton kernel (the default launcher)."""
+    kernel[grid](*args, **kwargs)
 
 
-class _Plan:
-    """How one set of tensors is launched: buckets, and what to copy back afterwards."""
+class _Context:
+    """The generated step's ``ctx`` on the device path: ``sweep`` launches."""
 
-    def __init__(self) -> None:
-        self.buckets: list[_Bucket] = []
-        self.writeback: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.numel: list[int] = []
-        self.keep: list[torch.Tensor] = []  # staged copies the pointer table points into
-        self.scratch: dict[int, list[torch.Tensor]] = {}  # per entry: its scratch tensors
+    __slots__ = ("sweep",)
 
-
-def _usable(t: torch.Tensor, device: torch.device, tl_types: dict) -> bool:
-    return t.device == device and t.dtype in tl_types and t.is_contiguous()
-
-
-def _staged(t: torch.Tensor, device: torch.device, tl_types: dict) -> torch.Tensor:
-    dtype = t.dtype if t.dtype in tl_types else torch.float32
-    return t.detach().to(device=device, dtype=dtype, copy=True,
-                         memory_format=torch.contiguous_format)
+    def __init__(self, sweep: Callable) -> None:
+        self.sweep = sweep
 
 
 class TritonRunner:
     """One optimizer's runner of a program's generated Triton steps."""
 
-    def __init__(self, program, block: int | None = None) -> None:
+    steps_on_device = True  # step counts and scalar states live on the parameters' device
+
+    def __init__(self, program, block: int | None = None,
+                 chunk: int = device_reduce.CHUNK) -> None:
         self.program = program
+        self.chunk = chunk  # reduction partials combined at a time (a power of two)
         if block is None:
             block = 256 if select.interpreting() else 1024
         if block < 16 or block & (block - 1):
@@ -140,202 +100,275 @@ class TritonRunner:
         self.block = block
         self.num_warps = 4 if block <= 1024 else 8
         self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
-        # row/column statistics: read and written by library stages only (no column)
-        self.shaped_keys = frozenset(s.key for s in program.states.values() if s.per)
+        self.tensor_keys = [key for key, is_tensor in self.state_keys if is_tensor]
+        self.scalar_keys = [key for key, is_tensor in self.state_keys if not is_tensor]
         self._plans: OrderedDict = OrderedDict()
-        self._blocks: OrderedDict = OrderedDict()
         self._busy = OneStepAtATime()
+        self.launcher: Callable = launch
 
     def forget(self) -> None:
-        """Drop the cached plans (after a load_state_dict replaced the states)."""
+        """Drop the kept plans (after a load_state_dict replaced the states)."""
         self._plans.clear()
 
     # -- one step ------------------------------------------------------------------------------
     def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
-        """Step every entry in place. ``options.copies``: per entry, None or the tensor that
-        receives a rounded copy of the updated parameter (the entry's parameter is then its
-        fp32 master weight)."""
+        """Step every entry in place (the runner protocol of optdsl.runtime.step)."""
+        batch = DeviceBatch(-1, [e.param for e in entries], [e.grad for e in entries],
+                            [e.state for e in entries], dict(options.hyper),
+                            copies=options.copies, combine=options.combine)
+        if options.inv_grad_scale != 1.0:
+            batch.grad_scale = torch.tensor(1.0 / options.inv_grad_scale)
+        if options.rounding_seed is not None:
+            seed = options.rounding_seed
+            batch.seed_of = lambda count: seed
+        self.run_device(variant, batch)
+
+    def run_device(self, variant, batch: DeviceBatch, owners: list | None = None) -> None:
+        """Step a group's tensors in place, on the device. ``owners``: the objects that
+        identify the batch's tensors between steps (default: the batch's params and states;
+        under FSDP2, the DTensors and their state dicts, whose local views are new each
+        step)."""
         with self._busy, np.errstate(all="ignore"):
-            self._run(variant, variant.generated("triton"), entries, options)
+            module = variant.generated("triton")
+            for state in batch.states:
+                variant.check_states(state)
+            plan = self._plan(module, batch, owners)
+            self._launch_step(module, plan, batch)
 
-    def _run(self, variant, module: GeneratedModule, entries: list[Entry],
-             options: StepOptions) -> None:
-        tensor_keys = [key for key, is_tensor in self.state_keys if is_tensor]
-        if len(tensor_keys) != len(module.tensor_states):
-            raise RuntimeError("state keys do not match the program's tensor states")
-        slots = []
-        for index, (param, grad, state, t) in enumerate(entries):
-            variant.check_states(state)
-            states = [None if is_tensor else np.float64(float(state[key]))
-                      for key, is_tensor in self.state_keys]
-            slot = ParamSlot(float(t), states, module.num_reductions)
-            slot.set_facts(whole_shape(options, index, param), machine_eps(param.dtype))
-            slots.append(slot)
-        plan = self._plan(module, entries, tensor_keys,
-                          options.copies or [None] * len(entries))
+    def step_again(self, variant, number: int, params: list, states: list, grads: list,
+                   batch: DeviceBatch) -> bool:
+        """A steady-state step's short way: when param group ``number``'s plan still fits
+        (``params`` and their ``states`` are the planned objects, with the same storage),
+        launch it with ``grads`` and return True. False: the caller gathers a whole batch
+        (making missing state, finding master weights) and calls ``run_device``. ``batch``
+        brings the step's other inputs (hypers, AMP tensors, seeds); its tensors are the
+        plan's."""
+        with self._busy, np.errstate(all="ignore"):
+            module = variant.generated("triton")
+            plan = self._plans.get((number, len(params)))
+            if plan is None or plan.module is not module or plan.sharded or not plan.still_valid(
+                    (params, states), plan.stepped, states, None if plan.copies is None
+                    else plan.copies):
+                return False
+            moved = plan.grads_moved(grads)
+            if moved is None:
+                return False
+            if moved:
+                plan.point_at_grads()
+            batch.params, batch.grads, batch.states = plan.stepped, grads, states
+            batch.copies = plan.copies
+            self._launch_step(module, plan, batch)
+            return True
 
-        def run_sweep(k: int, params) -> list | None:
-            return self._launch(module, plan, k, params, options.rounding_seed)
-
-        def library_tensors(i: int, p: ParamSlot) -> list:
-            return self._library_tensors(module, entries[i], plan, i, tensor_keys)
-
-        ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
-                          plan.numel, options.combine, library_tensors)
-        module.step(ctx, slots)
-        for original, staged in plan.writeback:
-            original.copy_(staged)
-        if module.libraries:
-            commit(slots, [entry.state for entry in entries], self.state_keys)
-        for entry, slot in zip(entries, slots):
-            for (key, is_tensor), value in zip(self.state_keys, slot.states):
-                if not is_tensor:
-                    # through a float64 tensor: a float32 state overflows to inf (fill_ of
-                    # a Python float too large for the state's dtype raises)
-                    entry.state[key].fill_(torch.tensor(float(value), dtype=torch.float64))
-
-    def _library_tensors(self, module: GeneratedModule, entry: Entry, plan: _Plan,
-                         index: int, tensor_keys: list[str]) -> list:
-        """A library stage's view of a parameter's columns, in the compute dtype."""
-        param = entry.param.detach()
-        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-        out = [param.to(compute), entry.grad.detach().to(compute)]
-        for key in tensor_keys:
-            value = entry.state.get(key)
-            out.append(None if value is None else value.detach().to(compute))
-        return out + list(plan.scratch.get(index, ()))
-
-    # -- tables --------------------------------------------------------------------------------
-    def _plan(self, module: GeneratedModule, entries: list, tensor_keys: list[str],
-              copies: list) -> _Plan:
-        tl_types = _tl_dtypes()
-        signature: list = []
-        add = signature.append
-        direct = True
-        # (runs every step for every tensor: kept to plain attribute reads, no device objects
-        # per tensor; a tensor on another device than its parameter is not `direct`)
-        for (param, grad, state, _), copy in zip(entries, copies):
-            n = param.numel()
-            device = param.device
-            add((n, device, copy is not None))
-            tensors = [param, grad] + [None if key in self.shaped_keys else state.get(key)
-                                       for key in tensor_keys]
-            if copy is not None:
-                tensors.append(copy)
-            for i, x in enumerate(tensors):
-                if x is None:  # a state this step neither reads nor writes
-                    add(None)
-                    continue
-                if x.numel() != n:
-                    what = ("grad" if i == 1 else "the parameter of a master weight"
-                            if i == len(tensor_keys) + 2 else f"state[{tensor_keys[i - 2]!r}]")
-                    raise RuntimeError(f"{what} has {x.numel()} elements but its parameter has "
-                                       f"{n}")
-                dtype = x.dtype
-                if direct and not (dtype in tl_types and x.is_contiguous()
-                                   and (i == 0 or x.device == device)):
-                    direct = False
-                add((x.data_ptr(), dtype))
-        signature = (module.columns, *signature)
-        if direct:
-            found = self._plans.get(signature)
-            if found is not None:
-                self._plans.move_to_end(signature)
-                return found
-        plan = self._build(module, entries, tensor_keys, copies, tl_types)
-        if direct:
-            self._plans[signature] = plan
+    def _plan(self, module: GeneratedModule, batch: DeviceBatch, owners) -> DevicePlan:
+        key = (batch.number, len(batch.params))
+        plan = self._plans.get(key)
+        ident = owners if owners is not None else (batch.params, batch.states)
+        if plan is not None and plan.module is module and plan.direct and \
+                plan.still_valid(ident, batch.params, batch.states, batch.copies):
+            moved = plan.grads_moved(batch.grads)
+            if moved is not None:
+                if moved:
+                    plan.point_at_grads()
+                self._plans.move_to_end(key)
+                return plan
+        if batch.capturable and capturing():
+            raise RuntimeError("a CUDA graph is being captured, but this param group's tensors "
+                               "changed since the last step (new parameters, states or "
+                               "gradients of another layout): run one step with them outside "
+                               "the capture first")
+        plan = self._build(module, batch, ident)
+        if plan.direct and batch.number >= 0:
+            self._plans[key] = plan
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return plan
 
-    def _build(self, module: GeneratedModule, entries: list, tensor_keys: list[str],
-               copies: list, tl_types: dict) -> _Plan:
-        plan = _Plan()
-        groups: dict = {}
-        columns = list(module.columns)
-        for index, ((param, grad, state, _), copy) in enumerate(zip(entries, copies)):
-            plan.numel.append(param.numel())
-            if param.numel() == 0:
-                continue
-            device = param.device
-            used = []
-            tensors = [param, grad] + [None if key in self.shaped_keys else state.get(key)
-                                       for key in tensor_keys]
-            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            scratch = [torch.empty(param.shape, dtype=compute, device=device)
-                       for _ in module.scratch]  # values stored between stages
-            plan.keep.extend(scratch)
-            plan.scratch[index] = scratch
-            for j, x in enumerate(tensors + scratch + ([] if copy is None else [copy])):
-                if x is None:
-                    used.append(None)
+    def _launch_step(self, module: GeneratedModule, plan: DevicePlan,
+                     batch: DeviceBatch) -> None:
+        plan.write_hypers(module.module.HYPERS, batch.hyper)
+        skip = batch.found_inf is not None
+        seeds = self._seeds(plan, batch)
+        amp = self._amp_tensors(plan, batch)
+        launcher = self.launcher
+
+        def sweep(k: int, _params=None) -> None:
+            info = module.sweeps[k]
+            stores = not info.reductions
+            for number, bucket in enumerate(plan.buckets):
+                if not bucket.num_blocks:
                     continue
-                x = x.detach()
-                if not _usable(x, device, tl_types):
-                    staged = _staged(x, device, tl_types)
-                    if j != 1:  # the gradient is only read
-                        plan.writeback.append((x, staged))
-                    plan.keep.append(staged)
-                    x = staged
-                used.append(x)
-            dtypes = tuple(None if x is None else x.dtype for x in used)
-            row = [0 if x is None else x.data_ptr() for x in used]
-            if copy is None:
-                key, row = (device, dtypes + (None,)), row + [0]
-            else:
-                key = (device, dtypes)
-            members, rows, sizes = groups.setdefault(key, ([], [], []))
+                tables = plan.tables[bucket.device]
+                _, fin, _ = tables.at(bucket.offset)
+                gsc, finf = amp[bucket.device]
+                seed = seeds[number] if stores and seeds else 0
+                with _on(bucket.device):
+                    launcher(info.kernel, (bucket.num_blocks,), bucket.ptrs, bucket.sizes,
+                             bucket.blocks, tables.hyp, fin, tables.tot, plan.red[id(bucket)],
+                             gsc, finf, seed, **bucket.constexprs, SR=stores and bool(seeds),
+                             SKIP=skip and stores, num_warps=self.num_warps,
+                             enable_fp_fusion=False)
+            if info.reductions:
+                device_reduce.finish_sweep(plan, module, k, _launcher_on(launcher), self.block,
+                                           batch.combine, self.chunk)
+
+        module.step(_Context(sweep), None)
+        for bucket in plan.buckets:
+            tables = plan.tables[bucket.device]
+            _, fin, _ = tables.at(bucket.offset)
+            gsc, finf = amp[bucket.device]
+            with _on(bucket.device):
+                launcher(module.module.FINISH_STEP, (len(bucket.members),), bucket.ptrs,
+                         tables.hyp, fin, tables.tot, gsc, finf, **bucket.constexprs,
+                         SR=False, SKIP=skip, num_warps=1)
+        for original, staged in plan.writeback:
+            original.copy_(staged)
+        if seeds and plan.count is not None:
+            plan.count += len(plan.params)
+            if skip:  # (whether the step happened is known on the device only)
+                plan.count = None
+
+    def _seeds(self, plan: DevicePlan, batch: DeviceBatch) -> list[int]:
+        """Per bucket, the stochastic rounding seed of this step (none without rounding)."""
+        if batch.seed_of is None:
+            return []
+        if capturing():
+            raise RuntimeError("stochastic_rounding=True cannot be captured in a CUDA graph: "
+                               "its seed changes every step and would be replayed as it was")
+        if plan.count is None:  # read once per plan (not in a steady state)
+            steps = [s["step"] for s in batch.states]
+            plan.count = int(sum(float(x) for x in steps))
+        seed = batch.seed_of(plan.count + len(plan.params))
+        return [derive_seed(seed, number) for number in range(len(plan.buckets))]
+
+    def _amp_tensors(self, plan: DevicePlan, batch: DeviceBatch) -> dict:
+        """Per device: (the grad scale, found_inf) tensors the kernels read."""
+        out = {}
+        for device, tables in plan.tables.items():
+            scale = tables.one if batch.grad_scale is None else batch.grad_scale
+            found = tables.zero if batch.found_inf is None else batch.found_inf
+            out[device] = (_on_device(scale, device), _on_device(found, device))
+        return out
+
+    # -- tables --------------------------------------------------------------------------------
+    def _build(self, module: GeneratedModule, batch: DeviceBatch, ident) -> DevicePlan:
+        tl_types = tl_dtypes()
+        scalars = tuple(module.module.SCALAR_STATES)
+        plan = DevicePlan(module, list(ident[0]), None if batch.copies is None
+                          else list(batch.copies), [p.data_ptr() for p in batch.params],
+                          [g.data_ptr() for g in batch.grads], [g.dtype for g in batch.grads],
+                          [tuple(s.values()) for s in ident[1]])
+        plan.stepped = list(batch.params)
+        plan.sharded = batch.combine is not None
+        plan.watch_keys = [tuple(k for k, v in s.items() if type(v) is torch.Tensor)
+                           for s in batch.states]
+        plan.watch_ptrs = [s[k].data_ptr() for s, keys in zip(batch.states, plan.watch_keys)
+                           for k in keys]
+        copies = batch.copies or [None] * len(batch.params)
+        groups: dict = {}
+        order = sorted(range(len(batch.params)), key=lambda i: batch.params[i].numel() == 0)
+        for index in order:  # (non-empty tensors first: bucket numbers as before)
+            row, dtypes, size = self._row(plan, module, batch, index, copies[index], tl_types)
+            device = batch.params[index].device
+            members, rows, sizes = groups.setdefault((device, dtypes), ([], [], []))
             members.append(index)
             rows.append(row)
-            sizes.append(param.numel())
+            sizes.append(size)
+        counts = batch.combine.numel if batch.combine is not None else \
+            [p.numel() for p in batch.params]
+        offset = 0
+        plan.row_of = [0] * len(batch.params)
         for (device, dtypes), (members, rows, sizes) in groups.items():
-            plan.buckets.append(_Bucket(device, dtypes, members, rows, sizes, self.block,
-                                        columns, self._blocks))
+            width = len(module.columns) + 1  # the columns and the copy: what sweeps stream
+            aligned = all(p % 16 == 0 for row, n in zip(rows, sizes) if n
+                          for p in row[:width] if p)
+            constexprs = constexprs_of(module.columns, scalars, dtypes, self.block, aligned)
+            bucket = Bucket(device, dtypes, members, rows, sizes, self.block, constexprs, offset)
+            for j, index in enumerate(members):
+                plan.row_of[index] = offset + j
+            plan.buckets.append(bucket)
+            widest = max((len(s.reductions) for s in module.sweeps), default=0)
+            plan.red[id(bucket)] = torch.empty(max(bucket.num_blocks * widest, 1),
+                                               dtype=torch.float64, device=device)
+            offset += len(members)
+        full = np.zeros(offset)
+        for index, row in enumerate(plan.row_of):
+            full[row] = counts[index]
+        plan.home = plan.buckets[0].device if plan.buckets else None
+        for bucket in plan.buckets:
+            if bucket.device not in plan.tables:
+                plan.tables[bucket.device] = GroupTables(
+                    bucket.device, len(module.module.HYPERS), offset, module.num_reductions,
+                    full)
         return plan
 
-    # -- launches ------------------------------------------------------------------------------
-    def _launch(self, module: GeneratedModule, plan: _Plan, k: int, params: list,
-                rounding_seed: int | None = None) -> list | None:
-        """Run sweep k over every bucket; the raw partials of its reductions per entry."""
-        sweep = module.sweeps[k]
-        width, reductions = sweep.width, sweep.reductions
-        descs = [REDUCTIONS[name] for _, name in reductions]
-        raw = [[np.float64(d.identity) for d in descs] for _ in params]  # (empty tensors)
-        pending = []
-        for number, bucket in enumerate(plan.buckets):
-            if width:
-                rows = np.array([params[i].scalars for i in bucket.members],
-                                dtype=bucket.np_compute).reshape(len(bucket.members), width)
-                scal = torch.from_numpy(rows)
-                if bucket.device.type == "cuda":  # pinned: the copy does not wait for the GPU
-                    scal = scal.pin_memory().to(bucket.device, non_blocking=True)
-            else:
-                scal = bucket.dummy
-            if reductions:
-                red = torch.empty((bucket.num_blocks, len(reductions)), dtype=torch.float64,
-                                  device=bucket.device)
-            else:
-                red = bucket.dummy_red
-            with _on(bucket.device):
-                # (only the final sweep, the one without reductions, stores and so rounds)
-                stores = rounding_seed is not None and not reductions
-                seed = derive_seed(rounding_seed, number) if stores else 0
-                sweep.kernel[(bucket.num_blocks,)](
-                    bucket.ptrs, bucket.sizes, bucket.blocks, scal, red, seed,
-                    **bucket.constexprs, SR=stores,
-                    num_warps=self.num_warps, enable_fp_fusion=False)
-            if reductions:
-                pending.append((bucket, red))
-        for bucket, red in pending:  # one device-to-host copy per bucket
-            partials = red.cpu().numpy()
-            for j, desc in enumerate(descs):
-                totals = desc.combine_ufunc().reduceat(partials[:, j], bucket.first)
-                for m, index in enumerate(bucket.members):
-                    raw[index][j] = np.float64(totals[m])
-        return raw if reductions else None
+    def _row(self, plan: DevicePlan, module: GeneratedModule, batch: DeviceBatch, index: int,
+             copy, tl_types: dict) -> tuple[list[int], tuple, int]:
+        """A tensor's pointer-table row, the dtypes that pick its bucket, and its size."""
+        param, grad, state = batch.params[index], batch.grads[index], batch.states[index]
+        device = param.device
+        n = param.numel()
+        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+        tensors = [param, grad] + [state.get(key) for key in self.tensor_keys]
+        tensors += [torch.empty(n, dtype=compute, device=device) for _ in module.scratch]
+        row, dtypes = [], []
+        for j, x in enumerate(tensors + [copy]):
+            if x is None:  # a state this step neither reads nor writes, or no copy
+                row.append(0)
+                dtypes.append(None)
+                continue
+            if x.numel() != n:
+                what = ("grad" if j == 1 else "the parameter of a master weight"
+                        if j == len(tensors) else f"state[{self.tensor_keys[j - 2]!r}]")
+                raise RuntimeError(f"{what} has {x.numel()} elements but its parameter has {n}")
+            x = self._usable(plan, x.detach(), device, DTYPES, written=j != 1)
+            row.append(x.data_ptr())
+            dtypes.append(x.dtype)
+        for key in ["step"] + self.scalar_keys:
+            x = self._usable(plan, state[key].detach().reshape(()), device, SCALAR_DTYPES,
+                             written=True)
+            row.append(x.data_ptr())
+            dtypes.append(x.dtype)
+        if hasattr(module.module, "PARAM_FACTS"):
+            row += _facts(param)
+        return row, tuple(dtypes), n
+
+    def _usable(self, plan: DevicePlan, x: torch.Tensor, device: torch.device, dtypes,
+                written: bool) -> torch.Tensor:
+        """``x`` itself, or a contiguous copy on ``device`` in a supported dtype (then the
+        plan stages: it copies back after the step and is rebuilt every step)."""
+        plan.keep.append(x)
+        if x.device == device and x.dtype in dtypes and x.is_contiguous():
+            return x
+        staged = x.to(device=device, dtype=x.dtype if x.dtype in dtypes else dtypes[0],
+                      copy=True, memory_format=torch.contiguous_format)
+        if written:
+            plan.writeback.append((x, staged))
+        plan.keep.append(staged)
+        plan.direct = False
+        return staged
+
+
+def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x if x.device == device else x.to(device, non_blocking=True)
+
+
+def _launcher_on(launcher: Callable) -> Callable:
+    def run(kernel, grid, *args, **kwargs) -> None:
+        launcher(kernel, grid, *args, num_warps=4, **kwargs)
+
+    return run
 
 
 def _on(device: torch.device):
     """Launch on ``device`` (Triton launches on the current CUDA device)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _facts(param: torch.Tensor) -> list[int]:
+    """A tensor's facts as the last columns of its pointer-table row (PARAM_FACTS order):
+    its matrix view's rows and columns, dimensions, elements, and its dtype's machine
+    epsilon as the bits of a float64."""
+    facts = tensor_facts(param)
+    bits = struct.unpack("<q", struct.pack("<d", facts["dtype_eps"]))[0]
+    return [bits if name == "dtype_eps" else int(facts[name]) for name in PARAM_FACTS]
