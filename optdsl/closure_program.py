@@ -59,6 +59,12 @@ class ClosureProgram:
         for key, spec in self.primitives.items():
             self._phases[id(spec)] = self._phase_from(spec, f"{name}_{key}")
 
+    @property
+    def library_work(self) -> str:
+        """The first matrix operation of its phases ('' if none: their work is element-wise,
+        and every back end runs it)."""
+        return next((p.library_work for p in self.phases if p.library_work), "")
+
     def __repr__(self) -> str:
         return (f"<optdsl.Program {self.name} (closure-driven) hypers={list(self.hypers)} "
                 f"states={list(self.states)}>")

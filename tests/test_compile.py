@@ -69,7 +69,7 @@ def _check(prog, backend: str) -> None:
 
 
 # (SparseAdam takes sparse gradients only)
-DENSE = [n for n in library.PROGRAMS if not library.program(n).sparse.only]
+DENSE = [n for n in library.STEPWISE if not library.program(n).sparse.only]
 
 
 @pytest.mark.parametrize("name", DENSE)

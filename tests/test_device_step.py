@@ -99,7 +99,7 @@ def test_the_guard_catches_reads():
 
 # The programs the Triton back end runs (Muon and Adafactor have matrix work, not yet) on
 # dense gradients (SparseAdam takes sparse ones only, gathered by the host: test_sparse_*).
-ON_TRITON = [n for n in library.PROGRAMS if not library.program(n).library_work
+ON_TRITON = [n for n in library.STEPWISE if not library.program(n).library_work
              and not library.program(n).sparse.only]
 
 
