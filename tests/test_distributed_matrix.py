@@ -43,6 +43,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 from optdsl import library
 from optdsl.optim import distributed
+from optdsl.optim.grouped import GroupedOptimizer
 
 WORLD = 2
 PG_TIMEOUT = 45  # seconds a collective may wait before the process group raises
@@ -240,42 +241,66 @@ def _fsdp_checkpoint(rank: int, name: str) -> dict:
     return out
 
 
-def _zero(rank: int) -> dict:
+def _grouped(params) -> list[dict]:
+    """GroupedOptimizer's groups: Muon for the hidden matrices, AdamW for the biases, SGD for
+    the head (one parameter: under ZeRO one rank's share of its group is empty)."""
+    w0, b0, w1, b1, head, head_bias = params
+    return [{"params": [w0, w1], "optimizer": library.Muon, "lr": 0.05, "ns_dtype": "float32"},
+            {"params": [b0, b1, head_bias], "optimizer": library.AdamW, "lr": 0.01},
+            {"params": [head], "optimizer": library.SGD, "lr": 0.1, "momentum": 0.9}]
+
+
+ZERO = [*OPTIMIZERS, "Grouped"]
+
+
+def _zero_pair(name: str):
+    """The unsharded reference and the model and optimizer that ZeRO wraps."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    if name == "Grouped":
+        ref, model = _model(True), DDP(_model(True))
+        return (ref, GroupedOptimizer(_grouped(list(ref.parameters()))), model,
+                ZeroRedundancyOptimizer(_grouped(list(model.module.parameters())),
+                                        optimizer_class=GroupedOptimizer))
+    cls, hypers, bias = OPTIMIZERS[name]
+    if name == "Muon":  # DDP's averaged gradients differ in the last bits: float32 NS
+        hypers = {**hypers, "ns_dtype": "float32"}
+    ref, model = _model(bias), DDP(_model(bias))
+    return (ref, cls(ref.parameters(), **hypers), model,
+            ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **hypers))
+
+
+def _zero(rank: int, name: str) -> dict:
     out = {}
-    for name, (cls, hypers, bias) in OPTIMIZERS.items():
-        if name == "Muon":  # DDP's averaged gradients differ in the last bits: float32 NS
-            hypers = {**hypers, "ns_dtype": "float32"}
-        ref = _model(bias)
-        ref_opt = cls(ref.parameters(), **hypers)
-        model = DDP(_model(bias))
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls, **hypers)
-        out[f"{name}/local_params"] = sum(len(g["params"]) for g in opt.optim.param_groups)
-        for step, (x, y) in enumerate(_batches()):
-            for net, optimizer, a, b in ((ref, ref_opt, x, y),
-                                         (model, opt, _local(x, rank), _local(y, rank))):
-                optimizer.zero_grad(set_to_none=True)
-                torch.nn.functional.mse_loss(net(a), b).backward()
-                _drop_grad(net, step)
-                optimizer.step()
-        out[f"{name}/params"] = _max_diff(model.module.parameters(), ref.parameters())
-        out[f"{name}/moved"] = _max_diff(model.module.parameters(), _model(bias).parameters())
-        opt.consolidate_state_dict(to=0)
-        holder = [opt.state_dict() if rank == 0 else None]
-        dist.broadcast_object_list(holder, src=0)
-        out[f"{name}/consolidated_state"] = _state_diff(holder[0]["state"],
-                                                        ref_opt.state_dict()["state"])
+    ref, ref_opt, model, opt = _zero_pair(name)
+    out[f"{name}/local_params"] = [len(g["params"]) for g in opt.optim.param_groups]
+    for step, (x, y) in enumerate(_batches()):
+        for net, optimizer, a, b in ((ref, ref_opt, x, y),
+                                     (model, opt, _local(x, rank), _local(y, rank))):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(net(a), b).backward()
+            _drop_grad(net, step)
+            optimizer.step()
+    out[f"{name}/params"] = _max_diff(model.module.parameters(), ref.parameters())
+    out[f"{name}/moved"] = _max_diff(model.module.parameters(), _model(True).parameters()
+                                     if name == "Grouped" else
+                                     _model(OPTIMIZERS[name][2]).parameters())
+    opt.consolidate_state_dict(to=0)
+    holder = [opt.state_dict() if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    out[f"{name}/consolidated_state"] = _state_diff(holder[0]["state"],
+                                                    ref_opt.state_dict()["state"])
     return out
 
 
-# ZeRO first: a scenario that raises stops both workers (the ranks may be out of step), and
-# ZeRO needs nothing of the sharded path.
-SCENARIOS = {"zero": _zero,
+# A scenario that raises stops both workers (the ranks may be out of step): each optimizer
+# and engine is its own scenario, those that need least of the sharded path first.
+SCENARIOS = {**{f"zero/{n}": functools.partial(_zero, name=n) for n in OPTIMIZERS},
              **{f"fsdp/{n}": functools.partial(_fsdp, name=n) for n in OPTIMIZERS},
              **{f"fsdp_checkpoint/{n}": functools.partial(_fsdp_checkpoint, name=n)
-                for n in OPTIMIZERS}}
+                for n in OPTIMIZERS},
+             "zero/Grouped": functools.partial(_zero, name="Grouped")}
 _OUT_DIR = ""  # the run's directory, shared by the workers
 
 
@@ -386,12 +411,15 @@ def test_fsdp2_checkpoint_saved_loaded_and_continued(reports, name):
             assert out[f"{name}/{label}/layouts"] == LAYOUTS[name]
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", ZERO)
 def test_zero_redundancy_optimizer_equals_unsharded(reports, name):
-    ranks = _report(reports, "zero")
-    assert sum(out[f"{name}/local_params"] for out in ranks) == \
-        len(list(_model(OPTIMIZERS[name][2]).parameters()))
-    assert all(out[f"{name}/local_params"] > 0 for out in ranks)
+    ranks = _report(reports, f"zero/{name}")
+    local = [out[f"{name}/local_params"] for out in ranks]
+    model = _model(name == "Grouped" or OPTIMIZERS[name][2])
+    assert sum(map(sum, local)) == len(list(model.parameters()))
+    assert all(sum(counts) > 0 for counts in local)
+    if name == "Grouped":  # the head's group is empty on one rank
+        assert sorted(counts[2] for counts in local) == [0, 1]
     for out in ranks:
         assert out[f"{name}/moved"] > 1e-3
         assert out[f"{name}/params"] < TIGHT
