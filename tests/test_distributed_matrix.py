@@ -241,6 +241,39 @@ def _fsdp_checkpoint(rank: int, name: str) -> dict:
     return out
 
 
+# Facts of the parameter (w.rows, w.cols, w.numel) in an element-wise program: the whole
+# tensor's on every back end, not the shard's.
+FACTS = """
+optimizer Facts
+hyper lr = 0.05
+w = w - lr * g * (w.rows + 2 * w.cols + w.ndim) / w.numel
+"""
+
+
+def _facts_backends() -> list[str]:
+    from optdsl.runtime import c_build, select
+
+    return ["numpy"] + (["c"] if c_build.unavailable() is None else []) + \
+        (["triton"] if select.triton_available() else [])
+
+
+def _fsdp_facts(rank: int) -> dict:
+    import optdsl
+
+    mesh = _mesh()
+    cls = optdsl.compile(FACTS).optimizer_class
+    out = {}
+    for backend in _facts_backends():
+        ref = _model(True)
+        ref_opt = cls(ref.parameters(), backend=backend)
+        model = _shard(_model(True), mesh)
+        opt = cls(model.parameters(), backend=backend)
+        for step, (x, y) in enumerate(_batches(2)):
+            _fsdp_step(model, opt, ref, ref_opt, x, y, rank, step)
+        out[backend] = _max_diff(model.parameters(), ref.parameters())
+    return out
+
+
 def _grouped(params) -> list[dict]:
     """GroupedOptimizer's groups: Muon for the hidden matrices, AdamW for the biases, SGD for
     the head (one parameter: under ZeRO one rank's share of its group is empty)."""
@@ -300,6 +333,7 @@ SCENARIOS = {**{f"zero/{n}": functools.partial(_zero, name=n) for n in OPTIMIZER
              **{f"fsdp/{n}": functools.partial(_fsdp, name=n) for n in OPTIMIZERS},
              **{f"fsdp_checkpoint/{n}": functools.partial(_fsdp_checkpoint, name=n)
                 for n in OPTIMIZERS},
+             "fsdp_facts": _fsdp_facts,
              "zero/Grouped": functools.partial(_zero, name="Grouped")}
 _OUT_DIR = ""  # the run's directory, shared by the workers
 
@@ -307,6 +341,7 @@ _OUT_DIR = ""  # the run's directory, shared by the workers
 def _worker(rank: int, store: str, out_dir: str) -> None:
     global _OUT_DIR
     _OUT_DIR = out_dir
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported; the rest ignore it
     os.environ["OPTDSL_CACHE_DIR"] = os.path.join(out_dir, "optdsl-cache")
     torch.set_num_threads(1)
     results: dict = {}
@@ -424,3 +459,11 @@ def test_zero_redundancy_optimizer_equals_unsharded(reports, name):
         assert out[f"{name}/moved"] > 1e-3
         assert out[f"{name}/params"] < TIGHT
         assert out[f"{name}/consolidated_state"] < TIGHT
+
+
+@pytest.mark.parametrize("backend", _facts_backends())
+def test_fsdp2_facts_are_the_whole_parameters(reports, backend):
+    """w.rows, w.cols and w.numel of a shard are its parameter's, on every back end (the
+    Triton one in its interpreter)."""
+    for out in _report(reports, "fsdp_facts"):
+        assert out[backend] < TIGHT

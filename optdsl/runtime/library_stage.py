@@ -35,9 +35,11 @@ def machine_eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
 
 
-def tensor_facts(param: torch.Tensor) -> dict[str, float]:
-    """A tensor's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS)."""
-    return facts_of(param.shape, machine_eps(param.dtype))
+def tensor_facts(param: torch.Tensor, shape: tuple[int, ...] | None = None
+                 ) -> dict[str, float]:
+    """A tensor's facts, as the IR reads them (optdsl.ir.ops.PARAM_FACTS); ``shape``: the
+    whole parameter's, when ``param`` is a shard of it."""
+    return facts_of(param.shape if shape is None else shape, machine_eps(param.dtype))
 
 
 def as_tensor(x, shape) -> torch.Tensor:
