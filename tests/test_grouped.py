@@ -179,7 +179,7 @@ def test_a_group_may_be_empty():
     """As a rank's share of a group is under ZeroRedundancyOptimizer when the group has fewer
     parameters than ranks (tests/test_distributed_matrix.py runs that)."""
     model = _model()
-    hidden, rest = _split(model)
+    _, rest = _split(model)
     opt = GroupedOptimizer([{"params": [], "optimizer": library.Muon, "lr": 0.02},
                             {"params": rest, "optimizer": library.AdamW, "lr": 1e-2}])
     before = [p.detach().clone() for p in rest]
