@@ -207,14 +207,20 @@ def _fsdp_checkpoint(rank: int, name: str) -> dict:
     ref_state = {names[i]: s for i, s in ref_opt.state_dict()["state"].items()}
     out[f"{name}/full_vs_reference"] = _state_diff(full["state"], ref_state)
     model_state = get_model_state_dict(model)
+    whole_model = get_model_state_dict(model, options=full_options)
     path = os.path.join(_OUT_DIR, f"dcp-{name}")
     dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=path)
     reloaded = {}
-    for label in ("full", "saved"):
-        again = _shard(_model(bias), mesh)
-        set_model_state_dict(again, model_state)
+    # "unsharded": the sharded checkpoint loaded by an unsharded model (resharded by DCP)
+    for label in ("full", "saved", "unsharded"):
+        if label == "unsharded":
+            again = _model(bias)
+            again.load_state_dict(whole_model)
+        else:
+            again = _shard(_model(bias), mesh)
+            set_model_state_dict(again, model_state)
         again_opt = cls(again.parameters(), **{**hypers, "lr": 1.0})  # the saved lr wins
-        if label == "saved":
+        if label != "full":
             target = {"optim": get_optimizer_state_dict(again, again_opt)}
             dcp.load(target, checkpoint_id=path)
             set_optimizer_state_dict(again, again_opt, target["optim"])
@@ -233,7 +239,8 @@ def _fsdp_checkpoint(rank: int, name: str) -> dict:
             # the gradients the reference steps on, this rank's shards of them
             again_opt.zero_grad(set_to_none=True)
             for p, q in zip(again.parameters(), model.parameters(), strict=True):
-                p.grad = q.grad
+                p.grad = q.grad if distributed.is_dtensor(p) or q.grad is None else \
+                    q.grad.full_tensor()
             again_opt.step()
     for label, (again, again_opt) in reloaded.items():
         out[f"{name}/{label}/continued"] = _max_diff(again.parameters(), ref.parameters())
@@ -439,11 +446,13 @@ def test_fsdp2_equals_unsharded(reports, name):
 def test_fsdp2_checkpoint_saved_loaded_and_continued(reports, name):
     for out in _report(reports, f"fsdp_checkpoint/{name}"):
         assert out[f"{name}/full_vs_reference"] <= FSDP_TOLERANCE[name]
-        for label in ("full", "saved"):
+        for label in ("full", "saved", "unsharded"):
             assert out[f"{name}/{label}/lr"] == OPTIMIZERS[name][1]["lr"]
             assert out[f"{name}/{label}/reloaded_state"] == 0.0
             assert out[f"{name}/{label}/continued"] <= FSDP_TOLERANCE[name]
+        for label in ("full", "saved"):
             assert out[f"{name}/{label}/layouts"] == LAYOUTS[name]
+        assert out[f"{name}/unsharded/layouts"] == {k: {"Tensor"} for k in LAYOUTS[name]}
 
 
 @pytest.mark.parametrize("name", ZERO)
