@@ -235,3 +235,50 @@ def test_triton_back_end_matches_torch(line_search_fn, monkeypatch, tmp_path):
         ref[1].step(ref[2])
         got[1].step(got[2])
     assert_same(ref, got, tol=1e-9)
+
+
+def test_c_back_end_matches_torch(monkeypatch, tmp_path):
+    """The phases compiled to C (one shared object each) give torch's iterates too."""
+    from optdsl.runtime import c_build
+
+    if c_build.unavailable():
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path / "cache"))
+    shapes = ((5,), (2, 3))
+    ref = [make_params(shapes)]
+    ref.append(torch.optim.LBFGS(ref[0], history_size=2, max_iter=3,
+                                 line_search_fn="strong_wolfe"))
+    ref.append(closure_for(ref[1], ref[0], quadratic))
+    got = [make_params(shapes)]
+    got.append(LBFGS(got[0], history_size=2, max_iter=3, line_search_fn="strong_wolfe",
+                     backend="c"))
+    got.append(closure_for(got[1], got[0], quadratic))
+    assert got[1].backend == "c"
+    for _ in range(2):
+        ref[1].step(ref[2])
+        got[1].step(got[2])
+    assert_same(ref, got, tol=1e-9)
+
+
+def test_auto_runs_cpu_tensors_on_numpy():
+    """backend="auto" puts a closure-driven step's phases on NumPy for CPU tensors (views kept
+    on each vector), not on C, which "auto" picks for other programs."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    assert library.LBFGS([w]).backend == "numpy"
+    assert library.LBFGS([w], backend="numpy").backend == "numpy"
+
+
+def test_lr_zero_with_strong_wolfe_leaves_the_parameters():
+    """A warm-up's first step (lr = 0) with the line search moves nothing; torch.optim.LBFGS
+    raises ZeroDivisionError there (its cubic interpolation divides by the zero bracket)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = library.LBFGS([w], lr=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert w.detach().tolist() == [1.0, -2.0]

@@ -395,3 +395,12 @@ def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
             want = 0.5 * (rows + 10 * cols + 100 * len(shape) + 1000 * numel + eps / 1e-3)
             torch.testing.assert_close(p.detach(), torch.full_like(p, want), rtol=1e-6,
                                        atol=0, msg=f"{backend} {shape} {dtype}")
+
+
+def test_matrix_work_on_a_device_no_back_end_serves_is_refused_by_name():
+    """CUDA tensors with a program of matrix work: the error names the work and the back ends
+    that run it (the choice is made from device types: no GPU is needed to check it)."""
+    with pytest.raises(ValueError, match=r"this program has matrix work \(`@` at line 3\), which "
+                                         r"no back end runs on cuda tensors yet \(back ends "
+                                         r"that run matrix work: 'numpy'"):
+        backends.choose("auto", {"cuda"}, "`@` at line 3")

@@ -88,9 +88,10 @@ def choose(request: str, devices, library_work: str = "") -> str:
         if reason:
             raise ValueError(reason)
         if library_work and not backend.library_stages:
+            runs = ", ".join(repr(b.name) for b in BACKENDS.values() if b.library_stages)
             raise ValueError(f"backend={backend.name!r} does not run matrix work (library "
                              f"stages) yet, and this program has {library_work}; use "
-                             f"backend='numpy' (CPU), 'triton' (GPU) or 'auto'")
+                             f"backend={runs} or 'auto'")
         return backend.name
     tried = sorted((b for b in BACKENDS.values()
                     if b.auto(devices) and (b.library_stages or not library_work)),
@@ -105,7 +106,12 @@ def choose(request: str, devices, library_work: str = "") -> str:
         passed.append((backend.name, reason))
     if tried:
         raise ValueError(passed[0][1])
-    raise ValueError(f"no back end runs parameters on {', '.join(sorted(devices))}")
+    where = ", ".join(sorted(devices))
+    if library_work and any(b.auto(devices) for b in BACKENDS.values()):
+        runs = ", ".join(repr(b.name) for b in BACKENDS.values() if b.library_stages)
+        raise ValueError(f"this program has matrix work ({library_work}), which no back end "
+                         f"runs on {where} tensors yet (back ends that run matrix work: {runs})")
+    raise ValueError(f"no back end runs parameters on {where}")
 
 
 _WARNED: set[tuple[str, str]] = set()

@@ -47,6 +47,8 @@ def strong_wolfe(objective: Callable[[float], tuple[float, Any, float]],
     g = keep(g)
     f_new, g_new, gtd_new = objective(t)
     evals = 1
+    if t == 0:  # lr = 0 (a warm-up's first step): nothing to search (torch's search would
+        return f_new, g_new, 0.0, evals  # divide by the bracket's zero width)
     t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
     done = False
     ls_iter = 0
