@@ -161,6 +161,23 @@ def _layouts(model, opt) -> dict:
 
 
 # -- scenarios: run in both workers, return what they measured ------------------------------
+class _CountGathers:
+    """Counts the all-gathers of whole matrices the optimizer runs (``with`` block)."""
+
+    def __enter__(self):
+        self.count, self._gather = 0, distributed._Sharding.gather
+
+        def gather(sharding, local):
+            self.count += 1
+            return self._gather(sharding, local)
+
+        distributed._Sharding.gather = gather
+        return self
+
+    def __exit__(self, *exc) -> None:
+        distributed._Sharding.gather = self._gather
+
+
 def _fsdp(rank: int, name: str) -> dict:
     mesh = _mesh()
     out = {}
@@ -169,8 +186,11 @@ def _fsdp(rank: int, name: str) -> dict:
     ref_opt = cls(ref.parameters(), **hypers)
     model = _shard(_model(bias), mesh)
     opt = cls(model.parameters(), **hypers)
-    for step, (x, y) in enumerate(_batches()):
-        _fsdp_step(model, opt, ref, ref_opt, x, y, rank, step)
+    with _CountGathers() as gathers:
+        for step, (x, y) in enumerate(_batches()):
+            _fsdp_step(model, opt, ref, ref_opt, x, y, rank, step)
+    out[f"{name}/gathers"] = gathers.count
+    out[f"{name}/ndims"] = [p.ndim for p in model.parameters()]
     out[f"{name}/params"] = _max_diff(model.parameters(), ref.parameters())
     out[f"{name}/moved"] = _max_diff(model.parameters(), _model(bias).parameters())
     out[f"{name}/state"] = _state_diff(opt.state_dict()["state"],
@@ -275,9 +295,11 @@ def _fsdp_facts(rank: int) -> dict:
         ref_opt = cls(ref.parameters(), backend=backend)
         model = _shard(_model(True), mesh)
         opt = cls(model.parameters(), backend=backend)
-        for step, (x, y) in enumerate(_batches(2)):
-            _fsdp_step(model, opt, ref, ref_opt, x, y, rank, step)
+        with _CountGathers() as gathers:
+            for step, (x, y) in enumerate(_batches(2)):
+                _fsdp_step(model, opt, ref, ref_opt, x, y, rank, step)
         out[backend] = _max_diff(model.parameters(), ref.parameters())
+        out[f"{backend}/gathers"] = gathers.count
     return out
 
 
@@ -416,6 +438,11 @@ def _report(reports: list[dict], name: str) -> list[dict]:
 
 
 # -- the tests --------------------------------------------------------------------------------
+# All-gathers per matrix and step (docs/distributed.md, "Matrix-shaped optimizers"): the one
+# parameter-shaped column each one's library stage reads (Muon: the momentum direction;
+# Adafactor: the gradient). Adafactor's vectors have no matrix work: no gather.
+GATHERS = {"Muon": 1, "Adafactor": 1}
+
 LAYOUTS = {  # per optimizer: how each state is held under FSDP2
     "Muon": {"step": {"Tensor"}, "momentum_buffer": {"sharded like the parameter"}},
     "Adafactor": {"step": {"Tensor"}, "row_var": {"replicated, whole"},
@@ -435,6 +462,8 @@ def test_fsdp2_equals_unsharded(reports, name):
         assert out[f"{name}/params"] <= FSDP_TOLERANCE[name]
         assert out[f"{name}/state"] <= FSDP_TOLERANCE[name]
         assert out[f"{name}/steps"] == steps
+        matrix_steps = sum(n for n, ndim in zip(steps, out[f"{name}/ndims"]) if ndim == 2)
+        assert out[f"{name}/gathers"] == GATHERS[name] * matrix_steps  # none without a grad
         # (1-D parameters keep no row or column statistic, only ``variance``)
         expected = LAYOUTS[name]
         assert out[f"{name}/layouts"].keys() == expected.keys()
@@ -476,3 +505,4 @@ def test_fsdp2_facts_are_the_whole_parameters(reports, backend):
     Triton one in its interpreter)."""
     for out in _report(reports, "fsdp_facts"):
         assert out[backend] < TIGHT
+        assert out[f"{backend}/gathers"] == 0  # element-wise: nothing gathered
