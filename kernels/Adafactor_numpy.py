@@ -207,9 +207,9 @@ SWEEPS = (
     (sweep0, 3, ((0, 'norm'),)),
     (sweep1, 3, ()),
 )
-# Per library stage: (function, scalar-row width).
+# Per library stage: (function, scalar-row width, columns read, columns written).
 LIBRARIES = (
-    (library0, 8),
+    (library0, 8, (2, 3, 5, 6), (7,)),
 )
 
 

@@ -195,9 +195,9 @@ SWEEPS = (
     (sweep0, 3, ()),
     (sweep1, 3, ()),
 )
-# Per library stage: (function, scalar-row width).
+# Per library stage: (function, scalar-row width, columns read, columns written).
 LIBRARIES = (
-    (library0, 7),
+    (library0, 7, (3,), (4,)),
 )
 
 

@@ -173,3 +173,40 @@ def test_mistakes_are_named(groups, error, message):
     hidden, rest = _split(_model())
     with pytest.raises(error, match=message):
         GroupedOptimizer(groups(hidden, rest))
+
+
+def test_a_group_may_be_empty():
+    """As a rank's share of a group is under ZeroRedundancyOptimizer when the group has fewer
+    parameters than ranks (tests/test_distributed_matrix.py runs that)."""
+    model = _model()
+    _, rest = _split(model)
+    opt = GroupedOptimizer([{"params": [], "optimizer": library.Muon, "lr": 0.02},
+                            {"params": rest, "optimizer": library.AdamW, "lr": 1e-2}])
+    before = [p.detach().clone() for p in rest]
+    _train(model, [opt], 1)
+    assert opt.param_groups[0]["params"] == [] and opt.param_groups[0]["lr"] == 0.02
+    assert all(not torch.equal(p, q) for p, q in zip(rest, before))
+    again = GroupedOptimizer([{"params": [], "optimizer": library.Muon, "lr": 1.0},
+                              {"params": rest, "optimizer": library.AdamW, "lr": 1.0}])
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert again.param_groups[0]["lr"] == 0.02
+
+
+def test_param_groups_stay_the_inner_optimizers_own_after_loading():
+    """A checkpoint's hypers are what the groups show, and a change to a group (an lr
+    scheduler's) reaches the optimizer that steps it, after load_state_dict as before."""
+    model = _model()
+    opt = _grouped(model)
+    _train(model, [opt], 1)
+    again_model = _model()
+    again_model.load_state_dict(model.state_dict())
+    again = _grouped(again_model)
+    for group in again.param_groups:
+        group["lr"] = 1.0
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for group, inner in zip(again.param_groups, again.optimizers, strict=True):
+        assert group is inner.param_groups[0]
+    assert [g["lr"] for g in again.param_groups] == [0.02, 1e-2]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(again, lambda epoch: 0.5)
+    assert [inner.param_groups[0]["lr"] for inner in again.optimizers] == [0.01, 5e-3]
+    del scheduler

@@ -14,8 +14,9 @@ A generated module defines:
   step still runs), the length of the scalar row each parameter hands it, and the reductions
   it produces as ``(slot, descriptor name)`` pairs (optdsl.ir.reductions);
 - ``LIBRARIES`` (when the program has matrix work): one row per library stage,
-  ``(function, width)``: the generated torch code of the stage (optdsl.codegen.library) and
-  the length of the scalar row each parameter hands it; the host step calls
+  ``(function, width, reads, writes)``: the generated torch code of the stage
+  (optdsl.codegen.library), the length of the scalar row each parameter hands it, the
+  columns of TENSORS it reads and the scratch columns it writes; the host step calls
   ``ctx.library(k, params)`` between sweeps;
 - ``step(ctx, params)``: the host step, one call per param group. It computes group scalars
   once and each parameter's scalars, sets each ``p.scalars`` to the row a sweep reads, calls
@@ -103,6 +104,8 @@ class LibraryInfo:
     index: int
     function: Any  # function(params): torch code over each parameter's tensors
     width: int
+    reads: tuple[int, ...] = ()  # the columns of TENSORS it reads (p.tensors[c])
+    writes: tuple[int, ...] = ()  # the scratch columns it writes, for later sweeps
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class GeneratedModule:
     def of(cls, module: Any) -> GeneratedModule:
         sweeps = tuple(SweepInfo(k, kernel, int(width), tuple(reductions))
                        for k, (kernel, width, reductions) in enumerate(module.SWEEPS))
-        libraries = tuple(LibraryInfo(k, function, int(width)) for k, (function, width)
+        libraries = tuple(LibraryInfo(k, function, int(width), tuple(reads), tuple(writes))
+                          for k, (function, width, reads, writes)
                           in enumerate(getattr(module, "LIBRARIES", ())))
         return cls(module, tuple(module.TENSORS), int(module.NUM_REDUCTIONS), sweeps,
                    module.step, libraries, frozenset(getattr(module, "SHAPED", ())))

@@ -134,9 +134,15 @@ def spells(name: str) -> bool:
     return name in SPELLING
 
 
+# The comment above a generated LIBRARIES table (optdsl.codegen.contract.LibraryInfo).
+TABLE_COMMENT = ("# Per library stage: (function, scalar-row width, columns read, "
+                 "columns written).")
+
+
 def emit_libraries(unit: Unit) -> tuple[str, list[str]]:
     """The source of a unit's library-stage functions (with their helpers) and the rows of
-    its LIBRARIES table."""
+    its LIBRARIES table: each names the columns of TENSORS the stage reads and the scratch
+    columns it writes (what a runner must gather for it when parameters are sharded)."""
     if not unit.schedule.libraries:
         return "", []
     out = CodeBuffer()
@@ -150,7 +156,9 @@ def emit_libraries(unit: Unit) -> tuple[str, list[str]]:
                      f'at a time."""')
             with out.block("for p in params:"):
                 _emit_stage(out, unit, stage)
-        rows.append(f"({name}, {len(unit.library_row(stage))}),")
+        read = tuple(sorted({c for _, c in _reads(unit, stage) if c is not None}))
+        written = tuple(unit.columns.index(temp_column(v)) for v in stage.writes)
+        rows.append(f"({name}, {len(unit.library_row(stage))}, {read!r}, {written!r}),")
     return HELPERS + out.text(), rows
 
 
@@ -183,8 +191,8 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     for v, j in names.row.items():
         out.line(f"f{v} = float(s[{j}])", unit.cite(v))
     out.line("T = p.tensors")
-    reads = _reads(unit, stage)
-    for v, source in reads:
+    for v, column in _reads(unit, stage):
+        source = f"p.kept[{v}]" if column is None else f"T[{column}]"
         out.line(f"{value_name(v)} = {source}")
     fused = _addmm_fusions(unit, stage)
     skipped = {x for c, s1, mm, s2, inner in fused.values() for x in [mm, *inner]}
@@ -225,24 +233,25 @@ def _lowered_reduction(name: str, mapped: str) -> str:
             f"{desc.finish!r})")
 
 
-def _reads(unit: Unit, stage: Library) -> list[tuple[int, str]]:
-    """The tensors a stage reads: the parameter's own, scratch, and kept values."""
+def _reads(unit: Unit, stage: Library) -> list[tuple[int, int | None]]:
+    """The tensors a stage reads: the parameter's own, scratch (by their column of TENSORS),
+    and kept values (column None)."""
     eqs = unit.graph.eqs
     here = set(stage.values)
-    found: dict[int, str] = {}
+    found: dict[int, int | None] = {}
     for v in stage.values:
         for a in eqs[v].args:
             if a in here or a in found:
                 continue
             eq = eqs[a]
             if eq.op in ("w", "g"):
-                found[a] = f"T[{unit.columns.index(eq.op)}]"
+                found[a] = unit.columns.index(eq.op)
             elif eq.op == "state" and eq.kind.is_tensor:
-                found[a] = f"T[{unit.columns.index(eq.attr)}]"
+                found[a] = unit.columns.index(eq.attr)
             elif a in unit.schedule.library:
-                found[a] = f"p.kept[{a}]"
+                found[a] = None
             elif eq.kind.level == Level.TENSOR and OPS[eq.op].category != LEAF:
-                found[a] = f"T[{unit.columns.index(temp_column(a))}]"
+                found[a] = unit.columns.index(temp_column(a))
     return sorted(found.items())
 
 

@@ -97,7 +97,7 @@ def generate(unit: Unit) -> str:
             table.line(row)
     table.line(")")
     if library_rows:
-        table.line("# Per library stage: (function, scalar-row width).")
+        table.line(library.TABLE_COMMENT)
         with table.block("LIBRARIES = ("):
             for row in library_rows:
                 table.line(row)

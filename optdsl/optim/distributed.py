@@ -15,6 +15,18 @@ process group and operator: every partial of the pass travels in one float64 ten
 Every rank runs the same collectives in the same order, including a rank whose local shards
 are empty (zero-size shards when a tensor has fewer rows than ranks): its partials are 0.
 
+Matrix work (library stages: row and column statistics, matrix products) needs the whole
+matrix. The combiner also gathers: for each sharded parameter, the library stage's
+parameter-shaped inputs are all-gathered (``gather``), the stage runs on the whole matrices
+on every rank alike, and each rank keeps its own shard of what the stage hands the sweeps
+(``shard``: a local slice, no collective); optdsl.runtime.library_stage does this, one
+parameter at a time. The parameter's facts (``w.rows``, ``w.numel`` ...) are the whole
+tensor's (``whole_shape``). Row and column statistics (``state s = 0 per row|col``) are
+kept whole on every rank, as DTensors replicated over the parameter's mesh: every rank
+computes the same values from the same gathered inputs, so they need no collective of their
+own, and state_dict, torch.distributed.checkpoint and resharding treat them as any
+replicated tensor (``whole_statistic`` replicates one loaded in another layout, once).
+
 Decisions to skip a step are agreed across ranks too, so that every rank skips or steps
 alike: ``skip_nonfinite`` (``all_finite``) and torch.amp.GradScaler's ``found_inf``
 (``agreed_found_inf``: it may reflect only this rank's shards) each all-reduce a flag with
@@ -78,10 +90,35 @@ def like_param(param, local: torch.Tensor):
                               shape=param.shape, stride=param.stride())
 
 
-class _Sharding:
-    """How one parameter is sharded: the process groups to reduce its partials over."""
+def replicated(param, whole: torch.Tensor):
+    """A DTensor holding ``whole`` on every rank of ``param``'s mesh (a row or column
+    statistic of a sharded parameter: see the module docstring)."""
+    from torch.distributed.tensor import DTensor, Replicate
 
-    __slots__ = ("device", "groups", "key")
+    mesh = param.device_mesh
+    return DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def whole_statistic(param, state: dict, key: str) -> torch.Tensor:
+    """The whole value of row or column statistic ``state[key]`` of DTensor ``param`` (this
+    rank's replica, sharing its storage). A statistic that is not replicated over the
+    parameter's mesh (a plain tensor, e.g. from an unsharded checkpoint loaded with
+    ``load_state_dict``, or a DTensor of another layout) is made so first, in ``state``."""
+    value = state[key]
+    mesh = param.device_mesh
+    if is_dtensor(value) and value.device_mesh == mesh and all(
+            placement.is_replicate() for placement in value.placements):
+        return value.to_local()
+    whole = value.full_tensor() if is_dtensor(value) else value.detach().clone()
+    state[key] = replicated(param, whole.contiguous())
+    return state[key].to_local()
+
+
+class _Sharding:
+    """How one parameter is sharded: the process groups to reduce its partials over, and its
+    mesh, placements and whole shape, to gather and slice its matrices."""
+
+    __slots__ = ("device", "groups", "key", "mesh", "placements", "shape", "stride")
 
     def __init__(self, param) -> None:
         mesh = param.device_mesh
@@ -89,6 +126,25 @@ class _Sharding:
         self.groups = tuple(mesh.get_group(d) for d in dims)
         self.key = (id(mesh), tuple(dims))
         self.device = torch.device(mesh.device_type)  # where the backend wants collectives
+        self.mesh = mesh
+        self.placements = tuple(param.placements)
+        self.shape = tuple(param.shape)
+        self.stride = tuple(param.stride())
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole tensor of which ``local`` is this rank's shard (an all-gather)."""
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(local, self.mesh, self.placements, run_check=False,
+                                  shape=self.shape, stride=self.stride).full_tensor()
+
+    def shard(self, whole: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of ``whole`` (a slice: no collective)."""
+        from torch.distributed.tensor import DTensor, Replicate
+
+        mesh = self.mesh
+        copy = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return copy.redistribute(mesh, self.placements).to_local()
 
 
 class ShardCombiner:
@@ -105,6 +161,25 @@ class ShardCombiner:
     def __init__(self, shardings: list[_Sharding | None], numel: list[int]) -> None:
         self.shardings = shardings
         self.numel = numel  # the full tensor's element count, for mean
+
+    # -- matrix work: whole matrices for library stages (optdsl.runtime.library_stage) ------
+    def is_shard(self, index: int) -> bool:
+        """Whether entry ``index`` is a shard of a parameter sharded over some mesh dim."""
+        sharding = self.shardings[index]
+        return sharding is not None and bool(sharding.groups)
+
+    def whole_shape(self, index: int, tensor) -> tuple[int, ...]:
+        """The shape of entry ``index``'s whole parameter (``tensor``'s, if not a shard)."""
+        sharding = self.shardings[index]
+        return tuple(tensor.shape) if sharding is None else sharding.shape
+
+    def gather(self, index: int, local: torch.Tensor) -> torch.Tensor:
+        """The whole of a parameter-shaped tensor whose shard entry ``index`` holds."""
+        return self.shardings[index].gather(local)
+
+    def shard(self, index: int, whole: torch.Tensor) -> torch.Tensor:
+        """Entry ``index``'s shard of a parameter-shaped ``whole`` tensor."""
+        return self.shardings[index].shard(whole)
 
     def __call__(self, raw: list[list], combines) -> None:
         import torch.distributed as dist
@@ -213,10 +288,12 @@ def _local(param, value: torch.Tensor, what: str) -> torch.Tensor:
     return value.to_local()
 
 
-def localize(entries: list, state_keys: list[tuple[str, bool]]
-             ) -> tuple[list, ShardCombiner | None]:
+def localize(entries: list, state_keys: list[tuple[str, bool]],
+             statistics: frozenset[str] = frozenset()) -> tuple[list, ShardCombiner | None]:
     """The entries on local shards and their combiner; ``(entries, None)`` when no parameter
-    is a DTensor (the usual case, which costs one isinstance per parameter)."""
+    is a DTensor (the usual case, which costs one isinstance per parameter). The states
+    keyed in ``statistics`` (rows or columns of a matrix) are handed whole (see the module
+    docstring)."""
     cls = _dtensor_class()
     if cls is None or not any(isinstance(entry[0], cls) for entry in entries):
         return entries, None
@@ -231,8 +308,10 @@ def localize(entries: list, state_keys: list[tuple[str, bool]]
             continue
         view = dict(state)  # scalar states: the same tensors, updated in place by the runner
         for key, is_tensor in state_keys:
-            if is_tensor:
-                if state.get(key) is not None:  # (a state the step does not use: absent)
+            if is_tensor and state.get(key) is not None:  # (one the step does not use: absent)
+                if key in statistics:
+                    view[key] = whole_statistic(param, state, key)
+                else:
                     view[key] = _local(param, state[key], f"state[{key!r}]")
         local.append(Entry(param.to_local(), _local(param, grad, "the gradient"), view, t))
         shardings.append(_Sharding(param))

@@ -100,7 +100,9 @@ class GroupedOptimizer(torch.optim.Optimizer):
         for p in params:
             if id(p) in self._owner_of:
                 raise ValueError("some parameters appear in more than one parameter group")
-        inner = cls(params, **group)
+        # (one group dict, not the bare list: a group may be empty, as the share of a rank
+        # under ZeroRedundancyOptimizer is when the group has fewer parameters than ranks)
+        inner = cls([{"params": params}], **group)
         if len(inner.param_groups) != 1:
             raise ValueError(f"{cls.__name__} made {len(inner.param_groups)} param groups "
                              f"from one")
@@ -176,6 +178,8 @@ class GroupedOptimizer(torch.optim.Optimizer):
             for inner, old in zip(self.optimizers[:done], before):
                 inner.load_state_dict(old)
             raise
+        finally:  # (loading makes new group dicts: ours must stay the inner optimizers' own)
+            self.param_groups[:] = [inner.param_groups[0] for inner in self.optimizers]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for inner in self.optimizers:

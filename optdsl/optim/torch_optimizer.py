@@ -195,6 +195,10 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
     def _state_keys(self) -> list[tuple[str, bool]]:
         return [(spec.key, spec.tensor) for spec in self.program.states.values()]
 
+    def _statistic_keys(self) -> frozenset[str]:
+        """The keys of row and column statistics (``state s = 0 per row``)."""
+        return frozenset(spec.key for spec in self.program.states.values() if spec.per)
+
     def _policy_dtype(self, key: str, param: torch.Tensor) -> torch.dtype | None:
         """The dtype a tensor state ``key`` of ``param`` is kept in (None: not a tensor state
         of this optimizer's)."""
@@ -379,7 +383,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             options.rounding_seed = self._rounding.seed(plan.number, count, *coordinates)
         # DTensor parameters (FSDP2): the runner updates the local shards, and the combiner
         # all-reduces reduction partials across ranks; None otherwise.
-        entries, combine = distributed.localize(entries, keys)
+        entries, combine = distributed.localize(entries, keys, self._statistic_keys())
         if combine is not None:
             options.combine = combine
             if options.copies is not None:
@@ -476,6 +480,8 @@ def _constant_init(spec) -> bool:
 def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.Tensor:
     """A state's first value, from its declaration (constants, hypers and w)."""
     if distributed.is_dtensor(param):  # state sharded like its parameter, as torch.optim's
+        if spec.per is not None:  # a row or column statistic: whole, on every rank
+            return distributed.replicated(param, _statistic(spec, param, hyper))
         local = _initial_value(spec, param.to_local(), hyper)
         return distributed.like_param(param, local) if spec.tensor else local
     if not spec.tensor:
@@ -483,9 +489,7 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
     if param.is_complex():  # the initial value of the real view (c: complex(c, c))
         return complex_view.initial_value(lambda real: _initial_value(spec, real, hyper), param)
     if spec.per is not None:  # a row or column statistic (the checker allows no `w` there)
-        value = float(spec.initial_value(hyper))
-        return torch.full(spec.shape_of(tuple(param.shape)), value, dtype=param.dtype,
-                          device=param.device)
+        return _statistic(spec, param, hyper)
     if spec.copies_w:
         return param.detach().clone(memory_format=torch.contiguous_format)
     if not spec.reads_w:
@@ -495,6 +499,13 @@ def _initial_value(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.
     w = param.detach().to("cpu", compute).numpy()
     value = spec.initial_value(hyper, w)
     return torch.as_tensor(np.broadcast_to(value, w.shape).copy()).to(param.device, param.dtype)
+
+
+def _statistic(spec, param: torch.Tensor, hyper: dict[str, float]) -> torch.Tensor:
+    """A row or column statistic's first value, of the (whole) parameter's rows or columns."""
+    value = float(spec.initial_value(hyper))
+    return torch.full(spec.shape_of(tuple(param.shape)), value, dtype=param.dtype,
+                      device=param.device)
 
 
 def make_optimizer_class(program, name: str | None = None, module: str | None = None,

@@ -136,6 +136,13 @@ class _Tables:
             setattr(a, name, _ptr(getattr(self, name)))
         a.parallel_min = PARALLEL_MIN
 
+    def whole_facts(self, entries: list[Entry], combine) -> None:
+        """Each shard's facts (``w.rows`` ...) from its whole parameter's shape."""
+        width = len(PARAM_FACTS)
+        for i, entry in enumerate(entries):
+            shape = combine.whole_shape(i, entry.param)
+            self.facts[i * width:(i + 1) * width] = _facts(entry.param, shape)
+
     def set_gradients(self, entries: list[Entry]) -> list[torch.Tensor]:
         """Point the gradient column at this step's gradients (staged where they are not
         contiguous or change dtype); returns what must stay alive during the step."""
@@ -206,6 +213,8 @@ class CRunner:
             lib = module.module
             copies = options.copies or [None] * len(entries)
             tables = self._tables(lib, variant, entries, copies)
+            if options.combine is not None:  # shards: their facts are the whole parameter's
+                tables.whole_facts(entries, options.combine)
             alive = tables.set_gradients(entries)
             self._prepare(lib, tables, entries, options)
             if self._direct(lib, options):
@@ -279,7 +288,8 @@ class CRunner:
         module.step(ctx, slots)
 
 
-def _facts(param: torch.Tensor) -> list[float]:
-    """A parameter's facts in PARAM_FACTS order (as optdsl.codegen.contract.ParamSlot's)."""
-    facts = tensor_facts(param)
+def _facts(param: torch.Tensor, shape: tuple[int, ...] | None = None) -> list[float]:
+    """A parameter's facts in PARAM_FACTS order (as optdsl.codegen.contract.ParamSlot's);
+    ``shape``: the whole parameter's, when ``param`` is a shard."""
+    facts = tensor_facts(param, shape)
     return [facts[name] for name in PARAM_FACTS]

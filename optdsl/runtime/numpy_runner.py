@@ -27,7 +27,7 @@ import torch
 from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.runtime.library_stage import as_tensor, commit, machine_eps
 from optdsl.runtime.rounding import bf16_stochastic_bits, seeded_places
-from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
+from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions, whole_shape
 
 _NATIVE = (torch.float32, torch.float64)
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -214,6 +214,9 @@ class NumpyRunner:
                 slot = self._kept_slot(entry, module.num_reductions) if keep else None
                 if slot is None:
                     slot = self._staged_slot(entry, module.num_reductions, written, index)
+                if options.combine is not None:  # a shard's facts are its parameter's
+                    slot.set_facts(whole_shape(options, index, entry.param),
+                                   machine_eps(entry.param.dtype))
                 slots.append(slot)
             states = [entry.state for entry in entries]
             self._execute(module, slots, options, states)
@@ -249,14 +252,12 @@ class NumpyRunner:
             sweep.kernel(params)
             return [p.partials for p in params]
 
-        def run_library(k: int, params) -> None:
-            for i, p in enumerate(params):
-                p.tensors = self._tensors(module, p, None if states is None else states[i])
-            module.libraries[k].function(params)
+        def library_tensors(i: int, p: NumpySlot) -> list:
+            return self._tensors(module, p, None if states is None else states[i])
 
         numel = [s.arrays[0].shape[0] for s in slots]
         ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep, numel,
-                          options.combine, run_library)
+                          options.combine, library_tensors)
         module.step(ctx, slots)
 
     def _tensors(self, module: GeneratedModule, slot: NumpySlot, state: dict | None) -> list:

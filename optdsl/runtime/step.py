@@ -7,7 +7,8 @@ made by a back end of the registry (optdsl.runtime.backends) and called as
 switches and whether the step unscales gradients), the parameters that have gradients, and
 the step's options. ``StepContext`` is the generated step's ``ctx`` (optdsl.codegen.contract):
 the runner's ``sweep`` runs the element work, and the reductions it produced are finished
-here, in one place (optdsl.runtime.reduce).
+here, in one place (optdsl.runtime.reduce); library stages (matrix work) run here too, on
+the tensors the runner hands them (optdsl.runtime.library_stage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 from optdsl.codegen.contract import GeneratedModule, ParamSlot
+from optdsl.runtime import library_stage
 from optdsl.runtime.reduce import finish
 
 
@@ -58,7 +60,8 @@ class StepContext:
     run_sweep: Callable[[int, Sequence[ParamSlot]], tuple[list, list]]
     numel: list[int]
     combine: Any = None
-    run_library: Callable[[int, Sequence[ParamSlot]], None] | None = None
+    # entry i's columns for a library stage, in the parameter's shape (the runner's)
+    library_tensors: Callable[[int, ParamSlot], list] | None = None
     totals: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -73,9 +76,19 @@ class StepContext:
 
     def library(self, k: int, params: Sequence[ParamSlot]) -> None:
         """Run library stage k (matrix work, by torch) for every parameter."""
-        if self.run_library is None:
+        if self.library_tensors is None:
             raise RuntimeError("this back end's runner has no library stages")
-        self.run_library(k, params)
+        library_stage.run(self.module, self.module.libraries[k], params,
+                          self.library_tensors, self.combine)
+
+
+def whole_shape(options: StepOptions, index: int, tensor) -> tuple[int, ...]:
+    """The shape of entry ``index``'s parameter: the whole tensor's when the entry is a
+    shard of it (its facts, ``w.rows`` ..., are the whole tensor's), else ``tensor``'s."""
+    combine = options.combine
+    if combine is not None:
+        return combine.whole_shape(index, tensor)
+    return tuple(tensor.shape)
 
 
 class OneStepAtATime:

@@ -56,12 +56,12 @@ class TorchRunner:
                     kernel(params)
                 return [[] for _ in params]
 
-            def run_library(k: int, params) -> None:
-                module.libraries[k].function(params)
+            def own_tensors(index: int, slot) -> list:  # (set by _slot: the entry's own)
+                return slot.tensors
 
             numel = [entry.param.numel() for entry in entries]
             ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep, numel,
-                              None, run_library)
+                              None, own_tensors)
             module.step(ctx, slots)
             copies = options.copies or [None] * len(entries)
             for entry, slot, copy in zip(entries, slots, copies):

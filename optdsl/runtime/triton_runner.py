@@ -330,7 +330,8 @@ class TritonRunner:
             row.append(x.data_ptr())
             dtypes.append(x.dtype)
         if hasattr(module.module, "PARAM_FACTS"):
-            row += _facts(param)
+            row += _facts(param, None if batch.combine is None
+                          else batch.combine.whole_shape(index, param))
         return row, tuple(dtypes), n
 
     def _usable(self, plan: DevicePlan, x: torch.Tensor, device: torch.device, dtypes,
@@ -365,10 +366,10 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _facts(param: torch.Tensor) -> list[int]:
+def _facts(param: torch.Tensor, shape: tuple[int, ...] | None = None) -> list[int]:
     """A tensor's facts as the last columns of its pointer-table row (PARAM_FACTS order):
     its matrix view's rows and columns, dimensions, elements, and its dtype's machine
     epsilon as the bits of a float64."""
-    facts = tensor_facts(param)
+    facts = tensor_facts(param, shape)  # (shape: the whole parameter's, of a shard)
     bits = struct.unpack("<q", struct.pack("<d", facts["dtype_eps"]))[0]
     return [bits if name == "dtype_eps" else int(facts[name]) for name in PARAM_FACTS]
