@@ -1,0 +1,175 @@
+"""Muon and Adafactor steps on a transformer's 2-D shapes: optdsl against torch.optim (CPU).
+
+Not a test. The targets (issue 13, "Targets"), ratios in one run:
+- Muon step on GPT-2-small's 2-D shapes <= 1.0x torch.optim.Muon;
+- Adafactor step <= 1.0x torch.optim.Adafactor(foreach=True).
+
+Shapes: per layer the attention's fused q/k/v (2304 x 768) and output (768 x 768), the MLP's
+3072 x 768 and 768 x 3072, times ``--layers`` (GPT-2-small: 12; ``--small``: 2 layers at a
+quarter of the width). Every optimizer gets its own copy of the parameters with fixed random
+gradients; contenders are interleaved round-robin (``--rounds`` rounds of ``--steps`` timed
+steps after ``--warmup``), each round waiting until other jobs use less than ``--quiet`` of the
+CPUs (at most ``--max-wait`` s), so a noisy, shared machine slows every contender alike; the
+table gives the median and p10/p90 of all timed steps and the background load seen. Muon is
+GEMM-bound (5 Newton–Schulz iterations of three products each), Adafactor memory-bound;
+bandwidth is reported for Adafactor against a plain copy of the same size.
+
+    python bench/bench_matrix.py --small          # a quick run
+    python bench/bench_matrix.py                  # GPT-2-small's 85M matrix parameters
+
+Writes bench/results/matrix-<date>[-<tag>].json and .md unless --no-save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cpu import percentile, wait_quiet  # noqa: E402
+
+from optdsl import library  # noqa: E402
+
+
+def shapes(layers: int, width: int) -> list[tuple[int, int]]:
+    one = [(3 * width, width), (width, width), (4 * width, width), (width, 4 * width)]
+    return one * layers
+
+
+def contenders(backend: str) -> dict:
+    """name -> (family, a function making the optimizer for some parameters)."""
+    return {
+        "torch Muon": ("muon", lambda ps: torch.optim.Muon(ps, lr=0.02)),
+        f"optdsl Muon ({backend})": ("muon", lambda ps: library.Muon(ps, lr=0.02,
+                                                                     backend=backend)),
+        "torch Adafactor foreach": ("adafactor",
+                                    lambda ps: torch.optim.Adafactor(ps, foreach=True)),
+        "torch Adafactor for-loop": ("adafactor",
+                                     lambda ps: torch.optim.Adafactor(ps, foreach=False)),
+        f"optdsl Adafactor ({backend})": ("adafactor",
+                                          lambda ps: library.Adafactor(ps, backend=backend)),
+    }
+
+
+def build(make, base: list[torch.Tensor], grads: list[torch.Tensor]):
+    params = [torch.nn.Parameter(p.clone()) for p in base]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    return params, make(params)
+
+
+def copy_ms(numel: int, repeats: int = 10) -> float:
+    src, dst = torch.randn(numel), torch.empty(numel)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def run(args) -> dict:
+    width, layers = (192, 2) if args.small else (768, args.layers)
+    dims = shapes(layers, width)
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(r, c, generator=gen) * 0.02 for r, c in dims]
+    grads = [torch.randn(r, c, generator=gen) * 1e-3 for r, c in dims]
+    numel = sum(p.numel() for p in base)
+    made = {name: build(make, base, grads) for name, (_, make) in
+            contenders(args.backend).items()}
+    times: dict[str, list[float]] = {name: [] for name in made}
+    loads = []
+    for name, (_, opt) in made.items():
+        for _ in range(args.warmup):
+            opt.step()
+    for _ in range(args.rounds):
+        for name, (_, opt) in made.items():
+            loads.append(wait_quiet(args.quiet, args.max_wait))
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                opt.step()
+                times[name].append(1e3 * (time.perf_counter() - t))
+    families = {name: family for name, (family, _) in contenders(args.backend).items()}
+    rows = {name: {"family": families[name], "median_ms": float(np.median(ts)),
+                   "p10_ms": percentile(ts, 10), "p90_ms": percentile(ts, 90)}
+            for name, ts in times.items()}
+    copy = copy_ms(numel)
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "shapes": dims, "params": numel, "backend": args.backend,
+            "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+            "background_load": {"median": float(np.median(loads)), "max": float(max(loads))},
+            "copy_ms": copy, "rows": rows}
+
+
+def table(result: dict) -> str:
+    rows = result["rows"]
+    ref = {"muon": "torch Muon", "adafactor": "torch Adafactor foreach"}
+    lines = [f"# Muon and Adafactor steps, {result['date']}", "",
+             f"{result['params']:,} float32 parameters in {len(result['shapes'])} matrices; "
+             f"{result['machine']}, torch {result['torch']} ({result['threads']} threads); "
+             f"{result['rounds']} interleaved rounds x {result['steps']} steps after "
+             f"{result['warmup']} warm-up; others' share of the CPUs before each round: median "
+             f"{result['background_load']['median']:.2f}, max "
+             f"{result['background_load']['max']:.2f}.", "",
+             f"A plain copy of the same size: {result['copy_ms']:.2f} ms "
+             f"({8 * result['params'] / result['copy_ms'] / 1e6:.1f} GB/s).", "",
+             "| optimizer | ms/step (median) | p10 | p90 | / torch reference |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        ratio = row["median_ms"] / rows[ref[row["family"]]]["median_ms"]
+        lines.append(f"| {name} | {row['median_ms']:.1f} | {row['p10_ms']:.1f} | "
+                     f"{row['p90_ms']:.1f} | {ratio:.2f} |")
+    lines += ["", "Targets (issue 13):", ""]
+    for family, goal in (("muon", "torch.optim.Muon"),
+                         ("adafactor", "torch.optim.Adafactor(foreach=True)")):
+        ours = next(r for n, r in rows.items() if n.startswith("optdsl") and
+                    r["family"] == family)
+        ratio = ours["median_ms"] / rows[ref[family]]["median_ms"]
+        lines.append(f"- optdsl {family} / {goal}: {ratio:.2f} (goal <= 1.0): "
+                     f"{'met' if ratio <= 1.0 else 'NOT met'}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="2 layers at a quarter width")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--backend", default="numpy", help="optdsl's back end (default: numpy)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--quiet", type=float, default=0.25)
+    ap.add_argument("--max-wait", type=float, default=20.0)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--tag")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    text = table(result)
+    print(text)
+    if not args.no_save:
+        stem = f"matrix-{datetime.date.today().isoformat()}" + (f"-{args.tag}" if args.tag
+                                                                else "")
+        out = ROOT / "bench" / "results"
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
