@@ -97,8 +97,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(path)
     for prog in programs:
         if prog.library_work and args.backend not in ("numpy", "all"):
-            print(f"note: {prog.name} has matrix work ({prog.library_work}), which only the "
-                  f"NumPy back end runs yet: its NumPy step was written", file=sys.stderr)
+            print(f"note: {prog.name} has matrix work ({prog.library_work}), which the "
+                  f"{args.backend} back end does not run yet: its NumPy step was written",
+                  file=sys.stderr)
     return 0
 
 
