@@ -103,7 +103,7 @@ def run(args) -> dict:
                 times[name].append(1e3 * (time.perf_counter() - t))
     families = {name: family for name, (family, _) in contenders(args.backend).items()}
     rows = {name: {"family": families[name], "median_ms": float(np.median(ts)),
-                   "p10_ms": percentile(ts, 10), "p90_ms": percentile(ts, 90)}
+                   "p10_ms": percentile(ts, 0.1), "p90_ms": percentile(ts, 0.9)}
             for name, ts in times.items()}
     copy = copy_ms(numel)
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
