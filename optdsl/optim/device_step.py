@@ -50,10 +50,15 @@ def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale:
         if plan.sparse:
             _run_sparse(runner, plan.variant, batch, inputs, keys)
             continue
-        for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
-            setattr(batch, name, getattr(inputs, name))
+        _take_inputs(batch, inputs)
         owners = _localize(batch, keys)
         runner.run_device(plan.variant, batch, owners)
+
+
+def _take_inputs(batch: DeviceBatch, inputs: DeviceBatch) -> None:
+    """Give ``batch`` the step's inputs beside its tensors: AMP tensors, capturable, seeds."""
+    for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
+        setattr(batch, name, getattr(inputs, name))
 
 
 class _BatchOf:
@@ -69,8 +74,7 @@ class _BatchOf:
         batch = DeviceBatch(-1, [e.param for e in entries], [e.grad for e in entries],
                             [e.state for e in entries], self.inputs.hyper,
                             copies=options.copies)
-        for name in ("grad_scale", "found_inf", "capturable", "seed_of"):
-            setattr(batch, name, getattr(self.inputs, name))
+        _take_inputs(batch, self.inputs)
         self.runner.run_device(variant, batch)
 
 

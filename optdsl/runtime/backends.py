@@ -94,10 +94,9 @@ def choose(request: str, devices, library_work: str = "") -> str:
         if reason:
             raise ValueError(reason)
         if library_work and not backend.library_stages:
-            runs = ", ".join(repr(b.name) for b in BACKENDS.values() if b.library_stages)
             raise ValueError(f"backend={backend.name!r} does not run matrix work (library "
                              f"stages) yet, and this program has {library_work}; use "
-                             f"backend={runs} or 'auto'")
+                             f"backend={_running_matrix_work()} or 'auto'")
         return backend.name
     tried = sorted((b for b in BACKENDS.values()
                     if b.auto(devices) and (b.library_stages or not library_work)),
@@ -114,10 +113,15 @@ def choose(request: str, devices, library_work: str = "") -> str:
         raise ValueError(passed[0][1])
     where = ", ".join(sorted(devices))
     if library_work and any(b.auto(devices) for b in BACKENDS.values()):
-        runs = ", ".join(repr(b.name) for b in BACKENDS.values() if b.library_stages)
         raise ValueError(f"this program has matrix work ({library_work}), which no back end "
-                         f"runs on {where} tensors yet (back ends that run matrix work: {runs})")
+                         f"runs on {where} tensors yet (back ends that run matrix work: "
+                         f"{_running_matrix_work()})")
     raise ValueError(f"no back end runs parameters on {where}")
+
+
+def _running_matrix_work() -> str:
+    """The back ends that run library stages, as messages list them."""
+    return ", ".join(repr(b.name) for b in BACKENDS.values() if b.library_stages)
 
 
 _WARNED: set[tuple[str, str]] = set()

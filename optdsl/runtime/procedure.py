@@ -269,26 +269,24 @@ class Frame:
 
     def _run_entries(self, runner, variant, spec: ir.PhaseSpec, scalars, handles) -> list:
         """Through the runner's ``run`` (any back end): each parameter an Entry whose state
-        holds its part of every column; scalar outputs come back as scalar states (a float64
-        tensor per parameter on its device, each receiving the same group-level value), and
-        a step count the phase does not read ("step": a device step counts updates)."""
+        holds its part of every column; scalar outputs come back as scalar states (a row of
+        float64 cells per parameter, on the parameters' one device, each receiving the same
+        group-level value), and a step count the phase does not read ("step": a device step
+        counts updates)."""
         params = self.layout.params
         names = [name for name, _, _ in spec.results]
-        device_of = [p.device for p in params]
+        if not params:
+            return [0.0] * len(names)
         cells = torch.zeros((len(params), len(names) + 1), dtype=torch.float64,
-                            device=device_of[0]) if params and len(set(device_of)) == 1 \
-            else None
-        entries, rows = [], []
+                            device=params[0].device)  # (the optimizer checks one device)
+        entries = []
         for j, param in enumerate(params):
-            row = cells[j] if cells is not None else torch.zeros(
-                len(names) + 1, dtype=torch.float64, device=param.device)
             state = {key: handle.parts[j] for key, handle in handles.items()}
-            state.update({name: row[k] for k, name in enumerate(names)})
-            state["step"] = row[len(names)]
+            state.update({name: cells[j, k] for k, name in enumerate(names)})
+            state["step"] = cells[j, len(names)]
             entries.append(Entry(param, param, state, 1.0))
-            rows.append(row)
         runner.run(variant, entries, StepOptions(scalars, transient=True))
-        return rows[0][:len(names)].tolist() if rows else [0.0] * len(names)
+        return cells[0, :len(names)].tolist()
 
     def _run_arrays(self, runner, program, variant, scalars, handles) -> list | None:
         """The NumPy back end's fast path: slots of NumPy views kept on the vectors (the
