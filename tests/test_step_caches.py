@@ -1,4 +1,4 @@
-"""What the optimizer keeps between steps to save host time: the step counter's NumPy view
+"""What the optimizer keeps between steps to save host time: the step counter's ctypes view
 and made-state marker (optdsl.optim.torch_optimizer ``_step_count``), the NumPy runner's kept views
 (``views``), and the states made only when a step uses them (``live_states``). Each must
 notice what changes under it; these are the cases a review found."""
@@ -161,3 +161,34 @@ def test_a_state_read_from_w_is_made_on_the_first_update(backend):
     opt.param_groups[0]["anchored"] = 1
     _steps(opt, [p], 1)
     torch.testing.assert_close(opt.state[p]["anchor"], start)
+
+
+def test_the_variant_is_chosen_once_per_group_not_per_parameter(monkeypatch):
+    """A group's step specialised for its switches is looked up once a step (it was once per
+    parameter, most of the host time of a step over many small tensors)."""
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(6)]
+    opt = library.Adam(params, lr=0.1, amsgrad=True, backend="numpy")
+    calls = []
+    variant = type(opt.program).variant
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return variant(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(opt.program), "variant", counted)
+    _steps(opt, params, 2)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_step_counter_view_counts_as_torch_does(dtype):
+    """The counter bumped through a ctypes view is the step tensor torch.optim keeps: its
+    dtype and value after each step, and one that changes dtype is followed."""
+    params = [torch.nn.Parameter(torch.randn(2))]
+    opt = library.Adam(params, lr=0.1, backend="numpy")
+    _steps(opt, params, 1)
+    state = opt.state[params[0]]
+    state["step"] = torch.tensor(float(2**24 - 2), dtype=dtype)
+    _steps(opt, params, 3)
+    want = torch.tensor(float(2**24 - 2), dtype=dtype) + 3
+    assert state["step"].dtype == dtype and state["step"].item() == want.item()

@@ -45,6 +45,7 @@ class GroupPlan:
     variant: object
     inv_grad_scale: float | None = None  # GradScaler's, when the step unscales itself
     items: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    states: list[dict | None] = field(default_factory=list)  # each item's (None: none yet)
     sparse: bool = False  # some gradient is sparse (optdsl.runtime.sparse runs the step)
 
 
@@ -58,6 +59,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
     name = type(opt).__name__
     several = len(opt.param_groups) > 1
     checked = opt.__dict__.setdefault("_checked_states", {})
+    opt_state = opt.state
     plans, devices = [], set()
     for number, group in enumerate(opt.param_groups):
         tensors_on = None
@@ -74,40 +76,56 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         by_variant: dict[int, GroupPlan] = {}
         fused = bool(group.get("fused"))
         matrix_work = bool(program.library_work)
+        variants: dict = {}  # the group's variant, per parameter facts where they matter
+        # the usual case: one variant for the whole group, found once
+        shared = None if matrix_work or program.param_flags else \
+            program.variant(hyper, unscale=unscale)
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
                 continue
-            if matrix_work and param.is_complex():  # (a real view is no matrix of the same
-                # rows and columns: torch.optim.Muon and Adafactor refuse them at the step)
-                raise RuntimeError(f"{name} does not support complex parameters "
-                                   f"({_where(index, number)})")
             shape = check_gradient(name, param, grad, index, number, fused, program.sparse)
-            facts = param_facts(param) if program.param_flags else None
-            variant = program.variant(hyper, unscale=unscale, facts=facts)
-            if variant.needs_matrix and param.dim() < 2:
-                raise ValueError(f"{name} works on matrices ({variant.needs_matrix}), but "
-                                 f"{_where(index, number)} has shape {tuple(param.shape)}")
+            variant = shared or _param_variant(program, variants, name, param, hyper, unscale,
+                                               _where(index, number))
             plan = by_variant.get(id(variant))
             if plan is None:
                 plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
             if grad.layout is not torch.strided:
                 plan.sparse = True
-            state = opt.state.get(param)
+            state = opt_state.get(param)  # (None: made at the run, not while checking)
             if state:
-                values = tuple(state.values())
                 seen = checked.get(id(param))
                 if seen is None or seen[0] is not state or seen[2] != shape or \
-                        len(seen[1]) != len(values) or not all(map(operator.is_, seen[1],
-                                                                   values)):
+                        len(seen[1]) != len(state) or not all(map(operator.is_, seen[1],
+                                                                  state.values())):
                     check_state(opt, param, state, _where(index, number))
-                    checked[id(param)] = (state, values, shape)
+                    checked[id(param)] = (state, tuple(state.values()), shape)
             plan.items.append((param, grad))
+            plan.states.append(state)
             devices.add("cpu" if param.is_cpu else param.device.type)
         if any(plan.sparse for plan in by_variant.values()):
             check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())
     return plans, devices
+
+
+def _param_variant(program, variants: dict, name: str, param: torch.Tensor,
+                   hyper: dict[str, float], unscale: bool, where: str):
+    """The variant of a group's step for ``param`` when it depends on the parameter (its
+    switches read `w.ndim`...) or the program has matrix work (raising for a parameter the
+    step cannot take); ``variants``: the group's, by the parameter's facts."""
+    if program.library_work and param.is_complex():  # (a real view is no matrix of the same
+        # rows and columns: torch.optim.Muon and Adafactor refuse them at the step)
+        raise RuntimeError(f"{name} does not support complex parameters ({where})")
+    facts = param_facts(param) if program.param_flags else None
+    facts_key = tuple(facts.values()) if facts else ()
+    variant = variants.get(facts_key)
+    if variant is None:
+        variant = variants[facts_key] = program.variant(hyper, unscale=unscale, facts=facts)
+    if variant.needs_matrix and param.dim() < 2:
+        raise ValueError(f"{name} works on matrices ({variant.needs_matrix}), but {where} has "
+                         f"shape {tuple(param.shape)}")
+    return variant
 
 
 def param_facts(param: torch.Tensor) -> dict[str, float]:
@@ -126,9 +144,10 @@ def check_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, index: in
     (this runs for every parameter at every step)."""
     shape = grad.shape
     if (grad.layout is not torch.strided or shape != param.shape or grad.dtype not in _REAL
-            or param.dtype not in _REAL or param.is_meta or grad.is_meta
-            or grad.is_cuda != param.is_cuda or grad.get_device() != param.get_device()
-            or rule.only):
+            or param.dtype not in _REAL or rule.only
+            or not (param.is_cpu and grad.is_cpu)  # (both on the CPU: the short way)
+            and (param.is_meta or grad.is_meta or grad.is_cuda != param.is_cuda
+                 or grad.get_device() != param.get_device())):
         _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
     return shape
 

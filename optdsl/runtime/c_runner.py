@@ -171,20 +171,28 @@ class _Tables:
 
 def _signature(columns: tuple, entries: list[Entry], tensor_keys: list[str],
                scalar_keys: list[str], copies: list) -> tuple:
-    """What the cached tables depend on: each tensor's storage, size, dtype and layout."""
+    """What the cached tables depend on: each tensor's storage, size, dtype and layout (of
+    the gradients only the dtype: set_gradients points at this step's). Runs for every
+    parameter at every step: one flat list (unambiguous: a pointer is never None)."""
     out: list = [columns]
-    add = out.append
+    add = out.extend
     for entry, copy in zip(entries, copies):
         param, state = entry.param, entry.state
         add((param.data_ptr(), param.numel(), param.dtype, param.is_contiguous(),
              entry.grad.dtype))
         for key in tensor_keys:
             x = state.get(key)
-            add(None if x is None else (x.data_ptr(), x.dtype, x.is_contiguous()))
+            if x is None:
+                out.append(None)
+            else:
+                add((x.data_ptr(), x.dtype, x.is_contiguous()))
         for key in scalar_keys:
             x = state[key]
             add((x.data_ptr(), x.dtype))
-        add(None if copy is None else (copy.data_ptr(), copy.dtype, copy.is_contiguous()))
+        if copy is None:
+            out.append(None)
+        else:
+            add((copy.data_ptr(), copy.dtype, copy.is_contiguous()))
     return tuple(out)
 
 
