@@ -99,8 +99,9 @@ def _gather(opt, plan) -> DeviceBatch:
     master = opt.master_weights
     params, grads, states, copies = [], [], [], []
     with_copies = False
-    for param, grad in plan.items:
-        state = state_of[param]
+    for (param, grad), state in zip(plan.items, plan.states):
+        if state is None:
+            state = state_of[param]
         opt._ready_state(param, state, hyper, live, param.device)
         if master and param.dtype in precision.LOW_PRECISION:
             params.append(state[precision.MASTER_KEY])
