@@ -80,17 +80,25 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         # the usual case: one variant for the whole group, found once
         shared = None if matrix_work or program.param_flags else \
             program.variant(hyper, unscale=unscale)
+        rule = program.sparse
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
                 continue
-            shape = check_gradient(name, param, grad, index, number, fused, program.sparse)
+            # the gradient's check, inline (this runs for every parameter at every step): the
+            # usual case is a few attribute reads, the rest is _unusual_gradient's
+            shape = grad.shape
+            on_cpu = param.is_cpu and grad.is_cpu
+            dense = grad.layout is torch.strided
+            if (not dense or rule.only or shape != param.shape or grad.dtype not in _REAL
+                    or param.dtype not in _REAL or not on_cpu and _apart(param, grad)):
+                _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
             variant = shared or _param_variant(program, variants, name, param, hyper, unscale,
                                                _where(index, number))
             plan = by_variant.get(id(variant))
             if plan is None:
                 plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
-            if grad.layout is not torch.strided:
+            if not dense:
                 plan.sparse = True
             state = opt_state.get(param)  # (None: made at the run, not while checking)
             if state:
@@ -102,7 +110,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                     checked[id(param)] = (state, tuple(state.values()), shape)
             plan.items.append((param, grad))
             plan.states.append(state)
-            devices.add("cpu" if param.is_cpu else param.device.type)
+            devices.add("cpu" if on_cpu else param.device.type)
         if any(plan.sparse for plan in by_variant.values()):
             check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())
@@ -137,24 +145,16 @@ def _where(index: int, number: int) -> str:
     return f"parameter {index} of param group {number}"
 
 
-def check_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, index: int,
-                   number: int, fused: bool, rule: SparseRule) -> torch.Size:
-    """Raise unless ``grad`` can be the gradient of ``param`` (``rule``: what the program
-    says about sparse gradients); its shape. The usual case costs a few attribute reads
-    (this runs for every parameter at every step)."""
-    shape = grad.shape
-    if (grad.layout is not torch.strided or shape != param.shape or grad.dtype not in _REAL
-            or param.dtype not in _REAL or rule.only
-            or not (param.is_cpu and grad.is_cpu)  # (both on the CPU: the short way)
-            and (param.is_meta or grad.is_meta or grad.is_cuda != param.is_cuda
-                 or grad.get_device() != param.get_device())):
-        _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
-    return shape
+def _apart(param: torch.Tensor, grad: torch.Tensor) -> bool:
+    """Whether a gradient is not on its parameter's device, or either is on the meta device
+    (the check of tensors not both on the CPU)."""
+    return (param.is_meta or grad.is_meta or grad.is_cuda != param.is_cuda
+            or grad.get_device() != param.get_device())
 
 
 def _unusual_gradient(name: str, param: torch.Tensor, grad: torch.Tensor, where: str,
                       fused: bool, rule: SparseRule) -> None:
-    """check_gradient's slow path: return for a sparse gradient the program takes and for
+    """The gradient check's slow path: return for a sparse gradient the program takes and for
     the complex gradient of a complex parameter; raise, saying what is wrong, otherwise."""
     if param.device.type == "meta":
         if fused:
