@@ -398,8 +398,9 @@ def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
                                        atol=0, msg=f"{backend} {shape} {dtype}")
 
 
-def test_matrix_work_on_cuda_tensors_goes_to_the_torch_back_end():
-    """backend="auto" with matrix work on CUDA tensors picks the torch back end (Triton does
-    not run library stages); element-wise work stays on Triton. (The choice is made from
-    device types: no GPU is needed to check it.)"""
-    assert backends.choose("auto", {"cuda"}, "`@` at line 3") == "torch"
+def test_matrix_work_on_cuda_tensors_goes_to_the_triton_back_end():
+    """backend="auto" with matrix work on CUDA tensors picks Triton (fused sweeps, torch
+    GEMMs between them), as for element-wise work; the torch back end stays selectable by
+    name. (The choice is made from device types: no GPU is needed to check it.)"""
+    assert backends.choose("auto", {"cuda"}, "`@` at line 3") == "triton"
+    assert backends.choose("torch", {"cuda"}, "`@` at line 3") == "torch"

@@ -116,15 +116,15 @@ def assert_match(ref, got, rtol=1e-5, atol=1e-6):
 
 
 # -- every program ------------------------------------------------------------------------------
-# Muon and Adafactor have matrix work (library stages), which the Triton back end does not
-# run yet (tests/test_matrix.py checks the refusal).
-ELEMENT_WISE = [name for name in library.STEPWISE if not library.program(name).library_work]
+# Matrix work (library stages: Muon's Newton-Schulz, Adafactor's row and column statistics)
+# runs on matrices: Muon takes 2-D parameters only; a block-sized one, a tall and a wide one.
+MATRIX_SIZES = ((1, 7), (300, 3), (20, 33), (33, 20))
 
 
-@pytest.mark.parametrize("name", ELEMENT_WISE)
+@pytest.mark.parametrize("name", library.STEPWISE)
 def test_library_matches_numpy(name):
     prog = library.program(name)
-    assert_match(*run_both(prog))
+    assert_match(*run_both(prog, sizes=MATRIX_SIZES if prog.library_work else SIZES))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
