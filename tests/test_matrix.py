@@ -237,6 +237,44 @@ def _step(source, w, g, backend="numpy", **hypers):
     return p.numpy()
 
 
+STAGE_SCALARS = """
+optimizer StageScalars
+hyper lr = 0.1
+state k = 1
+n = global_norm(g)
+s = sqrt(w.rows) * exp(lr)
+A = (g @ transpose(g)) * s / (n + k * t)
+r = norm(A)
+k = where(t > 2, k * 0.5 + 0.01 * r, k)
+w = w - lr * (A @ g) / (r + 1)
+"""
+
+
+def test_scalars_of_library_stages(backend):
+    """A library stage reads a group-wide reduction, t, a scalar state, and a scalar of the
+    parameter's facts and a hyper; it hands later code a scalar state's new value (under a
+    switch on t) and the update's scale: every back end steps as NumPy does (the Triton one
+    computes the stage's scalars on the device)."""
+    if backend == "torch":
+        pytest.skip("group-wide reductions are not the torch back end's yet")
+    prog = optdsl.compile(STAGE_SCALARS)
+    runs = {}
+    for name in dict.fromkeys(("numpy", backend)):
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64))
+              for shape in ((3, 5), (4, 2))]
+        opt = prog.optimizer(ps, backend=name, lr=torch.tensor(0.05, dtype=torch.float64))
+        for _ in range(4):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        runs[name] = (ps, [float(opt.state[p]["k"]) for p in ps])
+    (ref, ref_k), (got, got_k) = runs["numpy"], runs[backend]
+    assert ref_k[0] != 1.0 and ref_k == pytest.approx(got_k, rel=1e-12)
+    for p, q in zip(got, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_row_and_column_statistics(backend):
     rng = np.random.default_rng(0)
     w, g = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))

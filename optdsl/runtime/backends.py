@@ -240,7 +240,7 @@ def _torch_load(source: str, tag: str):
 
 
 # every tensor op in torch, on the tensors' own device: "auto" takes it for GPU parameters
-# when Triton cannot run the program (matrix work) or cannot be imported
+# when Triton cannot be imported
 register(Backend("torch", "torch operations on the parameters' own tensors (CPU or CUDA)",
                  torch_codegen.spells, torch_codegen.generate, _torch_load, _torch_runner,
                  lambda devices, auto: None, lambda devices: bool(devices - {"cpu"}),
