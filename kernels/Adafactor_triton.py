@@ -147,12 +147,13 @@ def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexp
 
 
 def _tensor(x, like):
-    """x as a tensor (a host scalar becomes one of the other operand's dtype)."""
+    """x as a tensor (a host scalar becomes one of the other operand's dtype, filled on its
+    device: no copy from host memory, which would wait for a GPU)."""
     if torch.is_tensor(x):
         return x
     ref = like if torch.is_tensor(like) else None
-    return torch.tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
-                        device=ref.device if ref is not None else None)
+    return torch.full((), x, dtype=ref.dtype if ref is not None else torch.float64,
+                      device=ref.device if ref is not None else None)
 
 
 def _max(a, b):
@@ -163,11 +164,11 @@ def _min(a, b):
     return torch.minimum(_tensor(a, b), _tensor(b, a))
 
 
-def _pow(a, b):
+def _power(a, b):
     return torch.pow(a, b) if torch.is_tensor(a) or torch.is_tensor(b) else a ** b
 
 
-def _atan2(a, b):
+def _arctan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
@@ -198,7 +199,7 @@ def _reduce(x, combine, identity, finish):
     if combine == "add":
         total = torch.sum(x)
     else:
-        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        start = torch.full((), identity, dtype=torch.float64, device=x.device)
         total = torch.maximum(torch.amax(x), start) if n else start
     if finish == "sqrt":
         return torch.sqrt(total)
@@ -236,12 +237,12 @@ def library0(params):
         h___given_eps1 = p.hyper['__given_eps1']
         v18 = (h___given_eps1 == 0.0)  # line 34
         v20 = _where(v18, p.dtype_eps, h_eps1, T[0])  # line 34
-        v21 = _pow(t, h_beta2_decay)  # line 35
-        v24 = _pow(t, 0.5)  # line 36
+        v21 = _power(t, h_beta2_decay)  # line 35
+        v24 = _power(t, 0.5)  # line 36
         v25 = (1.0 / v24)  # line 36
         v26 = _min(h_lr, v25)  # line 36
         v28 = p.fin[0]  # line 37: norm
-        v30 = _pow(p.numel, 0.5)  # line 37
+        v30 = _power(p.numel, 0.5)  # line 37
         v31 = (v28 / v30)  # line 37
         v32 = _max(h_eps2, v31)  # line 37
         v33 = (v32 * v26)  # line 37

@@ -118,12 +118,13 @@ def _stored(x, DT: tl.constexpr, SR: tl.constexpr, seed, ti, stream: tl.constexp
 
 
 def _tensor(x, like):
-    """x as a tensor (a host scalar becomes one of the other operand's dtype)."""
+    """x as a tensor (a host scalar becomes one of the other operand's dtype, filled on its
+    device: no copy from host memory, which would wait for a GPU)."""
     if torch.is_tensor(x):
         return x
     ref = like if torch.is_tensor(like) else None
-    return torch.tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
-                        device=ref.device if ref is not None else None)
+    return torch.full((), x, dtype=ref.dtype if ref is not None else torch.float64,
+                      device=ref.device if ref is not None else None)
 
 
 def _max(a, b):
@@ -134,11 +135,11 @@ def _min(a, b):
     return torch.minimum(_tensor(a, b), _tensor(b, a))
 
 
-def _pow(a, b):
+def _power(a, b):
     return torch.pow(a, b) if torch.is_tensor(a) or torch.is_tensor(b) else a ** b
 
 
-def _atan2(a, b):
+def _arctan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
@@ -169,7 +170,7 @@ def _reduce(x, combine, identity, finish):
     if combine == "add":
         total = torch.sum(x)
     else:
-        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        start = torch.full((), identity, dtype=torch.float64, device=x.device)
         total = torch.maximum(torch.amax(x), start) if n else start
     if finish == "sqrt":
         return torch.sqrt(total)

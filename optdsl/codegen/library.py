@@ -43,15 +43,17 @@ from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Library
 
 # How a library stage writes each op as torch ({0}, {1}...: tensors, or Python numbers for
-# host scalars; the helpers _max etc. accept either).
+# host scalars; the helpers _max etc. accept either). The helpers' names are not those of
+# the Triton back end's kernel helpers (optdsl.codegen.triton_helpers): a Triton module
+# holds both.
 SPELLING: dict[str, str] = {
     "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
-    "div": "({0} / {1})", "pow": "_pow({0}, {1})", "square": "({0} * {0})",
+    "div": "({0} / {1})", "pow": "_power({0}, {1})", "square": "({0} * {0})",
     "sqrt": "torch.sqrt({0})", "rsqrt": "torch.rsqrt({0})", "exp": "torch.exp({0})",
     "log": "torch.log({0})", "abs": "torch.abs({0})", "sign": "torch.sign({0})",
     "floor": "torch.floor({0})", "ceil": "torch.ceil({0})", "tanh": "torch.tanh({0})",
     "min": "_min({0}, {1})", "max": "_max({0}, {1})", "clamp": "_min(_max({0}, {1}), {2})",
-    "atan2": "_atan2({0}, {1})",
+    "atan2": "_arctan2({0}, {1})",
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "torch.logical_and({0}, {1})", "or": "torch.logical_or({0}, {1})",
@@ -74,12 +76,13 @@ SPELLING: dict[str, str] = {
 HELPERS = '''
 
 def _tensor(x, like):
-    """x as a tensor (a host scalar becomes one of the other operand's dtype)."""
+    """x as a tensor (a host scalar becomes one of the other operand's dtype, filled on its
+    device: no copy from host memory, which would wait for a GPU)."""
     if torch.is_tensor(x):
         return x
     ref = like if torch.is_tensor(like) else None
-    return torch.tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
-                        device=ref.device if ref is not None else None)
+    return torch.full((), x, dtype=ref.dtype if ref is not None else torch.float64,
+                      device=ref.device if ref is not None else None)
 
 
 def _max(a, b):
@@ -90,11 +93,11 @@ def _min(a, b):
     return torch.minimum(_tensor(a, b), _tensor(b, a))
 
 
-def _pow(a, b):
+def _power(a, b):
     return torch.pow(a, b) if torch.is_tensor(a) or torch.is_tensor(b) else a ** b
 
 
-def _atan2(a, b):
+def _arctan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
@@ -125,7 +128,7 @@ def _reduce(x, combine, identity, finish):
     if combine == "add":
         total = torch.sum(x)
     else:
-        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        start = torch.full((), identity, dtype=torch.float64, device=x.device)
         total = torch.maximum(torch.amax(x), start) if n else start
     if finish == "sqrt":
         return torch.sqrt(total)
