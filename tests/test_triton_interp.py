@@ -439,7 +439,7 @@ def test_library_helpers_do_not_shadow_kernel_helpers():
     from optdsl.codegen import library as library_code
     from optdsl.codegen.triton_helpers import HELPERS
 
-    torch_side = set(re.findall(r"^def (_\w+)", library_code.HELPERS, re.M))
+    torch_side = set(re.findall(r"^def (_\w+)", library_code.HELPERS, re.MULTILINE))
     assert torch_side and not torch_side & set(HELPERS)
     for name in ("Muon", "Adafactor"):
         module = cache.load_module(library.program(name).source("triton"), name, {}, "")
