@@ -245,6 +245,24 @@ def test_library_stages_read_tensor_hypers_on_the_device(name):
     _close_to_numpy(ours, ref, ps, qs, 1e-5)
 
 
+def test_a_group_of_two_variants_keeps_both_plans(monkeypatch):
+    """Adafactor steps a group's matrices and vectors with two variants (factored or not),
+    each its own plan: steady-state steps build no table again and read nothing back."""
+    from optdsl.runtime.triton_runner import TritonRunner
+
+    builds = []
+    build = TritonRunner._build
+    monkeypatch.setattr(TritonRunner, "_build",
+                        lambda self, *args: builds.append(1) or build(self, *args))
+    ps = params(shapes=((4, 3), (5,), (6, 2), (7,)))
+    opt = library.Adafactor(ps, backend="triton")
+    for step in range(4):
+        set_grads(ps, step)
+        with no_device_reads() if step >= 2 else contextlib.nullcontext():
+            opt.step()
+    assert len(builds) == 2
+
+
 def test_found_inf_keeps_the_states_of_library_stages():
     """torch.amp's found_inf skips a step on the device: Adafactor's row and column
     statistics, committed at the end of the step by torch code, keep their old values then

@@ -149,7 +149,7 @@ class TritonRunner:
         plan's."""
         with self._busy, np.errstate(all="ignore"):
             module = variant.generated("triton")
-            plan = self._plans.get((number, len(params)))
+            plan = self._plans.get(_plan_key(number, params, module))
             if plan is None or plan.module is not module or plan.sharded or not plan.still_valid(
                     (params, states), plan.stepped, states, None if plan.copies is None
                     else plan.copies):
@@ -165,7 +165,7 @@ class TritonRunner:
             return True
 
     def _plan(self, module: GeneratedModule, batch: DeviceBatch, owners) -> DevicePlan:
-        key = (batch.number, len(batch.params))
+        key = _plan_key(batch.number, batch.params, module)
         plan = self._plans.get(key)
         ident = owners if owners is not None else (batch.params, batch.states)
         if plan is not None and plan.module is module and plan.direct and \
@@ -404,6 +404,12 @@ class TritonRunner:
         plan.keep.append(staged)
         plan.direct = False
         return staged
+
+
+def _plan_key(number: int, params: list, module: GeneratedModule) -> tuple:
+    """Plans are kept per param group and variant: a group whose parameters take several
+    variants (Adafactor's matrices and vectors) steps each with its own plan."""
+    return number, len(params), id(module)
 
 
 def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
