@@ -14,8 +14,11 @@ program computes the scalars its element code reads in a prologue, once, in floa
 block function. Sweeps that feed reductions store one float64 partial per block and
 reduction, the descriptor's per-element map combined over the block (padding contributes
 the identity); generated kernels combine them per tensor and over the group in a fixed
-order and finish them (optdsl.codegen.triton_reduce). ``finish_step`` then advances each
-tensor's step count and writes its scalar states, on the device. With ``SKIP`` (in-step
+order and finish them (optdsl.codegen.triton_reduce). Matrix work runs between sweeps in
+library stages, torch code on the device (optdsl.codegen.library: Inductor's extern
+kernels), which compute the scalars they read from the same tables and hand scalars to
+later kernels through ``fin``. ``finish_step`` then advances each tensor's step count and
+writes its scalar states, on the device. With ``SKIP`` (in-step
 AMP unscaling) the final sweep and finish_step write nothing when found_inf is set.
 Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the
 copy column points at a low-precision parameter that receives the updated ``w`` (which is
