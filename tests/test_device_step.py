@@ -76,10 +76,10 @@ def required(prog) -> dict:
     return {name: 0.1 for name, spec in prog.hypers.items() if spec.required}
 
 
-def params(dtype=torch.float32, seed=0):
+def params(dtype=torch.float32, seed=0, shapes=SIZES):
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(n, generator=gen, dtype=torch.float64).to(dtype))
-            for n in SIZES]
+            for n in shapes]
 
 
 def set_grads(ps, step, dtype=None):
@@ -97,16 +97,17 @@ def test_the_guard_catches_reads():
                 read()
 
 
-# The programs the Triton back end runs (Muon and Adafactor have matrix work, not yet) on
-# dense gradients (SparseAdam takes sparse ones only, gathered by the host: test_sparse_*).
-ON_TRITON = [n for n in library.STEPWISE if not library.program(n).library_work
-             and not library.program(n).sparse.only]
+# The programs the Triton back end runs on dense gradients (SparseAdam takes sparse ones
+# only, gathered by the host: test_sparse_*). Matrix work (Muon, Adafactor: library stages
+# between the sweeps) runs on matrices (Muon takes 2-D parameters only).
+ON_TRITON = [n for n in library.STEPWISE if not library.program(n).sparse.only]
+MATRIX_SHAPES = ((7, 3), (12, 25), (0, 4), (513, 2))
 
 
 @pytest.mark.parametrize("name", ON_TRITON)
 def test_steady_state_steps_read_nothing_back(name):
     prog = library.program(name)
-    ps = params()
+    ps = params(shapes=MATRIX_SHAPES if prog.library_work else SIZES)
     opt = prog.optimizer(ps, backend="triton", **required(prog))
     for step in range(2):  # warm-up: states made, tables built
         set_grads(ps, step)
@@ -192,6 +193,95 @@ def test_a_tensor_lr_is_read_on_the_device():
         assert sources == compiled  # nothing compiled again for a new value
     for p, q in zip(ps, qs):
         assert torch.equal(p, q)
+
+
+MATRIX_WORK = [n for n in ON_TRITON if library.program(n).library_work]
+
+
+def _close_to_numpy(ours, ref, ps, qs, rtol):
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=rtol, atol=rtol)
+        assert ours.state[p].keys() == ref.state[q].keys()
+        for key, value in ours.state[p].items():  # (NaN: the column statistic of 0 rows)
+            torch.testing.assert_close(value, ref.state[q][key], rtol=rtol, atol=rtol,
+                                       equal_nan=True)
+
+
+@pytest.mark.parametrize("name", MATRIX_WORK)
+def test_library_stages_read_tensor_hypers_on_the_device(name):
+    """A library stage reads a hyper given as a tensor from the device hyper table (Muon's
+    Newton-Schulz coefficients, which then take addmm's float32 form; Adafactor's lr and
+    beta2_decay): changed in place, it needs no recompilation and no read back, and the
+    steps follow the NumPy back end's with the same numbers (Muon orthogonalises in float32
+    here: bfloat16 roundings would move with the GEMM's summation order)."""
+    prog = library.program(name)
+    values = ({"lr": (0.02, 0.02, 0.01, 0.05), "a": (3.4445,) * 2 + (3.0,) * 2}
+              if name == "Muon" else
+              {"lr": (0.01, 0.01, 0.003, 0.05), "beta2_decay": (-0.8, -0.8, -0.5, -0.7)})
+    extra = {"ns_dtype": "float32"} if name == "Muon" else {}
+    ps, qs = params(shapes=MATRIX_SHAPES), params(shapes=MATRIX_SHAPES)
+    given = {k: torch.tensor(v[0], dtype=torch.float64) for k, v in values.items()}
+    if name == "Muon":
+        a = given.pop("a")
+        given["ns_coefficients"] = (a, torch.tensor(-4.7750, dtype=torch.float64),
+                                    torch.tensor(2.0315, dtype=torch.float64))
+    ours = prog.optimizer(ps, backend="triton", **given, **extra)
+    ref = prog.optimizer(qs, backend="numpy", **extra)
+    compiled = None
+    for step in range(4):
+        for key, series in values.items():
+            (given[key] if key != "a" else a).fill_(series[step])
+            if key == "a":
+                ref.param_groups[0]["ns_coefficients"] = (series[step], -4.7750, 2.0315)
+            else:
+                ref.param_groups[0][key] = series[step]
+        for opt, xs in ((ours, ps), (ref, qs)):
+            set_grads(xs, step)
+            with no_device_reads() if opt is ours and step >= 2 else contextlib.nullcontext():
+                opt.step()
+        sources = sum(len(v._sources) for v in prog._variants.values())
+        compiled = sources if compiled is None else compiled
+        assert sources == compiled  # nothing compiled again for a new value
+    _close_to_numpy(ours, ref, ps, qs, 1e-5)
+
+
+def test_a_group_of_two_variants_keeps_both_plans(monkeypatch):
+    """Adafactor steps a group's matrices and vectors with two variants (factored or not),
+    each its own plan: steady-state steps build no table again and read nothing back."""
+    from optdsl.runtime.triton_runner import TritonRunner
+
+    builds = []
+    build = TritonRunner._build
+    monkeypatch.setattr(TritonRunner, "_build",
+                        lambda self, *args: builds.append(1) or build(self, *args))
+    ps = params(shapes=((4, 3), (5,), (6, 2), (7,)))
+    opt = library.Adafactor(ps, backend="triton")
+    for step in range(4):
+        set_grads(ps, step)
+        with no_device_reads() if step >= 2 else contextlib.nullcontext():
+            opt.step()
+    assert len(builds) == 2
+
+
+def test_found_inf_keeps_the_states_of_library_stages():
+    """torch.amp's found_inf skips a step on the device: Adafactor's row and column
+    statistics, committed at the end of the step by torch code, keep their old values then
+    too (decided on the device: nothing is read back), as on the NumPy back end."""
+    ps, qs = params(shapes=MATRIX_SHAPES), params(shapes=MATRIX_SHAPES)
+    ours = library.Adafactor(ps, backend="triton", fused=True, lr=0.1)
+    ref = library.Adafactor(qs, backend="numpy", fused=True, lr=0.1)
+    for step in range(4):
+        for opt, xs in ((ours, ps), (ref, qs)):
+            set_grads(xs, step)
+            for p in xs:
+                p.grad.mul_(256.0)
+            opt.grad_scale = torch.tensor(256.0)
+            opt.found_inf = torch.tensor(1.0 if step == 2 else 0.0)
+            with no_device_reads() if opt is ours and step >= 2 else contextlib.nullcontext():
+                opt.step()
+        if step == 2:
+            assert all(float(ours.state[p]["step"]) == 2 for p in ps)
+    _close_to_numpy(ours, ref, ps, qs, 1e-6)
 
 
 REDUCTIONS = """

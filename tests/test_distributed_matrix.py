@@ -47,7 +47,7 @@ from optdsl.optim.grouped import GroupedOptimizer
 
 WORLD = 2
 PG_TIMEOUT = 45  # seconds a collective may wait before the process group raises
-RUN_TIMEOUT = 150  # seconds for the whole two-process run
+RUN_TIMEOUT = 240  # seconds for the whole two-process run
 STEPS = 10
 SAVE_AT = 6  # steps before the checkpoint; the rest are taken after reloading it
 NO_GRAD = (3, 1)  # (step, parameter index): that parameter has no gradient on that step
@@ -178,10 +178,12 @@ class _CountGathers:
         distributed._Sharding.gather = self._gather
 
 
-def _fsdp(rank: int, name: str) -> dict:
+def _fsdp(rank: int, name: str, backend: str | None = None) -> dict:
     mesh = _mesh()
     out = {}
     cls, hypers, bias = OPTIMIZERS[name]
+    if backend is not None:  # (both runs on it: the unsharded reference too)
+        hypers = {**hypers, "backend": backend}
     ref = _model(bias)
     ref_opt = cls(ref.parameters(), **hypers)
     model = _shard(_model(bias), mesh)
@@ -358,12 +360,23 @@ def _zero(rank: int, name: str) -> dict:
 
 # A scenario that raises stops both workers (the ranks may be out of step): each optimizer
 # and engine is its own scenario, those that need least of the sharded path first.
+def _triton_importable() -> bool:
+    """Whether the Triton scenarios run (asked without importing Triton, which the workers
+    must import only after TRITON_INTERPRET is set)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 SCENARIOS = {**{f"zero/{n}": functools.partial(_zero, name=n) for n in OPTIMIZERS},
              **{f"fsdp/{n}": functools.partial(_fsdp, name=n) for n in OPTIMIZERS},
              **{f"fsdp_checkpoint/{n}": functools.partial(_fsdp_checkpoint, name=n)
                 for n in OPTIMIZERS},
              "fsdp_facts": _fsdp_facts,
-             "zero/Grouped": functools.partial(_zero, name="Grouped")}
+             "zero/Grouped": functools.partial(_zero, name="Grouped"),
+             # (last: the interpreter is slow; library stages between the device sweeps)
+             **{f"fsdp_triton/{n}": functools.partial(_fsdp, name=n, backend="triton")
+                for n in OPTIMIZERS if _triton_importable()}}
 _OUT_DIR = ""  # the run's directory, shared by the workers
 
 
@@ -469,6 +482,25 @@ def test_fsdp2_equals_unsharded(reports, name):
         assert out[f"{name}/layouts"].keys() == expected.keys()
         for key, layouts in expected.items():
             assert out[f"{name}/layouts"][key] == layouts, key
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fsdp2_on_the_triton_back_end_equals_unsharded(reports, name):
+    """The Triton back end's library stages gather the whole matrices of shards as the CPU
+    back ends' do (Triton's interpreter, on CPU tensors): the same as one process."""
+    if not _triton_importable():
+        pytest.skip("triton cannot be imported")
+    ranks = _report(reports, f"fsdp_triton/{name}")
+    steps = [STEPS] * len(ranks[0][f"{name}/steps"])
+    steps[NO_GRAD[1]] -= 1
+    for out in ranks:
+        assert out[f"{name}/moved"] > 1e-3
+        assert out[f"{name}/params"] <= FSDP_TOLERANCE[name]
+        assert out[f"{name}/state"] <= FSDP_TOLERANCE[name]
+        assert out[f"{name}/steps"] == steps
+        matrix_steps = sum(n for n, ndim in zip(steps, out[f"{name}/ndims"]) if ndim == 2)
+        assert out[f"{name}/gathers"] == GATHERS[name] * matrix_steps
+        assert out[f"{name}/layouts"] == LAYOUTS[name]
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

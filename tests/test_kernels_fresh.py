@@ -1,6 +1,6 @@
-"""kernels/ holds the generated Triton source of every bundled program (the NumPy step of those
-with matrix work, which the Triton back end does not run yet), committed so that readers can
-see what the compiler emits; it must equal freshly generated source."""
+"""kernels/ holds the generated Triton source of every bundled program (Muon's and Adafactor's
+with their library stages), committed so that readers can see what the compiler emits; it
+must equal freshly generated source."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_kernels_dir_is_fresh():
     expected = {}
     for prog in _programs():
         ((name, backend),) = zip(file_names(prog, "triton"), runnable(prog, "triton"))
-        expected[name] = prog.source(backend)  # (NumPy for matrix work: Triton lacks it yet)
+        expected[name] = prog.source(backend)
     present = {p.name for p in KERNELS.glob("*.py")}
     missing = sorted(set(expected) - present)
     extra = sorted(present - set(expected))
@@ -45,6 +45,13 @@ def test_write_kernels(tmp_path):
         assert (tmp_path / "out" / f"{prog.name}_numpy.py").read_text() == prog.source("numpy")
     again = write_kernels(progs, tmp_path / "out", backends="numpy")  # unchanged: rewritten ok
     assert len(again) == 2
+
+
+def test_programs_with_matrix_work_get_their_triton_step():
+    for name in ("Muon", "Adafactor"):
+        prog = library.program(name)
+        assert file_names(prog, "triton") == [f"{name}_triton.py"]
+        assert "ctx.library(0, params)" in prog.source("triton")
 
 
 def test_write_kernels_rejects_two_programs_of_one_name(tmp_path):

@@ -23,7 +23,7 @@ import optdsl
 from optdsl import library
 from optdsl.runtime import backends
 
-# the back ends that run library stages (matrix work): NumPy and torch
+# the back ends that run library stages (matrix work): NumPy, torch and Triton
 BACKENDS = [name for name, b in backends.BACKENDS.items() if b.library_stages]
 
 
@@ -211,12 +211,13 @@ def test_muon_and_adamw_in_one_step():
     assert loss.item() < first
 
 
-@pytest.mark.parametrize("backend", ["triton", "c"])
+@pytest.mark.parametrize("backend", [name for name, b in backends.BACKENDS.items()
+                                     if not b.library_stages])
 def test_back_ends_without_library_stages_refuse_matrix_work_at_construction(backend,
                                                                              monkeypatch):
-    """The Triton and C back ends do not run library stages yet: asked for by name, they are
-    refused when the optimizer is made, naming the program's matrix work; "auto" passes them
-    over (for CPU tensors: NumPy), and `optdsl show --triton` says the same."""
+    """A back end that does not run library stages (the C one, for now): asked for by name,
+    it is refused when the optimizer is made, naming the program's matrix work; "auto"
+    passes it over (for CPU tensors: NumPy), and `optdsl show --<backend>` says the same."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     p = torch.nn.Parameter(torch.randn(6, 4))
     with pytest.raises(ValueError, match=rf"backend='{backend}' does not run matrix work.*"
@@ -234,6 +235,44 @@ def _step(source, w, g, backend="numpy", **hypers):
     p.grad = torch.tensor(g)
     optdsl.compile(source).optimizer([p], backend=backend, **hypers).step()
     return p.numpy()
+
+
+STAGE_SCALARS = """
+optimizer StageScalars
+hyper lr = 0.1
+state k = 1
+n = global_norm(g)
+s = sqrt(w.rows) * exp(lr)
+A = (g @ transpose(g)) * s / (n + k * t)
+r = norm(A)
+k = where(t > 2, k * 0.5 + 0.01 * r, k)
+w = w - lr * (A @ g) / (r + 1)
+"""
+
+
+def test_scalars_of_library_stages(backend):
+    """A library stage reads a group-wide reduction, t, a scalar state, and a scalar of the
+    parameter's facts and a hyper; it hands later code a scalar state's new value (under a
+    switch on t) and the update's scale: every back end steps as NumPy does (the Triton one
+    computes the stage's scalars on the device)."""
+    if backend == "torch":
+        pytest.skip("group-wide reductions are not the torch back end's yet")
+    prog = optdsl.compile(STAGE_SCALARS)
+    runs = {}
+    for name in dict.fromkeys(("numpy", backend)):
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64))
+              for shape in ((3, 5), (4, 2))]
+        opt = prog.optimizer(ps, backend=name, lr=torch.tensor(0.05, dtype=torch.float64))
+        for _ in range(4):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        runs[name] = (ps, [float(opt.state[p]["k"]) for p in ps])
+    (ref, ref_k), (got, got_k) = runs["numpy"], runs[backend]
+    assert ref_k[0] != 1.0 and ref_k == pytest.approx(got_k, rel=1e-12)
+    for p, q in zip(got, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_row_and_column_statistics(backend):
@@ -397,8 +436,9 @@ def test_every_back_end_reads_a_parameters_facts(backend, monkeypatch):
                                        atol=0, msg=f"{backend} {shape} {dtype}")
 
 
-def test_matrix_work_on_cuda_tensors_goes_to_the_torch_back_end():
-    """backend="auto" with matrix work on CUDA tensors picks the torch back end (Triton does
-    not run library stages); element-wise work stays on Triton. (The choice is made from
-    device types: no GPU is needed to check it.)"""
-    assert backends.choose("auto", {"cuda"}, "`@` at line 3") == "torch"
+def test_matrix_work_on_cuda_tensors_goes_to_the_triton_back_end():
+    """backend="auto" with matrix work on CUDA tensors picks Triton (fused sweeps, torch
+    GEMMs between them), as for element-wise work; the torch back end stays selectable by
+    name. (The choice is made from device types: no GPU is needed to check it.)"""
+    assert backends.choose("auto", {"cuda"}, "`@` at line 3") == "triton"
+    assert backends.choose("torch", {"cuda"}, "`@` at line 3") == "torch"

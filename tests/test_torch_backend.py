@@ -16,6 +16,7 @@ twice, which can move a bfloat16 rounding), Adafactor and Adam to float32 roundi
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -182,12 +183,20 @@ def test_low_precision_parameters_and_master_weights_match_numpy(low):
                                        atol=float(torch.finfo(low).eps) * 4)
 
 
-def test_auto_takes_torch_for_matrix_work_on_a_gpu_only():
+def test_auto_takes_torch_for_matrix_work_on_a_gpu_without_triton(monkeypatch):
+    """On a GPU, "auto" runs matrix work on Triton (fused sweeps, torch GEMMs between them),
+    and on the torch back end when Triton cannot be imported."""
+    from optdsl.runtime import select
+
     bf16 = "`bf16` at line 39"
-    assert backends.choose("auto", {"cuda"}, library_work=bf16) == "torch"
-    assert backends.choose("auto", {"cpu"}, library_work=bf16) == "numpy"
     if backends.get("triton").unavailable(frozenset({"cuda"}), True) is None:
+        assert backends.choose("auto", {"cuda"}, library_work=bf16) == "triton"
         assert backends.choose("auto", {"cuda"}) == "triton"  # element-wise: Triton
+    monkeypatch.setattr(select, "triton_available", lambda: False)
+    with warnings.catch_warnings():  # ("auto" passed over Triton: warned once per process)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert backends.choose("auto", {"cuda"}, library_work=bf16) == "torch"
+    assert backends.choose("auto", {"cpu"}, library_work=bf16) == "numpy"
     assert backends.choose("torch", {"cpu"}, library_work=bf16) == "torch"
     p = torch.nn.Parameter(torch.randn(4, 4))
     assert library.Muon([p]).backend == "numpy"  # CPU tensors: NumPy stays the choice

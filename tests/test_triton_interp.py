@@ -116,15 +116,15 @@ def assert_match(ref, got, rtol=1e-5, atol=1e-6):
 
 
 # -- every program ------------------------------------------------------------------------------
-# Muon and Adafactor have matrix work (library stages), which the Triton back end does not
-# run yet (tests/test_matrix.py checks the refusal).
-ELEMENT_WISE = [name for name in library.STEPWISE if not library.program(name).library_work]
+# Matrix work (library stages: Muon's Newton-Schulz, Adafactor's row and column statistics)
+# runs on matrices: Muon takes 2-D parameters only; a block-sized one, a tall and a wide one.
+MATRIX_SIZES = ((1, 7), (300, 3), (20, 33), (33, 20))
 
 
-@pytest.mark.parametrize("name", ELEMENT_WISE)
+@pytest.mark.parametrize("name", library.STEPWISE)
 def test_library_matches_numpy(name):
     prog = library.program(name)
-    assert_match(*run_both(prog))
+    assert_match(*run_both(prog, sizes=MATRIX_SIZES if prog.library_work else SIZES))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -432,6 +432,23 @@ def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False, columns=None, skip=
     return compiled
 
 
+def test_library_helpers_do_not_shadow_kernel_helpers():
+    """A Triton module holds the library stages' torch helpers beside its kernels' jitted
+    ones: no name is both (a kernel would call the torch one: Muon's and Adafactor's `_pow`
+    did, which the interpreter ran and the compiler refused)."""
+    from optdsl.codegen import library as library_code
+    from optdsl.codegen.triton_helpers import HELPERS
+
+    torch_side = set(re.findall(r"^def (_\w+)", library_code.HELPERS, re.MULTILINE))
+    assert torch_side and not torch_side & set(HELPERS)
+    for name in ("Muon", "Adafactor"):
+        module = cache.load_module(library.program(name).source("triton"), name, {}, "")
+        for helper in HELPERS:
+            if hasattr(module, helper):
+                jitted = type(getattr(module, helper)).__name__
+                assert jitted in ("JITFunction", "InterpretedFunction"), helper
+
+
 def test_kernels_compile_for_cuda(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     try:
@@ -440,7 +457,7 @@ def test_kernels_compile_for_cuda(monkeypatch):
         from triton.compiler import ASTSource  # noqa: F401
     except ImportError:
         pytest.skip("this Triton cannot compile ahead for a target")
-    programs = [library.program(n) for n in ELEMENT_WISE]
+    programs = [library.program(n) for n in library.STEPWISE]
     programs += [optdsl.load(p) for p in EXAMPLES]
     programs.append(optdsl.compile(REDUCTIONS))
     programs.append(optdsl.compile("w = " + " + ".join(FUNCTIONS), name="Functions"))

@@ -36,6 +36,11 @@ object). Such a module also holds, for its runner: ``HYPERS`` (the hyper table's
 ``SCALAR_STATES`` (the pointer-table columns after the step count), ``REDUCE`` (per sweep,
 the kernels that finish its reductions on the device) and ``FINISH_STEP`` (the kernel that
 advances step counts and writes scalar states); optdsl.codegen.triton says what they read.
+Its library stages (``width`` 0) compute their scalars themselves from what the kernels
+read (optdsl.codegen.library): the ``p`` they get is the runner's
+(optdsl.runtime.device_library.DeviceSlot), and ``FIN_WIDTH`` (when present) is the width
+of the finished table's rows, whose slots after the reductions hold the scalars the stages
+hand to later kernels.
 """
 
 from __future__ import annotations

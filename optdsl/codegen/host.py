@@ -88,7 +88,8 @@ def emit_step(out: CodeBuffer, unit: Unit) -> None:
                 else:
                     emit_scalar(out, unit, v)
             if isinstance(stage, Library):
-                _emit_library_loop(out, unit, stage)
+                if not schedule.device_scalars:  # (else the stage computes its scalars)
+                    _emit_library_loop(out, unit, stage)
                 out.line(f"ctx.library({stage.index}, params)")
                 continue
             _emit_param_loop(out, unit, stage)

@@ -15,29 +15,45 @@ parameter, for a back end whose library stages compute everything, optdsl.codege
 A lowered reduction (``reduce(m)``, what other back ends' element sweeps compute) is reduced
 here in float64 and finished as the runtime finishes it (optdsl.runtime.reduce).
 
+With a schedule whose scalars are on the device (``Schedule.device_scalars``: the Triton
+back end's) no host code computes a row: each stage computes the scalars it reads itself,
+with this module's spelling, from what the kernels read (``p.hyper``: the group's hypers,
+a number as given or a tensor hyper's 0-dim view of the device hyper table; ``p.step``,
+the step count, so ``t`` is ``p.step + 1``; ``p.states``: the scalar states' tensors;
+``p.fin`` and ``p.tot``: the tensor's row of finished reductions and the group's;
+``p.grad_scale``: torch.amp's scale), all 0-dim device tensors, while the parameter's facts
+(``p.rows`` ...) are Python numbers; nothing is read back to the host. The scalars it hands
+to later kernels go into the finished table too, in the slots after the reductions
+(``fin_slots``). torch functions take tensors, so a number-valued argument of one (a fact
+or a hyper given as a number) is made a tensor first (``_tensor``); ``addmm``'s beta and
+alpha must be numbers, so with tensor scalars ``_addmm`` computes the same sum in float32
+(see its docstring).
+
 The spelling here is torch's; every op the element code can spell has one.
 """
 
 from __future__ import annotations
 
 from optdsl.codegen.buffer import CodeBuffer
-from optdsl.codegen.unit import Unit, temp_column, value_name
+from optdsl.codegen.unit import Unit, hyper_name, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
-from optdsl.ir.ops import LEAF, OPS, Level
+from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS, Level
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Library
 
 # How a library stage writes each op as torch ({0}, {1}...: tensors, or Python numbers for
-# host scalars; the helpers _max etc. accept either).
+# host scalars; the helpers _max etc. accept either). The helpers' names are not those of
+# the Triton back end's kernel helpers (optdsl.codegen.triton_helpers): a Triton module
+# holds both.
 SPELLING: dict[str, str] = {
     "neg": "(-{0})", "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
-    "div": "({0} / {1})", "pow": "_pow({0}, {1})", "square": "({0} * {0})",
+    "div": "({0} / {1})", "pow": "_power({0}, {1})", "square": "({0} * {0})",
     "sqrt": "torch.sqrt({0})", "rsqrt": "torch.rsqrt({0})", "exp": "torch.exp({0})",
     "log": "torch.log({0})", "abs": "torch.abs({0})", "sign": "torch.sign({0})",
     "floor": "torch.floor({0})", "ceil": "torch.ceil({0})", "tanh": "torch.tanh({0})",
     "min": "_min({0}, {1})", "max": "_max({0}, {1})", "clamp": "_min(_max({0}, {1}), {2})",
-    "atan2": "_atan2({0}, {1})",
+    "atan2": "_arctan2({0}, {1})",
     "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "torch.logical_and({0}, {1})", "or": "torch.logical_or({0}, {1})",
@@ -60,12 +76,13 @@ SPELLING: dict[str, str] = {
 HELPERS = '''
 
 def _tensor(x, like):
-    """x as a tensor (a host scalar becomes one of the other operand's dtype)."""
+    """x as a tensor (a host scalar becomes one of the other operand's dtype, filled on its
+    device: no copy from host memory, which would wait for a GPU)."""
     if torch.is_tensor(x):
         return x
     ref = like if torch.is_tensor(like) else None
-    return torch.tensor(x, dtype=ref.dtype if ref is not None else torch.float64,
-                        device=ref.device if ref is not None else None)
+    return torch.full((), x, dtype=ref.dtype if ref is not None else torch.float64,
+                      device=ref.device if ref is not None else None)
 
 
 def _max(a, b):
@@ -76,11 +93,11 @@ def _min(a, b):
     return torch.minimum(_tensor(a, b), _tensor(b, a))
 
 
-def _pow(a, b):
+def _power(a, b):
     return torch.pow(a, b) if torch.is_tensor(a) or torch.is_tensor(b) else a ** b
 
 
-def _atan2(a, b):
+def _arctan2(a, b):
     return torch.atan2(_tensor(a, b), _tensor(b, a))
 
 
@@ -111,7 +128,7 @@ def _reduce(x, combine, identity, finish):
     if combine == "add":
         total = torch.sum(x)
     else:
-        start = torch.tensor(identity, dtype=torch.float64, device=x.device)
+        start = torch.full((), identity, dtype=torch.float64, device=x.device)
         total = torch.maximum(torch.amax(x), start) if n else start
     if finish == "sqrt":
         return torch.sqrt(total)
@@ -123,7 +140,14 @@ def _reduce(x, combine, identity, finish):
 
 
 def _addmm(c, a, b, beta, alpha):
-    """beta * c + alpha * (a @ b) in one GEMM, as torch.addmm (batched: baddbmm)."""
+    """beta * c + alpha * (a @ b) in one GEMM, as torch.addmm (batched: baddbmm). addmm
+    takes numbers only: with a scalar that is a tensor (on the device), the same sum from a
+    float32 product of the operands (exact products of bfloat16 or float16 ones, summed in
+    float32 as their GEMM sums them), rounded once to c's dtype as addmm's epilogue is."""
+    if torch.is_tensor(beta) or torch.is_tensor(alpha):
+        work = torch.float32 if c.dtype in (torch.bfloat16, torch.float16) else c.dtype
+        product = torch.matmul(a.to(work), b.to(work))
+        return (beta * c.to(work) + alpha * product).to(c.dtype)
     if a.dim() == 2 and b.dim() == 2 and c.dim() <= 2:
         return torch.addmm(c, a, b, beta=beta, alpha=alpha)
     return torch.baddbmm(c.expand(a.shape[:-1] + b.shape[-1:]), a, b, beta=beta, alpha=alpha)
@@ -158,19 +182,20 @@ def emit_libraries(unit: Unit) -> tuple[str, list[str]]:
                 _emit_stage(out, unit, stage)
         read = tuple(sorted({c for _, c in _reads(unit, stage) if c is not None}))
         written = tuple(unit.columns.index(temp_column(v)) for v in stage.writes)
-        rows.append(f"({name}, {len(unit.library_row(stage))}, {read!r}, {written!r}),")
+        width = 0 if unit.schedule.device_scalars else len(unit.library_row(stage))
+        rows.append(f"({name}, {width}, {read!r}, {written!r}),")
     return HELPERS + out.text(), rows
 
 
 class _Names:
     """How library code refers to values."""
 
-    def __init__(self, unit: Unit, stage: Library) -> None:
+    def __init__(self, unit: Unit, stage: Library, row: dict[int, str]) -> None:
         self.unit = unit
         self.eqs = unit.graph.eqs
         self.stage = stage
         self.here = set(stage.values)
-        self.row = {v: j for j, v in enumerate(unit.library_row(stage))}
+        self.row = row  # the stage's scalars: value -> name
 
     def ref(self, v: int) -> str:
         eq = self.eqs[v]
@@ -179,18 +204,23 @@ class _Names:
         if eq.op == "const":
             return format_float(eq.attr)
         if v in self.row:
-            return f"f{v}"
+            return self.row[v]
         return value_name(v)  # read at the top of the stage (tensor, kept, scratch)
 
 
 def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     eqs = unit.graph.eqs
-    names = _Names(unit, stage)
-    if names.row:
-        out.line("s = p.scalars")
-    for v, j in names.row.items():
-        out.line(f"f{v} = float(s[{j}])", unit.cite(v))
-    out.line("T = p.tensors")
+    if unit.schedule.device_scalars:
+        out.line("T = p.tensors")
+        row = _emit_device_scalars(out, unit, stage)
+    else:
+        row = {v: f"f{v}" for v in unit.library_row(stage)}
+        if row:
+            out.line("s = p.scalars")
+        for j, v in enumerate(row):
+            out.line(f"f{v} = float(s[{j}])", unit.cite(v))
+        out.line("T = p.tensors")
+    names = _Names(unit, stage, row)
     for v, column in _reads(unit, stage):
         source = f"p.kept[{v}]" if column is None else f"T[{column}]"
         out.line(f"{value_name(v)} = {source}")
@@ -221,8 +251,101 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     for name, v in stage.commits:
         key = "'w'" if name == "w" else unit.state_order.index(name)
         out.line(f"p.commits[{key}] = {value_name(v)}", f"{name} =, at the end of the step")
+    slots = fin_slots(unit)
     for v in _handed(unit, stage):
-        out.line(f"p.lib[{v}] = float({value_name(v)})", "read by host code (a transfer)")
+        if unit.schedule.device_scalars:
+            out.line(f"p.fin[{slots[v]}].fill_({value_name(v)})", "read by later kernels")
+        else:
+            out.line(f"p.lib[{v}] = float({value_name(v)})", "read by host code (a transfer)")
+
+
+def _emit_device_scalars(out: CodeBuffer, unit: Unit, stage: Library) -> dict[int, str]:
+    """Lines computing the scalars a stage reads, from what the kernels read (see the module
+    docstring); returns the names of the stage's row values."""
+    eqs = unit.graph.eqs
+    values = device_scalars(unit, stage)
+    numbers = set()  # values that may be Python numbers (their leaves: facts, constants, and
+    # hypers, which a group may give as numbers)
+    names: dict[int, str] = {}
+
+    def ref(a: int) -> str:
+        return format_float(eqs[a].attr) if eqs[a].op == "const" else names[a]
+
+    for v in values:
+        eq = eqs[v]
+        if eq.op in PARAM_FACTS:
+            names[v] = f"p.{eq.op}"
+            numbers.add(v)
+            continue
+        if eq.op == "const":
+            numbers.add(v)
+            continue
+        name = _leaf_name(unit, v)
+        names[v] = name
+        if eq.op == "hyper":
+            out.line(f"{name} = p.hyper[{eq.attr!r}]")
+            numbers.add(v)
+        elif eq.op == "t":
+            out.line("t = p.step.to(torch.float64) + 1.0", "this update's step number")
+        elif eq.op == "state":
+            j = unit.state_order.index(eq.attr)
+            out.line(f"{name} = p.states[{j}].to(torch.float64)")
+        elif eq.op == "inv_grad_scale":
+            out.line("inv_grad_scale = 1.0 / p.grad_scale.to(torch.float64)",
+                     "1 / torch.amp's scale")
+        elif eq.op == "reduce":
+            out.line(f"{name} = p.fin[{unit.slot[v]}]", _cite(unit, v, eq.attr))
+        elif eq.op == "reduce_group":
+            out.line(f"{name} = p.tot[{unit.slot[v]}]", _cite(unit, v, eq.attr))
+        else:
+            template = SPELLING[eq.op]
+            wrap = template.startswith("torch.")  # a torch function: tensors only
+            args = [f"_tensor({ref(a)}, None)" if wrap and a in numbers else ref(a)
+                    for a in eq.args]
+            with located(eq.span):
+                out.line(f"{name} = {template.format(*args)}", unit.cite(v))
+            if not wrap and all(a in numbers for a in eq.args):
+                numbers.add(v)
+    return {v: names[v] if v in names else ref(v) for v in unit.library_row(stage)}
+
+
+def _leaf_name(unit: Unit, v: int) -> str:
+    eq = unit.graph.eqs[v]
+    if eq.op == "hyper":
+        return hyper_name(eq.attr)
+    if eq.op == "state":
+        return state_name(eq.attr)
+    if eq.op in ("t", "inv_grad_scale"):
+        return eq.op
+    return value_name(v)
+
+
+def _cite(unit: Unit, v: int, what: str) -> str:
+    line = unit.graph.eqs[v].line
+    return f"line {line}: {what}" if line else what
+
+
+def device_scalars(unit: Unit, stage: Library) -> list[int]:
+    """The scalar values a stage computes itself when scalars are on the device, in graph
+    order: what its row needs, from the leaves, reductions (read from the finished tables)
+    and values of earlier stages (kept) up."""
+    eqs = unit.graph.eqs
+    library = unit.schedule.library
+
+    def stop(v: int) -> bool:
+        return (eqs[v].kind.level == Level.TENSOR or v in library
+                or eqs[v].op in ("reduce", "reduce_group"))
+
+    reach = unit.graph.ancestors(list(unit.library_row(stage)), stop)
+    return sorted(v for v in reach if eqs[v].kind.level != Level.TENSOR and v not in library)
+
+
+def fin_slots(unit: Unit) -> dict[int, int]:
+    """The scalars library stages hand to later code (kernels, when scalars are on the
+    device), each with its slot in the finished table: after the step's reductions."""
+    handed = [v for stage in unit.schedule.libraries for v in _handed(unit, stage)]
+    first = len(unit.slot)
+    return {v: first + j for j, v in enumerate(handed)}
 
 
 def _lowered_reduction(name: str, mapped: str) -> str:

@@ -14,8 +14,11 @@ program computes the scalars its element code reads in a prologue, once, in floa
 block function. Sweeps that feed reductions store one float64 partial per block and
 reduction, the descriptor's per-element map combined over the block (padding contributes
 the identity); generated kernels combine them per tensor and over the group in a fixed
-order and finish them (optdsl.codegen.triton_reduce). ``finish_step`` then advances each
-tensor's step count and writes its scalar states, on the device. With ``SKIP`` (in-step
+order and finish them (optdsl.codegen.triton_reduce). Matrix work runs between sweeps in
+library stages, torch code on the device (optdsl.codegen.library: Inductor's extern
+kernels), which compute the scalars they read from the same tables and hand scalars to
+later kernels through ``fin``. ``finish_step`` then advances each tensor's step count and
+writes its scalar states, on the device. With ``SKIP`` (in-step
 AMP unscaling) the final sweep and finish_step write nothing when found_inf is set.
 Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the
 copy column points at a low-precision parameter that receives the updated ``w`` (which is
@@ -35,7 +38,7 @@ import contextlib
 import math
 import re
 
-from optdsl.codegen import host
+from optdsl.codegen import host, library
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.triton_helpers import (
     HELPERS,
@@ -136,11 +139,13 @@ class _Generator:
         self.helpers |= self.prologue.helpers | self.reduce.helpers
         steps = CodeBuffer()
         host.emit_step(steps, self.unit)
+        libraries, library_rows = library.emit_libraries(self.unit)
         parts = [self._head(closure(self.helpers))]
         for name in closure(self.helpers):
             parts.append("\n" + HELPERS[name])
+        parts.append(libraries)
         parts.append(kernels.text())
-        parts.append(self._tables(table, device))
+        parts.append(self._tables(table, device, library_rows))
         parts.append(steps.text())
         return "".join(parts)
 
@@ -151,9 +156,17 @@ class _Generator:
         head.line("Element-wise work runs in one kernel launch per sweep for all tensors of a")
         head.line("(device, dtype) bucket. Scalars are computed on the device, once per kernel")
         head.line("program, from device tables (hypers, step counts, scalar states, finished")
-        head.line("reductions); `step` only launches. Contract: optdsl.codegen.contract.")
+        if self.schedule.libraries:
+            head.line("reductions); `step` launches, and between sweeps runs the library "
+                      "stages (matrix")
+            head.line("work, by torch, on the device: optdsl.codegen.library). Contract:")
+            head.line("optdsl.codegen.contract.")
+        else:
+            head.line("reductions); `step` only launches. Contract: optdsl.codegen.contract.")
         head.line('"""')
         head.line("import numpy as np")
+        if self.schedule.libraries:
+            head.line("import torch")
         head.line("import triton")
         head.line("import triton.language as tl")
         if any(h in USES_LIBDEVICE for h in helpers):
@@ -163,6 +176,12 @@ class _Generator:
         head.line(f"SCALAR_STATES = {self.scalars!r}  # after the copy and step columns")
         head.line(f"HYPERS = {self.prologue.hypers!r}  # the hyper table")
         head.line(f"NUM_REDUCTIONS = {len(self.slot)}")
+        if self.prologue.fin_width != len(self.slot):
+            head.line(f"FIN_WIDTH = {self.prologue.fin_width}  # the reductions, then scalars "
+                      f"of library stages")
+        if self.unit.shaped_states:
+            head.line(f"SHAPED = {tuple(sorted(self.unit.shaped_states))!r}  # states of "
+                      f"library stages")
         if self.facts:
             head.line(f"PARAM_FACTS = {PARAM_FACTS!r}  # the last columns")
         if any(h in USES_INTERPRET for h in helpers):
@@ -180,7 +199,7 @@ class _Generator:
             head.line(NUMPY_HOOK)
         return head.text()
 
-    def _tables(self, table, device) -> str:
+    def _tables(self, table, device, library_rows) -> str:
         meta = CodeBuffer()
         meta.line()
         meta.line()
@@ -195,6 +214,12 @@ class _Generator:
                 meta.line(f"({combine or 'None'}, {finish or 'None'}),")
         meta.line(")")
         meta.line("FINISH_STEP = finish_step")
+        if library_rows:
+            meta.line(library.TABLE_COMMENT)
+            with meta.block("LIBRARIES = ("):
+                for row in library_rows:
+                    meta.line(row)
+            meta.line(")")
         meta.line()
         meta.line()
         return meta.text()

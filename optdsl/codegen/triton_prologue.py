@@ -9,7 +9,8 @@ its tensor (through the pointer table), a fact of the tensor (``rows``, ``cols``
 ``numel``: integers, ``dtype_eps``: a float64's bits) from the pointer table's last columns,
 ``inv_grad_scale`` from torch.amp's scale tensor
 ``gsc``, a per-tensor reduction from the finished table ``fin`` (one float64 row per tensor,
-one column per reduction slot), a group-wide one from ``tot``. Every other value is the
+one column per reduction slot), a group-wide one from ``tot``, a scalar a library stage
+computed from its slot of ``fin`` after the reductions' (optdsl.codegen.library.fin_slots). Every other value is the
 element spelling of its op (optdsl.codegen.triton.SPELLING) at scalar level, with constants
 typed float64, so a prologue computes what the host step computes, op for op in float64; the
 element code then reads the values rounded to the compute dtype, as it read the host's row.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 
 from optdsl.codegen.buffer import CodeBuffer
+from optdsl.codegen.library import fin_slots
 from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
@@ -56,11 +58,18 @@ def needed(unit: Unit, roots) -> list[int]:
     schedule = unit.schedule
 
     def stop(v: int) -> bool:
-        return eqs[v].kind.level == Level.TENSOR or eqs[v].op in ("reduce", "reduce_group")
+        return (eqs[v].kind.level == Level.TENSOR or eqs[v].op in ("reduce", "reduce_group")
+                or v in schedule.library)
 
     reach = unit.graph.ancestors(list(roots), stop)
     return sorted(v for v in reach if eqs[v].kind.level != Level.TENSOR
                   and (eqs[v].op == "const" or schedule.placement(v) == Placement.DEVICE))
+
+
+def fin_width(unit: Unit) -> int:
+    """The width of a row of the finished table: the reductions, then the scalars library
+    stages hand to kernels."""
+    return len(unit.slot) + len(fin_slots(unit))
 
 
 def ref(unit: Unit, v: int) -> str:
@@ -85,6 +94,8 @@ class Prologue:
         self.helpers: set[str] = set()
         self.scalars = scalar_states(unit)
         self.hypers = hypers_read(unit)
+        self.library_slots = fin_slots(unit)
+        self.fin_width = fin_width(unit)
 
     def pointer(self, name: str) -> str:
         """The line loading the pointer of a scalar's tensor (``step`` or a scalar state)."""
@@ -129,8 +140,11 @@ class Prologue:
             out.line(f"inv_grad_scale = _div({typed_const(1.0, F64)}, "
                      f"tl.load(gsc).to(tl.float64))", "1 / torch.amp's scale")
         elif eq.op == "reduce":
-            out.line(f"{name} = tl.load(fin + {len(unit.slot)} * ti + {unit.slot[v]})",
+            out.line(f"{name} = tl.load(fin + {self.fin_width} * ti + {unit.slot[v]})",
                      cite(unit, v, eq.attr))
+        elif v in self.library_slots:
+            out.line(f"{name} = tl.load(fin + {self.fin_width} * ti + "
+                     f"{self.library_slots[v]})", cite(unit, v, "from a library stage"))
         elif eq.op == "reduce_group":
             out.line(f"{name} = tl.load(tot + {unit.slot[v]})", cite(unit, v, eq.attr))
         else:

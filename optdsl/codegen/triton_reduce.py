@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from optdsl.codegen.buffer import CodeBuffer
-from optdsl.codegen.triton_prologue import signature, typed_const
+from optdsl.codegen.triton_prologue import fin_width, signature, typed_const
 from optdsl.codegen.unit import Unit
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import Expr
@@ -39,7 +39,7 @@ class ReductionKernels:
     def __init__(self, unit: Unit, spelling: dict[str, str]) -> None:
         self.unit = unit
         self.spelling = spelling
-        self.width = len(unit.slot)  # of a row of raw / fin (one column per slot)
+        self.width = fin_width(unit)  # of a row of raw / fin (one column per slot)
         self.helpers: set[str] = set()
 
     def finish(self, desc: Reduction, total: str, count: str) -> str:

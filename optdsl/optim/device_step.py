@@ -51,7 +51,7 @@ def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale:
             _run_sparse(runner, plan.variant, batch, inputs, keys)
             continue
         _take_inputs(batch, inputs)
-        owners = _localize(batch, keys)
+        owners = _localize(batch, keys, opt._statistic_keys())
         runner.run_device(plan.variant, batch, owners)
 
 
@@ -123,15 +123,17 @@ def _gather(opt, plan) -> DeviceBatch:
                        copies if with_copies else None)
 
 
-def _localize(batch: DeviceBatch, keys: list) -> tuple[list, list] | None:
-    """DTensor parameters: the batch switched to their local shards (and its combiner set);
-    returns the objects that identify the tensors between steps. None otherwise."""
+def _localize(batch: DeviceBatch, keys: list, statistics: frozenset[str] = frozenset()
+              ) -> tuple[list, list] | None:
+    """DTensor parameters: the batch switched to their local shards (and its combiner set;
+    row and column ``statistics`` whole); returns the objects that identify the tensors
+    between steps. None otherwise."""
     cls = distributed.dtensor_class()
     if cls is None or not any(isinstance(p, cls) for p in batch.params):
         return None
     owners = (list(batch.params), list(batch.states))
     entries = [Entry(p, g, s, 0.0) for p, g, s in zip(batch.params, batch.grads, batch.states)]
-    local, combine = distributed.localize(entries, keys)
+    local, combine = distributed.localize(entries, keys, statistics)
     batch.params = [e.param for e in local]
     batch.grads = [e.grad for e in local]
     batch.states = [e.state for e in local]

@@ -192,8 +192,7 @@ register(Backend("numpy", "chunked NumPy on CPU tensors", numpy_codegen.spells,
 register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on CPU)",
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
-                 load_mode=lambda: select.interpret_mode(), device_scalars=True,
-                 library_stages=False))
+                 load_mode=lambda: select.interpret_mode(), device_scalars=True))
 
 
 def _c_unavailable(devices: frozenset[str], auto: bool) -> str | None:
@@ -241,7 +240,7 @@ def _torch_load(source: str, tag: str):
 
 
 # every tensor op in torch, on the tensors' own device: "auto" takes it for GPU parameters
-# when Triton cannot run the program (matrix work) or cannot be imported
+# when Triton cannot be imported
 register(Backend("torch", "torch operations on the parameters' own tensors (CPU or CUDA)",
                  torch_codegen.spells, torch_codegen.generate, _torch_load, _torch_runner,
                  lambda devices, auto: None, lambda devices: bool(devices - {"cpu"}),

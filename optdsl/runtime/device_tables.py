@@ -166,6 +166,8 @@ class DevicePlan:
     red: dict = field(default_factory=dict)  # id(bucket) -> its partials buffer
     row_of: list = field(default_factory=list)  # batch index -> row of the group tables
     collectives: dict = field(default_factory=dict)  # sweep -> its all-reduces (FSDP2)
+    columns: dict = field(default_factory=dict)  # batch index -> (its columns, step & scalars)
+    slots: list = field(default_factory=list)  # per tensor: its library stages' ``p``
 
     def still_valid(self, owners: tuple[list, list], stepped: list, states: list,
                     copies: list | None) -> bool:

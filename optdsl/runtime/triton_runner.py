@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from optdsl.codegen.contract import GeneratedModule
-from optdsl.runtime import device_reduce, select
+from optdsl.runtime import device_library, device_reduce, library_stage, select
 from optdsl.runtime.device_tables import (
     DTYPES,
     SCALAR_DTYPES,
@@ -76,12 +76,14 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
 
 
 class _Context:
-    """The generated step's ``ctx`` on the device path: ``sweep`` launches."""
+    """The generated step's ``ctx`` on the device path: ``sweep`` launches, ``library`` runs
+    a library stage (torch, on the device)."""
 
-    __slots__ = ("sweep",)
+    __slots__ = ("library", "sweep")
 
-    def __init__(self, sweep: Callable) -> None:
+    def __init__(self, sweep: Callable, library: Callable | None = None) -> None:
         self.sweep = sweep
+        self.library = library
 
 
 class TritonRunner:
@@ -102,6 +104,8 @@ class TritonRunner:
         self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
         self.tensor_keys = [key for key, is_tensor in self.state_keys if is_tensor]
         self.scalar_keys = [key for key, is_tensor in self.state_keys if not is_tensor]
+        # `per row` / `per col` states: read and committed by library stages, not streamed
+        self.shaped_keys = frozenset(s.key for s in program.states.values() if s.per)
         self._plans: OrderedDict = OrderedDict()
         self._busy = OneStepAtATime()
         self.launcher: Callable = launch
@@ -145,7 +149,7 @@ class TritonRunner:
         plan's."""
         with self._busy, np.errstate(all="ignore"):
             module = variant.generated("triton")
-            plan = self._plans.get((number, len(params)))
+            plan = self._plans.get(_plan_key(number, params, module))
             if plan is None or plan.module is not module or plan.sharded or not plan.still_valid(
                     (params, states), plan.stepped, states, None if plan.copies is None
                     else plan.copies):
@@ -161,7 +165,7 @@ class TritonRunner:
             return True
 
     def _plan(self, module: GeneratedModule, batch: DeviceBatch, owners) -> DevicePlan:
-        key = (batch.number, len(batch.params))
+        key = _plan_key(batch.number, batch.params, module)
         plan = self._plans.get(key)
         ident = owners if owners is not None else (batch.params, batch.states)
         if plan is not None and plan.module is module and plan.direct and \
@@ -212,7 +216,7 @@ class TritonRunner:
                 device_reduce.finish_sweep(plan, module, k, _launcher_on(launcher), self.block,
                                            batch.combine, self.chunk)
 
-        module.step(_Context(sweep), None)
+        module.step(_Context(sweep, self._library_stages(module, plan, batch, amp)), None)
         for bucket in plan.buckets:
             tables = plan.tables[bucket.device]
             _, fin, _ = tables.at(bucket.offset)
@@ -221,12 +225,37 @@ class TritonRunner:
                 launcher(module.module.FINISH_STEP, (len(bucket.members),), bucket.ptrs,
                          tables.hyp, fin, tables.tot, gsc, finf, **bucket.constexprs,
                          SR=False, SKIP=skip, num_warps=1)
+        if module.libraries:
+            found = {d: finf for d, (_, finf) in amp.items()} if skip else None
+            device_library.commit(plan.slots, batch.states, self.state_keys, found)
         for original, staged in plan.writeback:
             original.copy_(staged)
         if seeds and plan.count is not None:
             plan.count += len(plan.params)
             if skip:  # (whether the step happened is known on the device only)
                 plan.count = None
+
+    def _library_stages(self, module: GeneratedModule, plan: DevicePlan, batch: DeviceBatch,
+                        amp: dict) -> Callable | None:
+        """``ctx.library``: this step's inputs handed to each tensor's slot, then a function
+        running library stage ``k`` for every tensor (optdsl.runtime.device_library)."""
+        if not module.libraries:
+            return None
+        hypers = {device: device_library.stage_hypers(module.module.HYPERS, batch.hyper,
+                                                      tables.hyp)
+                  for device, tables in plan.tables.items()}
+        grads = batch.grads if plan.direct else [None] * len(plan.slots)
+        for slot, grad, state in zip(plan.slots, grads, batch.states):
+            slot.refresh(grad, state, hypers[slot.device], amp[slot.device][0].reshape(()))
+
+        def run(k: int, _params=None) -> None:
+            if not plan.slots:
+                return
+            with _on(plan.home):
+                library_stage.run(module, module.libraries[k], plan.slots,
+                                  lambda i, p: p.tensors, batch.combine)
+
+        return run
 
     def _seeds(self, plan: DevicePlan, batch: DeviceBatch) -> list[int]:
         """Per bucket, the stochastic rounding seed of this step (none without rounding)."""
@@ -295,12 +324,33 @@ class TritonRunner:
         for index, row in enumerate(plan.row_of):
             full[row] = counts[index]
         plan.home = plan.buckets[0].device if plan.buckets else None
+        width = getattr(module.module, "FIN_WIDTH", module.num_reductions)
         for bucket in plan.buckets:
             if bucket.device not in plan.tables:
                 plan.tables[bucket.device] = GroupTables(
-                    bucket.device, len(module.module.HYPERS), offset, module.num_reductions,
-                    full)
+                    bucket.device, len(module.module.HYPERS), offset, width, full)
+        if module.libraries:
+            plan.slots = [self._slot(plan, module, batch, index)
+                          for index in range(len(batch.params))]
         return plan
+
+    def _slot(self, plan: DevicePlan, module: GeneratedModule, batch: DeviceBatch,
+              index: int) -> device_library.DeviceSlot:
+        """A tensor's ``p`` in the library stages: views of what its pointer-table row
+        points at, its row of the finished table, its facts."""
+        columns, scalars = plan.columns[index]
+        specs = self.program.states
+        shaped = {c: specs[name].key for c, name in enumerate(module.columns)
+                  if name in specs and specs[name].per}
+        states, found = [], iter(scalars[1:])
+        for _, is_tensor in self.state_keys:
+            states.append(None if is_tensor else next(found))
+        param = batch.params[index]
+        tables = plan.tables[param.device]
+        whole = None if batch.combine is None else batch.combine.whole_shape(index, param)
+        return device_library.DeviceSlot(columns, shaped, scalars[0], states,
+                                         tables.fin[plan.row_of[index]], tables.tot, param,
+                                         whole)
 
     def _row(self, plan: DevicePlan, module: GeneratedModule, batch: DeviceBatch, index: int,
              copy, tl_types: dict) -> tuple[list[int], tuple, int]:
@@ -309,13 +359,16 @@ class TritonRunner:
         device = param.device
         n = param.numel()
         compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-        tensors = [param, grad] + [state.get(key) for key in self.tensor_keys]
+        # (a `per row` / `per col` state is read by library stages only: no column)
+        tensors = [param, grad] + [None if key in self.shaped_keys else state.get(key)
+                                   for key in self.tensor_keys]
         tensors += [torch.empty(n, dtype=compute, device=device) for _ in module.scratch]
-        row, dtypes = [], []
+        row, dtypes, columns, scalars = [], [], [], []
         for j, x in enumerate(tensors + [copy]):
             if x is None:  # a state this step neither reads nor writes, or no copy
                 row.append(0)
                 dtypes.append(None)
+                columns.append(None)
                 continue
             if x.numel() != n:
                 what = ("grad" if j == 1 else "the parameter of a master weight"
@@ -324,11 +377,14 @@ class TritonRunner:
             x = self._usable(plan, x.detach(), device, DTYPES, written=j != 1)
             row.append(x.data_ptr())
             dtypes.append(x.dtype)
+            columns.append(x)
         for key in ["step"] + self.scalar_keys:
             x = self._usable(plan, state[key].detach().reshape(()), device, SCALAR_DTYPES,
                              written=True)
             row.append(x.data_ptr())
             dtypes.append(x.dtype)
+            scalars.append(x)
+        plan.columns[index] = (columns[:len(tensors)], scalars)  # (library stages read them)
         if hasattr(module.module, "PARAM_FACTS"):
             row += _facts(param, None if batch.combine is None
                           else batch.combine.whole_shape(index, param))
@@ -348,6 +404,12 @@ class TritonRunner:
         plan.keep.append(staged)
         plan.direct = False
         return staged
+
+
+def _plan_key(number: int, params: list, module: GeneratedModule) -> tuple:
+    """Plans are kept per param group and variant: a group whose parameters take several
+    variants (Adafactor's matrices and vectors) steps each with its own plan."""
+    return number, len(params), id(module)
 
 
 def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
