@@ -221,7 +221,7 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     for name, v in stage.commits:
         key = "'w'" if name == "w" else unit.state_order.index(name)
         out.line(f"p.commits[{key}] = {value_name(v)}", f"{name} =, at the end of the step")
-    for v in _handed(unit, stage):
+    for v in handed(unit, stage):
         out.line(f"p.lib[{v}] = float({value_name(v)})", "read by host code (a transfer)")
 
 
@@ -255,7 +255,7 @@ def _reads(unit: Unit, stage: Library) -> list[tuple[int, int | None]]:
     return sorted(found.items())
 
 
-def _handed(unit: Unit, stage: Library) -> list[int]:
+def handed(unit: Unit, stage: Library) -> list[int]:
     """The stage's scalars that host code reads (sweep rows, scalar states)."""
     eqs = unit.graph.eqs
     schedule = unit.schedule

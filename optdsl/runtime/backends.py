@@ -224,8 +224,7 @@ def _c_load(source: str, tag: str):
 
 register(Backend("c", "compiled C on CPU tensors (the system compiler, at first use)",
                  c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
-                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1,
-                 library_stages=False))
+                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1))
 
 
 def _torch_runner(program):
