@@ -2,7 +2,8 @@
 
 Each program becomes ``<name>_triton.py`` (the Triton kernels and host step) and/or
 ``<name>_numpy.py`` (the chunked NumPy step); a program with matrix work (library stages),
-which the Triton and C back ends do not run yet, gets its NumPy step instead. The repository's ``kernels/`` directory is
+which a back end without library stages (Triton's) does not run yet, gets its NumPy step
+instead. The repository's ``kernels/`` directory is
 this output for every bundled program (``make kernels``), and a test fails when it is stale.
 """
 
@@ -32,7 +33,7 @@ def _chosen(backends: str) -> tuple[str, ...]:
 def runnable(program, backends: str = "triton") -> tuple[str, ...]:
     """The back ends ``write_kernels`` writes ``program`` for: the chosen ones, where a back
     end without library stages is replaced by NumPy for a program with matrix work (the
-    Triton and C back ends do not run it yet); "all" leaves out a back end that refuses the
+    Triton back end does not run it yet); "all" leaves out a back end that refuses the
     program (the torch back end, for group-wide reductions)."""
     out: list[str] = []
     for b in _chosen(backends):
