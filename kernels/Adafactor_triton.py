@@ -191,6 +191,15 @@ def _unwide(x, rows, cols):
     return x.transpose(-1, -2) if rows > cols else x
 
 
+def _colnorm(x):
+    """The 2-norm of each column: summed squares (torch's vector_norm over dim -2 is a
+    strided reduction, several times slower and less accurate in float32); a bfloat16 x
+    through vector_norm (its squares are not rounded to bfloat16)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return torch.sqrt(torch.sum(x * x, dim=-2, keepdim=True))
+    return torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+
+
 def _reduce(x, combine, identity, finish):
     """A lowered reduction: the combine ("add" or "max") of the mapped values x in float64,
     from identity, finished ("none", "sqrt", "mean", "rms") over their count."""
@@ -254,27 +263,27 @@ def library0(params):
         v16 = T[5]
         v61 = T[6]
         v41 = torch.linalg.vector_norm(v16, dim=-1, keepdim=True)  # line 40
-        v42 = (v41 * v41)  # line 40
-        v44 = (v42 / p.cols)  # line 40
-        v45 = (v44 - v10)  # line 40
-        v46 = (v21 * v45)  # line 40
-        v47 = (v10 + v46)  # line 40
+        v42 = v41.mul_(v41)  # line 40
+        v44 = v42.div_(p.cols)  # line 40
+        v45 = v44.sub_(v10)  # line 40
+        v46 = v45.mul_(v21)  # line 40
+        v47 = v46.add_(v10)  # line 40
         v48 = _where(v40, v47, v10, T[0])  # line 40
-        v49 = torch.linalg.vector_norm(v16, dim=-2, keepdim=True)  # line 41
-        v50 = (v49 * v49)  # line 41
-        v52 = (v50 / p.rows)  # line 41
-        v53 = (v52 - v11)  # line 41
-        v54 = (v21 * v53)  # line 41
-        v55 = (v11 + v54)  # line 41
+        v49 = _colnorm(v16)  # line 41
+        v50 = v49.mul_(v49)  # line 41
+        v52 = v50.div_(p.rows)  # line 41
+        v53 = v52.sub_(v11)  # line 41
+        v54 = v53.mul_(v21)  # line 41
+        v55 = v54.add_(v11)  # line 41
         v56 = _where(v40, v55, v11, T[0])  # line 41
         v62 = torch.matmul(v48, v56)  # line 43
         v63 = torch.mean(v48, dim=-2, keepdim=True)  # line 43
-        v64 = _max(v63, v20)  # line 43
-        v65 = (v62 / v64)  # line 43
+        v64 = torch.maximum(v63, _tensor(v20, v63), out=v63)  # line 43
+        v65 = v62.div_(v64)  # line 43
         v66 = _where(v40, v65, v61, T[0])  # line 43
         v68 = _max(v66, v67)  # line 44
-        v69 = torch.rsqrt(v68)  # line 44
-        v70 = (v69 * v16)  # line 44
+        v69 = v68.rsqrt_()  # line 44
+        v70 = v69.mul_(v16)  # line 44
         v71 = torch.linalg.vector_norm(v70)  # line 45
         v73 = (v71 / v72)  # line 45
         v74 = _max(1.0, v73)  # line 45

@@ -97,8 +97,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for path in write_kernels(programs, out, backends=args.backend):
         print(path)
     for prog in programs:
-        if prog.library_work and args.backend != "all" and \
-                not registry.get(args.backend).library_stages:
+        if prog.library_work and args.backend != "all" \
+                and not registry.get(args.backend).library_stages:
             print(f"note: {prog.name} has matrix work ({prog.library_work}), which the "
                   f"{args.backend} back end does not run yet: its NumPy step was written",
                   file=sys.stderr)

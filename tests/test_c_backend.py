@@ -55,21 +55,28 @@ CASES = {
                                         "stochastic_rounding": True}),
     "noncontiguous": (torch.float32, {}),
 }
-REDUCING = {"LAMB", "LARS", "SGDClip", "AdamWClip", "SGDClipPerTensor"}
+REDUCING = {"LAMB", "LARS", "SGDClip", "AdamWClip", "SGDClipPerTensor", "Adafactor"}
 
 
-def _params(dtype, noncontiguous: bool) -> list[torch.Tensor]:
+SHAPES = [(37, 3), (5,), (3000,), (0,), (1,)]
+# Muon takes matrices only; Adafactor factors matrices and keeps vectors whole
+MATRIX_SHAPES = {"Muon": [(37, 3), (16, 40), (5, 5), (0, 4), (64, 32)],
+                 "Adafactor": [(37, 3), (16, 40), (7,), (0, 4), (64, 32)]}
+
+
+def _params(dtype, noncontiguous: bool, shapes=SHAPES) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    shapes = [(37, 3), (5,), (3000,), (0,), (1,)]
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
     if noncontiguous:
-        params[0] = torch.randn(3, 37, generator=gen, dtype=torch.float64).to(dtype).t()
+        params[0] = torch.randn(shapes[0][::-1], generator=gen,
+                                dtype=torch.float64).to(dtype).t()
     return params
 
 
 def _run(name: str, backend: str, case: str, steps: int = 3) -> list[torch.Tensor]:
     dtype, options = CASES[case]
-    params = [p.requires_grad_() for p in _params(dtype, case == "noncontiguous")]
+    shapes = MATRIX_SHAPES.get(name, SHAPES)
+    params = [p.requires_grad_() for p in _params(dtype, case == "noncontiguous", shapes)]
     torch.manual_seed(5)
     prog = library.program(name)
     required = {n: 0.1 for n, s in prog.hypers.items() if s.required}
@@ -90,8 +97,8 @@ def _run(name: str, backend: str, case: str, steps: int = 3) -> list[torch.Tenso
 
 
 # SparseAdam takes sparse gradients only (test_sparse_gradients runs it on C); Muon and
-# Adafactor have library stages, which the C back end does not run (see the test below).
-CATALOG = [name for name in library.STEPWISE if name not in ("SparseAdam", "Muon", "Adafactor")]
+# Adafactor (library stages between the sweeps) step matrices (MATRIX_SHAPES).
+CATALOG = [name for name in library.STEPWISE if name != "SparseAdam"]
 
 
 @needs_cc
@@ -235,27 +242,68 @@ def test_step_shares_torchs_openmp_runtime():
     assert ours == theirs
 
 
+# name: (shapes, hypers, foreign calls per step: one per variant, Adafactor's matrices and
+# vectors being two)
+RUNTIME_PATH = {"LAMB": ([(5000,), (9,), (0,)], {"weight_decay": 0.1}, 1),
+                "Adafactor": ([(50, 100), (9,), (0, 3)], {"weight_decay": 0.1}, 2)}
+
+
 @needs_cc
-def test_runtime_path_gives_the_direct_bits(monkeypatch):
+@pytest.mark.parametrize("name", list(RUNTIME_PATH))
+def test_runtime_path_gives_the_direct_bits(monkeypatch, name):
     """The combiner's path: the C host step calls back for each sweep and the runtime
-    finishes the reductions (optdsl.runtime.reduce), with the direct path's bits."""
+    finishes the reductions (optdsl.runtime.reduce), with the direct path's bits (Adafactor:
+    with its library stage called back on both paths)."""
     from optdsl.runtime.c_runner import CRunner
+
+    shapes, hypers, variants = RUNTIME_PATH[name]
 
     def run():
         gen = torch.Generator().manual_seed(4)
-        params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (5000, 9, 0)]
-        opt = library.LAMB(params, lr=0.01, weight_decay=0.1, backend="c")
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        opt = getattr(library, name)(params, lr=0.01, backend="c", **hypers)
         for _ in range(2):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen) * 10
             opt.step()
-        return [p.detach().clone() for p in params], opt._runner_of[1].calls
+        states = [v.clone() for p in params for v in opt.state[p].values()]
+        return [p.detach().clone() for p in params] + states, opt._runner_of[1].calls
 
     direct, direct_calls = run()
     monkeypatch.setattr(CRunner, "_direct", staticmethod(lambda lib, options: False))
     through, through_calls = run()
-    assert all(torch.equal(a, b) for a, b in zip(direct, through))
-    assert direct_calls == 2 and through_calls > 2 * 2  # a call per sweep, and the step
+    assert len(direct) == len(through)
+    # (the (0, 3) matrix's col_var is 0 / 0 = NaN, as torch's)
+    assert all(torch.equal(torch.nan_to_num(a, 7.0), torch.nan_to_num(b, 7.0))
+               for a, b in zip(direct, through))
+    # a call per step and variant; on the runtime's path, a call per sweep besides
+    assert direct_calls == 2 * variants and through_calls > 2 * 2 * variants
+
+
+@needs_cc
+def test_an_error_in_a_library_stage_is_raised_and_changes_nothing(monkeypatch):
+    """A library stage runs in a callback from the C host step: its exception is raised by
+    step() once the C code has returned, before the final sweep wrote the parameter or any
+    state was committed."""
+    from optdsl.runtime import library_stage
+
+    p = torch.nn.Parameter(torch.randn(6, 4))
+    opt = library.Muon([p], lr=0.02, backend="c")
+    p.grad = torch.randn(6, 4)
+    opt.step()
+    before = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
+
+    def broken(*args, **kwargs):
+        raise ArithmeticError("a stage that fails")
+
+    monkeypatch.setattr(library_stage, "run", broken)
+    with pytest.raises(ArithmeticError, match="a stage that fails"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert torch.equal(opt.state[p]["momentum_buffer"], before[1])
+    monkeypatch.undo()
+    opt.step()  # and the optimizer steps on
+    assert not torch.equal(p.detach(), before[0])
 
 
 @needs_cc
@@ -355,13 +403,21 @@ def test_shared_object_exports_the_abi():
     assert lib.TENSORS == ("w", "g") and lib.HYPERS == ("lr",)
 
 
-def test_programs_with_library_stages_are_not_the_c_back_ends():
-    """backend="auto" passes C over for a program with matrix work (no warning: NumPy is the
-    choice for it), and backend="c" is refused at construction, naming the work."""
+@needs_cc
+def test_auto_takes_c_for_matrix_work_and_runs_numpys_library_code():
+    """backend="auto" takes C for programs with matrix work on CPU tensors, with no warning
+    (it measured faster than NumPy: bench/bench_matrix.py); the C source ends with the
+    library stages' Python module, whose stage is the NumPy step's own code."""
+    from optdsl.runtime.c_module import library_source
+
     p = torch.nn.Parameter(torch.randn(4, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert library.Muon([p]).backend == "numpy"
-        assert library.Adafactor([p]).backend == "numpy"
-    with pytest.raises(ValueError, match=r"backend='c' does not run matrix work.*`bf16` at line"):
-        library.Muon([p], backend="c")
+        assert library.Muon([p]).backend == "c"
+        assert library.Adafactor([p]).backend == "c"
+    for name in ("Muon", "Adafactor"):
+        prog = library.program(name).generic
+        module = library_source(prog.source("c"))
+        stage = module[module.index("def library0(params):"):module.index("\n\n\n# Per")]
+        assert "torch.matmul(" in stage and stage in prog.source("numpy")
+        assert library_source(library.program("Adam").generic.source("c")) == ""

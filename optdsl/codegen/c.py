@@ -13,6 +13,11 @@ order, as the NumPy step). Reduction maps go to a buffer whose float64 partial i
 a fixed order (optdsl_sum_*), and the block map runs in parallel with results that do not
 depend on the number of threads.
 
+A program with matrix work ends with an ``optdsl-library`` comment: the Python module of its
+library stages (optdsl.codegen.library's torch code, its LIBRARIES table and SHAPED), which
+the loader runs between sweeps through ``a->library_cb`` (optdsl.runtime.c_module): BLAS
+GEMMs through torch.matmul, the same code as the NumPy back end's.
+
 The file starts with a ``optdsl-contract`` comment (JSON: TENSORS, the sweeps' widths and
 reductions, the hypers' order...), which the loader reads from the verified source. Names
 are the unit's (``v<n>``, ``h_<hyper>``, ``s_<state>``, ``f<n>`` for a scalar read from the
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import json
 
-from optdsl.codegen import c_host
+from optdsl.codegen import c_host, library
 from optdsl.codegen.buffer import CodeBuffer
 from optdsl.codegen.c_prelude import ABI_VERSION, BLOCK, prelude
 from optdsl.codegen.unit import Unit, column_var, temp_column, value_name
@@ -45,6 +50,11 @@ SPELLING: dict[str, str] = {
     "eq": "({0} == {1})", "ne": "({0} != {1})",
     "and": "({0} & {1})", "or": "({0} | {1})", "not": "(!{0})",
     "where": "({0} ? {1} : {2})", "precise": "{0}",
+    # NumPy's element code spells these two as the same IEEE operations: spelling them
+    # keeps the legalized graph the NumPy back end's, so library stages run the same torch
+    # code (torch.rsqrt, not 1 / torch.sqrt) and agree bit for bit
+    "rsqrt": "(({T})1 / sqrt{S}({0}))",
+    "clamp": "optdsl_min_{H}(optdsl_max_{H}({0}, {1}), {2})",
 }
 # How far (in ulps of the compute dtype) an element op of libm (exp, log, pow, tanh, atan2),
 # which the C step calls, may be from NumPy's SIMD version of it, which the NumPy step calls:
@@ -72,7 +82,47 @@ def contract(unit: Unit) -> dict:
         "sweeps": [[unit.runs(s), len(unit.row(s)), [list(r) for r in unit.reductions_of(s)]]
                    for s in unit.schedule.sweeps],
         "finishes_in_c": c_host.finishes_in_c(unit),
+        # per library stage: the scalars it hands to host code (their a->lib columns follow
+        # one another, stage after stage)
+        "handed": [library.handed(unit, stage) for stage in unit.schedule.libraries],
     }
+
+
+# The first line of the comment that holds the library module (the module follows it, to
+# the line "*/"; optdsl.runtime.c_module reads it back).
+LIBRARY_HEADER = ("/* optdsl-library: the Python module of the library stages "
+                  "(optdsl.codegen.library), to the end of this comment")
+
+
+def library_module(unit: Unit) -> str:
+    """The Python module of a unit's library stages ('' without matrix work): the torch
+    code of each stage, ``SHAPED`` and the ``LIBRARIES`` table of the contract."""
+    functions, rows = library.emit_libraries(unit)
+    if not rows:
+        return ""
+    out = CodeBuffer()
+    out.line("import torch")
+    out.line()
+    out.line(f"SHAPED = {tuple(sorted(unit.shaped_states))!r}  # states of library stages")
+    table = CodeBuffer()
+    table.line()
+    table.line()
+    table.line(library.TABLE_COMMENT)
+    with table.block("LIBRARIES = ("):
+        for row in rows:
+            table.line(row)
+    table.line(")")
+    return out.text() + functions + table.text()
+
+
+def _library_comment(unit: Unit) -> str:
+    """The library module as the C file's last comment ('' without matrix work)."""
+    module = library_module(unit)
+    if not module:
+        return ""
+    if "*/" in module:  # (no spelling or citation writes one)
+        raise AssertionError("a library module would end the C comment that holds it")
+    return f"\n{LIBRARY_HEADER}\n{module.rstrip()}\n*/\n"
 
 
 class _Generator:
@@ -97,7 +147,7 @@ class _Generator:
                     self._emit_block(body, sweep, kind)
         self._emit_dispatch(body)
         c_host.emit_step(body, unit)
-        return text + body.text()
+        return text + body.text() + _library_comment(unit)
 
     # -- one sweep ------------------------------------------------------------------------
     def _columns_of(self, sweep: Sweep) -> tuple[dict[str, None], set[str], set[str]]:

@@ -7,21 +7,26 @@ step is one foreign call.
 ``a->rows``), runs each sweep, reads the finished reductions (``a->red``, ``a->totals``),
 writes the scalar states' new values into ``a->sval`` and commits them after the last
 sweep. With ``a->sweep_cb`` set, the runtime runs each sweep and finishes its reductions
-(the distributed combiner, and later library stages, live there); else the C code does,
-combining partials in the descriptor's fixed order and finishing them as
-``Reduction.finished`` does (``FINISH``; a descriptor whose finish has no C spelling makes
-the runtime take the callback path).
+(the distributed combiner lives there); else the C code does, combining partials in the
+descriptor's fixed order and finishing them as ``Reduction.finished`` does (``FINISH``; a
+descriptor whose finish has no C spelling makes the runtime take the callback path).
+
+A library stage (matrix work: optdsl.codegen.library's torch code) runs between sweeps
+through ``a->library_cb(k)``, the runtime's: the C code first writes each parameter's row
+of the stage's host scalars into ``a->rows``; the scalars the stage hands back to host code
+(``handed``) are read from ``a->lib``, one row of them per parameter.
 """
 
 from __future__ import annotations
 
 from optdsl.codegen.buffer import CodeBuffer
+from optdsl.codegen.library import handed as handed_by
 from optdsl.codegen.unit import Unit, hyper_name, state_name, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS
 from optdsl.ir.reductions import GROUP_SCOPE, REDUCTIONS
-from optdsl.ir.schedule import param_scalars
+from optdsl.ir.schedule import Library, param_scalars
 
 # How host code writes each op over float64 scalars ({0}, {1}...); masks are ints. The same
 # operations as optdsl.codegen.host's NumPy-scalar spelling: `**` is C's pow there too.
@@ -78,8 +83,11 @@ def c_float(value: float) -> str:
 
 
 def scalar_ref(unit: Unit, v: int) -> str:
-    """How host code refers to scalar value v."""
+    """How host code refers to scalar value v (a library stage's: what it handed back)."""
     eq = unit.graph.eqs[v]
+    if v in unit.schedule.library:  # (read inside the loop over the parameters)
+        found = handed(unit)
+        return f"a->lib[i * {len(found)} + {found.index(v)}]"
     if eq.op in PARAM_FACTS:  # (read inside the loop over the parameters: i is one)
         return f"a->facts[i * {len(PARAM_FACTS)} + {PARAM_FACTS.index(eq.op)}]"
     if eq.op == "const":
@@ -104,7 +112,15 @@ def scalar_states(unit: Unit) -> tuple[str, ...]:
 
 
 def row_width(unit: Unit) -> int:
-    return max((len(unit.row(s)) for s in unit.schedule.sweeps), default=0) or 1
+    """The width of ``a->rows``: the longest row of a sweep or a library stage."""
+    widths = [len(unit.row(s)) for s in unit.schedule.sweeps]
+    widths += [len(unit.library_row(s)) for s in unit.schedule.libraries]
+    return max(widths, default=0) or 1
+
+
+def handed(unit: Unit) -> tuple[int, ...]:
+    """The scalars library stages hand to host code, in the order of a row of ``a->lib``."""
+    return tuple(v for stage in unit.schedule.libraries for v in handed_by(unit, stage))
 
 
 def _declare(unit: Unit, v: int) -> str:
@@ -129,19 +145,54 @@ def emit_step(out: CodeBuffer, unit: Unit) -> None:
         if any(eq.op == "inv_grad_scale" for eq in eqs):
             out.line("const double inv_grad_scale = a->inv_grad_scale;")
         out.line("int rc = 0;")
-        for sweep, group_values in zip(schedule.sweeps, schedule.group_values):
+        for stage, group_values in zip(schedule.stages, schedule.group_values):
             for v in group_values:
                 if eqs[v].op == "reduce_group":
                     out.line(f"const double {value_name(v)} = a->totals[{unit.slot[v]}];",
                              unit.cite(v))
                 else:
                     _emit_scalar(out, unit, v)
+            if isinstance(stage, Library):
+                _emit_library_loop(out, unit, stage)
+                out.line(f"rc = a->library_cb != NULL ? a->library_cb({stage.index}) : -3;",
+                         f"library stage {stage.index}: matrix work, by the runtime")
+                out.line("if (rc) return rc;")
+                continue
+            sweep = stage
             _emit_param_loop(out, unit, sweep)
             if unit.runs(sweep):
                 out.line(f"rc = optdsl_sweep_done(a, {sweep.index});")
                 out.line("if (rc) return rc;")
         out.line(f"optdsl_commit_scalar_states(a, {len(scalar_states(unit))});")
         out.line("return rc;")
+    out.line("}")
+
+
+def _emit_library_loop(out: CodeBuffer, unit: Unit, stage: Library) -> None:
+    """Per parameter: the host scalars a library stage reads, as its row in ``a->rows``
+    (as optdsl.codegen.host._emit_library_loop)."""
+    eqs = unit.graph.eqs
+    values = [v for v in param_scalars(unit.schedule, list(stage.scalars_in))
+              if OPS[eqs[v].op].category != LEAF]
+    row = unit.library_row(stage)
+    if not (values or row):
+        return
+    scalars = scalar_states(unit)
+    with out.block("for (int64_t i = 0; i < a->n; i++) {",
+                   f"library stage {stage.index}: its scalar row"):
+        out.line("const double t = a->t[i];")
+        for j, name in enumerate(scalars):
+            out.line(f"const double {state_name(name)} = optdsl_scalar_state(a, i, {j}, "
+                     f"{len(scalars)});")
+        for v in values:
+            if eqs[v].op == "reduce":
+                out.line(f"const double {value_name(v)} = "
+                         f"a->red[i * {len(unit.slot)} + {unit.slot[v]}];", unit.cite(v))
+            else:
+                _emit_scalar(out, unit, v)
+        out.line(f"double *row = a->rows + i * {row_width(unit)};", "the stage's row")
+        for j, v in enumerate(row):
+            out.line(f"row[{j}] = {scalar_ref(unit, v)};")
     out.line("}")
 
 

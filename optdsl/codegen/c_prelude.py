@@ -12,7 +12,7 @@ bits (as the Triton kernels do).
 
 from __future__ import annotations
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 BLOCK = 1024  # elements of one parameter handled by one call of a sweep's block function
 MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
 
@@ -62,6 +62,8 @@ typedef struct optdsl_args {
     const int64_t *ti;       /* [n] each parameter's index in its bucket */
     const double *facts;     /* [n * 5] rows, cols, ndim, numel, dtype_eps of each parameter */
     int (*sweep_cb)(int64_t k); /* NULL: sweeps and reductions run here; else the runtime's */
+    double *lib;             /* [n * NUM_HANDED] scalars library stages hand the host step */
+    int (*library_cb)(int64_t k); /* runs library stage k (matrix work: the runtime's) */
 } optdsl_args;
 
 typedef void (*optdsl_block_fn)(const optdsl_args *a, int64_t i, int64_t lo, int64_t m,

@@ -5,7 +5,8 @@ time, on torch tensors of the parameter's shape: its matrix products (torch.matm
 BLAS on the CPU and cuBLAS on the GPU; ``s1 * C + s2 * (A @ B)`` becomes one ``addmm``, as
 Inductor fuses a GEMM's epilogue), transposes, row and column statistics, bfloat16
 arithmetic (torch's own: every result rounded), reductions of those, and the element-wise
-values in between. It reads the parameter's tensors and the scratch tensors earlier sweeps
+values in between (computed into an argument's memory where nothing else reads it:
+optdsl.codegen.library_in_place). It reads the parameter's tensors and the scratch tensors earlier sweeps
 wrote (``p.tensors``, in the order of TENSORS), the values earlier library stages kept
 (``p.kept``), and its row of host scalars (``p.scalars``); it writes the scratch tensors
 later sweeps read, keeps what later library stages read, hands back scalars host code reads
@@ -35,6 +36,7 @@ The spelling here is torch's; every op the element code can spell has one.
 from __future__ import annotations
 
 from optdsl.codegen.buffer import CodeBuffer
+from optdsl.codegen.library_in_place import in_place
 from optdsl.codegen.unit import Unit, hyper_name, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
@@ -66,7 +68,7 @@ SPELLING: dict[str, str] = {
     "rownorm": "torch.linalg.vector_norm({0}, dim=-1, keepdim=True)",
     "colsum": "torch.sum({0}, dim=-2, keepdim=True)",
     "colmean": "torch.mean({0}, dim=-2, keepdim=True)",
-    "colnorm": "torch.linalg.vector_norm({0}, dim=-2, keepdim=True)",
+    "colnorm": "_colnorm({0})",
     # reductions of matrix values, as torch computes them
     "sum": "torch.sum({0})", "mean": "torch.mean({0})",
     "norm": "torch.linalg.vector_norm({0})", "rms": "torch.sqrt(torch.mean({0} * {0}))",
@@ -118,6 +120,15 @@ def _wide(x):
 def _unwide(x, rows, cols):
     """What _wide gave back in the parameter's orientation (rows x cols)."""
     return x.transpose(-1, -2) if rows > cols else x
+
+
+def _colnorm(x):
+    """The 2-norm of each column: summed squares (torch's vector_norm over dim -2 is a
+    strided reduction, several times slower and less accurate in float32); a bfloat16 x
+    through vector_norm (its squares are not rounded to bfloat16)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return torch.sqrt(torch.sum(x * x, dim=-2, keepdim=True))
+    return torch.linalg.vector_norm(x, dim=-2, keepdim=True)
 
 
 def _reduce(x, combine, identity, finish):
@@ -226,6 +237,7 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
         out.line(f"{value_name(v)} = {source}")
     fused = _addmm_fusions(unit, stage)
     skipped = {x for c, s1, mm, s2, inner in fused.values() for x in [mm, *inner]}
+    into = in_place(unit, stage, fused, skipped)  # computed into an argument's memory
     for v in stage.values:
         if v in skipped:
             continue
@@ -238,6 +250,9 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
                 alpha = names.ref(s2) if s2 is not None else "1.0"
                 text = (f"_addmm({names.ref(c)}, {names.ref(a)}, {names.ref(b)}, "
                         f"beta={beta}, alpha={alpha})")
+            elif v in into:
+                spelling, args = into[v]
+                text = spelling.format(*[names.ref(a) for a in args])
             elif eq.op == "reduce":
                 text = _lowered_reduction(eq.attr, names.ref(eq.args[0]))
             else:
@@ -252,7 +267,7 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
         key = "'w'" if name == "w" else unit.state_order.index(name)
         out.line(f"p.commits[{key}] = {value_name(v)}", f"{name} =, at the end of the step")
     slots = fin_slots(unit)
-    for v in _handed(unit, stage):
+    for v in handed(unit, stage):
         if unit.schedule.device_scalars:
             out.line(f"p.fin[{slots[v]}].fill_({value_name(v)})", "read by later kernels")
         else:
@@ -343,9 +358,9 @@ def device_scalars(unit: Unit, stage: Library) -> list[int]:
 def fin_slots(unit: Unit) -> dict[int, int]:
     """The scalars library stages hand to later code (kernels, when scalars are on the
     device), each with its slot in the finished table: after the step's reductions."""
-    handed = [v for stage in unit.schedule.libraries for v in _handed(unit, stage)]
+    scalars = [v for stage in unit.schedule.libraries for v in handed(unit, stage)]
     first = len(unit.slot)
-    return {v: first + j for j, v in enumerate(handed)}
+    return {v: first + j for j, v in enumerate(scalars)}
 
 
 def _lowered_reduction(name: str, mapped: str) -> str:
@@ -378,7 +393,7 @@ def _reads(unit: Unit, stage: Library) -> list[tuple[int, int | None]]:
     return sorted(found.items())
 
 
-def _handed(unit: Unit, stage: Library) -> list[int]:
+def handed(unit: Unit, stage: Library) -> list[int]:
     """The stage's scalars that host code reads (sweep rows, scalar states)."""
     eqs = unit.graph.eqs
     schedule = unit.schedule

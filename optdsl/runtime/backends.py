@@ -221,10 +221,12 @@ def _c_load(source: str, tag: str):
     return c_module.load(source, tag)
 
 
+# "auto" tries C first on CPU tensors, for matrix work (library stages) too: its library
+# stages are the NumPy back end's torch code and its sweeps are threaded C, so a Muon or
+# Adafactor step takes no longer than NumPy's (bench/bench_matrix.py: see the results there)
 register(Backend("c", "compiled C on CPU tensors (the system compiler, at first use)",
                  c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
-                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1,
-                 library_stages=False))
+                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1))
 
 
 def _torch_runner(program):

@@ -28,6 +28,7 @@ class Args(ctypes.Structure):
         ("threads", ctypes.c_int64), ("parallel_min", ctypes.c_int64), ("sr", ctypes.c_int64),
         ("seed", _P), ("ti", _P), ("facts", _P),
         ("sweep_cb", SweepCallback),
+        ("lib", _P), ("library_cb", SweepCallback),
     ]
 
 

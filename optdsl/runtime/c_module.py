@@ -4,9 +4,16 @@ its verified source, as a module of the contract (optdsl.codegen.contract).
 ``TENSORS``, ``NUM_REDUCTIONS`` and ``SWEEPS`` come from the source's contract line; a
 sweep's kernel is the index the shared object's ``optdsl_sweep(args, k)`` runs. ``step``
 is the host step compiled in (``optdsl_step``) driven through the contract: with a context
-of the C runner (``ctx.args``, its tables) it runs every sweep through ``ctx.sweep`` (a
+of the C runner (``ctx.tables``, its tables) it runs every sweep through ``ctx.sweep`` (a
 callback from the C host step), so the runtime finishes reductions and combines shards'
 partials, and copies what they gave back into the C tables.
+
+Library stages (matrix work): ``LIBRARIES`` and ``SHAPED`` come from the Python module the
+source ends with (optdsl.codegen.c, ``optdsl-library``), loaded from the same verified
+text. The C host step calls ``a->library_cb(k)`` for stage k on either path (``run``): each
+parameter's slot gets its row of host scalars from the C tables, ``ctx.library`` runs the
+stage (optdsl.runtime.library_stage), and the scalars it hands to host code go back into
+the tables' ``lib`` rows.
 """
 
 from __future__ import annotations
@@ -15,9 +22,23 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
+from optdsl.codegen.c import LIBRARY_HEADER
 from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.runtime import c_build
 from optdsl.runtime.c_abi import Args, SweepCallback, read_contract
+from optdsl.runtime.loader import load_python
+
+
+def library_source(source: str) -> str:
+    """The Python module of a generated C source's library stages ('' if it has none)."""
+    start = source.find("\n" + LIBRARY_HEADER + "\n")
+    if start < 0:
+        return ""
+    start += len(LIBRARY_HEADER) + 2
+    end = source.find("\n*/", start)
+    if end < 0:
+        raise ValueError("a generated C step whose library module is not closed")
+    return source[start:end + 1]
 
 
 class CLibrary:
@@ -43,9 +64,21 @@ class CLibrary:
         self.STATE_COLUMNS = int(c["state_columns"])
         self.FINISHES_IN_C = bool(c["finishes_in_c"])
         self.MAX_SWEEP_REDUCTIONS = max((len(r) for _, _, r in self.SWEEPS), default=0)
+        self.HANDED = tuple(tuple(int(v) for v in h) for h in c.get("handed", ()))
+        self.NUM_HANDED = sum(len(h) for h in self.HANDED)
+        python = library_source(source)
+        if python:
+            stages = load_python(python, f"c-library:{tag}")
+            self.LIBRARIES = stages.LIBRARIES
+            self.SHAPED = stages.SHAPED
 
     def step(self, ctx: Any, params: Sequence[ParamSlot]) -> None:
         """The host step (the contract's ``step``) with every sweep run by ``ctx.sweep``."""
+        self.run(ctx, params, sweeps_by_runtime=True)
+
+    def run(self, ctx: Any, params: Sequence[ParamSlot], sweeps_by_runtime: bool) -> None:
+        """The host step, its library stages run by ``ctx.library``; its sweeps run by
+        ``ctx.sweep`` (``sweeps_by_runtime``) or in C."""
         tables = ctx.tables
         failures: list[BaseException] = []
 
@@ -58,16 +91,44 @@ class CLibrary:
                 failures.append(exc)
                 return 1
 
-        callback = SweepCallback(on_sweep)
-        tables.args.sweep_cb = callback
+        def on_library(k: int) -> int:
+            try:
+                self._library(ctx, k, params)
+                return 0
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the C returns
+                failures.append(exc)
+                return 1
+
+        args = tables.args
+        callbacks = (SweepCallback(on_sweep) if sweeps_by_runtime else SweepCallback(),
+                     SweepCallback(on_library))
+        args.sweep_cb, args.library_cb = callbacks
         try:
-            rc = self.optdsl_step(ctypes.byref(tables.args))
+            rc = self.optdsl_step(ctypes.byref(args))
         finally:
-            tables.args.sweep_cb = SweepCallback()
+            args.sweep_cb = args.library_cb = SweepCallback()
         if failures:
             raise failures[0]
         if rc:
             raise RuntimeError(f"the generated C step failed (code {rc})")
+
+    def _library(self, ctx: Any, k: int, params: Sequence[ParamSlot]) -> None:
+        """Library stage k: each parameter's row from the tables, the stage, and the scalars
+        it hands to host code back into the tables."""
+        tables = ctx.tables
+        n = len(params)
+        width = self.LIBRARIES[k][1]
+        rows = tables.rows[:n * self.ROW].reshape(n, self.ROW)[:, :width].tolist()
+        for p, row in zip(params, rows):
+            p.scalars = row
+        ctx.library(k, params)
+        handed = self.HANDED[k]
+        if handed:
+            first = sum(len(h) for h in self.HANDED[:k])
+            lib = tables.lib[:n * self.NUM_HANDED].reshape(n, self.NUM_HANDED)
+            for i, p in enumerate(params):
+                for j, v in enumerate(handed):
+                    lib[i, first + j] = p.lib[v]
 
 
 def load(source: str, tag: str) -> GeneratedModule:

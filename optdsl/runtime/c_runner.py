@@ -6,9 +6,12 @@ storage itself) and the reductions, finished in C in the descriptor's order. Whe
 needs the runtime between sweeps (a distributed combiner all-reduces shards' partials, or a
 reduction's finish has no C spelling) the same C host step calls back into Python for each
 sweep, which runs the sweep (``optdsl_sweep``) and finishes its reductions in
-optdsl.runtime.reduce. Programs with library stages (matrix products run by torch between
-sweeps) are not the C back end's yet: backend="auto" passes it over for them and
-backend="c" is refused at construction (optdsl.runtime.backends).
+optdsl.runtime.reduce. Library stages (matrix work: torch's BLAS GEMMs, row and column
+statistics, bfloat16 work) run between sweeps as on the NumPy back end: the C host step
+calls back into Python for each (optdsl.runtime.c_module), which runs the generated torch
+code (optdsl.runtime.library_stage) on each parameter's columns in its shape and compute
+dtype (``_Tables.library_columns``); the shaped states they compute are committed at the
+end of the step, as on NumPy (a stage never sees a state it changed).
 
 Tables (``_Tables``): the pointer table (one row per parameter: w, g, each tensor state,
 the scratch columns of values stored between sweeps, the master weight's low-precision
@@ -35,9 +38,10 @@ import numpy as np
 import torch
 
 from optdsl.codegen.c_prelude import BLOCK, DTYPE_CODES
+from optdsl.codegen.contract import GeneratedModule, ParamSlot
 from optdsl.ir.ops import PARAM_FACTS
 from optdsl.runtime.c_abi import Args
-from optdsl.runtime.library_stage import tensor_facts
+from optdsl.runtime.library_stage import commit, tensor_facts
 from optdsl.runtime.rounding import seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
@@ -74,6 +78,8 @@ class _Tables:
         self.sptr = np.zeros(n * nss, dtype=np.int64)
         self.sdtype = np.zeros(n * nss, dtype=np.int8)
         self.bucket_keys = []
+        self.libraries = bool(getattr(lib, "LIBRARIES", ()))
+        self.columns: list[list] = []  # per entry: the tensor of each column (library stages)
         for i, (entry, copy) in enumerate(zip(entries, copies)):
             param = entry.param
             numel = param.numel()
@@ -83,6 +89,8 @@ class _Tables:
             tensors = [param, entry.grad] + [entry.state.get(k) for k in tensor_keys]
             tensors += [torch.empty(numel, dtype=compute) for _ in range(scratch)]
             tensors.append(copy)
+            columns = [None] * len(tensors)
+            self.columns.append(columns)
             for c, x in enumerate(tensors):
                 if x is None:
                     continue
@@ -94,6 +102,7 @@ class _Tables:
                         self.writeback.append((x, staged))
                     x = staged
                 self.keep.append(x)
+                columns[c] = x
                 self.ptr[i * ncol + c] = x.data_ptr()
                 self.dtype[i * ncol + c] = _CODES[x.dtype]
             self.grad_dtypes.append(tensors[1].dtype)
@@ -121,6 +130,7 @@ class _Tables:
         self.hyper = np.zeros(max(len(lib.HYPERS), 1), dtype=np.float64)
         self.rows = np.zeros(n * lib.ROW, dtype=np.float64)
         self.red = np.zeros(max(n * lib.NUM_REDUCTIONS, 1), dtype=np.float64)
+        self.lib = np.zeros(max(n * lib.NUM_HANDED, 1), dtype=np.float64)
         self.totals = np.zeros(max(lib.NUM_REDUCTIONS, 1), dtype=np.float64)
         self.raw = np.zeros(max(n * width, 1), dtype=np.float64)
         self.partials = np.zeros(max(nblocks * width, 1), dtype=np.float64)
@@ -132,7 +142,7 @@ class _Tables:
         a = self.args = Args()
         a.n, a.ncol, a.nblocks = n, ncol, nblocks
         for name in ("ptr", "dtype", "numel", "t", "sptr", "sdtype", "sval", "hyper", "rows",
-                     "red", "totals", "raw", "blocks", "partials", "seed", "ti", "facts"):
+                     "red", "totals", "raw", "blocks", "partials", "seed", "ti", "facts", "lib"):
             setattr(a, name, _ptr(getattr(self, name)))
         a.parallel_min = PARALLEL_MIN
 
@@ -154,7 +164,39 @@ class _Tables:
                 g = _contiguous_copy(g.detach(), dtype)
                 staged.append(g)
             ptr[i * ncol + 1] = g.data_ptr()
+            if self.libraries:
+                self.columns[i][1] = g
         return staged
+
+    def forget_gradients(self) -> None:
+        """Keep no gradient alive between steps (the tables are kept)."""
+        if self.libraries:
+            for columns in self.columns:
+                columns[1] = None
+
+    def library_columns(self, module: GeneratedModule, entry: Entry, i: int,
+                        tensor_keys: list[str]) -> list:
+        """Entry i's columns for a library stage (optdsl.runtime.library_stage): each in the
+        parameter's shape and its compute dtype (the memory the sweeps work on, or a
+        converted copy of a low-precision column, which stages only read); a row or column
+        state, its state tensor in the compute dtype; None for a column the step does not
+        use."""
+        param = entry.param
+        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+        shape = param.shape
+        out = []
+        for c, name in enumerate(module.columns):
+            if name in module.shaped:
+                value = entry.state.get(tensor_keys[c - 2])
+                out.append(None if value is None else value.to(compute))
+                continue
+            x = self.columns[i][c]
+            if x is None:
+                out.append(None)
+                continue
+            x = x.view(shape)
+            out.append(x if x.dtype == compute else x.to(compute))
+        return out
 
     def take_finished(self, reductions, params, totals) -> None:
         """Copy the reductions the runtime finished for a sweep into the C tables."""
@@ -225,18 +267,27 @@ class CRunner:
                 tables.whole_facts(entries, options.combine)
             alive = tables.set_gradients(entries)
             self._prepare(lib, tables, entries, options)
-            if self._direct(lib, options):
-                self.calls += 1
-                rc = lib.optdsl_step(ctypes.byref(tables.args))
-                if rc:
-                    raise RuntimeError(f"the generated C step failed (code {rc})")
-            else:
-                self._through_runtime(module, tables, entries, options)
+            slots = None
+            try:
+                if self._direct(lib, options) and not module.libraries:
+                    self.calls += 1
+                    rc = lib.optdsl_step(ctypes.byref(tables.args))
+                    if rc:
+                        raise RuntimeError(f"the generated C step failed (code {rc})")
+                else:
+                    self.calls += 1
+                    slots = [ParamSlot(e.t, [], module.num_reductions) for e in entries]
+                    ctx = self._context(module, tables, entries, options)
+                    lib.run(ctx, slots, sweeps_by_runtime=not self._direct(lib, options))
+            finally:
+                tables.forget_gradients()
             del alive
             for original, staged in tables.writeback:
                 original.copy_(staged)
             for original, staged in tables.scalar_writeback:
                 original.copy_(staged)
+            if module.libraries and slots is not None:
+                commit(slots, [e.state for e in entries], self.state_keys)
 
     @staticmethod
     def _direct(lib, options: StepOptions) -> bool:
@@ -276,9 +327,10 @@ class CRunner:
         for original, staged in tables.scalar_writeback:
             staged.copy_(original)
 
-    def _through_runtime(self, module, tables: _Tables, entries: list[Entry],
-                         options: StepOptions) -> None:
-        """The C host step, each sweep run and finished by the runtime (the combiner)."""
+    def _context(self, module: GeneratedModule, tables: _Tables, entries: list[Entry],
+                 options: StepOptions) -> StepContext:
+        """The context of a step that calls back into the runtime: for each sweep (the
+        distributed combiner, reductions finished only there) or library stage."""
         lib = module.module
 
         def run_sweep(k: int, params) -> list:
@@ -286,14 +338,13 @@ class CRunner:
             lib.optdsl_sweep(ctypes.byref(tables.args), k)
             return tables.raw_partials(len(module.sweeps[k].reductions))
 
-        from optdsl.codegen.contract import ParamSlot
+        def library_tensors(i: int, p: ParamSlot) -> list:
+            return tables.library_columns(module, entries[i], i, self.tensor_keys)
 
-        slots = [ParamSlot(e.t, [], module.num_reductions) for e in entries]
         ctx = StepContext(module, options.hyper, options.inv_grad_scale, run_sweep,
-                          [int(x) for x in tables.numel], options.combine)
+                          [int(x) for x in tables.numel], options.combine, library_tensors)
         ctx.tables = tables
-        self.calls += 1
-        module.step(ctx, slots)
+        return ctx
 
 
 def _facts(param: torch.Tensor, shape: tuple[int, ...] | None = None) -> list[float]:

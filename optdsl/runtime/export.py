@@ -2,9 +2,9 @@
 
 Each program becomes ``<name>_triton.py`` (the Triton kernels and host step) and/or
 ``<name>_numpy.py`` (the chunked NumPy step); a program with matrix work (library stages)
-asked of a back end that does not run them yet (the C one) gets its NumPy step instead. The
-repository's ``kernels/`` directory is this output for every bundled program (``make
-kernels``), and a test fails when it is stale.
+asked of a back end without library stages (every registered one runs them today) would get
+its NumPy step instead. The repository's ``kernels/`` directory is this output for every
+bundled program (``make kernels``), and a test fails when it is stale.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def _chosen(backends: str) -> tuple[str, ...]:
 
 def runnable(program, backends: str = "triton") -> tuple[str, ...]:
     """The back ends ``write_kernels`` writes ``program`` for: the chosen ones, where a back
-    end without library stages is replaced by NumPy for a program with matrix work (the C
-    back end does not run it yet); "all" leaves out a back end that refuses the program
-    (the torch back end, for group-wide reductions)."""
+    end without library stages is replaced by NumPy for a program with matrix work (every
+    registered back end runs them today); "all" leaves out a back end that refuses the
+    program (the torch back end, for group-wide reductions)."""
     out: list[str] = []
     for b in _chosen(backends):
         if program.library_work and not registry.get(b).library_stages:

@@ -12,6 +12,11 @@ from optdsl.codegen.contract import GeneratedModule
 
 
 def load_source(source: str, tag: str) -> GeneratedModule:
+    return GeneratedModule.of(load_python(source, tag))
+
+
+def load_python(source: str, tag: str) -> types.ModuleType:
+    """The module of generated Python ``source`` (see the module docstring)."""
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
     filename = f"<optdsl-{tag}-{digest}>"
     module = types.ModuleType(f"optdsl_generated_{digest}")
@@ -19,4 +24,4 @@ def load_source(source: str, tag: str) -> GeneratedModule:
     # (an entry without a modification time is never checked against a file)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(code, module.__dict__)
-    return GeneratedModule.of(module)
+    return module
