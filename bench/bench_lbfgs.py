@@ -2,29 +2,35 @@
 
 Not a test. The target (issue 14): optdsl's LBFGS per iteration <= 1.0x torch.optim.LBFGS
 on a 10M-parameter list in ~100 tensors with history_size=10 and a fixed deterministic
-closure, on the CPU; and how many NumPy sweeps (optdsl) and ATen kernels (torch) one
-iteration runs.
+closure, on the CPU; and how many sweeps (optdsl) and ATen kernels (torch) one iteration
+runs.
 
     python bench/bench_lbfgs.py                      # 10M float32 params in 100 tensors
     python bench/bench_lbfgs.py --params 1e6 --rounds 2 --no-save
 
-Method: both optimizers get their own copy of the same parameters (float32) and the same
+Sides: torch.optim.LBFGS; optdsl's LBFGS as a user gets it (backend="auto": C at this size,
+its phases compiled and run on torch's threads); and optdsl's LBFGS on the NumPy back end
+(one thread; ``--no-numpy`` leaves it out).
+
+Method: every optimizer gets its own copy of the same parameters (float32) and the same
 closure, the gradient of the quadratic 0.5 * sum(a * w^2) written in place into each
-``p.grad`` (a fixed deterministic closure: the same cost for both sides). Tolerances are
+``p.grad`` (a fixed deterministic closure: the same cost for every side). Tolerances are
 set so that no test stops a step early (tolerance_grad = tolerance_change = -1). Each
 optimizer first runs ``--warmup`` iterations (its history fills up: history_size=10), then
-rounds alternate between the two (``--rounds`` x one step of ``--iters`` iterations each,
-after waiting for the machine to be quiet), so that a noisy shared machine slows both alike.
+rounds alternate between the sides (``--rounds`` x one step of ``--iters`` iterations each,
+after waiting for the machine to be quiet), so that a noisy shared machine slows all alike.
 The table gives the median time per iteration; the ratio is optdsl / torch. The iterates are
 compared at the end (the same algorithm: they agree to float32 rounding).
 
-Counting: optdsl's sweeps are the generated sweeps run (each one pass of chunked NumPy over
-the parameters) and its phases the compiled phases run, per iteration; torch's kernels are
-the ATen operators its step dispatches per iteration (a TorchDispatchMode), the closure's own
-excluded on both sides.
+Counting: optdsl's phases are the compiled phases run per iteration, and its sweeps the
+passes over the elements their generated steps hold (NumPy: a Python loop of chunked NumPy
+calls each; C: each runs inside the phase's one foreign call, over blocks on torch's
+threads); threads are those the sweeps run on. torch's kernels are the ATen operators its
+step dispatches per iteration (a TorchDispatchMode), the closure's own excluded on both
+sides.
 
 Writes bench/results/lbfgs-<date>[-<tag>].json and .md unless --no-save; ``--threads 1``
-runs torch on one thread, as optdsl's NumPy step (on a busy 2-core machine torch's OpenMP ops
+runs torch (and the C phases) on one thread (on a busy 2-core machine torch's OpenMP ops
 slow down most).
 """
 

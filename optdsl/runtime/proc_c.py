@@ -118,6 +118,8 @@ class CPhases:
         if any(v.pointers() is None or v.pointers()[1] != dtype for v in handles.values()):
             return None
         plan = _Plan(lib, runner, layout, handles, [name for name, _, _ in spec.results])
+        if plan.tables.writeback or plan.tables.scalar_writeback:  # staged: not in place
+            return None
         self._plans[key] = (variant, plan)
         return plan
 
