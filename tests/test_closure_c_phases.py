@@ -232,3 +232,13 @@ def test_auto_picks_c_for_large_cpu_groups():
     half = closure_optimizer.C_AUTO_MIN // 2
     parts = [torch.nn.Parameter(torch.zeros(half)), torch.nn.Parameter(torch.zeros(half - 1))]
     assert LBFGS(parts).backend == "numpy"
+
+
+def test_auto_keeps_phases_with_matrix_work_on_numpy():
+    """C does not run library stages (matrix work): such a program stays on NumPy."""
+    from types import SimpleNamespace
+
+    big = closure_optimizer.C_AUTO_MIN
+    plain, matrix = SimpleNamespace(library_work=""), SimpleNamespace(library_work="`@`")
+    assert closure_optimizer._choose("auto", {"cpu"}, big, plain) == "c"
+    assert closure_optimizer._choose("auto", {"cpu"}, big, matrix) == "numpy"

@@ -54,7 +54,7 @@ class ClosureOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                              f"groups)")
         self._check_params(self.param_groups[0]["params"])
         self._backend = _choose(backend, {p.device.type for p in self._params},
-                                _numel(self._params))
+                                _numel(self._params), self.program)
 
     @property
     def _params(self) -> list[torch.Tensor]:
@@ -132,7 +132,7 @@ class ClosureOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             return closure() if closure is not None else None
         self._check_params(params)
         devices = {p.device.type for p in params}
-        backend = _choose(self._backend_request, devices, _numel(params))
+        backend = _choose(self._backend_request, devices, _numel(params), self.program)
         if self._machine is None or self._machine.backend != backend:
             self._machine = Machine(self.program, backend)
         self._backend = backend
@@ -187,17 +187,19 @@ def make_closure_optimizer_class(program, name: str | None = None, module: str |
 C_AUTO_MIN = 1 << 20  # elements from which "auto" runs a CPU group's phases on C
 
 
-def _choose(request: str, devices: set[str], numel: int = 0) -> str:
+def _choose(request: str, devices: set[str], numel: int = 0, program=None) -> str:
     """The back end of a closure-driven step: as for any optimizer, except that "auto" runs
-    CPU tensors on C only when the group has at least ``C_AUTO_MIN`` elements (and a C
-    compiler works): there each phase is one foreign call on torch's threads over tables
-    kept per phase (optdsl.runtime.proc_c), where NumPy runs one thread of chunked sweeps
-    (2x slower than torch.optim.LBFGS on 10M parameters). Smaller groups stay on NumPy,
-    whose phases keep views on each vector: a phase costs microseconds either way, nothing
-    is compiled at first use, and their results are the NumPy back end's as before."""
+    CPU tensors on C only when the group has at least ``C_AUTO_MIN`` elements, a C compiler
+    works and no phase of ``program`` has matrix work (which C does not run): there each
+    phase is one foreign call on torch's threads over tables kept per phase
+    (optdsl.runtime.proc_c), where NumPy runs one thread of chunked sweeps (2x slower than
+    torch.optim.LBFGS on 10M parameters). Smaller groups stay on NumPy, whose phases keep
+    views on each vector: a phase costs microseconds either way, nothing is compiled at
+    first use, and their results are the NumPy back end's as before."""
     if request == "auto" and not set(devices) - {"cpu", "meta"}:
         if numel >= C_AUTO_MIN and "cpu" in devices and \
-                backends.get("c").unavailable(frozenset({"cpu"}), True) is None:
+                backends.get("c").unavailable(frozenset({"cpu"}), True) is None and \
+                not (program is not None and program.library_work):
             return "c"
         return "numpy"
     return backends.choose(request, devices)
