@@ -217,10 +217,12 @@ def report(env: dict, res: dict) -> str:
     for kind, side in res["optdsl"].items():
         name = {"optdsl": "optdsl LBFGS (backend='auto': ", "numpy": "optdsl LBFGS ("}[kind]
         name += {"c": "C", "numpy": "NumPy"}.get(side["backend"], side["backend"]) + ")"
-        sweeps = "blocks of compiled C" if side["backend"] == "c" else "chunked NumPy"
+        c = side["backend"] == "c"
+        sweeps = "blocks of compiled C" if c else "chunked NumPy"
+        calls = ", one foreign call each" if c else ""
         rows.append(f"| {name} | {side['threads']} | {1e3 * per[kind]['median']:.1f} | "
                     f"{side['ratio']:.2f} | {side['sweeps_per_iter']:g} sweeps ({sweeps}) in "
-                    f"{side['phases_per_iter']:g} phases / iteration |")
+                    f"{side['phases_per_iter']:g} phases{calls} / iteration |")
     spread = ", ".join(f"{kind} {1e3 * min(s['all']):.0f}-{1e3 * max(s['all']):.0f}"
                        for kind, s in per.items())
     setup = (f"{res['params']:,} float32 params in {res['tensors']} tensors, "
