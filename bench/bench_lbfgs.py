@@ -2,29 +2,35 @@
 
 Not a test. The target (issue 14): optdsl's LBFGS per iteration <= 1.0x torch.optim.LBFGS
 on a 10M-parameter list in ~100 tensors with history_size=10 and a fixed deterministic
-closure, on the CPU; and how many NumPy sweeps (optdsl) and ATen kernels (torch) one
-iteration runs.
+closure, on the CPU; and how many sweeps (optdsl) and ATen kernels (torch) one iteration
+runs.
 
     python bench/bench_lbfgs.py                      # 10M float32 params in 100 tensors
     python bench/bench_lbfgs.py --params 1e6 --rounds 2 --no-save
 
-Method: both optimizers get their own copy of the same parameters (float32) and the same
+Sides: torch.optim.LBFGS; optdsl's LBFGS as a user gets it (backend="auto": C at this size,
+its phases compiled and run on torch's threads); and optdsl's LBFGS on the NumPy back end
+(one thread; ``--no-numpy`` leaves it out).
+
+Method: every optimizer gets its own copy of the same parameters (float32) and the same
 closure, the gradient of the quadratic 0.5 * sum(a * w^2) written in place into each
-``p.grad`` (a fixed deterministic closure: the same cost for both sides). Tolerances are
+``p.grad`` (a fixed deterministic closure: the same cost for every side). Tolerances are
 set so that no test stops a step early (tolerance_grad = tolerance_change = -1). Each
 optimizer first runs ``--warmup`` iterations (its history fills up: history_size=10), then
-rounds alternate between the two (``--rounds`` x one step of ``--iters`` iterations each,
-after waiting for the machine to be quiet), so that a noisy shared machine slows both alike.
+rounds alternate between the sides (``--rounds`` x one step of ``--iters`` iterations each,
+after waiting for the machine to be quiet), so that a noisy shared machine slows all alike.
 The table gives the median time per iteration; the ratio is optdsl / torch. The iterates are
 compared at the end (the same algorithm: they agree to float32 rounding).
 
-Counting: optdsl's sweeps are the generated sweeps run (each one pass of chunked NumPy over
-the parameters) and its phases the compiled phases run, per iteration; torch's kernels are
-the ATen operators its step dispatches per iteration (a TorchDispatchMode), the closure's own
-excluded on both sides.
+Counting: optdsl's phases are the compiled phases run per iteration, and its sweeps the
+passes over the elements their generated steps hold (NumPy: a Python loop of chunked NumPy
+calls each; C: each runs inside the phase's one foreign call, over blocks on torch's
+threads); threads are those the sweeps run on. torch's kernels are the ATen operators its
+step dispatches per iteration (a TorchDispatchMode), the closure's own excluded on both
+sides.
 
 Writes bench/results/lbfgs-<date>[-<tag>].json and .md unless --no-save; ``--threads 1``
-runs torch on one thread, as optdsl's NumPy step (on a busy 2-core machine torch's OpenMP ops
+runs torch (and the C phases) on one thread (on a busy 2-core machine torch's OpenMP ops
 slow down most).
 """
 
@@ -52,7 +58,8 @@ from bench_cpu import wait_quiet
 
 from optdsl.library import LBFGS
 from optdsl.runtime import procedure as procedure_runtime
-from optdsl.runtime import step as step_runtime
+
+SIDES = ("torch", "optdsl", "numpy")  # torch.optim.LBFGS; optdsl's (backend "auto"); NumPy
 
 
 def make_problem(total: int, count: int, seed: int = 0):
@@ -71,7 +78,10 @@ def optimizer(kind: str, base, curvature, iters: int):
         p.grad = torch.zeros_like(p)
     keywords = {"lr": 0.5, "max_iter": iters, "max_eval": 10 * iters, "history_size": 10,
                 "tolerance_grad": -1.0, "tolerance_change": -1.0}
-    opt = (torch.optim.LBFGS if kind == "torch" else LBFGS)(params, **keywords)
+    if kind == "torch":
+        opt = torch.optim.LBFGS(params, **keywords)
+    else:
+        opt = LBFGS(params, backend="auto" if kind == "optdsl" else kind, **keywords)
 
     def closure():
         for p, a in zip(params, curvature):
@@ -82,30 +92,28 @@ def optimizer(kind: str, base, curvature, iters: int):
 
 
 class _Counts:
-    """Sweeps and phases optdsl runs (its runtime's calls, counted)."""
+    """Phases optdsl runs, and the sweeps over the elements their generated steps hold (on
+    the NumPy back end each is a Python loop of chunked NumPy calls; on C each runs inside
+    the phase's one foreign call, over blocks on torch's threads)."""
 
     def __init__(self) -> None:
         self.sweeps = self.phases = 0
 
     def __enter__(self):
-        self._sweep = step_runtime.StepContext.sweep
         self._phase = procedure_runtime.Frame.run_phase
         counts = self
 
-        def sweep(ctx, k, params):
-            counts.sweeps += 1
-            return counts._sweep(ctx, k, params)
-
         def run_phase(frame, spec, scalars, handles):
             counts.phases += 1
+            program = frame.machine.program.phase_program(spec)
+            module = program.variant(scalars).generated(frame.machine.backend)
+            counts.sweeps += sum(1 for sweep in module.sweeps if sweep.kernel is not None)
             return counts._phase(frame, spec, scalars, handles)
 
-        step_runtime.StepContext.sweep = sweep
         procedure_runtime.Frame.run_phase = run_phase
         return self
 
     def __exit__(self, *exc) -> None:
-        step_runtime.StepContext.sweep = self._sweep
         procedure_runtime.Frame.run_phase = self._phase
 
 
@@ -138,7 +146,8 @@ def run(args) -> dict:
     total, count = int(args.params), args.tensors
     base, curvature = make_problem(total, count)
     start = max(float(p.abs().max()) for p in base)
-    sides = {kind: optimizer(kind, base, curvature, args.iters) for kind in ("torch", "optdsl")}
+    kinds = [k for k in SIDES if k != "numpy" or not args.no_numpy]
+    sides = {kind: optimizer(kind, base, curvature, args.iters) for kind in kinds}
     for _, opt, closure in sides.values():  # the history fills up
         opt.param_groups[0]["max_iter"] = args.warmup
         opt.step(closure)
@@ -151,22 +160,29 @@ def run(args) -> dict:
             began = time.perf_counter()
             opt.step(closure)
             samples[kind].append((time.perf_counter() - began) / args.iters)
-    (tp, topt, tclosure), (op, oopt, oclosure) = sides["torch"], sides["optdsl"]
-    difference = max(float((a - b).abs().max()) for a, b in zip(tp, op))
+    tp, topt, tclosure = sides["torch"]
     scale = max(float(a.abs().max()) for a in tp)
-    with _Counts() as counts:
-        oopt.param_groups[0]["max_iter"] = 2
-        oopt.step(oclosure)
-    kernels = torch_kernels(topt, tclosure, args.iters)
     medians = {kind: statistics.median(s) for kind, s in samples.items()}
+    optdsl = {}
+    for kind in kinds[1:]:
+        params, opt, closure = sides[kind]
+        difference = max(float((a - b).abs().max()) for a, b in zip(tp, params))
+        with _Counts() as counts:  # (after the comparison: two more iterations)
+            opt.param_groups[0]["max_iter"] = 2
+            opt.step(closure)
+        optdsl[kind] = {
+            "backend": opt.backend,
+            "threads": torch.get_num_threads() if opt.backend == "c" else 1,
+            "max_abs_difference": difference,
+            "sweeps_per_iter": counts.sweeps / 2, "phases_per_iter": counts.phases / 2,
+            "ratio": medians[kind] / medians["torch"]}
+    kernels = torch_kernels(topt, tclosure, args.iters)
     return {"params": total, "tensors": count, "iters_per_step": args.iters,
             "rounds": args.rounds, "warmup_iters": args.warmup, "start_abs_param": start,
             "seconds_per_iter": {k: {"median": medians[k], "all": samples[k]} for k in medians},
-            "ratio": medians["optdsl"] / medians["torch"],
-            "max_abs_difference": difference, "max_abs_param": scale,
-            "optdsl_sweeps_per_iter": counts.sweeps / 2,
-            "optdsl_phases_per_iter": counts.phases / 2,
-            "torch_kernels_per_iter": kernels,
+            "ratio": optdsl["optdsl"]["ratio"], "optdsl": optdsl,
+            "max_abs_difference": max(o["max_abs_difference"] for o in optdsl.values()),
+            "max_abs_param": scale, "torch_kernels_per_iter": kernels,
             "background_load": {"median": statistics.median(loads), "max": max(loads)}}
 
 
@@ -195,11 +211,20 @@ def environment() -> dict:
 def report(env: dict, res: dict) -> str:
     per = res["seconds_per_iter"]
     verdict = "met" if res["ratio"] <= 1.0 else "NOT met"
-    torch_row = (f"| torch.optim.LBFGS | {1e3 * per['torch']['median']:.1f} | "
-                 f"{res['torch_kernels_per_iter']} ATen kernels / iteration |")
-    optdsl_row = (f"| optdsl LBFGS (NumPy) | {1e3 * per['optdsl']['median']:.1f} | "
-                  f"{res['optdsl_sweeps_per_iter']:g} NumPy sweeps in "
-                  f"{res['optdsl_phases_per_iter']:g} phases / iteration |")
+    rows = [(f"| torch.optim.LBFGS | {env['torch_num_threads']} | "
+             f"{1e3 * per['torch']['median']:.1f} | 1.00 | "
+             f"{res['torch_kernels_per_iter']} ATen kernels / iteration |")]
+    for kind, side in res["optdsl"].items():
+        name = {"optdsl": "optdsl LBFGS (backend='auto': ", "numpy": "optdsl LBFGS ("}[kind]
+        name += {"c": "C", "numpy": "NumPy"}.get(side["backend"], side["backend"]) + ")"
+        c = side["backend"] == "c"
+        sweeps = "blocks of compiled C" if c else "chunked NumPy"
+        calls = ", one foreign call each" if c else ""
+        rows.append(f"| {name} | {side['threads']} | {1e3 * per[kind]['median']:.1f} | "
+                    f"{side['ratio']:.2f} | {side['sweeps_per_iter']:g} sweeps ({sweeps}) in "
+                    f"{side['phases_per_iter']:g} phases{calls} / iteration |")
+    spread = ", ".join(f"{kind} {1e3 * min(s['all']):.0f}-{1e3 * max(s['all']):.0f}"
+                       for kind, s in per.items())
     setup = (f"{res['params']:,} float32 params in {res['tensors']} tensors, "
              f"history_size=10, a fixed deterministic closure; "
              f"{env.get('cpu_model') or env['machine']}, {env['cpu_count']} CPUs, torch "
@@ -214,12 +239,13 @@ def report(env: dict, res: dict) -> str:
             f"{res['background_load']['max']:.2f}.")
     lines = [
         f"# L-BFGS per iteration, {env['date']}", "", setup, "", load, "",
-        "| optimizer | ms / iteration (median) | passes over memory |",
-        "| --- | --- | --- |", torch_row, optdsl_row, "",
+        "| optimizer | threads | ms / iteration (median) | x torch | passes over memory |",
+        "| --- | --- | --- | --- | --- |", *rows, "",
+        f"Rounds' range (ms / iteration): {spread}.", "",
         f"Target (optdsl <= 1.0x torch per iteration): ratio {res['ratio']:.2f}, {verdict}.",
-        (f"The parameters after the run differ by at most {res['max_abs_difference']:.1e} "
-         f"(largest |w| {res['max_abs_param']:.1e}; started at up to "
-         f"{res['start_abs_param']:.1f}): the same iterates, to float32 rounding."),
+        (f"The parameters after the run differ from torch's by at most "
+         f"{res['max_abs_difference']:.1e} (largest |w| {res['max_abs_param']:.1e}; started "
+         f"at up to {res['start_abs_param']:.1f}): the same iterates, to float32 rounding."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -237,6 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--tag", help="suffix of the result files: lbfgs-<date>-<tag>.json/.md")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-numpy", action="store_true", help="leave out the NumPy back end's row")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

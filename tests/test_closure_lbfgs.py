@@ -261,8 +261,9 @@ def test_c_back_end_matches_torch(monkeypatch, tmp_path):
 
 
 def test_auto_runs_cpu_tensors_on_numpy():
-    """backend="auto" puts a closure-driven step's phases on NumPy for CPU tensors (views kept
-    on each vector), not on C, which "auto" picks for other programs."""
+    """backend="auto" puts a small closure-driven step's phases on NumPy for CPU tensors
+    (views kept on each vector), not on C, which "auto" picks for other programs (and for
+    large groups: tests/test_closure_c_phases.py)."""
     w = torch.nn.Parameter(torch.zeros(3))
     assert library.LBFGS([w]).backend == "numpy"
     assert library.LBFGS([w], backend="numpy").backend == "numpy"

@@ -53,7 +53,8 @@ class ClosureOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             raise ValueError(f"{name} doesn't support per-parameter options (parameter "
                              f"groups)")
         self._check_params(self.param_groups[0]["params"])
-        self._backend = _choose(backend, {p.device.type for p in self._params})
+        self._backend = _choose(backend, {p.device.type for p in self._params},
+                                _numel(self._params), self.program)
 
     @property
     def _params(self) -> list[torch.Tensor]:
@@ -131,11 +132,15 @@ class ClosureOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             return closure() if closure is not None else None
         self._check_params(params)
         devices = {p.device.type for p in params}
-        backend = _choose(self._backend_request, devices)
+        backend = _choose(self._backend_request, devices, _numel(params), self.program)
         if self._machine is None or self._machine.backend != backend:
             self._machine = Machine(self.program, backend)
         self._backend = backend
         return self._machine.step(params, self.state[params[0]], hyper, closure)
+
+
+def _numel(params: list[torch.Tensor]) -> int:
+    return sum(p.numel() for p in params)
 
 
 def _check_saved(info, value, total: int) -> None:
@@ -179,11 +184,22 @@ def make_closure_optimizer_class(program, name: str | None = None, module: str |
     return OptimizerClass(cls_name, (ClosureOptimizer,), attrs)
 
 
-def _choose(request: str, devices: set[str]) -> str:
+C_AUTO_MIN = 1 << 20  # elements from which "auto" runs a CPU group's phases on C
+
+
+def _choose(request: str, devices: set[str], numel: int = 0, program=None) -> str:
     """The back end of a closure-driven step: as for any optimizer, except that "auto" runs
-    CPU tensors on NumPy, whose phases keep views on each vector (the C back end builds its
-    tables for every phase call: 5x slower on a 64-parameter L-BFGS, after compiling every
-    phase at first use)."""
+    CPU tensors on C only when the group has at least ``C_AUTO_MIN`` elements, a C compiler
+    works and no phase of ``program`` has matrix work (which C does not run): there each
+    phase is one foreign call on torch's threads over tables kept per phase
+    (optdsl.runtime.proc_c), where NumPy runs one thread of chunked sweeps (2x slower than
+    torch.optim.LBFGS on 10M parameters). Smaller groups stay on NumPy, whose phases keep
+    views on each vector: a phase costs microseconds either way, nothing is compiled at
+    first use, and their results are the NumPy back end's as before."""
     if request == "auto" and not set(devices) - {"cpu", "meta"}:
+        if numel >= C_AUTO_MIN and "cpu" in devices and \
+                backends.get("c").unavailable(frozenset({"cpu"}), True) is None and \
+                not (program is not None and program.library_work):
+            return "c"
         return "numpy"
     return backends.choose(request, devices)

@@ -23,6 +23,7 @@ from optdsl.errors import DslError, Span
 from optdsl.ir import procedure as ir
 from optdsl.runtime import backends
 from optdsl.runtime.numpy_runner import NumpySlot
+from optdsl.runtime.proc_c import CPhases
 from optdsl.runtime.proc_calls import Calls
 from optdsl.runtime.proc_state import States
 from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
@@ -53,6 +54,7 @@ class Machine:
         self._runners: dict[int, Any] = {}
         self.layout: Layout | None = None
         self._busy = OneStepAtATime()
+        self.c_phases = CPhases() if backend == "c" else None  # (its tables kept per phase)
 
     def layout_of(self, params: list[torch.Tensor]) -> Layout:
         layout = self.layout
@@ -260,6 +262,9 @@ class Frame:
         variant = program.variant(scalars)
         runner = self.machine.runner(program)
         values = self._run_arrays(runner, program, variant, scalars, handles)
+        if values is None and self.machine.c_phases is not None:
+            values = self.machine.c_phases.run(runner, variant, spec, scalars, self.layout,
+                                               handles)
         if values is None:
             values = self._run_entries(runner, variant, spec, scalars, handles)
         for key, ref in spec.writes:

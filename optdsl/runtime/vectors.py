@@ -18,6 +18,7 @@ caller may still hold them.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _NUMPY = (torch.float32, torch.float64)
@@ -27,7 +28,8 @@ class Vector:
     """A vector over a Layout: ``parts[j]`` is parameter j's tensor (numel of parameter j),
     ``flat`` the buffer they view (None for separate tensors)."""
 
-    __slots__ = ("__weakref__", "_arrays", "epoch", "flat", "gradient", "owned", "parts")
+    __slots__ = ("__weakref__", "_arrays", "_pointers", "epoch", "flat", "gradient", "owned",
+                 "parts")
 
     def __init__(self, parts: list, flat: torch.Tensor | None, owned: bool,
                  gradient: bool = False, epoch: int = 0) -> None:
@@ -37,6 +39,7 @@ class Vector:
         self.gradient = gradient  # the closure's gradients, read in place
         self.epoch = epoch  # the layout's state_dict epoch when the buffer was made
         self._arrays: list | None = None
+        self._pointers: tuple | None = None
 
     def arrays(self) -> list | None:
         """Zero-copy flat NumPy views of the parts (None unless every part is a contiguous
@@ -47,6 +50,19 @@ class Vector:
                 return None
             self._arrays = [p.detach().reshape(-1).numpy() for p in self.parts]
         return self._arrays
+
+    def pointers(self) -> tuple[np.ndarray, torch.dtype] | None:
+        """The parts' data pointers (int64, one per parameter) and their one dtype, for a
+        compiled phase's pointer table (optdsl.runtime.proc_c); None unless every part is a
+        contiguous CPU tensor of that dtype. Made once per vector."""
+        if self._pointers is None:
+            parts = self.parts
+            dtype = parts[0].dtype if parts else None
+            if not all(p.device.type == "cpu" and p.dtype == dtype and p.is_contiguous()
+                       for p in parts):
+                return None
+            self._pointers = (np.array([p.data_ptr() for p in parts], dtype=np.int64), dtype)
+        return self._pointers
 
 
 class Layout:
