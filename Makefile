@@ -107,7 +107,8 @@ kernels: install
 # through a .pth file. Opt-in; run it before closing work on the Triton back end.
 TRITON36_VENV ?= .venv-triton36
 TRITON36_TESTS := tests/test_triton_interp.py tests/test_mixed_precision.py \
-	tests/test_nan_semantics.py tests/test_device_step.py tests/test_fixtures.py
+	tests/test_nan_semantics.py tests/test_device_step.py tests/test_fixtures.py \
+	tests/test_matrix.py
 
 test-triton36: install
 	@test -x $(TRITON36_VENV)/bin/python || $(PYTHON) -m venv $(TRITON36_VENV)
