@@ -51,16 +51,13 @@ def in_place(unit: Unit, stage: Library, fused: dict[int, tuple],
     replace."""
     eqs = unit.graph.eqs
     here = set(stage.values)
-    users: dict[int, list[int]] = {}
-    for u, eq in enumerate(eqs):
-        for a in eq.args:
-            users.setdefault(a, []).append(u)
+    users = unit.graph.users()
     held = {v for _, v in unit.graph.outputs} | set(stage.writes) | set(stage.keeps)
 
     def reusable(a: int, v: int) -> bool:
         arg, eq = eqs[a].kind, eqs[v].kind
         return (a in here and a not in skipped and a not in held
-                and (eqs[a].op in FRESH or a in fused) and users.get(a) == [v]
+                and (eqs[a].op in FRESH or a in fused) and users[a] == [v]
                 and arg.level == Level.TENSOR and not arg.mask and not eq.mask
                 and arg.dims == eq.dims and arg.bf16 == eq.bf16)
 

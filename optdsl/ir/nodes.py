@@ -51,6 +51,14 @@ class Graph:
                 stack.extend(self.eqs[v].args)
         return seen
 
+    def users(self) -> list[list[int]]:
+        """Per value, the values that read it (one entry per argument position, in order)."""
+        out: list[list[int]] = [[] for _ in self.eqs]
+        for i, eq in enumerate(self.eqs):
+            for a in eq.args:
+                out[a].append(i)
+        return out
+
     def live(self) -> list[bool]:
         """Which values some output depends on."""
         alive = [False] * len(self.eqs)

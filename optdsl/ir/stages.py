@@ -32,10 +32,7 @@ def library_values(graph: Graph, library_only: bool = False) -> frozenset[int]:
     """The values a library stage computes (see the module docstring); ``library_only``:
     every tensor-level value and every per-parameter reduction."""
     eqs = graph.eqs
-    users: list[list[int]] = [[] for _ in eqs]
-    for i, eq in enumerate(eqs):
-        for a in eq.args:
-            users[a].append(i)
+    users = graph.users()
     chosen: set[int] = set()
     candidates: list[int] = []  # values with a library argument, in order
     pending: set[int] = set()
