@@ -82,26 +82,24 @@ class CLibrary:
         tables = ctx.tables
         failures: list[BaseException] = []
 
-        def on_sweep(k: int) -> int:
-            try:
-                ctx.sweep(k, params)
-                tables.take_finished(self.SWEEPS[k][2], params, ctx.totals)
-                return 0
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the C returns
-                failures.append(exc)
-                return 1
+        def guarded(work) -> SweepCallback:
+            """A callback for the C host step: 0, or 1 with the exception kept for later."""
+            def call(k: int) -> int:
+                try:
+                    work(k)
+                    return 0
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, after the C returns
+                    failures.append(exc)
+                    return 1
+            return SweepCallback(call)
 
-        def on_library(k: int) -> int:
-            try:
-                self._library(ctx, k, params)
-                return 0
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the C returns
-                failures.append(exc)
-                return 1
+        def on_sweep(k: int) -> None:
+            ctx.sweep(k, params)
+            tables.take_finished(self.SWEEPS[k][2], params, ctx.totals)
 
         args = tables.args
-        callbacks = (SweepCallback(on_sweep) if sweeps_by_runtime else SweepCallback(),
-                     SweepCallback(on_library))
+        callbacks = (guarded(on_sweep) if sweeps_by_runtime else SweepCallback(),
+                     guarded(lambda k: self._library(ctx, k, params)))
         args.sweep_cb, args.library_cb = callbacks
         try:
             rc = self.optdsl_step(ctypes.byref(args))
