@@ -1,5 +1,6 @@
-"""What the optimizer keeps between steps to save host time: the step counter's ctypes view
-and made-state marker (optdsl.optim.torch_optimizer ``_step_count``), the NumPy runner's kept views
+"""What the optimizer keeps between steps to save host time: each parameter's record
+(optdsl.optim.param_records: the step counter's ctypes view, what its state was made and
+checked for, the token that keys the C runner's tables), the NumPy runner's kept views
 (``views``), and the states made only when a step uses them (``live_states``). Each must
 notice what changes under it; these are the cases a review found."""
 
@@ -13,8 +14,10 @@ import torch
 
 import optdsl
 from optdsl import library
+from optdsl.optim import step_checks
+from optdsl.runtime import c_build, c_runner
 
-BACKENDS = ("numpy", "triton")
+BACKENDS = ("numpy", "triton", "c")
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +29,8 @@ def interpret(monkeypatch, tmp_path_factory):
 def _backend(name: str) -> str:
     if name == "triton":
         pytest.importorskip("triton")
+    if name == "c" and c_build.unavailable() is not None:
+        pytest.skip(f"no C compiler: {c_build.unavailable()}")
     return name
 
 
@@ -127,13 +132,18 @@ def test_states_die_with_the_optimizer_and_on_reload():
     assert all(ref() is None for ref in kept)
 
 
-@pytest.mark.parametrize("change", ["prune", "transpose"])
-def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change):
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("change", ["prune", "transpose", "transpose a square"])
+def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change, backend):
+    """(A square matrix transposed in place keeps its storage and shape: only its layout
+    tells.)"""
     def run(cls):
-        p = torch.nn.Parameter(torch.arange(6.0).view(3, 2))
+        rows = 2 if change == "transpose a square" else 3
+        p = torch.nn.Parameter(torch.arange(2.0 * rows).view(rows, 2))
         opt = cls([p], lr=1.0)
-        p.grad = torch.zeros(3, 2)
-        opt.step()
+        for _ in range(2):
+            p.grad = torch.ones(p.shape)
+            opt.step()
         with torch.no_grad():
             if change == "prune":
                 p.data = p.data[:2]
@@ -143,8 +153,46 @@ def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change):
         opt.step()
         return p.detach()
 
-    torch.testing.assert_close(run(lambda ps, lr: library.SGD(ps, lr=lr, backend="numpy")),
-                               run(torch.optim.SGD))
+    name = _backend(backend)
+    momentum = 0.5 if change == "transpose a square" else 0.0  # (a buffer keeps its shape)
+    torch.testing.assert_close(
+        run(lambda ps, lr: library.SGD(ps, lr=lr, momentum=momentum, backend=name)),
+        run(lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=momentum)))
+
+
+def test_a_steady_step_takes_the_records_short_way(monkeypatch):
+    """In the steady state each parameter's record stands for its tensors: no state is
+    checked again and the C runner finds its tables by the records' tokens, without reading
+    every pointer again. A value replaced in a state dict, and a storage moved under the
+    same state tensor (``.data =``), are noticed: the steps equal torch.optim's."""
+    _backend("c")
+    start = [torch.randn(5) for _ in range(3)]
+    ours = [torch.nn.Parameter(x.clone()) for x in start]
+    theirs = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = library.Adam(ours, lr=0.1, backend="c")
+    ref = torch.optim.Adam(theirs, lr=0.1)
+    _steps(opt, ours, 2)
+    _steps(ref, theirs, 2)
+    signatures, checks = [], []
+    signature, check = c_runner._signature, step_checks.check_state
+    monkeypatch.setattr(c_runner, "_signature",
+                        lambda *a: signatures.append(1) or signature(*a))
+    monkeypatch.setattr(step_checks, "check_state", lambda *a: checks.append(1) or check(*a))
+    _steps(opt, ours, 3)
+    _steps(ref, theirs, 3)
+    assert signatures == [] and checks == []
+    for o in (opt, ref):
+        params = ours if o is opt else theirs
+        first = o.state[params[0]]["exp_avg"]
+        first.data = first.data * 1.0  # the same tensor, another storage
+        o.state[params[1]]["exp_avg_sq"] = o.state[params[1]]["exp_avg_sq"].clone()
+    _steps(opt, ours, 2, grad=0.5)
+    _steps(ref, theirs, 2, grad=0.5)
+    assert checks == [1, 1]  # (once for each parameter whose record no longer holds)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b.detach())
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[a][key], ref.state[b][key])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

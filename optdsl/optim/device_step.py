@@ -99,10 +99,11 @@ def _gather(opt, plan) -> DeviceBatch:
     master = opt.master_weights
     params, grads, states, copies = [], [], [], []
     with_copies = False
-    for (param, grad), state in zip(plan.items, plan.states):
+    for (param, grad), state, record in zip(plan.items, plan.states, plan.records):
         if state is None:
             state = state_of[param]
-        opt._ready_state(param, state, hyper, live, param.device)
+        if record is None or not (record.live is live or record.live == live):
+            opt._ready_state(param, state, hyper, live, param.device, grad)
         if master and param.dtype in precision.LOW_PRECISION:
             params.append(state[precision.MASTER_KEY])
             copies.append(param)

@@ -15,9 +15,10 @@ require`` conditions hold for the group), dense ones not where it says ``sparse 
 complex parameters take complex gradients (their steps run on torch.view_as_real views).
 
 This runs for every parameter at every step, so the usual case is a few attribute reads per
-gradient; a parameter's states are checked again only when its state dict, one of its
-values or the parameter's shape changed since they were last checked (``_checked_states``,
-cleared when a checkpoint loads).
+gradient and the parameter's record (optdsl.optim.param_records: what its state was made or
+checked for); without one that still holds, a parameter's states are checked again only
+when its state dict, one of its values or the parameter's shape changed since they were
+last checked (``_checked_states``). Both are cleared when a checkpoint loads.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class GroupPlan:
     inv_grad_scale: float | None = None  # GradScaler's, when the step unscales itself
     items: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     states: list[dict | None] = field(default_factory=list)  # each item's (None: none yet)
+    # each item's record when it still holds (optdsl.optim.param_records), else None
+    records: list = field(default_factory=list)
     sparse: bool = False  # some gradient is sparse (optdsl.runtime.sparse runs the step)
 
 
@@ -59,6 +62,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
     name = type(opt).__name__
     several = len(opt.param_groups) > 1
     checked = opt.__dict__.setdefault("_checked_states", {})
+    records = opt.__dict__.get("_ready") or {}
     opt_state = opt.state
     plans, devices = [], set()
     for number, group in enumerate(opt.param_groups):
@@ -81,6 +85,10 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         shared = None if matrix_work or program.param_flags else \
             program.variant(hyper, unscale=unscale)
         rule = program.sparse
+        plan = None
+        if shared is not None:  # (added to the plans below if some parameter has a gradient)
+            plan = by_variant[id(shared)] = GroupPlan(number, hyper, shared, inverse)
+        cpu = False
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
@@ -93,24 +101,38 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
             if (not dense or rule.only or shape != param.shape or grad.dtype not in _REAL
                     or param.dtype not in _REAL or not on_cpu and _apart(param, grad)):
                 _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
-            variant = shared or _param_variant(program, variants, name, param, hyper, unscale,
-                                               _where(index, number))
-            plan = by_variant.get(id(variant))
-            if plan is None:
-                plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
+            if shared is None:
+                variant = _param_variant(program, variants, name, param, hyper, unscale,
+                                         _where(index, number))
+                plan = by_variant.get(id(variant))
+                if plan is None:
+                    plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
             if not dense:
                 plan.sparse = True
             state = opt_state.get(param)  # (None: made at the run, not while checking)
+            record = None
             if state:
-                seen = checked.get(id(param))
-                if seen is None or seen[0] is not state or seen[2] != shape or \
-                        len(seen[1]) != len(state) or not all(map(operator.is_, seen[1],
-                                                                  state.values())):
-                    check_state(opt, param, state, _where(index, number))
-                    checked[id(param)] = (state, tuple(state.values()), shape)
+                record = records.get(id(param))
+                if record is not None and not (record.fast and record.still(param, grad, state)):
+                    record = None
+                if record is None:
+                    seen = checked.get(id(param))
+                    if seen is None or seen[0] is not state or seen[2] != shape or \
+                            len(seen[1]) != len(state) or not all(map(operator.is_, seen[1],
+                                                                      state.values())):
+                        check_state(opt, param, state, _where(index, number))
+                        checked[id(param)] = (state, tuple(state.values()), shape)
             plan.items.append((param, grad))
             plan.states.append(state)
-            devices.add("cpu" if on_cpu else param.device.type)
+            plan.records.append(record)
+            if on_cpu:
+                cpu = True
+            else:
+                devices.add(param.device.type)
+        if cpu:
+            devices.add("cpu")
+        if shared is not None and not plan.items:
+            del by_variant[id(shared)]
         if any(plan.sparse for plan in by_variant.values()):
             check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())

@@ -13,7 +13,6 @@ policy of optdsl.optim.precision; loading a checkpoint keeps each state in its p
 from __future__ import annotations
 
 import copyreg
-import ctypes
 import pickle
 import sys
 import threading
@@ -32,6 +31,7 @@ from optdsl.optim import (
     step_checks,
 )
 from optdsl.optim import hypers as hyper_values
+from optdsl.optim.param_records import ParamRecord
 from optdsl.runtime import backends
 from optdsl.runtime import sparse as sparse_rows
 from optdsl.runtime.step import Entry, OneStepAtATime, StepOptions
@@ -108,9 +108,9 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                              f"state[{precision.MASTER_KEY!r}], which this program already "
                              f"uses for a state")
         self._rounding = precision.RoundingSeeds(torch.initial_seed())
-        # id(param) -> _Ready (see _step_count); params live as long as the optimizer, and a
+        # id(param) -> ParamRecord (see _step_count); params live as long as the optimizer, and a
         # replaced state is told by identity (load_state_dict clears it all)
-        self._ready: dict[int, _Ready] = {}
+        self._ready: dict[int, ParamRecord] = {}
         # Without a GradScaler: skip (and count) steps whose gradients hold inf or NaN.
         self.skip_nonfinite = precision.check_flag("skip_nonfinite", skip_nonfinite)
         self.skipped_steps = 0
@@ -360,10 +360,28 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         entries, copies = [], None  # copies: per entry, the low-precision tensor or None
         master = self.master_weights
         bump = self._step_count
-        for (param, grad), state in zip(plan.items, plan.states):
+        tokens: list | None = []  # the records' tokens, while every entry has a fast one
+        for (param, grad), state, record in zip(plan.items, plan.states, plan.records):
+            if record is not None and record.counter is not None and (
+                    record.live is live or record.live == live):
+                # the steady state: checked and made, counted through the record's view
+                counter = record.counter
+                counter.value += 1.0
+                entries.append(Entry(param, grad, state, counter.value))
+                if tokens is not None:
+                    tokens.append(record.token)
+                if copies is not None:
+                    copies.append(None)
+                continue
             if state is None:
                 state = self.state[param]
-            t = bump(param, state, hyper, live)
+            t = bump(param, state, hyper, live, grad)
+            if tokens is not None:
+                record = self._ready[id(param)]
+                if record.fast and record.counter is not None:
+                    tokens.append(record.token)
+                else:
+                    tokens = None
             if master and param.dtype in precision.LOW_PRECISION:
                 if copies is None:
                     copies = [None] * len(entries)
@@ -388,6 +406,10 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             count = int(sum(entry.t for entry in entries))
             coordinates = distributed.shard_coordinates([e.param for e in entries])
             options.rounding_seed = self._rounding.seed(plan.number, count, *coordinates)
+        if tokens is not None and copies is None and not plan.sparse:
+            options.tables_key = tuple(tokens)  # (fast records: no DTensor among them)
+            runner.run(plan.variant, entries, options)
+            return
         # DTensor parameters (FSDP2): the runner updates the local shards, and the combiner
         # all-reduces reduction partials across ranks; None otherwise.
         entries, combine = distributed.localize(entries, keys, self._statistic_keys())
@@ -409,15 +431,13 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         return views
 
     def _ready_state(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
-                     live: frozenset[str], device=None) -> _Ready:
-        """Make ``param``'s state if it is not known to be made (see ``_step_count``); with
-        ``device``, its step count and scalar states are kept there (a device step's)."""
+                     live: frozenset[str], device=None,
+                     grad: torch.Tensor | None = None) -> ParamRecord:
+        """Make ``param``'s state if it is not known to be made (its record, see
+        optdsl.optim.param_records); with ``device``, its step count and scalar states are
+        kept there (a device step's). ``grad``: this step's gradient (for the record)."""
         ready = self._ready.get(id(param))
-        step = state.get("step")
-        if (ready is None or ready.state is not state or ready.size != len(state)
-                or ready.step is not step or ready.ptr != step.data_ptr()
-                or ready.dtype is not param.dtype
-                or (ready.live is not live and ready.live != live)):
+        if ready is None or not ready.made_for(param, state, live):
             self._init_state(param, state, hyper, live)
             if device is not None:
                 for spec in [None] + [s for s in self.program.states.values() if not s.tensor]:
@@ -425,20 +445,28 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                     value = state[key]
                     if value.device != device and not distributed.is_dtensor(value):
                         state[key] = value.to(device)
-            ready = _Ready(state, state["step"], param.dtype, live)
-            self._ready[id(param)] = ready
+            ready = self._ready[id(param)] = self._record(param, grad, state, live)
+        elif grad is not None and (ready.grad_dtype is None or (
+                ready.fast and not ready.still(param, grad, state))):
+            # made, but a state value or the parameter's storage was replaced since (or made
+            # without a gradient): a new record, with a new token for the runners' tables
+            ready = self._ready[id(param)] = self._record(param, grad, state, live)
         return ready
 
+    def _record(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,
+                live: frozenset[str]) -> ParamRecord:
+        plain = not (param.is_complex() or distributed.is_dtensor(param) or (
+            self.master_weights and param.dtype in precision.LOW_PRECISION))
+        return ParamRecord(param, grad, state, live, plain)
+
     def _step_count(self, param: torch.Tensor, state: dict, hyper: dict[str, float],
-                    live: frozenset[str]) -> float:
+                    live: frozenset[str], grad: torch.Tensor | None = None) -> float:
         """Count an update of ``param`` in ``state["step"]`` and return the new count, making
         its state first. Host time matters here (a GPU step of a small model takes less than
-        a torch op per parameter): while the state dict (same object, same number of
-        entries), its step tensor (same object and storage), the parameter's dtype and the
-        live states are those of the last step, the state is known to be made, and the count
-        is bumped through a ctypes view of the CPU step tensor's number (a fiftieth of a
-        torch op's cost, a tenth of a NumPy view's)."""
-        counter = self._ready_state(param, state, hyper, live).counter
+        a torch op per parameter): while the parameter's record says its state is made, the
+        count is bumped through a ctypes view of the CPU step tensor's number (a fiftieth of
+        a torch op's cost, a tenth of a NumPy view's)."""
+        counter = self._ready_state(param, state, hyper, live, grad=grad).counter
         if counter is None:
             step = state["step"]
             step += 1
@@ -457,29 +485,6 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         flags = [torch.isfinite(g.coalesce()._values() if g.layout is torch.sparse_coo
                                 else g).all() for g in grads]
         return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
-
-class _Ready:
-    """What a parameter's state was made for, and a ctypes view of its step counter (valid
-    while ``ptr`` is the step tensor's storage, which ``_ready_state`` checks first)."""
-
-    __slots__ = ("state", "size", "step", "ptr", "dtype", "live", "counter")
-
-    def __init__(self, state: dict, step: torch.Tensor, dtype: torch.dtype,
-                 live: frozenset[str]) -> None:
-        self.state = state
-        self.size = len(state)
-        self.step = step
-        self.ptr = step.data_ptr()
-        self.dtype = dtype
-        self.live = live
-        plain = (step.device.type == "cpu" and step.dim() == 0 and not step.requires_grad
-                 and not distributed.is_dtensor(step))
-        number = _COUNTERS.get(step.dtype) if plain else None
-        self.counter = None if number is None else number.from_address(self.ptr)
-
-
-# the step tensor dtypes whose number a ctypes view reads and writes in place
-_COUNTERS = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 
 
 def _constant_init(spec) -> bool:

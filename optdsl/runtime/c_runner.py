@@ -211,6 +211,11 @@ class _Tables:
         return self.raw[:self.n * count].reshape(self.n, count).tolist() if count else []
 
 
+def options_plain(copies: list) -> bool:
+    """Whether no entry has a low-precision copy (master weights)."""
+    return not any(c is not None for c in copies)
+
+
 def _signature(columns: tuple, entries: list[Entry], tensor_keys: list[str],
                scalar_keys: list[str], copies: list) -> tuple:
     """What the cached tables depend on: each tensor's storage, size, dtype and layout (of
@@ -262,7 +267,7 @@ class CRunner:
             module = variant.generated("c")
             lib = module.module
             copies = options.copies or [None] * len(entries)
-            tables = self._tables(lib, variant, entries, copies)
+            tables = self._tables(lib, variant, entries, copies, options.tables_key)
             if options.combine is not None:  # shards: their facts are the whole parameter's
                 tables.whole_facts(entries, options.combine)
             alive = tables.set_gradients(entries)
@@ -294,9 +299,15 @@ class CRunner:
         """Whether the whole step runs in C (else each sweep goes through the runtime)."""
         return options.combine is None and lib.FINISHES_IN_C
 
-    def _tables(self, lib, variant, entries, copies) -> _Tables:
-        signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
-                               copies)
+    def _tables(self, lib, variant, entries, copies, known: tuple | None = None) -> _Tables:
+        """The cached tables of these entries' tensors, else new ones. ``known``: a key that
+        stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
+        which saves reading them all again."""
+        if known is not None and options_plain(copies):
+            signature = (lib.TENSORS, "known", known)
+        else:
+            signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
+                                   copies)
         found = self._plans.get(signature)
         if found is not None and not (found.writeback or found.scalar_writeback):
             self._plans.move_to_end(signature)

@@ -43,6 +43,9 @@ class StepOptions:
     rounding_seed: int | None = None  # round bfloat16 writes stochastically from this seed
     transient: bool = False  # the entries are scratch of this step (e.g. a sparse gradient's
     #                          gathered rows, optdsl.runtime.sparse): keep no views of them
+    # what the entries' tensors are, in one key (optdsl.optim.param_records: a token per
+    # entry standing for its tensors' storage, shapes, dtypes and layouts), when known
+    tables_key: tuple | None = None
 
 
 class Runner(Protocol):
