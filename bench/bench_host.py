@@ -94,21 +94,25 @@ def contenders():
 
 
 def bench(n: int, steps: int, rounds: int, warmup: int) -> dict:
-    rows = []
-    for name, make in contenders():
-        medians, launches = [], None
-        for _ in range(rounds):
+    """Each contender's median step, the contenders interleaved round by round (so drift in
+    the machine's load falls on all of them alike)."""
+    entries = contenders()
+    medians: dict[str, list[float]] = {name: [] for name, _ in entries}
+    launches: dict[str, int | None] = {name: None for name, _ in entries}
+    for _ in range(rounds):
+        for name, make in entries:
             params = make_params(n)
             opt, launcher = make(params)
             times = time_steps(opt, params, steps, warmup)
-            medians.append(statistics.median(times))
+            medians[name].append(statistics.median(times))
             if launcher is not None:
                 before = launcher.count
                 new_grads(params, torch.Generator().manual_seed(2))
                 opt.step()
-                launches = launcher.count - before
-        rows.append({"name": name, "ms": 1e3 * statistics.median(medians),
-                     "rounds_ms": [1e3 * m for m in medians], "launches": launches})
+                launches[name] = launcher.count - before
+    rows = [{"name": name, "ms": 1e3 * statistics.median(medians[name]),
+             "rounds_ms": [1e3 * m for m in medians[name]], "launches": launches[name]}
+            for name, _ in entries]
     torch_ms = rows[-1]["ms"]
     for row in rows:
         row["ratio"] = row["ms"] / torch_ms
@@ -133,8 +137,9 @@ def markdown(info: dict, results: list[dict]) -> str:
              f"Machine: {info['machine']}; load average {load} (shared machine); torch "
              f"{info['torch']} ({info['threads']} threads), triton {info['triton']}, numpy "
              f"{info['numpy']}, Python {info['python']}. Command: `{info['command']}`. "
-             f"Median over {info['rounds']} rounds of the median of {info['steps']} steps "
-             f"(after {info['warmup']} warm-up steps), new gradients every step.", ""]
+             f"Median over {info['rounds']} interleaved rounds of the median of "
+             f"{info['steps']} steps (after {info['warmup']} warm-up steps), new gradients "
+             f"every step.", ""]
     for res in results:
         lines += [f"## {res['tensors']} one-element tensors", "",
                   "| step | ms/step | / torch fused | launches per step |",

@@ -32,6 +32,7 @@ combined in block order, so results do not depend on the thread count.
 from __future__ import annotations
 
 import ctypes
+import operator
 from collections import OrderedDict
 
 import numpy as np
@@ -48,6 +49,11 @@ from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 _CACHED_PLANS = 8
 PARALLEL_MIN = 1 << 20  # elements below which a sweep runs on one thread (a barrier costs more)
 _CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
+
+
+_dtype_of = operator.attrgetter("dtype")
+_is_contiguous = torch.Tensor.is_contiguous
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _ptr(array: np.ndarray) -> int:
@@ -156,16 +162,20 @@ class _Tables:
     def set_gradients(self, entries: list[Entry]) -> list[torch.Tensor]:
         """Point the gradient column at this step's gradients (staged where they are not
         contiguous or change dtype); returns what must stay alive during the step."""
-        staged = []
-        ptr, ncol = self.ptr, self.ncol
-        for i, (entry, dtype) in enumerate(zip(entries, self.grad_dtypes)):
-            g = entry.grad
-            if g.dtype is not dtype or not g.is_contiguous():
-                g = _contiguous_copy(g.detach(), dtype)
-                staged.append(g)
-            ptr[i * ncol + 1] = g.data_ptr()
-            if self.libraries:
-                self.columns[i][1] = g
+        grads = [entry.grad for entry in entries]
+        if all(map(operator.is_, map(_dtype_of, grads), self.grad_dtypes)) and \
+                all(map(_is_contiguous, grads)):  # (the usual case: one assignment)
+            staged = []
+        else:
+            staged = []
+            for i, (g, dtype) in enumerate(zip(grads, self.grad_dtypes)):
+                if g.dtype is not dtype or not g.is_contiguous():
+                    g = grads[i] = _contiguous_copy(g.detach(), dtype)
+                    staged.append(g)
+        self.ptr[1::self.ncol] = list(map(_data_ptr, grads))
+        if self.libraries:
+            for columns, g in zip(self.columns, grads):
+                columns[1] = g
         return staged
 
     def forget_gradients(self) -> None:

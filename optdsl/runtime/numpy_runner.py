@@ -105,7 +105,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Views:
     """A parameter's slot of zero-copy views and what it was built from."""
 
-    __slots__ = ("param", "ptr", "numel", "states", "ptrs", "slot")
+    __slots__ = ("param", "ptr", "numel", "states", "ptrs", "slot", "token")
 
     def __init__(self, param: torch.Tensor, states: tuple, slot: NumpySlot) -> None:
         self.param = param
@@ -114,6 +114,7 @@ class _Views:
         self.states = states
         self.ptrs = _pointers(states)
         self.slot = slot
+        self.token = None  # the parameter's record token these views were last found for
 
 
 def _pointers(tensors: tuple) -> tuple:
@@ -137,6 +138,7 @@ class NumpyRunner:
         self.backend = backend  # whose generated modules it runs (a NumPy-style back end)
         self.state_keys = [(s.key, s.tensor) for s in program.states.values()]
         self.shaped_keys = frozenset(s.key for s in program.states.values() if s.per)
+        self._scalar_keys = any(not is_tensor for _, is_tensor in self.state_keys)
         self._scratch: dict[np.dtype, list[np.ndarray]] = {}
         self._masks: list[np.ndarray] = []
         self._views: dict[int, _Views] = {}  # id(param) -> its kept slot
@@ -152,13 +154,35 @@ class NumpyRunner:
             found.append(np.empty(chunk, dtype=dtype))
         return found
 
-    def _kept_slot(self, entry: Entry, num_reductions: int) -> NumpySlot | None:
+    def _kept_slot(self, entry: Entry, num_reductions: int,
+                   token: int | None = None) -> NumpySlot | None:
         """The parameter's slot kept between steps, updated for this step; None when some
-        tensor must be staged (then the general path runs)."""
+        tensor must be staged (then the general path runs). ``token``: the parameter's record
+        token (StepOptions.tables_key), which stands for its tensors while it is the one the
+        views were last found for."""
         param, grad, state, t = entry
         dtype = param.dtype
         if dtype not in _NATIVE or not _in_place(grad, dtype):
             return None
+        views = self._views.get(id(param))
+        if token is None or views is None or views.token != token:
+            views = self._checked_views(param, state, t, num_reductions)
+            if views is None:
+                return None
+            views.token = token
+        slot = views.slot
+        slot.t = t
+        slot.red = [None] * num_reductions
+        slot.arrays[1] = grad.detach().view(-1).numpy()
+        slot.states = (_scalar_states(state, self.state_keys) if self._scalar_keys
+                       else [None] * len(self.state_keys))
+        return slot
+
+    def _checked_views(self, param: torch.Tensor, state: dict, t: float,
+                       num_reductions: int) -> _Views | None:
+        """The parameter's kept views, checked against its tensors (made again where they
+        changed); None when some tensor must be staged."""
+        dtype = param.dtype
         tensors = tuple(state.get(key) for key, is_tensor in self.state_keys if is_tensor)
         views = self._views.get(id(param))
         if (views is None or views.param is not param or views.ptr != param.data_ptr()
@@ -173,12 +197,7 @@ class NumpyRunner:
             views = _Views(param, tensors, NumpySlot(t, [], num_reductions, arrays,
                                                      tuple(param.shape), param.dtype))
             self._views[id(param)] = views
-        slot = views.slot
-        slot.t = t
-        slot.red = [None] * num_reductions
-        slot.arrays[1] = grad.detach().view(-1).numpy()
-        slot.states = _scalar_states(state, self.state_keys)
-        return slot
+        return views
 
     def _staged_slot(self, entry: Entry, num_reductions: int, written: list,
                      index: int) -> NumpySlot:
@@ -209,9 +228,11 @@ class NumpyRunner:
             module = variant.generated(self.backend)
             slots, written = [], []
             keep = options.combine is None and not options.transient
+            tokens = options.tables_key or (None,) * len(entries)
             for index, entry in enumerate(entries):
                 variant.check_states(entry.state)
-                slot = self._kept_slot(entry, module.num_reductions) if keep else None
+                slot = self._kept_slot(entry, module.num_reductions,
+                                       tokens[index]) if keep else None
                 if slot is None:
                     slot = self._staged_slot(entry, module.num_reductions, written, index)
                 if options.combine is not None:  # a shard's facts are its parameter's
