@@ -16,6 +16,7 @@ import optdsl
 from optdsl import library
 from optdsl.optim import step_checks
 from optdsl.runtime import c_build, c_runner
+from optdsl.runtime.device_tables import DevicePlan
 
 BACKENDS = ("numpy", "triton", "c")
 
@@ -160,16 +161,18 @@ def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change, back
         run(lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=momentum)))
 
 
-def test_a_steady_step_takes_the_records_short_way(monkeypatch):
+@pytest.mark.parametrize("backend", ["c", "triton"])
+def test_a_steady_step_takes_the_records_short_way(monkeypatch, backend):
     """In the steady state each parameter's record stands for its tensors: no state is
-    checked again and the C runner finds its tables by the records' tokens, without reading
-    every pointer again. A value replaced in a state dict, and a storage moved under the
-    same state tensor (``.data =``), are noticed: the steps equal torch.optim's."""
-    _backend("c")
+    checked again, the C runner finds its tables and the device step its plan by the
+    records' tokens, without reading every pointer again. A value replaced in a state dict,
+    and a storage moved under the same state tensor (``.data =``), are noticed: the steps
+    equal torch.optim's."""
+    name = _backend(backend)
     start = [torch.randn(5) for _ in range(3)]
     ours = [torch.nn.Parameter(x.clone()) for x in start]
     theirs = [torch.nn.Parameter(x.clone()) for x in start]
-    opt = library.Adam(ours, lr=0.1, backend="c")
+    opt = library.Adam(ours, lr=0.1, backend=name)
     ref = torch.optim.Adam(theirs, lr=0.1)
     _steps(opt, ours, 2)
     _steps(ref, theirs, 2)
@@ -177,6 +180,9 @@ def test_a_steady_step_takes_the_records_short_way(monkeypatch):
     signature, check = c_runner._signature, step_checks.check_state
     monkeypatch.setattr(c_runner, "_signature",
                         lambda *a: signatures.append(1) or signature(*a))
+    valid = DevicePlan.still_valid
+    monkeypatch.setattr(DevicePlan, "still_valid",
+                        lambda *a: signatures.append(1) or valid(*a))
     monkeypatch.setattr(step_checks, "check_state", lambda *a: checks.append(1) or check(*a))
     _steps(opt, ours, 3)
     _steps(ref, theirs, 3)

@@ -42,9 +42,14 @@ def run_groups(opt, runner, plans: list, keys: list, found_inf: Any, grad_scale:
                                     distributed.shard_coordinates(params))
         # the short way of a steady state (never for DTensors: their plans are not kept
         # for it, so the parameters are not the planned ones)
-        states = [state_of[p] for p in params]
+        records = plan.records
+        if all(records):  # every parameter's record holds: their tokens key the plan
+            known = tuple(record.token for record in records)
+            states = plan.states
+        else:
+            known, states = None, [state_of[p] for p in params]
         if runner.step_again(plan.variant, plan.number, params, states,
-                             [g for _, g in plan.items], inputs):
+                             [g for _, g in plan.items], inputs, known):
             continue
         batch = _gather(opt, plan)
         if plan.sparse:

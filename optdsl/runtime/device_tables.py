@@ -168,6 +168,7 @@ class DevicePlan:
     collectives: dict = field(default_factory=dict)  # sweep -> its all-reduces (FSDP2)
     columns: dict = field(default_factory=dict)  # batch index -> (its columns, step & scalars)
     slots: list = field(default_factory=list)  # per tensor: its library stages' ``p``
+    known: tuple | None = None  # the key of the tensors it was last found valid for
 
     def still_valid(self, owners: tuple[list, list], stepped: list, states: list,
                     copies: list | None) -> bool:

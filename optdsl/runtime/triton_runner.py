@@ -140,20 +140,25 @@ class TritonRunner:
             self._launch_step(module, plan, batch)
 
     def step_again(self, variant, number: int, params: list, states: list, grads: list,
-                   batch: DeviceBatch) -> bool:
+                   batch: DeviceBatch, known: tuple | None = None) -> bool:
         """A steady-state step's short way: when param group ``number``'s plan still fits
         (``params`` and their ``states`` are the planned objects, with the same storage),
         launch it with ``grads`` and return True. False: the caller gathers a whole batch
         (making missing state, finding master weights) and calls ``run_device``. ``batch``
         brings the step's other inputs (hypers, AMP tensors, seeds); its tensors are the
-        plan's."""
+        plan's. ``known``: a key standing for the tensors' objects and storage (the
+        parameters' record tokens, StepOptions.tables_key): while it is the one the plan was
+        last found valid for, the plan is not checked again."""
         with self._busy, np.errstate(all="ignore"):
             module = variant.generated("triton")
             plan = self._plans.get(_plan_key(number, params, module))
-            if plan is None or plan.module is not module or plan.sharded or not plan.still_valid(
-                    (params, states), plan.stepped, states, None if plan.copies is None
-                    else plan.copies):
+            if plan is None or plan.module is not module or plan.sharded:
                 return False
+            if known is None or plan.known != known or plan.copies is not None:
+                if not plan.still_valid((params, states), plan.stepped, states,
+                                        None if plan.copies is None else plan.copies):
+                    return False
+                plan.known = known
             moved = plan.grads_moved(grads)
             if moved is None:
                 return False
