@@ -16,7 +16,12 @@ depend on the number of threads.
 A program with matrix work ends with an ``optdsl-library`` comment: the Python module of its
 library stages (optdsl.codegen.library's torch code, its LIBRARIES table and SHAPED), which
 the loader runs between sweeps through ``a->library_cb`` (optdsl.runtime.c_module): BLAS
-GEMMs through torch.matmul, the same code as the NumPy back end's.
+GEMMs through torch.matmul, the same code as the NumPy back end's, except that a row or
+column statistic of a sweep's element value or input (``Sweep.stats``) is accumulated by
+that sweep's block functions (the prelude's optdsl_rows_* and optdsl_cols_*, finished in
+``optdsl_sweep`` after the blocks, in float64 and a fixed order) into the tensor the runtime
+hands it, which the stage reads instead of computing it (optdsl.runtime.c_runner says when
+it does not).
 
 The file starts with a ``optdsl-contract`` comment (JSON: TENSORS, the sweeps' widths and
 reductions, the hypers' order...), which the loader reads from the verified source. Names
@@ -229,7 +234,7 @@ class _Generator:
         for v in sweep.stats:
             slot = self.unit.schedule.fused.index(v)
             axis = STATS[self.eqs[v].op][0]
-            with out.block(f"if (a->stat[i * {nstats} + {slot}] != NULL) {{",
+            with out.block(f"if (optdsl_stat(a, i, {slot}, {nstats}) != NULL) {{",
                            f"{self.eqs[v].op}, {self.unit.cite(v)}"):
                 if axis == "row":
                     out.line(f"optdsl_rows_{kind}(q{v}, lo, m, optdsl_cols_of(a, i), "

@@ -1,8 +1,10 @@
 """The fixed part of every generated C step: the ABI struct the runtime fills
 (optdsl.runtime.c_abi mirrors it field for field), storage conversions, the stochastic
 rounding hash (optdsl.runtime.rounding's, bit for bit), the element helpers whose NumPy
-meaning needs more than one C operator (min, max, sign), and the float64 partial sums of a
-block in a fixed order.
+meaning needs more than one C operator (min, max, sign), the float64 partial sums of a
+block in a fixed order, and the row and column statistics a sweep accumulates (row pieces
+per block, column partials per group of blocks one thread runs in order; both combined in
+a fixed order after the sweep, so they do not depend on the number of threads).
 
 Conversions are exact where the value fits and round to nearest even otherwise, as torch
 converts: float64 to float16 or bfloat16 goes through float32. A NaN converts to torch's
@@ -236,12 +238,19 @@ static void optdsl_cols_##S(const CT *x, int64_t lo, int64_t m, int64_t rows,   
 OPTDSL_STATS(float, F32)
 OPTDSL_STATS(double, F64)
 
-/* A parameter's matrix view (its facts): rows, columns, and the statistics of each axis. */
+/* A parameter's matrix view (its facts): its rows and its columns. */
 static inline int64_t optdsl_rows_of(const optdsl_args *a, int64_t i) {
     return (int64_t)a->facts[i * 5];
 }
 static inline int64_t optdsl_cols_of(const optdsl_args *a, int64_t i) {
     return (int64_t)a->facts[i * 5 + 1];
+}
+
+/* The tensor of parameter i's statistic slot, or NULL (the library stage computes it; no
+   table at all: a runner that fuses none). */
+static inline void *optdsl_stat(const optdsl_args *a, int64_t i, int64_t slot,
+                                int64_t nstats) {
+    return a->stat == NULL ? NULL : a->stat[i * nstats + slot];
 }
 
 /* Column group partials of the block at lo of parameter i, statistic slot. */
@@ -265,7 +274,7 @@ static inline void optdsl_put_stat(const optdsl_args *a, int64_t i, void *out, i
 static void optdsl_finish_rows(const optdsl_args *a, int64_t slot, int64_t nstats,
                                int finish) {
     for (int64_t i = 0; i < a->n; i++) {
-        void *out = a->stat[i * nstats + slot];
+        void *out = optdsl_stat(a, i, slot, nstats);
         if (out == NULL) continue;
         const double *seg = a->statpart[i * nstats + slot];
         int64_t cols = optdsl_cols_of(a, i), nrows = a->numel[i] / cols;
@@ -281,7 +290,7 @@ static void optdsl_finish_rows(const optdsl_args *a, int64_t slot, int64_t nstat
 /* Zeroes column statistic slot's group partials, before the sweep. */
 static void optdsl_start_cols(const optdsl_args *a, int64_t slot, int64_t nstats) {
     for (int64_t i = 0; i < a->n; i++) {
-        if (a->stat[i * nstats + slot] == NULL) continue;
+        if (optdsl_stat(a, i, slot, nstats) == NULL) continue;
         int64_t blocks = (a->numel[i] + OPTDSL_BLOCK - 1) / OPTDSL_BLOCK;
         int64_t groups = (blocks + a->stat_group[i] - 1) / a->stat_group[i];
         int64_t nstat = a->numel[i] / optdsl_rows_of(a, i);
@@ -293,7 +302,7 @@ static void optdsl_start_cols(const optdsl_args *a, int64_t slot, int64_t nstats
 static void optdsl_finish_cols(const optdsl_args *a, int64_t slot, int64_t nstats,
                                int finish) {
     for (int64_t i = 0; i < a->n; i++) {
-        void *out = a->stat[i * nstats + slot];
+        void *out = optdsl_stat(a, i, slot, nstats);
         if (out == NULL) continue;
         double *part = a->statpart[i * nstats + slot];
         int64_t rows = optdsl_rows_of(a, i), nstat = a->numel[i] / rows;

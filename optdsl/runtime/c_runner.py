@@ -13,6 +13,15 @@ code (optdsl.runtime.library_stage) on each parameter's columns in its shape and
 dtype (``_Tables.library_columns``); the shaped states they compute are committed at the
 end of the step, as on NumPy (a stage never sees a state it changed).
 
+Fused row and column statistics (the contract's ``stats``: optdsl.ir.stages.fused_stats):
+the sweep before a stage accumulates each statistic into a tensor of the tables (the
+statistic's shape, in the compute dtype) that the stage reads as ``p.stats[slot]``. The
+rule, decided per step and parameter: the sweep computes it unless the step is sharded
+(``options.combine``: a shard's facts are the whole parameter's and the stage gathers the
+whole matrix), the parameter has no elements or no dimensions, or the statistic is a
+column one and the parameter a vector; then its pointer is NULL, ``p.stats[slot]`` None,
+and the stage computes it in torch.
+
 Tables (``_Tables``): the pointer table (one row per parameter: w, g, each tensor state,
 the scratch columns of values stored between sweeps, the master weight's low-precision
 copy), dtype codes, sizes, the block map (BLOCK elements per block) and the buffers the C
