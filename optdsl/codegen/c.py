@@ -195,9 +195,10 @@ class _Generator:
                 out.line(f"{ct} *restrict {name} = {how};", column)
             for r in sweep.reductions:
                 out.line(f"{ct} r{r}[OPTDSL_BLOCK];", f"mapped values of {eqs[r].attr}")
-            for v in sweep.stats:
-                out.line(f"{ct} q{v}[OPTDSL_BLOCK];",
-                         f"mapped values of {eqs[v].op} ({unit.cite(v)})")
+            for v, share in self._stat_buffers(sweep).items():
+                if share == v:
+                    out.line(f"{ct} q{v}[OPTDSL_BLOCK];",
+                             f"mapped values of {eqs[v].op} ({unit.cite(v)})")
             for j, v in enumerate(unit.row(sweep)):
                 decl = "const int" if eqs[v].kind.mask else f"const {ct}"
                 value = f"row[{j}] != 0.0" if eqs[v].kind.mask else f"({ct})row[{j}]"
@@ -226,21 +227,31 @@ class _Generator:
                     out.line(f"acc[{j}] += optdsl_sum_{kind}(r{r}, m);", eqs[r].attr)
         out.line("}")
 
+    def _stat_buffers(self, sweep: Sweep) -> dict[int, int]:
+        """Each statistic of a sweep -> the one whose buffer of mapped values it reads (the
+        first with the same argument and map: rownorm(g) and colnorm(g) share one)."""
+        first: dict[tuple, int] = {}
+        out = {}
+        for v in sweep.stats:
+            key = (self.eqs[v].args[0], STATS[self.eqs[v].op][1])
+            out[v] = first.setdefault(key, v)
+        return out
+
     def _emit_stat_partials(self, out: CodeBuffer, sweep: Sweep, kind: str) -> None:
         """A block's partials of the row and column statistics the sweep accumulates, for
         each parameter the runtime handed a statistic's tensor (else the stage computes
         it)."""
         nstats = len(self.unit.schedule.fused)
-        for v in sweep.stats:
+        for v, q in self._stat_buffers(sweep).items():
             slot = self.unit.schedule.fused.index(v)
             axis = STATS[self.eqs[v].op][0]
             with out.block(f"if (optdsl_stat(a, i, {slot}, {nstats}) != NULL) {{",
                            f"{self.eqs[v].op}, {self.unit.cite(v)}"):
                 if axis == "row":
-                    out.line(f"optdsl_rows_{kind}(q{v}, lo, m, optdsl_cols_of(a, i), "
+                    out.line(f"optdsl_rows_{kind}(q{q}, lo, m, optdsl_cols_of(a, i), "
                              f"a->statpart[i * {nstats} + {slot}]);")
                 else:
-                    out.line(f"optdsl_cols_{kind}(q{v}, lo, m, optdsl_rows_of(a, i), "
+                    out.line(f"optdsl_cols_{kind}(q{q}, lo, m, optdsl_rows_of(a, i), "
                              f"optdsl_cols_of(a, i), optdsl_col_part(a, i, {slot}, {nstats}, "
                              f"lo));")
             out.line("}")
@@ -277,7 +288,9 @@ class _Generator:
             out.line(f"{decl} {value_name(v)} = {text};", unit.cite(v))
         for r in sweep.reductions:
             out.line(f"r{r}[j] = {self._arg(eqs[r].args[0], ct)};", f"reduce: {eqs[r].attr}")
-        for v in sweep.stats:
+        for v, share in self._stat_buffers(sweep).items():
+            if share != v:
+                continue
             x = self._arg(eqs[v].args[0], ct)
             mapped = f"({x} * {x})" if STATS[eqs[v].op][1] == "square" else x
             out.line(f"q{v}[j] = {mapped};", f"{eqs[v].op}: {unit.cite(v)}")
@@ -317,7 +330,8 @@ class _Generator:
                     for slot, v in stats:
                         axis, _, finish = STATS[eqs[v].op]
                         out.line(f"optdsl_finish_{axis}s(a, {slot}, {nstats}, "
-                                 f"{_FINISH_CODES[finish]});", f"{eqs[v].op}, {unit.cite(v)}")
+                                 f"{_FINISH_CODES[finish]});",
+                                 f"{eqs[v].op}, {unit.cite(v)}: finish {finish}")
                     out.line("return 0;")
                 out.line("}")
             out.line("return -1;")
