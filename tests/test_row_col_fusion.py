@@ -13,7 +13,9 @@ fused_stats; optdsl.codegen.c_prelude's optdsl_rows_*/optdsl_cols_*).
   in tests/test_c_backend.py);
 - the same bits for 1 and 2 threads;
 - every statistic's finish: rowsum and colsum of an input, rowmean and colmean of an
-  element value, in a program of per-row and per-column states.
+  element value, in a program of per-row and per-column states;
+- where the runtime hands the sweeps no statistic (a sharded step), the stage computes them
+  with NumPy's code: NumPy's bits.
 """
 
 from __future__ import annotations
@@ -143,3 +145,18 @@ def test_sums_and_means_of_element_values_and_inputs(dtype):
     rtol, atol = BOUND[dtype]
     for a, b in zip(*runs):
         torch.testing.assert_close(b, a, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@needs_cc
+def test_where_the_runtime_fuses_nothing_the_stage_gives_numpys_bits(monkeypatch):
+    """The rule's other side (a sharded step: optdsl.runtime.c_runner): with no statistic
+    handed to the sweeps, the stage computes them with NumPy's torch code, bit for bit."""
+    from optdsl.runtime import c_runner
+
+    fuse, stats_of = c_runner._Tables.fuse_stats, c_runner._Tables.stats_of
+    monkeypatch.setattr(c_runner._Tables, "fuse_stats", lambda self, on: fuse(self, False))
+    monkeypatch.setattr(c_runner._Tables, "stats_of",
+                        lambda self, i, on: stats_of(self, i, False))
+    shapes = [(16, 40), (3, 5, 1100), (7,)]
+    want, got = _run("numpy", torch.float32, shapes, 5), _run("c", torch.float32, shapes, 5)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
