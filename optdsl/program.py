@@ -320,7 +320,8 @@ class Variant:
                 graph = legalize(self.graph, info.spells)
                 shaped = frozenset(n for n, s in self.program.states.items() if s.per)
                 found = Unit(self.title, schedule(graph, self.program.tensor_states,
-                                                  info.device_scalars, info.library_only),
+                                                  info.device_scalars, info.library_only,
+                                                  info.fuse_stats),
                              tuple(self.program.states), self.program.tensor_states, shaped)
                 self._units[backend] = found
         return found

@@ -16,7 +16,12 @@ depend on the number of threads.
 A program with matrix work ends with an ``optdsl-library`` comment: the Python module of its
 library stages (optdsl.codegen.library's torch code, its LIBRARIES table and SHAPED), which
 the loader runs between sweeps through ``a->library_cb`` (optdsl.runtime.c_module): BLAS
-GEMMs through torch.matmul, the same code as the NumPy back end's.
+GEMMs through torch.matmul, the same code as the NumPy back end's, except that a row or
+column statistic of a sweep's element value or input (``Sweep.stats``) is accumulated by
+that sweep's block functions (the prelude's optdsl_rows_* and optdsl_cols_*, finished in
+``optdsl_sweep`` after the blocks, in float64 and a fixed order) into the tensor the runtime
+hands it, which the stage reads instead of computing it (optdsl.runtime.c_runner says when
+it does not).
 
 The file starts with a ``optdsl-contract`` comment (JSON: TENSORS, the sweeps' widths and
 reductions, the hypers' order...), which the loader reads from the verified source. Names
@@ -36,6 +41,9 @@ from optdsl.errors import located
 from optdsl.ir.ops import LEAF, OPS, Level
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Sweep
+from optdsl.ir.stages import STATS
+
+_FINISH_CODES = {"none": 0, "mean": 1, "sqrt": 2}  # optdsl_put_stat's
 
 # How element code writes each op in the compute type {T} ({S}: libm's suffix, "f" for
 # float; {H}: the helpers' suffix, "f" or "d"); masks are ints.
@@ -85,6 +93,9 @@ def contract(unit: Unit) -> dict:
         # per library stage: the scalars it hands to host code (their a->lib columns follow
         # one another, stage after stage)
         "handed": [library.handed(unit, stage) for stage in unit.schedule.libraries],
+        # per fused row or column statistic (its slot): the sweep and the axis reduced
+        "stats": [[next(s.index for s in unit.schedule.sweeps if v in s.stats),
+                   STATS[unit.graph.eqs[v].op][0]] for v in unit.schedule.fused],
     }
 
 
@@ -184,6 +195,10 @@ class _Generator:
                 out.line(f"{ct} *restrict {name} = {how};", column)
             for r in sweep.reductions:
                 out.line(f"{ct} r{r}[OPTDSL_BLOCK];", f"mapped values of {eqs[r].attr}")
+            for v, share in self._stat_buffers(sweep).items():
+                if share == v:
+                    out.line(f"{ct} q{v}[OPTDSL_BLOCK];",
+                             f"mapped values of {eqs[v].op} ({unit.cite(v)})")
             for j, v in enumerate(unit.row(sweep)):
                 decl = "const int" if eqs[v].kind.mask else f"const {ct}"
                 value = f"row[{j}] != 0.0" if eqs[v].kind.mask else f"({ct})row[{j}]"
@@ -203,6 +218,7 @@ class _Generator:
                     out.line(f"optdsl_write_{kind}(a, i, {copy}, {unit.num_state_columns}, "
                              f"lo, m, c_w);")
                 out.line("}")
+            self._emit_stat_partials(out, sweep, kind)
             for j, r in enumerate(sweep.reductions):
                 if REDUCTIONS[eqs[r].attr].combine == "max":
                     out.line(f"acc[{j}] = optdsl_max_{kind}(r{r}, m, acc[{j}]);",
@@ -210,6 +226,35 @@ class _Generator:
                 else:
                     out.line(f"acc[{j}] += optdsl_sum_{kind}(r{r}, m);", eqs[r].attr)
         out.line("}")
+
+    def _stat_buffers(self, sweep: Sweep) -> dict[int, int]:
+        """Each statistic of a sweep -> the one whose buffer of mapped values it reads (the
+        first with the same argument and map: rownorm(g) and colnorm(g) share one)."""
+        first: dict[tuple, int] = {}
+        out = {}
+        for v in sweep.stats:
+            key = (self.eqs[v].args[0], STATS[self.eqs[v].op][1])
+            out[v] = first.setdefault(key, v)
+        return out
+
+    def _emit_stat_partials(self, out: CodeBuffer, sweep: Sweep, kind: str) -> None:
+        """A block's partials of the row and column statistics the sweep accumulates, for
+        each parameter the runtime handed a statistic's tensor (else the stage computes
+        it)."""
+        nstats = len(self.unit.schedule.fused)
+        for v, q in self._stat_buffers(sweep).items():
+            slot = self.unit.schedule.fused.index(v)
+            axis = STATS[self.eqs[v].op][0]
+            with out.block(f"if (optdsl_stat(a, i, {slot}, {nstats}) != NULL) {{",
+                           f"{self.eqs[v].op}, {self.unit.cite(v)}"):
+                if axis == "row":
+                    out.line(f"optdsl_rows_{kind}(q{q}, lo, m, optdsl_cols_of(a, i), "
+                             f"a->statpart[i * {nstats} + {slot}]);")
+                else:
+                    out.line(f"optdsl_cols_{kind}(q{q}, lo, m, optdsl_rows_of(a, i), "
+                             f"optdsl_cols_of(a, i), optdsl_col_part(a, i, {slot}, {nstats}, "
+                             f"lo));")
+            out.line("}")
 
     def _comment(self, v: int) -> str | None:
         ref = c_host.scalar_ref(self.unit, v)
@@ -243,6 +288,12 @@ class _Generator:
             out.line(f"{decl} {value_name(v)} = {text};", unit.cite(v))
         for r in sweep.reductions:
             out.line(f"r{r}[j] = {self._arg(eqs[r].args[0], ct)};", f"reduce: {eqs[r].attr}")
+        for v, share in self._stat_buffers(sweep).items():
+            if share != v:
+                continue
+            x = self._arg(eqs[v].args[0], ct)
+            mapped = f"({x} * {x})" if STATS[eqs[v].op][1] == "square" else x
+            out.line(f"q{v}[j] = {mapped};", f"{eqs[v].op}: {unit.cite(v)}")
         for column, v in list(unit.stores(sweep)) + list(unit.saves(sweep)):
             out.line(f"c_{column_var(column)}[j] = {self._arg(v, ct)};", f"{column} =")
 
@@ -266,10 +317,21 @@ class _Generator:
                                         for r in reds)
                         out.line(f"static const int max_combine[] = {{{maxes}}};")
                         out.line(f"static const double identity[] = {{{ids}}};")
+                    nstats = len(unit.schedule.fused)
+                    stats = [(unit.schedule.fused.index(v), v) for v in sweep.stats]
+                    cols = [(slot, v) for slot, v in stats if STATS[eqs[v].op][0] == "col"]
+                    for slot, v in cols:
+                        out.line(f"optdsl_start_cols(a, {slot}, {nstats});",
+                                 f"{eqs[v].op}, {unit.cite(v)}")
                     out.line(f"optdsl_run_blocks(a, sweep{sweep.index}_F32, "
                              f"sweep{sweep.index}_F64, {c_host.row_width(unit)}, {len(reds)}, "
                              f"{'max_combine' if reds else 'NULL'}, "
-                             f"{'identity' if reds else 'NULL'});")
+                             f"{'identity' if reds else 'NULL'}, {1 if cols else 0});")
+                    for slot, v in stats:
+                        axis, _, finish = STATS[eqs[v].op]
+                        out.line(f"optdsl_finish_{axis}s(a, {slot}, {nstats}, "
+                                 f"{_FINISH_CODES[finish]});",
+                                 f"{eqs[v].op}, {unit.cite(v)}: finish {finish}")
                     out.line("return 0;")
                 out.line("}")
             out.line("return -1;")

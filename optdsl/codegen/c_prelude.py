@@ -1,8 +1,10 @@
 """The fixed part of every generated C step: the ABI struct the runtime fills
 (optdsl.runtime.c_abi mirrors it field for field), storage conversions, the stochastic
 rounding hash (optdsl.runtime.rounding's, bit for bit), the element helpers whose NumPy
-meaning needs more than one C operator (min, max, sign), and the float64 partial sums of a
-block in a fixed order.
+meaning needs more than one C operator (min, max, sign), the float64 partial sums of a
+block in a fixed order, and the row and column statistics a sweep accumulates (row pieces
+per block, column partials per group of blocks one thread runs in order; both combined in
+a fixed order after the sweep, so they do not depend on the number of threads).
 
 Conversions are exact where the value fits and round to nearest even otherwise, as torch
 converts: float64 to float16 or bfloat16 goes through float32. A NaN converts to torch's
@@ -12,7 +14,7 @@ bits (as the Triton kernels do).
 
 from __future__ import annotations
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 BLOCK = 1024  # elements of one parameter handled by one call of a sweep's block function
 MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
 
@@ -64,6 +66,13 @@ typedef struct optdsl_args {
     int (*sweep_cb)(int64_t k); /* NULL: sweeps and reductions run here; else the runtime's */
     double *lib;             /* [n * NUM_HANDED] scalars library stages hand the host step */
     int (*library_cb)(int64_t k); /* runs library stage k (matrix work: the runtime's) */
+    void *const *stat;       /* [n * NUM_STATS] each fused row/column statistic's tensor, in
+                                the compute dtype (NULL: the library stage computes it) */
+    double *const *statpart; /* [n * NUM_STATS] its float64 partials */
+    const int64_t *stat_group; /* [n] blocks of each parameter's column groups */
+    int64_t nunits;          /* entries of the unit map (0: none) */
+    const int64_t *units;    /* [nunits * 2] (first block, blocks): runs of blocks of one
+                                parameter that one thread runs in order */
 } optdsl_args;
 
 typedef void (*optdsl_block_fn)(const optdsl_args *a, int64_t i, int64_t lo, int64_t m,
@@ -197,6 +206,114 @@ static double optdsl_max_##S(const CT *x, int64_t m, double acc) {              
 OPTDSL_PARTIALS(float, F32)
 OPTDSL_PARTIALS(double, F64)
 
+/* -- row and column statistics of a block (optdsl.ir.stages.fused_stats) --------------- */
+/* Rows: block k of a parameter (elements [lo, lo + m), lo = k * BLOCK) writes the float64
+   partial of each row piece it holds, row r's at seg[r + k] (one writer per entry: a
+   block's first row is at least the previous block's last); optdsl_finish_rows adds each
+   row's pieces in block order. Columns: the blocks of column group g (stat_group blocks,
+   run in order by one thread: the unit map) add into part + g * nstat at each element's
+   statistic index (matrix b's column c: b * cols + c); optdsl_finish_cols adds the groups
+   in order. Neither depends on the number of threads. */
+#define OPTDSL_STATS(CT, S)                                                                \
+static void optdsl_rows_##S(const CT *x, int64_t lo, int64_t m, int64_t cols,              \
+                            double *seg) {                                                  \
+    int64_t k = lo / OPTDSL_BLOCK;                                                          \
+    for (int64_t j = 0; j < m;) {                                                           \
+        int64_t r = (lo + j) / cols, end = (r + 1) * cols - lo;                             \
+        if (end > m) end = m;                                                               \
+        seg[r + k] = optdsl_sum_##S(x + j, end - j);                                        \
+        j = end;                                                                            \
+    }                                                                                       \
+}                                                                                           \
+static void optdsl_cols_##S(const CT *x, int64_t lo, int64_t m, int64_t rows,              \
+                            int64_t cols, double *part) {                                   \
+    for (int64_t j = 0; j < m;) {                                                           \
+        int64_t e = lo + j, c = e % cols, end = j + (cols - c);                             \
+        if (end > m) end = m;                                                               \
+        double *q = part + (e / (rows * cols)) * cols + c;                                  \
+        for (int64_t t = 0; t < end - j; t++) q[t] += (double)x[j + t];                     \
+        j = end;                                                                            \
+    }                                                                                       \
+}
+OPTDSL_STATS(float, F32)
+OPTDSL_STATS(double, F64)
+
+/* A parameter's matrix view (its facts): its rows and its columns. */
+static inline int64_t optdsl_rows_of(const optdsl_args *a, int64_t i) {
+    return (int64_t)a->facts[i * 5];
+}
+static inline int64_t optdsl_cols_of(const optdsl_args *a, int64_t i) {
+    return (int64_t)a->facts[i * 5 + 1];
+}
+
+/* The tensor of parameter i's statistic slot, or NULL (the library stage computes it; no
+   table at all: a runner that fuses none). */
+static inline void *optdsl_stat(const optdsl_args *a, int64_t i, int64_t slot,
+                                int64_t nstats) {
+    return a->stat == NULL ? NULL : a->stat[i * nstats + slot];
+}
+
+/* Column group partials of the block at lo of parameter i, statistic slot. */
+static inline double *optdsl_col_part(const optdsl_args *a, int64_t i, int64_t slot,
+                                      int64_t nstats, int64_t lo) {
+    int64_t nstat = a->numel[i] / optdsl_rows_of(a, i);
+    return a->statpart[i * nstats + slot] + (lo / OPTDSL_BLOCK / a->stat_group[i]) * nstat;
+}
+
+/* A statistic's float64 total over n elements finished (0: the sum, 1: the mean, 2: the
+   square root) and stored in the compute dtype at out[k]. */
+static inline void optdsl_put_stat(const optdsl_args *a, int64_t i, void *out, int64_t k,
+                                   double x, int64_t n, int finish) {
+    if (finish == 1) x = x / (double)n;
+    else if (finish == 2) x = sqrt(x);
+    if (a->dtype[i * a->ncol] == OPTDSL_F64) ((double *)out)[k] = x;
+    else ((float *)out)[k] = (float)x;
+}
+
+/* Row statistic slot of each parameter it is fused for: its pieces in block order. */
+static void optdsl_finish_rows(const optdsl_args *a, int64_t slot, int64_t nstats,
+                               int finish) {
+    for (int64_t i = 0; i < a->n; i++) {
+        void *out = optdsl_stat(a, i, slot, nstats);
+        if (out == NULL) continue;
+        const double *seg = a->statpart[i * nstats + slot];
+        int64_t cols = optdsl_cols_of(a, i), nrows = a->numel[i] / cols;
+        for (int64_t r = 0; r < nrows; r++) {
+            int64_t k0 = r * cols / OPTDSL_BLOCK, k1 = ((r + 1) * cols - 1) / OPTDSL_BLOCK;
+            double x = 0.0;
+            for (int64_t k = k0; k <= k1; k++) x += seg[r + k];
+            optdsl_put_stat(a, i, out, r, x, cols, finish);
+        }
+    }
+}
+
+/* Zeroes column statistic slot's group partials, before the sweep. */
+static void optdsl_start_cols(const optdsl_args *a, int64_t slot, int64_t nstats) {
+    for (int64_t i = 0; i < a->n; i++) {
+        if (optdsl_stat(a, i, slot, nstats) == NULL) continue;
+        int64_t blocks = (a->numel[i] + OPTDSL_BLOCK - 1) / OPTDSL_BLOCK;
+        int64_t groups = (blocks + a->stat_group[i] - 1) / a->stat_group[i];
+        int64_t nstat = a->numel[i] / optdsl_rows_of(a, i);
+        memset(a->statpart[i * nstats + slot], 0, (size_t)(groups * nstat) * sizeof(double));
+    }
+}
+
+/* Column statistic slot of each parameter it is fused for: its groups added in order. */
+static void optdsl_finish_cols(const optdsl_args *a, int64_t slot, int64_t nstats,
+                               int finish) {
+    for (int64_t i = 0; i < a->n; i++) {
+        void *out = optdsl_stat(a, i, slot, nstats);
+        if (out == NULL) continue;
+        double *part = a->statpart[i * nstats + slot];
+        int64_t rows = optdsl_rows_of(a, i), nstat = a->numel[i] / rows;
+        int64_t blocks = (a->numel[i] + OPTDSL_BLOCK - 1) / OPTDSL_BLOCK;
+        int64_t groups = (blocks + a->stat_group[i] - 1) / a->stat_group[i];
+        for (int64_t g = 1; g < groups; g++)
+            for (int64_t s = 0; s < nstat; s++) part[s] += part[g * nstat + s];
+        for (int64_t s = 0; s < nstat; s++) optdsl_put_stat(a, i, out, s, part[s], rows, finish);
+    }
+}
+
 /* -- running a sweep over every block -------------------------------------------------- */
 static int64_t optdsl_elements(const optdsl_args *a) {
     int64_t total = 0;
@@ -206,23 +323,30 @@ static int64_t optdsl_elements(const optdsl_args *a) {
 
 /* Runs a sweep's block functions over the block map (in parallel when it is big enough),
    each block's partials into a->partials; then each parameter's raw partials, combined
-   over its blocks in order from the identities, into a->raw. Results do not depend on the
-   number of threads. */
+   over its blocks in order from the identities, into a->raw. ``grouped``: one thread runs
+   each unit of the unit map (runs of blocks, in order), as column statistics need. Results
+   do not depend on the number of threads. */
 static void optdsl_run_blocks(const optdsl_args *a, optdsl_block_fn f32, optdsl_block_fn f64,
                               int64_t row_width, int64_t nred, const int *max_combine,
-                              const double *identity) {
+                              const double *identity, int grouped) {
     int64_t threads = a->threads > 0 ? a->threads : 1;
     if (optdsl_elements(a) < a->parallel_min) threads = 1;
+    const int units = grouped && a->nunits > 0;
+    const int64_t count = units ? a->nunits : a->nblocks;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads((int)threads) if (threads > 1)
 #endif
-    for (int64_t b = 0; b < a->nblocks; b++) {
-        int64_t i = a->blocks[2 * b], lo = a->blocks[2 * b + 1];
-        int64_t m = a->numel[i] - lo < OPTDSL_BLOCK ? a->numel[i] - lo : OPTDSL_BLOCK;
-        double *acc = a->partials + b * (nred > 0 ? nred : 1);
-        for (int64_t r = 0; r < nred; r++) acc[r] = identity[r];
-        optdsl_block_fn f = a->dtype[i * a->ncol] == OPTDSL_F64 ? f64 : f32;
-        f(a, i, lo, m, a->rows + i * row_width, acc);
+    for (int64_t u = 0; u < count; u++) {
+        int64_t first = units ? a->units[2 * u] : u;
+        int64_t last = first + (units ? a->units[2 * u + 1] : 1);
+        for (int64_t b = first; b < last; b++) {
+            int64_t i = a->blocks[2 * b], lo = a->blocks[2 * b + 1];
+            int64_t m = a->numel[i] - lo < OPTDSL_BLOCK ? a->numel[i] - lo : OPTDSL_BLOCK;
+            double *acc = a->partials + b * (nred > 0 ? nred : 1);
+            for (int64_t r = 0; r < nred; r++) acc[r] = identity[r];
+            optdsl_block_fn f = a->dtype[i * a->ncol] == OPTDSL_F64 ? f64 : f32;
+            f(a, i, lo, m, a->rows + i * row_width, acc);
+        }
     }
     if (nred == 0) return;
     for (int64_t i = 0; i < a->n; i++)

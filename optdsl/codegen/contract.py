@@ -55,7 +55,7 @@ class ParamSlot:
     """One parameter in one step, as the generated host step sees it (its ``p``)."""
 
     __slots__ = ("t", "states", "scalars", "red", "rows", "cols", "ndim", "numel",
-                 "dtype_eps", "tensors", "kept", "commits", "lib")
+                 "dtype_eps", "tensors", "kept", "commits", "lib", "stats")
 
     def __init__(self, t: float, states: list, num_reductions: int) -> None:
         self.t = t  # the step number of this update
@@ -71,6 +71,9 @@ class ParamSlot:
         self.kept: dict = {}
         self.commits: dict = {}
         self.lib: dict = {}
+        # per fused row or column statistic (the C back end's sweeps accumulate them): its
+        # finished tensor, or None where the stage computes it (optdsl.codegen.library)
+        self.stats: list = []
 
     def set_facts(self, shape, eps: float) -> None:
         """Record a parameter's shape and its dtype's machine epsilon."""

@@ -30,6 +30,13 @@ or a hyper given as a number) is made a tensor first (``_tensor``); ``addmm``'s 
 alpha must be numbers, so with tensor scalars ``_addmm`` computes the same sum in float32
 (see its docstring).
 
+A row or column statistic that the sweep before the stage accumulates
+(``Schedule.fused``: the C back end's sweeps, optdsl.ir.stages.fused_stats) is read from
+``p.stats[slot]``, the finished statistic the sweep wrote in the compute dtype; where that is
+None (the runtime did not have the sweep compute it for this parameter: a shard, a
+zero-size or 0-dim parameter, a column statistic of a vector) the stage computes it as the
+other back ends do.
+
 The spelling here is torch's; every op the element code can spell has one.
 """
 
@@ -238,10 +245,20 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
     fused = _addmm_fusions(unit, stage)
     skipped = {x for c, s1, mm, s2, inner in fused.values() for x in [mm, *inner]}
     into = in_place(unit, stage, fused, skipped)  # computed into an argument's memory
+    stat_slot = {v: j for j, v in enumerate(unit.schedule.fused)}
     for v in stage.values:
         if v in skipped:
             continue
         eq = eqs[v]
+        if v in stat_slot:
+            sweep = next(s.index for s in unit.schedule.sweeps if v in s.stats)
+            out.line(f"{value_name(v)} = p.stats[{stat_slot[v]}]",
+                     f"{_cite(unit, v, eq.op)}, accumulated by sweep {sweep}")
+            with out.block(f"if {value_name(v)} is None:", "(not for this parameter)"):
+                with located(eq.span):
+                    text = SPELLING[eq.op].format(*[names.ref(a) for a in eq.args])
+                out.line(f"{value_name(v)} = {text}", unit.cite(v))
+            continue
         with located(eq.span):
             if v in fused:
                 c, s1, mm, s2, _ = fused[v]

@@ -87,8 +87,9 @@ class Unit:
         return tuple((temp_column(v), v) for v in sweep.saves)
 
     def runs(self, sweep: Sweep) -> bool:
-        """Whether a sweep has element work (it writes, saves or reduces)."""
-        return bool(self.stores(sweep) or sweep.reductions or sweep.saves)
+        """Whether a sweep has element work (it writes, saves, reduces or accumulates row
+        and column statistics)."""
+        return bool(self.stores(sweep) or sweep.reductions or sweep.saves or sweep.stats)
 
     def row(self, sweep: Sweep) -> tuple[int, ...]:
         """The scalar values a sweep's element code reads from each parameter's row (the

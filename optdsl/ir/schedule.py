@@ -27,6 +27,12 @@ with ``device_scalars`` (the Triton back end's) places every scalar but the cons
 device (``Placement.DEVICE``): each kernel program computes the scalars its tensor needs in
 its prologue, from device tables of hypers, step counts, scalar states and reductions, so a
 step never waits on the host.
+
+A schedule made with ``fuse_stats`` (the C back end's) has each sweep also accumulate the
+row and column statistics the next library stage reads of its element values or inputs
+(``Sweep.stats``; optdsl.ir.stages.fused_stats): the sweep computes their argument, and the
+stage reads the statistic instead of computing it (or computes it, for a parameter the
+sweep could not: the runtime decides, optdsl.runtime.c_runner).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from enum import Enum
 
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import LEAF, OPS, Level
-from optdsl.ir.stages import is_sweep_reduction, library_values, times
+from optdsl.ir.stages import fused_stats, is_sweep_reduction, library_values, times
 
 
 class Placement(Enum):
@@ -60,6 +66,7 @@ class Sweep:
     loads: tuple[int, ...] = ()  # stored values this sweep reads from their scratch tensors
     saves: tuple[int, ...] = ()  # values this sweep writes to their scratch tensors
     time: int = 0
+    stats: tuple[int, ...] = ()  # row and column statistics it accumulates (fuse_stats)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Schedule:
     libraries: tuple[Library, ...] = ()
     library: frozenset[int] = frozenset()  # every value a library stage computes
     device_scalars: bool = False  # scalars are computed on the device (see placement)
+    fused: tuple[int, ...] = ()  # the statistics sweeps accumulate, in order: index = slot
 
     @property
     def final(self) -> Sweep:
@@ -134,12 +142,14 @@ class Schedule:
 
 
 def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False,
-             library_only: bool = False) -> Schedule:
+             library_only: bool = False, fuse_stats: bool = False) -> Schedule:
     """``library_only``: every tensor-level value runs in library stages, which also
-    commit the parameter-shaped outputs (optdsl.ir.stages)."""
+    commit the parameter-shaped outputs (optdsl.ir.stages); ``fuse_stats``: sweeps
+    accumulate the row and column statistics they can (see the module docstring)."""
     eqs = graph.eqs
     library = library_values(graph, library_only)
     time = times(graph, library)
+    stats = fused_stats(graph, library) if fuse_stats and not library_only else ()
 
     def unchanged(name: str, v: int) -> bool:  # an output that is its own input
         eq = eqs[v]
@@ -157,12 +167,13 @@ def schedule(graph: Graph, tensor_states: set[str], device_scalars: bool = False
                      + [time[v] + (1 if OPS[eqs[v].op].is_reduction or v in library else 0)
                         for _, v in scalar_outputs] + [0])
     final_time += final_time & 1
-    sweeps = _sweeps(graph, time, library, final_time, tensor_outputs)
+    sweeps = _sweeps(graph, time, library, final_time, tensor_outputs, stats)
     libraries = _libraries(graph, time, library, sweeps, shaped)
     stages = sorted(sweeps + libraries, key=lambda s: s.time)
     group_values = _group_values(graph, stages, scalar_outputs)
+    fused = tuple(v for sweep in sweeps for v in sweep.stats)
     return Schedule(graph, tuple(time), tuple(sweeps), group_values, tensor_outputs,
-                    scalar_outputs, tuple(libraries), library, device_scalars)
+                    scalar_outputs, tuple(libraries), library, device_scalars, fused)
 
 
 def _output_time(graph: Graph, v: int, time: list[int], library: frozenset[int]) -> int:
@@ -178,8 +189,10 @@ def _output_time(graph: Graph, v: int, time: list[int], library: frozenset[int])
 
 
 def _sweeps(graph: Graph, time: list[int], library: frozenset[int], final_time: int,
-            tensor_outputs: tuple[tuple[str, int], ...]) -> list[Sweep]:
-    """The sweeps, in order, each with what it computes, loads and saves."""
+            tensor_outputs: tuple[tuple[str, int], ...], stats: tuple[int, ...] = ()
+            ) -> list[Sweep]:
+    """The sweeps, in order, each with what it computes, loads, saves and accumulates (a
+    statistic of ``stats``: in the sweep just before the library stage that reads it)."""
     eqs = graph.eqs
 
     def is_tensor(v: int) -> bool:
@@ -204,7 +217,8 @@ def _sweeps(graph: Graph, time: list[int], library: frozenset[int], final_time: 
         handed = sorted(lib_reads.get(p, ()))
         for v in handed:
             stored[v] = p
-        roots = roots + handed
+        here_stats = [v for v in stats if time[v] - 1 == p]
+        roots = roots + handed + [eqs[v].args[0] for v in here_stats]
 
         def needed(roots=roots, p=p) -> list[int]:
             reach = graph.ancestors(roots, lambda v: not is_tensor(v) or v in library
@@ -221,16 +235,16 @@ def _sweeps(graph: Graph, time: list[int], library: frozenset[int], final_time: 
             tensor = needed()
         for v in tensor:
             first.setdefault(v, p)
-        plans.append((p, tensor, reductions, roots))
+        plans.append((p, tensor, reductions, roots, here_stats))
     sweeps = []
-    for number, (p, tensor, reductions, roots) in enumerate(plans):
+    for number, (p, tensor, reductions, roots, here_stats) in enumerate(plans):
         loads = tuple(v for v in tensor if v in library or stored.get(v, p) < p)
         computed = [v for v in tensor if v not in loads]
         scalars = sorted({a for v in computed for a in eqs[v].args if not is_tensor(a)} |
                          {v for v in roots if not is_tensor(v)})
         saves = tuple(sorted(v for v, q in stored.items() if q == p and v in computed))
         sweeps.append(Sweep(number, tuple(tensor), tuple(reductions), tuple(scalars),
-                            p == final_time, loads, saves, p))
+                            p == final_time, loads, saves, p, tuple(here_stats)))
     return sweeps
 
 

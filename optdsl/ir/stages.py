@@ -20,12 +20,32 @@ A schedule for a back end without element sweeps (``library_only``: the torch ba
 optdsl.codegen.torch_step) puts every tensor-level value in library stages, element-wise
 ones and per-parameter reductions included: its sweeps then only copy outputs that are
 inputs (``prev = g``). Group-wide reductions still need a sweep.
+
+A back end whose sweeps accumulate row and column statistics (``fuse_stats``: the C back
+end's) has the sweep before a library stage compute the statistics that stage reads of an
+element value or an input (``fused_stats``): a row or column sum, mean or 2-norm of a
+parameter-shaped value that no library stage computes, neither a mask nor bfloat16. The value
+stays a library value (the stage reads it from the sweep's result, and computes it itself
+for a parameter the sweep could not: see optdsl.runtime.c_runner), so every other decision
+here is the same with and without fusion.
 """
 
 from __future__ import annotations
 
 from optdsl.ir.nodes import Graph
 from optdsl.ir.ops import GLOBAL, LEAF, OPS, Level
+
+# Row and column statistics a sweep can accumulate: op -> (axis, map, finish). The axis is
+# what is reduced away ("row": each row over its columns, "col": each column over its
+# rows); the map is the per-element value ("x" or its "square"), summed in float64; the
+# finish is the sum's ("none"), divided by the count ("mean"), or its square root ("sqrt"),
+# as ops.py defines the ops.
+STATS: dict[str, tuple[str, str, str]] = {
+    "rowsum": ("row", "x", "none"), "rowmean": ("row", "x", "mean"),
+    "rownorm": ("row", "square", "sqrt"),
+    "colsum": ("col", "x", "none"), "colmean": ("col", "x", "mean"),
+    "colnorm": ("col", "square", "sqrt"),
+}
 
 
 def library_values(graph: Graph, library_only: bool = False) -> frozenset[int]:
@@ -60,6 +80,22 @@ def library_values(graph: Graph, library_only: bool = False) -> frozenset[int]:
         else:
             chosen.add(i)
     return frozenset(chosen | pending)
+
+
+def fused_stats(graph: Graph, library: frozenset[int]) -> tuple[int, ...]:
+    """The row and column statistics a sweep can accumulate (see the module docstring), in
+    graph order."""
+    eqs = graph.eqs
+    out = []
+    for v in sorted(library):
+        eq = eqs[v]
+        if eq.op not in STATS or eq.kind.bf16:
+            continue
+        x = eqs[eq.args[0]]
+        if (eq.args[0] not in library and x.kind.is_tensor and not x.kind.shaped
+                and not x.kind.mask and not x.kind.bf16):
+            out.append(v)
+    return tuple(out)
 
 
 def is_sweep_reduction(graph: Graph, v: int, library: frozenset[int]) -> bool:

@@ -44,6 +44,9 @@ class Backend:
     # it has no element sweeps: every tensor-level value runs in library stages
     # (optdsl.ir.stages, ``library_only``)
     library_only: bool = False
+    # its sweeps accumulate the row and column statistics library stages read of their
+    # element values (optdsl.ir.stages.fused_stats; the others compute them in the stage)
+    fuse_stats: bool = False
     # (graph, program name) -> why it cannot run this step, or None
     refuses: Callable[[Any, str], str | None] = lambda graph, name: None
 
@@ -228,7 +231,8 @@ def _c_load(source: str, tag: str):
 # torch.optim.Adafactor(foreach=True) against 0.64x)
 register(Backend("c", "compiled C on CPU tensors (the system compiler, at first use)",
                  c_codegen.spells, c_codegen.generate, _c_load, _c_runner, _c_unavailable,
-                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1))
+                 lambda devices: not (devices - {"cpu"}), suffix=".c", auto_rank=-1,
+                 fuse_stats=True))
 
 
 def _torch_runner(program):

@@ -29,6 +29,8 @@ class Args(ctypes.Structure):
         ("seed", _P), ("ti", _P), ("facts", _P),
         ("sweep_cb", SweepCallback),
         ("lib", _P), ("library_cb", SweepCallback),
+        ("stat", _P), ("statpart", _P), ("stat_group", _P), ("nunits", ctypes.c_int64),
+        ("units", _P),
     ]
 
 

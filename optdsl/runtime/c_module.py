@@ -66,6 +66,8 @@ class CLibrary:
         self.MAX_SWEEP_REDUCTIONS = max((len(r) for _, _, r in self.SWEEPS), default=0)
         self.HANDED = tuple(tuple(int(v) for v in h) for h in c.get("handed", ()))
         self.NUM_HANDED = sum(len(h) for h in self.HANDED)
+        # per fused row or column statistic: (the sweep that accumulates it, "row"/"col")
+        self.STATS = tuple((int(k), str(axis)) for k, axis in c.get("stats", ()))
         python = library_source(source)
         if python:
             stages = load_python(python, f"c-library:{tag}")

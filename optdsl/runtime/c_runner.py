@@ -13,6 +13,15 @@ code (optdsl.runtime.library_stage) on each parameter's columns in its shape and
 dtype (``_Tables.library_columns``); the shaped states they compute are committed at the
 end of the step, as on NumPy (a stage never sees a state it changed).
 
+Fused row and column statistics (the contract's ``stats``: optdsl.ir.stages.fused_stats):
+the sweep before a stage accumulates each statistic into a tensor of the tables (the
+statistic's shape, in the compute dtype) that the stage reads as ``p.stats[slot]``. The
+rule, decided per step and parameter: the sweep computes it unless the step is sharded
+(``options.combine``: a shard's facts are the whole parameter's and the stage gathers the
+whole matrix), the parameter has no elements or no dimensions, or the statistic is a
+column one and the parameter a vector; then its pointer is NULL, ``p.stats[slot]`` None,
+and the stage computes it in torch.
+
 Tables (``_Tables``): the pointer table (one row per parameter: w, g, each tensor state,
 the scratch columns of values stored between sweeps, the master weight's low-precision
 copy), dtype codes, sizes, the block map (BLOCK elements per block) and the buffers the C
@@ -47,6 +56,10 @@ from optdsl.runtime.rounding import seeded_places
 from optdsl.runtime.step import Entry, OneStepAtATime, StepContext, StepOptions
 
 _CACHED_PLANS = 8
+# Column statistics: a parameter's blocks are run in groups, one thread each, of about
+# STAT_GROUP_ROWS of its rows' elements; each group keeps float64 partials of every
+# column (a 4096 x 4096 matrix: 128 groups, 4 MiB), added in group order at the end.
+STAT_GROUP_ROWS = 32
 PARALLEL_MIN = 1 << 20  # elements below which a sweep runs on one thread (a barrier costs more)
 _CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
 
@@ -151,6 +164,61 @@ class _Tables:
                      "red", "totals", "raw", "blocks", "partials", "seed", "ti", "facts", "lib"):
             setattr(a, name, _ptr(getattr(self, name)))
         a.parallel_min = PARALLEL_MIN
+        self._stat_tables(lib, entries, counts)
+
+    def _stat_tables(self, lib, entries: list[Entry], counts: np.ndarray) -> None:
+        """The fused row and column statistics' tensors and float64 partials (see
+        optdsl.codegen.c_prelude), per entry and statistic, where the sweep can compute
+        it: a parameter with elements, of one or more dimensions (two or more for a
+        column statistic); else None, and the library stage computes it."""
+        n, stats = self.n, lib.STATS
+        ns = len(stats)
+        self.stat_tensors: list[list] = [[None] * ns for _ in range(n)]
+        self.stat_on = np.zeros(max(n * ns, 1), dtype=np.int64)
+        self.stat_off = np.zeros(max(n * ns, 1), dtype=np.int64)
+        self.statpart = np.zeros(max(n * ns, 1), dtype=np.int64)
+        self.stat_group = np.ones(n, dtype=np.int64)
+        self.stat_buffers: list = []
+        for i, entry in enumerate(entries):
+            param = entry.param
+            shape, numel, nb = tuple(param.shape), int(self.numel[i]), int(counts[i])
+            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+            if any(axis == "col" for _, axis in stats) and param.dim() >= 2 and numel:
+                groups = max(1, shape[-2] // STAT_GROUP_ROWS)
+                self.stat_group[i] = -(-nb // groups)
+            for j, (_, axis) in enumerate(stats):
+                if numel == 0 or param.dim() < (1 if axis == "row" else 2):
+                    continue
+                if axis == "row":
+                    out = torch.empty(shape[:-1] + (1,), dtype=compute)
+                    part = np.empty(numel // shape[-1] + nb, dtype=np.float64)
+                else:
+                    out = torch.empty(shape[:-2] + (1, shape[-1]), dtype=compute)
+                    groups = -(-nb // int(self.stat_group[i]))
+                    part = np.empty(groups * (numel // shape[-2]), dtype=np.float64)
+                self.stat_tensors[i][j] = out
+                self.stat_buffers.append(part)
+                self.stat_on[i * ns + j] = out.data_ptr()
+                self.statpart[i * ns + j] = _ptr(part)
+        units = []
+        first = 0
+        for i in range(n):
+            g, nb = int(self.stat_group[i]), int(counts[i])
+            units += [(first + b, min(g, nb - b)) for b in range(0, nb, g)]
+            first += nb
+        self.units = np.array(units or [(0, 0)], dtype=np.int64).reshape(-1)
+        a = self.args
+        a.stat, a.statpart = _ptr(self.stat_on), _ptr(self.statpart)
+        a.stat_group, a.units = _ptr(self.stat_group), _ptr(self.units)
+        a.nunits = len(units) if ns else 0
+
+    def fuse_stats(self, on: bool) -> None:
+        """Whether this step's sweeps compute the row and column statistics they can (not
+        for shards, whose facts are the whole parameter's: the stage gathers them)."""
+        self.args.stat = _ptr(self.stat_on if on else self.stat_off)
+
+    def stats_of(self, i: int, on: bool) -> list:
+        return list(self.stat_tensors[i]) if on else [None] * len(self.stat_tensors[i])
 
     def whole_facts(self, entries: list[Entry], combine) -> None:
         """Each shard's facts (``w.rows`` ...) from its whole parameter's shape."""
@@ -281,6 +349,8 @@ class CRunner:
             if options.combine is not None:  # shards: their facts are the whole parameter's
                 tables.whole_facts(entries, options.combine)
             alive = tables.set_gradients(entries)
+            fused = options.combine is None  # shards: the stages compute the statistics
+            tables.fuse_stats(fused)
             self._prepare(lib, tables, entries, options)
             slots = None
             try:
@@ -292,6 +362,8 @@ class CRunner:
                 else:
                     self.calls += 1
                     slots = [ParamSlot(e.t, [], module.num_reductions) for e in entries]
+                    for i, slot in enumerate(slots):
+                        slot.stats = tables.stats_of(i, fused)
                     ctx = self._context(module, tables, entries, options)
                     lib.run(ctx, slots, sweeps_by_runtime=not self._direct(lib, options))
             finally:

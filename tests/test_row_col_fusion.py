@@ -1,0 +1,162 @@
+"""Row and column statistics fused into the C sweep that feeds them (optdsl.ir.stages
+fused_stats; optdsl.codegen.c_prelude's optdsl_rows_*/optdsl_cols_*).
+
+- Adafactor's rownorm(g) and colnorm(g) are accumulated by sweep 0 on C: the library stage
+  reads them (and computes neither for a parameter the sweep handled), while NumPy's stage
+  computes them in torch;
+- C against NumPy over 30 steps, float32 and float64, on shapes that exercise the piece
+  bookkeeping (3-D, a vector, rows = 1, columns that are not a multiple of the 1,024-element
+  block, several blocks per row and rows per block, several column groups): the
+  statistics are summed in float64 on C and in the compute dtype by torch on NumPy, so they
+  agree to rounding: float32 within 1e-5 relative + 1e-6 absolute after 30 steps (a few
+  ulps of the parameters), float64 within 1e-12 relative (the bound of float64 reductions
+  in tests/test_c_backend.py);
+- the same bits for 1 and 2 threads;
+- every statistic's finish: rowsum and colsum of an input, rowmean and colmean of an
+  element value, in a program of per-row and per-column states;
+- where the runtime hands the sweeps no statistic (a sharded step), the stage computes them
+  with NumPy's code: NumPy's bits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optdsl
+from optdsl import library
+from optdsl.runtime import c_build
+
+needs_cc = pytest.mark.skipif(c_build.unavailable() is not None,
+                              reason=f"no C compiler: {c_build.unavailable()}")
+
+SHAPES = [(37, 3), (16, 40), (7,), (0, 4), (1, 2000), (3, 5, 1100), (2, 3, 4), (70, 1500),
+          (2500, 3)]
+BOUND = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-15)}
+
+
+def _run(backend: str, dtype: torch.dtype, shapes=SHAPES, steps: int = 30) -> list:
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype))
+              for s in shapes]
+    opt = library.Adafactor(params, lr=0.01, backend=backend)
+    for k in range(steps):
+        grads = torch.Generator().manual_seed(100 + k)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=grads, dtype=torch.float64).to(dtype)
+        opt.step()
+    return [p.detach().clone() for p in params] + [
+        v.clone() for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
+
+
+def test_adafactor_statistics_are_fused_on_c_only():
+    prog = library.program("Adafactor").generic
+    c, numpy = prog.source("c"), prog.source("numpy")
+    assert "optdsl_rows_F32(" in c and "optdsl_cols_F32(" in c
+    assert "p.stats[0]" in c and "p.stats[1]" in c
+    assert "p.stats" not in numpy and "optdsl_rows" not in numpy
+
+
+@needs_cc
+def test_the_stage_computes_no_fused_statistic(monkeypatch):
+    """Fails if the fusion is removed: no row or column norm is computed by torch on C for
+    matrices (the 1-D parameter's variant has none), while NumPy's stage computes them."""
+    calls = []
+    norm, total = torch.linalg.vector_norm, torch.sum
+
+    def counted_norm(x, *args, **kwargs):
+        if kwargs.get("dim") in (-1, -2):
+            calls.append("norm")
+        return norm(x, *args, **kwargs)
+
+    def counted_sum(x, *args, **kwargs):
+        if kwargs.get("dim") in (-1, -2):
+            calls.append("sum")
+        return total(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", counted_norm)
+    monkeypatch.setattr(torch, "sum", counted_sum)
+    shapes = [(16, 40), (3, 5, 1100), (7,)]
+    _run("c", torch.float32, shapes, steps=2)
+    assert calls == []
+    _run("numpy", torch.float32, shapes, steps=2)
+    assert calls
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_matches_numpy_within_the_bound(dtype):
+    rtol, atol = BOUND[dtype]
+    want, got = _run("numpy", dtype), _run("c", dtype)
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@needs_cc
+def test_statistics_do_not_depend_on_threads(monkeypatch):
+    monkeypatch.setattr("optdsl.runtime.c_runner.PARALLEL_MIN", 1 << 10)
+    saved = torch.get_num_threads()
+    shapes = [(300, 1030), (4, 50, 333), (1, 5000), (2048, 3)]
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_run("c", torch.float32, shapes, steps=3))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(torch.nan_to_num(a, 7.0), torch.nan_to_num(b, 7.0))
+               for a, b in zip(*results))
+
+
+STATS_PROGRAM = """
+optimizer Stats
+hyper lr = 0.01
+state r = 0 per row
+state c = 0 per col
+x = g * 0.5 + w * 0.1
+r = 0.9 * r + 0.1 * (rowmean(x) + rowsum(g) * 0.01)
+c = 0.9 * c + 0.1 * (colmean(x) + colsum(abs(g)) * 0.01)
+w = w - lr * (x * 0.01 + r @ c)
+"""
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sums_and_means_of_element_values_and_inputs(dtype):
+    """rowsum and colsum of an input, rowmean and colmean of an element value: all four
+    accumulated by C's sweep, within the bound of NumPy's stage."""
+    prog = optdsl.compile(STATS_PROGRAM)
+    assert all(f"p.stats[{k}]" in prog.generic.source("c") for k in range(4))
+    shapes = [(37, 3), (1, 2000), (3, 5, 1100), (70, 1500), (2500, 3), (0, 4)]
+    runs = []
+    for backend in ("numpy", "c"):
+        gen = torch.Generator().manual_seed(2)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype))
+                  for s in shapes]
+        opt = prog.optimizer(params, backend=backend)
+        for _ in range(30):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+            opt.step()
+        runs.append([p.detach().clone() for p in params]
+                    + [opt.state[p][k].clone() for p in params for k in ("r", "c")])
+    rtol, atol = BOUND[dtype]
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@needs_cc
+def test_where_the_runtime_fuses_nothing_the_stage_gives_numpys_bits(monkeypatch):
+    """The rule's other side (a sharded step: optdsl.runtime.c_runner): with no statistic
+    handed to the sweeps, the stage computes them with NumPy's torch code, bit for bit."""
+    from optdsl.runtime import c_runner
+
+    fuse, stats_of = c_runner._Tables.fuse_stats, c_runner._Tables.stats_of
+    monkeypatch.setattr(c_runner._Tables, "fuse_stats", lambda self, on: fuse(self, False))
+    monkeypatch.setattr(c_runner._Tables, "stats_of",
+                        lambda self, i, on: stats_of(self, i, False))
+    shapes = [(16, 40), (3, 5, 1100), (7,)]
+    want, got = _run("numpy", torch.float32, shapes, 5), _run("c", torch.float32, shapes, 5)
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
