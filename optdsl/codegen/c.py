@@ -94,8 +94,8 @@ def contract(unit: Unit) -> dict:
         # one another, stage after stage)
         "handed": [library.handed(unit, stage) for stage in unit.schedule.libraries],
         # per fused row or column statistic (its slot): the sweep and the axis reduced
-        "stats": [[next(s.index for s in unit.schedule.sweeps if v in s.stats),
-                   STATS[unit.graph.eqs[v].op][0]] for v in unit.schedule.fused],
+        "stats": [[unit.schedule.stat_sweep(v), STATS[unit.graph.eqs[v].op][0]]
+                  for v in unit.schedule.fused],
     }
 
 

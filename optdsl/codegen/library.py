@@ -251,9 +251,9 @@ def _emit_stage(out: CodeBuffer, unit: Unit, stage: Library) -> None:
             continue
         eq = eqs[v]
         if v in stat_slot:
-            sweep = next(s.index for s in unit.schedule.sweeps if v in s.stats)
             out.line(f"{value_name(v)} = p.stats[{stat_slot[v]}]",
-                     f"{_cite(unit, v, eq.op)}, accumulated by sweep {sweep}")
+                     f"{_cite(unit, v, eq.op)}, accumulated by sweep "
+                     f"{unit.schedule.stat_sweep(v)}")
             with out.block(f"if {value_name(v)} is None:", "(not for this parameter)"):
                 with located(eq.span):
                     text = SPELLING[eq.op].format(*[names.ref(a) for a in eq.args])

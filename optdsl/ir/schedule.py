@@ -101,6 +101,10 @@ class Schedule:
     def final(self) -> Sweep:
         return self.sweeps[-1]
 
+    def stat_sweep(self, v: int) -> int:
+        """The index of the sweep that accumulates fused statistic ``v``."""
+        return next(s.index for s in self.sweeps if v in s.stats)
+
     @functools.cached_property
     def stages(self) -> tuple[Sweep | Library, ...]:
         """Sweeps and library stages in the order they run."""

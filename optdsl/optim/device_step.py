@@ -107,7 +107,7 @@ def _gather(opt, plan) -> DeviceBatch:
     for (param, grad), state, record in zip(plan.items, plan.states, plan.records):
         if state is None:
             state = state_of[param]
-        if record is None or not (record.live is live or record.live == live):
+        if record is None or not record.serves(live):
             opt._ready_state(param, state, hyper, live, param.device, grad)
         if master and param.dtype in precision.LOW_PRECISION:
             params.append(state[precision.MASTER_KEY])

@@ -78,4 +78,8 @@ class ParamRecord:
         step = state.get("step")
         return (self.state is state and self.size == len(state) and self.step is step
                 and self.ptr == step.data_ptr() and self.dtype is param.dtype
-                and (self.live is live or self.live == live))
+                and self.serves(live))
+
+    def serves(self, live: frozenset[str]) -> bool:
+        """Whether the state was made for a step with these live states."""
+        return self.live is live or self.live == live

@@ -362,8 +362,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         bump = self._step_count
         tokens: list | None = []  # the records' tokens, while every entry has a fast one
         for (param, grad), state, record in zip(plan.items, plan.states, plan.records):
-            if record is not None and record.counter is not None and (
-                    record.live is live or record.live == live):
+            if record is not None and record.counter is not None and record.serves(live):
                 # the steady state: checked and made, counted through the record's view
                 counter = record.counter
                 counter.value += 1.0

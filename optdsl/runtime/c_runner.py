@@ -200,17 +200,18 @@ class _Tables:
                 self.stat_buffers.append(part)
                 self.stat_on[i * ns + j] = out.data_ptr()
                 self.statpart[i * ns + j] = _ptr(part)
-        units = []
-        first = 0
-        for i in range(n):
-            g, nb = int(self.stat_group[i]), int(counts[i])
-            units += [(first + b, min(g, nb - b)) for b in range(0, nb, g)]
-            first += nb
+        units = []  # (only column statistics run blocks in units)
+        if any(axis == "col" for _, axis in stats):
+            first = 0
+            for i in range(n):
+                g, nb = int(self.stat_group[i]), int(counts[i])
+                units += [(first + b, min(g, nb - b)) for b in range(0, nb, g)]
+                first += nb
         self.units = np.array(units or [(0, 0)], dtype=np.int64).reshape(-1)
         a = self.args
         a.stat, a.statpart = _ptr(self.stat_on), _ptr(self.statpart)
         a.stat_group, a.units = _ptr(self.stat_group), _ptr(self.units)
-        a.nunits = len(units) if ns else 0
+        a.nunits = len(units)
 
     def fuse_stats(self, on: bool) -> None:
         """Whether this step's sweeps compute the row and column statistics they can (not
@@ -231,11 +232,9 @@ class _Tables:
         """Point the gradient column at this step's gradients (staged where they are not
         contiguous or change dtype); returns what must stay alive during the step."""
         grads = [entry.grad for entry in entries]
-        if all(map(operator.is_, map(_dtype_of, grads), self.grad_dtypes)) and \
-                all(map(_is_contiguous, grads)):  # (the usual case: one assignment)
-            staged = []
-        else:
-            staged = []
+        staged = []
+        if not (all(map(operator.is_, map(_dtype_of, grads), self.grad_dtypes))
+                and all(map(_is_contiguous, grads))):  # (the usual case: none staged)
             for i, (g, dtype) in enumerate(zip(grads, self.grad_dtypes)):
                 if g.dtype is not dtype or not g.is_contiguous():
                     g = grads[i] = _contiguous_copy(g.detach(), dtype)
@@ -289,9 +288,10 @@ class _Tables:
         return self.raw[:self.n * count].reshape(self.n, count).tolist() if count else []
 
 
-def options_plain(copies: list) -> bool:
-    """Whether no entry has a low-precision copy (master weights)."""
-    return not any(c is not None for c in copies)
+def _no_copies(copies: list) -> bool:
+    """Whether no entry has a low-precision copy (master weights): the records' tokens do
+    not stand for those."""
+    return all(c is None for c in copies)
 
 
 def _signature(columns: tuple, entries: list[Entry], tensor_keys: list[str],
@@ -385,7 +385,7 @@ class CRunner:
         """The cached tables of these entries' tensors, else new ones. ``known``: a key that
         stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
         which saves reading them all again."""
-        if known is not None and options_plain(copies):
+        if known is not None and _no_copies(copies):
             signature = (lib.TENSORS, "known", known)
         else:
             signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
