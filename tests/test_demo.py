@@ -163,3 +163,29 @@ def test_identical_curves_say_so_in_the_legend():
     assert legend[1:] == ["Adam", "torch.optim.SGD"]
     widths = [line.get_linewidth() for line in fig.axes[0].get_lines()]
     assert widths[0] > widths[2] + 2
+
+
+def test_check_racers_builds_a_c_step_before_any_clock_starts(tmp_path, monkeypatch):
+    """The checks before racing take one step on a throwaway parameter of the racers' dtype,
+    so a C step is compiled there, not inside the first racer's training time."""
+    from optdsl.apps.racers import check_racers, make_optimizer
+    from optdsl.runtime import c_build
+
+    if c_build.unavailable():
+        pytest.skip("no working C compiler")
+    program = tmp_path / "fresh.opt"  # a program no other test compiled in this process
+    program.write_text("hyper lr = 0.1\nhyper k = 0.123456\nw = w - lr * k * g\n")
+    builds: list[object] = []
+    real = c_build.build
+    monkeypatch.setattr(c_build, "build", lambda *args: builds.append(args) or real(*args))
+    for dtype in (torch.float32, torch.float64):
+        [spec] = resolve_optimizer_specs([f"{program}:lr=0.5"], DEFAULT_OPTIMIZERS)[-1:]
+        check_racers([spec], {"user": 0.5}, backend="c", dtype=dtype)
+        built = len(builds)
+        assert built >= 1, f"the check compiled no C step for {dtype}"
+        p = torch.ones(5, dtype=dtype, requires_grad=True)
+        _, optimizer, _ = make_optimizer(spec, [p], {"user": 0.5}, backend="c")
+        p.grad = torch.ones_like(p)
+        optimizer.step()
+        assert len(builds) == built, f"the first real {dtype} step compiled again"
+        torch.testing.assert_close(p.detach(), torch.full_like(p, 1 - 0.5 * 0.123456))

@@ -259,8 +259,8 @@ def run_demo(
         optimizers: racer specs (see the module docstring); None races
             :data:`DEFAULT_OPTIMIZERS`.  A list of only ``.opt`` paths races them alongside
             the defaults.
-        backend: "auto", "numpy" or "triton", passed to the compiled optimizers
-            ("triton" trains on the GPU when one is present).
+        backend: "auto" or a back end's name ("numpy", "c", "triton", "torch"), passed to
+            the compiled optimizers ("triton" trains on the GPU when one is present).
         out_dir: if given, ``loss_curves.png`` and ``results.json`` are written there.
         batch_size: minibatch size (the recipe uses 128).
         seed: seeds the initial weights, the train/test split and the minibatch order.
@@ -276,8 +276,8 @@ def run_demo(
         ``lr`` (the learning rate it ran with; None for a program without one),
         ``train_loss`` (full training set, after the last epoch), ``test_accuracy``,
         ``seconds`` (training, evaluation included), ``setup_seconds`` (constructing the
-        optimizer, twice: a first check before any training, which compiles a DSL program,
-        then the real one), ``loss_curve`` and ``accuracy_curve``
+        optimizer, twice: a first check before any training that also takes one step on a
+        throwaway parameter, which compiles a DSL program and its C step, then the real one), ``loss_curve`` and ``accuracy_curve``
         (``epochs + 1`` entries: before training, then after each epoch).
     """
     if epochs < 1 or batch_size < 1:

@@ -329,7 +329,8 @@ def run_landscape(
         max_iters: optimizer steps allowed per racer and function.
         tol: converged when the gradient norm, or the distance to a known minimum, is below it.
         functions: keys of :data:`LANDSCAPES` to run (default: all four).
-        backend: "auto", "numpy" or "triton", passed to the compiled optimizers.
+        backend: "auto" or a back end's name ("numpy", "c", "triton", "torch"), passed to
+            the compiled optimizers.
         progress: draw a progress bar per function on stderr.
 
     Returns:
@@ -338,7 +339,7 @@ def run_landscape(
     specs = resolve_optimizer_specs(programs, DEFAULT_RACERS)
     landscapes = _select_landscapes(functions)
     for land in landscapes:
-        check_racers(specs, land.lrs, backend, racer_device(backend))
+        check_racers(specs, land.lrs, backend, racer_device(backend), torch.float64)
     results: list[dict[str, Any]] = []
     for number, land in enumerate(landscapes, start=1):
         label = f"{land.key} ({number}/{len(landscapes)})"

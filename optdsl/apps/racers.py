@@ -170,21 +170,30 @@ def check_racers(
     lr_table: Mapping[str, float],
     backend: str = "auto",
     device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> list[float]:
-    """Build every racer once on a throwaway parameter, before any real work starts.
+    """Build every racer once on a throwaway parameter (of the racers' ``dtype``, default
+    float32) and take one step, before any real
+    work starts.
 
     A bad program (``optdsl.DslError``), a missing, unknown or out-of-range hyperparameter
     (``ValueError``/``TypeError``) or an impossible backend is then reported at once, not
-    after the racers before it have run.  Returns each racer's construction time in seconds
-    (this first construction is the one that compiles a program).
+    after the racers before it have run.  The step builds what a back end builds at first
+    use (the C back end compiles its shared object then), so no racer's training time holds
+    a compilation.  Returns each racer's seconds (construction and that first step); torch's
+    own one-time cost of constructing its first optimizer (it imports torch._dynamo) is paid
+    before the first racer's clock starts.
     """
     import torch
 
+    torch.optim.SGD([torch.zeros(1)], lr=0.0)
     seconds = []
     for spec in specs:
-        dummy = torch.zeros(1, device=device, requires_grad=True)
+        dummy = torch.zeros(1, device=device, dtype=dtype or torch.float32, requires_grad=True)
         start = time.perf_counter()
-        make_optimizer(spec, [dummy], lr_table, backend)
+        _, optimizer, _ = make_optimizer(spec, [dummy], lr_table, backend)
+        dummy.grad = torch.zeros_like(dummy)
+        optimizer.step()
         seconds.append(time.perf_counter() - start)
     return seconds
 
