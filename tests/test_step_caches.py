@@ -218,8 +218,9 @@ def test_a_state_read_from_w_is_made_on_the_first_update(backend):
 
 
 def test_the_variant_is_chosen_once_per_group_not_per_parameter(monkeypatch):
-    """A group's step specialised for its switches is looked up once a step (it was once per
-    parameter, most of the host time of a step over many small tensors)."""
+    """A group's step specialised for its switches is looked up once per group (it was once
+    per parameter, most of the host time of a step over many small tensors), and again only
+    when the group's hyper values change."""
     params = [torch.nn.Parameter(torch.randn(3)) for _ in range(6)]
     opt = library.Adam(params, lr=0.1, amsgrad=True, backend="numpy")
     calls = []
@@ -231,7 +232,48 @@ def test_the_variant_is_chosen_once_per_group_not_per_parameter(monkeypatch):
 
     monkeypatch.setattr(type(opt.program), "variant", counted)
     _steps(opt, params, 2)
+    assert len(calls) == 1
+    opt.param_groups[0]["amsgrad"] = False
+    _steps(opt, params, 2)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hyper_values_changed_between_steps_are_followed(backend):
+    """The scalars and variant a group's plain hyper values gave are kept between steps
+    (hypers.plain_key); every change is seen: a float, an int for a float, a list for a
+    tuple, a switch, NaN, a tensor lr changed in place, and a bad value still raises before
+    anything is written. Against torch.optim.Adam on the same schedule."""
+    _backend(backend)
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = library.Adam([p], lr=0.1, amsgrad=True, backend=backend)
+    ref = torch.optim.Adam([q], lr=0.1, amsgrad=True)  # (torch makes its state at the start)
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    changes = [{}, {"lr": 0.2}, {"lr": 1}, {"betas": [0.8, 0.9]}, {"amsgrad": False},
+               {"eps": 1e-3}, {"weight_decay": 0.1}, {"lr": lr}, {}, {"lr": 0.01},
+               {"amsgrad": True}]
+    for number, change in enumerate(changes):
+        for group in (opt.param_groups[0], ref.param_groups[0]):
+            group.update(change)
+        if number == 8:
+            lr.fill_(0.3)  # in place: the same tensor, a new value
+        for x in (p, q):
+            x.grad = torch.sin(torch.arange(5.0, dtype=torch.float64) + number)
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())
+    for bad in (float("nan"), "0.1", None):
+        opt.param_groups[0]["lr"] = bad
+        with pytest.raises((ValueError, TypeError), match="lr|learning rate"):
+            opt.step()
+        assert torch.equal(p.detach(), before[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

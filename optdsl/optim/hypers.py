@@ -225,6 +225,27 @@ def scalars(specs: Mapping[str, HyperSpec], group: Mapping[str, Any],
     return out
 
 
+_PLAIN_TYPES = frozenset({float, int, bool, str, type(None)})
+
+
+def plain_key(specs: Mapping[str, HyperSpec], group: Mapping[str, Any]) -> tuple | None:
+    """The group's values of these hypers as a key, each by type and value, when every one is
+    a plain Python number, string or None, or a tuple or list of them: groups with equal keys
+    get equal ``scalars`` (which read nothing else), so a step can keep the last result.
+    None when any value is something else (a tensor can change in place) or missing."""
+    key = []
+    for name in specs:
+        value = group.get(name, specs)  # (specs: a missing value's marker)
+        kind = type(value)
+        if kind in _PLAIN_TYPES:
+            key.append((kind, value))
+        elif (kind is tuple or kind is list) and all(type(x) in _PLAIN_TYPES for x in value):
+            key.append((kind, tuple(map(type, value)), tuple(value)))
+        else:
+            return None
+    return tuple(key)
+
+
 def _choice_index(spec: HyperSpec, value: Any) -> float:
     """A choice's value as the number the generated code compares (its index)."""
     if value in spec.choices and (value is None or isinstance(value, str)):

@@ -65,25 +65,37 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
     records = opt.__dict__.get("_ready") or {}
     opt_state = opt.state
     plans, devices = [], set()
+    # per group: (key of its plain hyper values, their scalars, its shared variant), kept
+    # while the values stay equal (hypers.plain_key): a steady-state step converts no hyper
+    kept = opt.__dict__.setdefault("_group_scalars", {})
+    matrix_work = bool(program.library_work)
+    per_param_variants = matrix_work or bool(program.param_flags)
+    unscale = grad_scale is not None
     for number, group in enumerate(opt.param_groups):
         tensors_on = None
         if on_device and group["params"]:
             tensors_on = group["params"][0].device.type
-        try:
-            hyper = hyper_values.scalars(program.hypers, group, tensors_on=tensors_on)
-        except ValueError as exc:
-            if not several:
-                raise
-            raise ValueError(f"{exc} (in param group {number})") from None
-        unscale = grad_scale is not None
+        key = hyper_values.plain_key(program.hypers, group)
+        if key is not None:
+            key = (program, tensors_on, unscale, key)
+            found = kept.get(number)
+        if key is not None and found is not None and found[0] == key:
+            hyper, shared = dict(found[1]), found[2]
+        else:
+            try:
+                hyper = hyper_values.scalars(program.hypers, group, tensors_on=tensors_on)
+            except ValueError as exc:
+                if not several:
+                    raise
+                raise ValueError(f"{exc} (in param group {number})") from None
+            # the usual case: one variant for the whole group, found once
+            shared = None if per_param_variants else program.variant(hyper, unscale=unscale)
+            if key is not None:
+                kept[number] = (key, dict(hyper), shared)
         inverse = 1.0 / float(grad_scale) if unscale and not on_device else None
         by_variant: dict[int, GroupPlan] = {}
         fused = bool(group.get("fused"))
-        matrix_work = bool(program.library_work)
         variants: dict = {}  # the group's variant, per parameter facts where they matter
-        # the usual case: one variant for the whole group, found once
-        shared = None if matrix_work or program.param_flags else \
-            program.variant(hyper, unscale=unscale)
         rule = program.sparse
         plan = None
         if shared is not None:  # (added to the plans below if some parameter has a gradient)

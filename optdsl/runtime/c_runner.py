@@ -385,11 +385,13 @@ class CRunner:
         """The cached tables of these entries' tensors, else new ones. ``known``: a key that
         stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
         which saves reading them all again."""
+        # keyed by the library too: two variants of one program (a switch flipped between
+        # steps) can read the same columns with different hypers, statistics and scratch
         if known is not None and _no_copies(copies):
-            signature = (lib.TENSORS, "known", known)
+            signature = (lib, "known", known)
         else:
-            signature = _signature(lib.TENSORS, entries, self.tensor_keys, self.scalar_keys,
-                                   copies)
+            signature = (lib, _signature(lib.TENSORS, entries, self.tensor_keys,
+                                         self.scalar_keys, copies))
         found = self._plans.get(signature)
         if found is not None and not (found.writeback or found.scalar_writeback):
             self._plans.move_to_end(signature)
