@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", nargs="+", default=["numpy", "c", "torch"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--tag", default="", help="appended to the results' file name")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     results = bench(args.backends, args.rounds, args.epochs)
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     text = markdown(info, results)
     print(text)
     if not args.no_save:
-        stem = ROOT / "bench" / "results" / f"apps-{info['date']}"
+        name = f"apps-{info['date']}" + (f"-{args.tag}" if args.tag else "")
+        stem = ROOT / "bench" / "results" / name
         stem.with_suffix(".md").write_text(text)
         stem.with_suffix(".json").write_text(json.dumps({"meta": info, "results": results},
                                                         indent=2))
