@@ -288,3 +288,49 @@ def test_the_step_counter_view_counts_as_torch_does(dtype):
     _steps(opt, params, 3)
     want = torch.tensor(float(2**24 - 2), dtype=dtype) + 3
     assert state["step"].dtype == dtype and state["step"].item() == want.item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_steady_step_still_checks_every_new_gradient(backend):
+    """The steady state's short way (a record that holds) still refuses a gradient that a
+    fresh optimizer refuses, with the same error, and writes nothing."""
+    _backend(backend)
+    def data(tensor):  # (torch refuses these as `.grad =`, not as the gradient's data)
+        def put(p):
+            p.grad = torch.ones_like(p)
+            p.grad.data = tensor
+        return put
+
+    def grad(tensor):
+        def put(p):
+            p.grad = tensor
+        return put
+
+    bad_grads = {
+        "shape": data(torch.ones(4, 2)),
+        "integer dtype": data(torch.ones(2, 4, dtype=torch.int64)),
+        "sparse": grad(torch.ones(2, 4).to_sparse()),
+    }
+    for what, make in bad_grads.items():
+        params = [torch.nn.Parameter(torch.randn(2, 4)) for _ in range(3)]
+        opt = library.Adam(params, lr=0.1, backend=backend)
+        _steps(opt, params, 2)
+        before = [p.detach().clone() for p in params], \
+            [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        make(params[1])
+        fresh_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        fresh = library.Adam(fresh_params, lr=0.1, backend=backend)
+        for p in fresh_params:
+            p.grad = torch.ones_like(p)
+        make(fresh_params[1])
+        with pytest.raises(Exception) as expected:
+            fresh.step()
+        with pytest.raises(type(expected.value)) as got:
+            opt.step()
+        assert str(got.value) == str(expected.value), what
+        for p, old in zip(params, before[0]):
+            assert torch.equal(p.detach(), old), what
+        for p, old in zip(params, before[1]):
+            assert all(torch.equal(opt.state[p][k], v) for k, v in old.items()), what

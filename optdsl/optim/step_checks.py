@@ -101,6 +101,9 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         if shared is not None:  # (added to the plans below if some parameter has a gradient)
             plan = by_variant[id(shared)] = GroupPlan(number, hyper, shared, inverse)
         cpu = False
+        strided, only = torch.strided, rule.only
+        items, states, kept_records = (plan.items, plan.states, plan.records) if plan else \
+            (None, None, None)
         for index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
@@ -109,8 +112,24 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
             # usual case is a few attribute reads, the rest is _unusual_gradient's
             shape = grad.shape
             on_cpu = param.is_cpu and grad.is_cpu
-            dense = grad.layout is torch.strided
-            if (not dense or rule.only or shape != param.shape or grad.dtype not in _REAL
+            dense = grad.layout is strided
+            if items is not None and dense and not only and (on_cpu or not _apart(param, grad)):
+                # the steady state of a group of one variant: a record that still holds
+                # stands for the parameter's shape, dtype and storage, its state and the
+                # gradient's dtype (so the checks below would pass)
+                state = opt_state.get(param)
+                record = records.get(id(param)) if state else None
+                if record is not None and record.fast and record.shape == shape and \
+                        record.still(param, grad, state):
+                    items.append((param, grad))
+                    states.append(state)
+                    kept_records.append(record)
+                    if on_cpu:
+                        cpu = True
+                    else:
+                        devices.add(param.device.type)
+                    continue
+            if (not dense or only or shape != param.shape or grad.dtype not in _REAL
                     or param.dtype not in _REAL or not on_cpu and _apart(param, grad)):
                 _unusual_gradient(name, param, grad, _where(index, number), fused, rule)
             if shared is None:
