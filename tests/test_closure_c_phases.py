@@ -116,13 +116,13 @@ def test_a_steady_step_builds_no_tables(monkeypatch):
     opt = LBFGS(params, backend="c", history_size=10, max_iter=25)
     opt.step(closure)
     built = []
-    init = c_runner._Tables.__init__
+    init = c_runner.CTables.__init__
 
     def counting(self, *args, **kwargs):
         built.append(1)
         init(self, *args, **kwargs)
 
-    monkeypatch.setattr(c_runner._Tables, "__init__", counting)
+    monkeypatch.setattr(c_runner.CTables, "__init__", counting)
     opt.step(closure)
     assert len(opt.state[params[0]]["old_dirs"]) == 10
     assert built == []

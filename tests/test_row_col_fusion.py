@@ -153,9 +153,9 @@ def test_where_the_runtime_fuses_nothing_the_stage_gives_numpys_bits(monkeypatch
     handed to the sweeps, the stage computes them with NumPy's torch code, bit for bit."""
     from optdsl.runtime import c_runner
 
-    fuse, stats_of = c_runner._Tables.fuse_stats, c_runner._Tables.stats_of
-    monkeypatch.setattr(c_runner._Tables, "fuse_stats", lambda self, on: fuse(self, False))
-    monkeypatch.setattr(c_runner._Tables, "stats_of",
+    fuse, stats_of = c_runner.CTables.fuse_stats, c_runner.CTables.stats_of
+    monkeypatch.setattr(c_runner.CTables, "fuse_stats", lambda self, on: fuse(self, False))
+    monkeypatch.setattr(c_runner.CTables, "stats_of",
                         lambda self, i, on: stats_of(self, i, False))
     shapes = [(16, 40), (3, 5, 1100), (7,)]
     want, got = _run("numpy", torch.float32, shapes, 5), _run("c", torch.float32, shapes, 5)

@@ -10,7 +10,7 @@ optdsl.runtime.reduce. Library stages (matrix work: torch's BLAS GEMMs, row and 
 statistics, bfloat16 work) run between sweeps as on the NumPy back end: the C host step
 calls back into Python for each (optdsl.runtime.c_module), which runs the generated torch
 code (optdsl.runtime.library_stage) on each parameter's columns in its shape and compute
-dtype (``_Tables.library_columns``); the shaped states they compute are committed at the
+dtype (``CTables.library_columns``); the shaped states they compute are committed at the
 end of the step, as on NumPy (a stage never sees a state it changed).
 
 Fused row and column statistics (the contract's ``stats``: optdsl.ir.stages.fused_stats):
@@ -22,7 +22,7 @@ whole matrix), the parameter has no elements or no dimensions, or the statistic 
 column one and the parameter a vector; then its pointer is NULL, ``p.stats[slot]`` None,
 and the stage computes it in torch.
 
-Tables (``_Tables``): the pointer table (one row per parameter: w, g, each tensor state,
+Tables (``CTables``): the pointer table (one row per parameter: w, g, each tensor state,
 the scratch columns of values stored between sweeps, the master weight's low-precision
 copy), dtype codes, sizes, the block map (BLOCK elements per block) and the buffers the C
 code writes (rows, reductions, partials) are built once for a set of tensors and kept while
@@ -61,7 +61,8 @@ _CACHED_PLANS = 8
 # column (a 4096 x 4096 matrix: 128 groups, 4 MiB), added in group order at the end.
 STAT_GROUP_ROWS = 32
 PARALLEL_MIN = 1 << 20  # elements below which a sweep runs on one thread (a barrier costs more)
-_CODES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
+TORCH_DTYPE_CODES = {getattr(torch, name): code
+                     for name, code in DTYPE_CODES.items()}  # the dtypes C steps read
 
 
 _dtype_of = operator.attrgetter("dtype")
@@ -77,7 +78,7 @@ def _contiguous_copy(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(x.shape, dtype=dtype).copy_(x)
 
 
-class _Tables:
+class CTables:
     """One set of tensors, laid out for the C step (see the module docstring)."""
 
     def __init__(self, lib, entries: list[Entry], tensor_keys: list[str],
@@ -114,8 +115,8 @@ class _Tables:
                 if x is None:
                     continue
                 x = x.detach()
-                if not x.is_contiguous() or x.dtype not in _CODES:
-                    staged = _contiguous_copy(x, x.dtype if x.dtype in _CODES
+                if not x.is_contiguous() or x.dtype not in TORCH_DTYPE_CODES:
+                    staged = _contiguous_copy(x, x.dtype if x.dtype in TORCH_DTYPE_CODES
                                               else torch.float32)
                     if c != 1:  # the gradient is only read
                         self.writeback.append((x, staged))
@@ -123,7 +124,7 @@ class _Tables:
                 self.keep.append(x)
                 columns[c] = x
                 self.ptr[i * ncol + c] = x.data_ptr()
-                self.dtype[i * ncol + c] = _CODES[x.dtype]
+                self.dtype[i * ncol + c] = TORCH_DTYPE_CODES[x.dtype]
             self.grad_dtypes.append(tensors[1].dtype)
             for j, key in enumerate(scalar_keys):
                 value = entry.state[key].detach()
@@ -133,7 +134,7 @@ class _Tables:
                     value = staged
                 self.keep.append(value)
                 self.sptr[i * nss + j] = value.data_ptr()
-                self.sdtype[i * nss + j] = _CODES[value.dtype]
+                self.sdtype[i * nss + j] = TORCH_DTYPE_CODES[value.dtype]
             self.bucket_keys.append(None if numel == 0 else tuple(
                 None if x is None else x.dtype for x in tensors[:2 + len(tensor_keys)]
             ) + (None if copy is None else copy.dtype,))
@@ -212,6 +213,14 @@ class _Tables:
         a.stat, a.statpart = _ptr(self.stat_on), _ptr(self.statpart)
         a.stat_group, a.units = _ptr(self.stat_group), _ptr(self.units)
         a.nunits = len(units)
+
+    def set_scalars(self, lib, hyper: dict, inv_grad_scale: float) -> None:
+        """Write a call's hyper values (``lib.HYPERS`` order), inverse grad scale and thread
+        count (torch's) into the arguments."""
+        for j, name in enumerate(lib.HYPERS):
+            self.hyper[j] = hyper[name]
+        self.args.inv_grad_scale = float(inv_grad_scale)
+        self.args.threads = torch.get_num_threads()
 
     def fuse_stats(self, on: bool) -> None:
         """Whether this step's sweeps compute the row and column statistics they can (not
@@ -381,7 +390,7 @@ class CRunner:
         """Whether the whole step runs in C (else each sweep goes through the runtime)."""
         return options.combine is None and lib.FINISHES_IN_C
 
-    def _tables(self, lib, variant, entries, copies, known: tuple | None = None) -> _Tables:
+    def _tables(self, lib, variant, entries, copies, known: tuple | None = None) -> CTables:
         """The cached tables of these entries' tensors, else new ones. ``known``: a key that
         stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
         which saves reading them all again."""
@@ -398,22 +407,18 @@ class CRunner:
             return found
         for entry in entries:
             variant.check_states(entry.state)
-        tables = _Tables(lib, entries, self.tensor_keys, self.scalar_keys, copies)
+        tables = CTables(lib, entries, self.tensor_keys, self.scalar_keys, copies)
         if not (tables.writeback or tables.scalar_writeback):  # (staged copies are per step)
             self._plans[signature] = tables
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return tables
 
-    def _prepare(self, lib, tables: _Tables, entries: list[Entry],
+    def _prepare(self, lib, tables: CTables, entries: list[Entry],
                  options: StepOptions) -> None:
         a = tables.args
         tables.t[:] = [e.t for e in entries]
-        hyper = options.hyper
-        for j, name in enumerate(lib.HYPERS):
-            tables.hyper[j] = hyper[name]
-        a.inv_grad_scale = float(options.inv_grad_scale)
-        a.threads = torch.get_num_threads()
+        tables.set_scalars(lib, options.hyper, options.inv_grad_scale)
         a.sr = options.rounding_seed is not None
         if a.sr:
             places = seeded_places(options.rounding_seed, tables.bucket_keys)
@@ -422,7 +427,7 @@ class CRunner:
         for original, staged in tables.scalar_writeback:
             staged.copy_(original)
 
-    def _context(self, module: GeneratedModule, tables: _Tables, entries: list[Entry],
+    def _context(self, module: GeneratedModule, tables: CTables, entries: list[Entry],
                  options: StepOptions) -> StepContext:
         """The context of a step that calls back into the runtime: for each sweep (the
         distributed combiner, reductions finished only there) or library stage."""

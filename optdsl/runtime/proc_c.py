@@ -7,7 +7,7 @@ scratch columns). The C runner (optdsl.runtime.c_runner) builds that table from 
 Entries and keeps it while the same tensors come back; a phase inside a loop over a history
 binds other vectors on every call, so there it rebuilt the table (a Python loop over
 parameters and columns) every time. Here the table is built once per phase and layout, by
-the C runner's own ``_Tables`` (sizes, facts, block map, scratch columns, the buffers the C
+the C runner's own ``CTables`` (sizes, facts, block map, scratch columns, the buffers the C
 code writes), and a call then writes each column's pointers from its vector (one NumPy
 assignment per column), the hypers and torch's thread count, and runs ``optdsl_step``. The
 phase's scalar outputs are its scalar states: float64 cells, a row per parameter, each given
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from optdsl.runtime.c_runner import _CODES, _Tables
+from optdsl.runtime.c_runner import TORCH_DTYPE_CODES, CTables
 from optdsl.runtime.step import Entry
 from optdsl.runtime.vectors import Layout, Vector
 
@@ -45,7 +45,7 @@ class _Plan:
             state.update({name: self.cells[j, k] for k, name in enumerate(names)})
             state["step"] = self.cells[j, len(names)]
             entries.append(Entry(param, param, state, 1.0))
-        self.tables = _Tables(lib, entries, runner.tensor_keys, runner.scalar_keys,
+        self.tables = CTables(lib, entries, runner.tensor_keys, runner.scalar_keys,
                               [None] * len(params))
         ncol = self.tables.ncol
         self.grid = self.tables.ptr.reshape(len(params), ncol)  # a view: rows are parameters
@@ -86,7 +86,7 @@ class CPhases:
         go through the C runner instead."""
         params = layout.params
         dtype = layout.dtype
-        if not params or layout.device.type != "cpu" or dtype not in _CODES:
+        if not params or layout.device.type != "cpu" or dtype not in TORCH_DTYPE_CODES:
             return None
         found = layout.parameters().pointers()
         if found is None or found[1] != dtype:  # (a parameter that is not contiguous)
@@ -98,13 +98,9 @@ class CPhases:
         if plan is None or not plan.bind(layout, handles, dtype):
             return None
         tables = plan.tables
-        for j, name in enumerate(lib.HYPERS):
-            tables.hyper[j] = scalars[name]
-        args = tables.args
-        args.inv_grad_scale = 1.0
-        args.threads = torch.get_num_threads()
-        args.sr = 0
-        rc = lib.optdsl_step(ctypes.byref(args))
+        tables.set_scalars(lib, scalars, 1.0)
+        tables.args.sr = 0
+        rc = lib.optdsl_step(ctypes.byref(tables.args))
         if rc:
             raise RuntimeError(f"the generated C step failed (code {rc})")
         return plan.cells[0, :len(plan.names)].tolist()
