@@ -18,7 +18,9 @@ This runs for every parameter at every step, so the usual case is a few attribut
 gradient and the parameter's record (optdsl.optim.param_records: what its state was made or
 checked for); without one that still holds, a parameter's states are checked again only
 when its state dict, one of its values or the parameter's shape changed since they were
-last checked (``_checked_states``). Both are cleared when a checkpoint loads.
+last checked (``_checked_states``). Both are cleared when a checkpoint loads. A group's
+hyper scalars and its variant are kept while its plain hyper values stay equal
+(``_group_scalars``, optdsl.optim.hypers.plain_key).
 """
 
 from __future__ import annotations
