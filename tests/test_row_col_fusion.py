@@ -1,5 +1,6 @@
-"""Row and column statistics fused into the C (and Triton) sweep that feeds them (optdsl.ir.stages
-fused_stats; optdsl.codegen.c_prelude's optdsl_rows_*/optdsl_cols_*).
+"""Row and column statistics fused into the C and Triton sweeps that feed them
+(optdsl.ir.stages fused_stats; optdsl.codegen.c_prelude's optdsl_rows_*/optdsl_cols_*;
+optdsl.runtime.device_stats).
 
 - Adafactor's rownorm(g) and colnorm(g) are accumulated by sweep 0 on C: the library stage
   reads them (and computes neither for a parameter the sweep handled), while NumPy's stage

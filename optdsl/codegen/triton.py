@@ -17,7 +17,10 @@ the identity); generated kernels combine them per tensor and over the group in a
 order and finish them (optdsl.codegen.triton_reduce). Matrix work runs between sweeps in
 library stages, torch code on the device (optdsl.codegen.library: Inductor's extern
 kernels), which compute the scalars they read from the same tables and hand scalars to
-later kernels through ``fin``. ``finish_step`` then advances each tensor's step count and
+later kernels through ``fin``. A sweep that accumulates the row and column statistics a
+library stage reads (``Sweep.stats``) runs over 2-D tiles of each tensor's matrix view
+instead of flat blocks, and writes their float64 partials, which ``stats_finish`` adds in
+tile order (optdsl.runtime.device_stats). ``finish_step`` then advances each tensor's step count and
 writes its scalar states, on the device. With ``SKIP`` (in-step
 AMP unscaling) the final sweep and finish_step write nothing when found_inf is set.
 Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the

@@ -12,7 +12,10 @@ device tables (hypers, the step count ``state["step"]``, scalar states, finished
 after a reduction sweep, the kernels that finish its reductions on the device
 (optdsl.runtime.device_reduce); last, ``finish_step``, one program per tensor, which advances
 the step count and writes the scalar states. Adam is two launches per bucket, AdamWClip
-(global-norm clipping) five. Orders are fixed (no float atomics): the same bits every run.
+(global-norm clipping) five. A sweep that accumulates row and column statistics for a
+library stage runs over tiles instead (optdsl.runtime.device_stats: its grid, tile map and
+partials are the bucket's ``stats``), followed by one launch of ``stats_finish``. Orders
+are fixed (no float atomics): the same bits every run.
 
 What the host does in a steady-state step: check that the tensors are the planned ones,
 point the table at gradients that moved, update the hyper table if a hyper changed, and
