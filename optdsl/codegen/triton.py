@@ -60,13 +60,13 @@ from optdsl.codegen.triton_prologue import (
 )
 from optdsl.codegen.triton_prologue import ref as prologue_ref
 from optdsl.codegen.triton_reduce import ReductionKernels
+from optdsl.codegen.triton_stats import StatsKernels
 from optdsl.codegen.unit import Unit, column_var, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
 from optdsl.ir.ops import LEAF, OPS, PARAM_FACTS, Level
 from optdsl.ir.reductions import REDUCTIONS
 from optdsl.ir.schedule import Sweep
-from optdsl.ir.stages import STATS
 
 _NAN = "tl.PropagateNan.ALL"
 
@@ -130,6 +130,7 @@ class _Generator:
             (len(PARAM_FACTS) if self.facts else 0)
         self.prologue = Prologue(unit, SPELLING, self.width)
         self.reduce = ReductionKernels(unit, SPELLING)
+        self.stats = StatsKernels(unit)
 
     # -- the module --------------------------------------------------------------------------
     def source(self) -> str:
@@ -141,8 +142,8 @@ class _Generator:
                           self.unit.runs(sweep) else (None, None))
         self._emit_finish_step(kernels)
         if self.schedule.fused:
-            self._emit_stats_finish(kernels)
-        self.helpers |= self.prologue.helpers | self.reduce.helpers
+            self.stats.emit_finish(kernels)
+        self.helpers |= self.prologue.helpers | self.reduce.helpers | self.stats.helpers
         steps = CodeBuffer()
         host.emit_step(steps, self.unit)
         libraries, library_rows = library.emit_libraries(self.unit)
@@ -221,15 +222,7 @@ class _Generator:
         meta.line(")")
         meta.line("FINISH_STEP = finish_step")
         if self.schedule.fused:
-            meta.line("# Per fused row or column statistic (its slot in p.stats): (sweep, axis "
-                      "reduced, finish).")
-            with meta.block("STATS = ("):
-                for v in self.schedule.fused:
-                    axis, _, finish = STATS[self.eqs[v].op]
-                    meta.line(f"({self.schedule.stat_sweep(v)}, {axis!r}, {finish!r}),  "
-                              f"# line {self.eqs[v].line}: {self.eqs[v].op}")
-            meta.line(")")
-            meta.line("STATS_FINISH = stats_finish")
+            self.stats.emit_table(meta)
         if library_rows:
             meta.line(library.TABLE_COMMENT)
             with meta.block("LIBRARIES = ("):
@@ -270,8 +263,7 @@ class _Generator:
         if stores:
             extra += ["ti", "seed"]
         tiled = bool(ps.stats)  # it accumulates row and column statistics: tiles
-        axes = {STATS[eqs[v].op][0] for v in ps.stats}
-        stat_args = self._stat_args(ps, axes)
+        stat_args = self.stats.args(ps)
         flags = ["COPY: tl.constexpr", "SR: tl.constexpr"] if stores else []
         what = "updates " + ", ".join(n for n, _ in stores) if ps.final else "reductions"
         out.line()
@@ -297,7 +289,7 @@ class _Generator:
             out.line(line)
         with out.block(last):
             if tiled:
-                self._emit_tile(out, k, what, axes)
+                self.stats.emit_tile(out, ps, what)
             else:
                 out.line(f'"""Sweep {k} ({what}): one program per (tensor, start) row of '
                          f'`blocks`."""')
@@ -312,11 +304,7 @@ class _Generator:
                 self.prologue.emit(out, row)
             if ps.reductions:
                 out.line(f"rp = red + {len(ps.reductions)} * pid")
-            if tiled:
-                for v in ps.stats:
-                    slot = self.schedule.fused.index(v)
-                    out.line(f"q{slot} = tl.load(sp + {len(self.schedule.fused)} * ti + {slot})",
-                             f"{eqs[v].op}'s partials (0: the library stage computes it)")
+            self.stats.emit_slots(out, ps)
             args = ", ".join(["offs", "valid" if tiled else "n"] + ptrs
                              + self.prologue.row_args(row)
                              + (["rp"] if ps.reductions else [])
@@ -339,49 +327,6 @@ class _Generator:
                 with out.block("else:"):
                     call(out, f"sweep{k}_block", args + ", True")
         return f"sweep{k}_kernel", 0, self.unit.reductions_of(ps)
-
-    def _stat_args(self, ps: Sweep, axes: set[str]) -> list[str]:
-        """The block function's arguments for the statistics a sweep accumulates: each
-        one's partials (``q<slot>``), the tile's rows' and columns' places among them and
-        which of its rows and columns are in the tensor."""
-        if not ps.stats:
-            return []
-        slots = [f"q{self.schedule.fused.index(v)}" for v in ps.stats]
-        return (slots + (["srow", "row_ok"] if "row" in axes else [])
-                + (["scol", "col_ok"] if "col" in axes else []))
-
-    def _emit_tile(self, out: CodeBuffer, k: int, what: str, axes: set[str]) -> None:
-        """A statistics sweep's program: one TR x TC tile of one tensor's matrix view (its
-        leading dimensions' count, rows, columns: ``shp``), whose element offsets are the
-        block function's ``offs``; the tile's partial of each row over its columns and of
-        each column over its rows go to float64 buffers laid out [part, output], the
-        partials of one output (a row of the tensor: part = the tile's column; a column:
-        part = the tile's row) in tile order, which ``stats_finish`` adds in that order."""
-        out.line(f'"""Sweep {k} ({what}): one program per (tensor, tile) row of `blocks`, '
-                 f'the tile\'s row and')
-        out.line("column pieces of the row and column statistics summed in float64 into their "
-                 "partials.\"\"\"")
-        out.line("pid = tl.program_id(0).to(tl.int64)")
-        out.line("ti = tl.load(blocks + 2 * pid)")
-        out.line("tile = tl.load(blocks + 2 * pid + 1)  # its number in the tensor")
-        out.line("B = tl.load(shp + 3 * ti)  # the matrix view: matrices, rows, columns")
-        out.line("R = tl.load(shp + 3 * ti + 1)")
-        out.line("C = tl.load(shp + 3 * ti + 2)")
-        out.line("across = (C + TC - 1) // TC  # tiles across a matrix")
-        out.line("down = (R + TR - 1) // TR  # tiles down a matrix")
-        out.line("b = tile // (down * across)  # the matrix")
-        out.line("rows0 = tile // across % down * TR")
-        out.line("cols0 = tile % across * TC")
-        out.line("rows = rows0 + tl.arange(0, TR)")
-        out.line("cols = cols0 + tl.arange(0, TC)")
-        out.line("row_ok = rows < R")
-        out.line("col_ok = cols < C")
-        out.line("offs = (b * R + rows)[:, None] * C + cols[None, :]")
-        out.line("valid = row_ok[:, None] & col_ok[None, :]")
-        if "row" in axes:
-            out.line("srow = tile % across * (B * R) + b * R + rows  # part: the tile's column")
-        if "col" in axes:
-            out.line("scol = tile // across % down * (B * C) + b * C + cols  # part: its row")
 
     def _emit_pointers(self, out: CodeBuffer, used: list[str], copy: bool) -> None:
         width = self.width
@@ -458,7 +403,7 @@ class _Generator:
             out.line(f"{value_name(v)} = {text}", f"line {eq.line}" if eq.line else None)
         for j, r in enumerate(ps.reductions):
             self._emit_reduction(out, r, j, tiled)
-        self._emit_stats(out, ps)
+        self.stats.emit_partials(out, ps)
         for name, v in self.unit.saves(ps):  # scratch, in the compute dtype: no rounding
             out.line(f"tl.store({column_name(name)} + offs, {value_name(v)}, mask=mask)",
                      "stored for later sweeps")
@@ -500,64 +445,6 @@ class _Generator:
         else:
             out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, {combine}))")
 
-    def _emit_stats(self, out: CodeBuffer, ps: Sweep) -> None:
-        """The tile's partials of the row and column statistics the sweep accumulates: the
-        mapped values in float64 (padding 0), summed over the tile's columns (a row
-        statistic) or rows (a column statistic), stored where the runtime handed partials
-        (``q<slot>`` not 0). Statistics of one value and map share the mapped values."""
-        groups: dict[tuple[int, str], list[int]] = {}
-        for v in ps.stats:
-            eq = self.eqs[v]
-            groups.setdefault((eq.args[0], STATS[eq.op][1]), []).append(v)
-        for (arg, how), members in groups.items():
-            self.helpers.add("_add")
-            names = ", ".join(self.eqs[v].op for v in members)
-            line = self.eqs[members[0]].line
-            out.line(f"x = {value_name(arg)}.to(tl.float64)",
-                     f"line {line}: {names}" if line else names)
-            if how == "square":
-                out.line("x = x * x", "(exact for a float32 value)")
-            with out.block("if MASKED:"):
-                out.line("x = tl.where(mask, x, 0.0)")
-            for v in members:
-                slot = self.schedule.fused.index(v)
-                axis = STATS[self.eqs[v].op][0]
-                where, ok, dim = ("srow", "row_ok", 1) if axis == "row" else ("scol", "col_ok", 0)
-                with out.block(f"if q{slot} != 0:", "fused for this tensor"):
-                    out.line(f"tl.store(q{slot}.to(tl.pointer_type(tl.float64)) + {where}, "
-                             f"tl.reduce(x, {dim}, _add), mask={ok})",
-                             f"{self.eqs[v].op}: {'each row over the tile' if dim == 1 else 'each column over the tile'}")
-
-    def _emit_stats_finish(self, out: CodeBuffer) -> None:
-        """stats_finish: each fused statistic's outputs from their partials, added in tile
-        order (one at a time: the sum does not depend on the launch), finished and stored in
-        the compute dtype (the tensor ``p.stats[slot]`` that the library stage reads)."""
-        out.line()
-        out.line()
-        out.line("@triton.jit")
-        with out.block("def stats_finish(table, OUT: tl.constexpr, CHUNK: tl.constexpr):"):
-            out.line('"""One program per (statistic of a tensor: a row of `table`, CHUNK of its '
-                     'outputs): each')
-            out.line("output's float64 partials added in tile order, finished (0: the sum, 1: "
-                     "the mean, 2: the")
-            out.line('square root) and stored in the compute dtype OUT."""')
-            out.line("i = tl.program_id(0).to(tl.int64)")
-            out.line("o = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)")
-            out.line("part = tl.load(table + 6 * i).to(tl.pointer_type(tl.float64))")
-            out.line("res = tl.load(table + 6 * i + 1).to(tl.pointer_type(OUT))")
-            out.line("outputs = tl.load(table + 6 * i + 2)")
-            out.line("parts = tl.load(table + 6 * i + 3)")
-            out.line("finish = tl.load(table + 6 * i + 4)")
-            out.line("count = tl.load(table + 6 * i + 5)  # the elements of one output")
-            out.line("ok = o < outputs")
-            out.line("x = tl.load(part + o, mask=ok, other=0.0)")
-            with out.block("for k in range(1, parts):"):
-                out.line("x += tl.load(part + k * outputs + o, mask=ok, other=0.0)")
-            with out.block("if finish == 1:"):
-                out.line("x = x / count.to(tl.float64)")
-            with out.block("elif finish == 2:"):
-                out.line("x = tl.sqrt(x)  # (float64: correctly rounded)")
-            out.line("tl.store(res + o, x.to(OUT), mask=ok)")
 
 
 def _const(value: float) -> str:
