@@ -21,7 +21,7 @@ optdsl.runtime.device_stats).
   bounds (10 steps; 2-D, 3-D, 1-D, zero-size, a transposed parameter, one without a
   gradient), the stage's fallback not called for fused statistics (and called with fusion
   off), the same bits for 64- and 256-element blocks in float32 and float64, and the four
-  sums and means of the program below.
+  sums and means of the program below; bfloat16 parameters within one of their ulps.
 """
 
 from __future__ import annotations
@@ -280,3 +280,14 @@ def test_triton_sums_and_means_of_element_values_and_inputs(interpret, dtype):
     rtol, atol = BOUND[dtype]
     for a, b in zip(*runs):
         torch.testing.assert_close(b, a, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def test_triton_bfloat16_parameters_within_an_ulp(interpret):
+    """A bfloat16 parameter's statistics are of its float32 compute values (fused too): the
+    parameter and states within one bfloat16 ulp of NumPy's after 5 steps."""
+    shapes = [(16, 40), (3, 5, 110), (7,)]
+    want = _triton_run(torch.bfloat16, shapes, 5, backend="numpy")
+    got = _triton_run(torch.bfloat16, shapes, 5)
+    eps = torch.finfo(torch.bfloat16).eps
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b.float(), a.float(), rtol=eps, atol=1e-3, equal_nan=True)
