@@ -6,9 +6,10 @@ viewed as a stack of ``B`` matrices of ``R`` rows and ``C`` columns (its last tw
 dimensions; a vector is one row, a 0-dim tensor one element), cut into TR x TC tiles of
 ``TILE`` elements (TC a power of two, at most ``MAX_TC`` and not above the bucket's widest
 matrix, TR = TILE / TC: not the runner's block size, so that the sums do not depend on it;
-the launch has ``NUM_WARPS`` warps whatever the block), one program per tile, numbered matrix by matrix, row of tiles by row of tiles. A tile sums
-the mapped values (float64) of each of its rows over its columns, and of each of its columns
-over its rows, and stores them, no atomics, into the statistic's float64 partials, laid out
+the launch has ``NUM_WARPS`` warps whatever the block), one program per tile, numbered
+matrix by matrix, row of tiles by row of tiles. A tile sums the mapped values (float64) of
+each of its rows over its columns, and of each of its columns over its rows, and stores
+them, no atomics, into the statistic's float64 partials, laid out
 [part, output]: a row statistic's outputs are the B * R rows and its parts the tiles across
 a matrix; a column statistic's outputs the B * C columns and its parts the tiles down a
 matrix. Then ``stats_finish`` (one launch per bucket) adds each output's parts in order, one
