@@ -262,14 +262,18 @@ def library0(params):
         v11 = T[3]
         v16 = T[5]
         v61 = T[6]
-        v41 = torch.linalg.vector_norm(v16, dim=-1, keepdim=True)  # line 40
+        v41 = p.stats[0]  # line 40: rownorm, accumulated by sweep 0
+        if v41 is None:  # (not for this parameter)
+            v41 = torch.linalg.vector_norm(v16, dim=-1, keepdim=True)  # line 40
         v42 = v41.mul_(v41)  # line 40
         v44 = v42.div_(p.cols)  # line 40
         v45 = v44.sub_(v10)  # line 40
         v46 = v45.mul_(v21)  # line 40
         v47 = v46.add_(v10)  # line 40
         v48 = _where(v40, v47, v10, T[0])  # line 40
-        v49 = _colnorm(v16)  # line 41
+        v49 = p.stats[1]  # line 41: colnorm, accumulated by sweep 0
+        if v49 is None:  # (not for this parameter)
+            v49 = _colnorm(v16)  # line 41
         v50 = v49.mul_(v49)  # line 41
         v52 = v50.div_(p.rows)  # line 41
         v53 = v52.sub_(v11)  # line 41
@@ -295,11 +299,12 @@ def library0(params):
 
 
 @triton.jit
-def sweep0_block(offs, n, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21, v40, rp,
-                 CT: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr):
-    """Sweep 0 (reductions) on one block of one tensor."""
-    if MASKED:  # the tensor's last block
-        mask = offs < n
+def sweep0_block(offs, valid, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21, v40, rp, q0, q1,
+                 srow, row_ok, scol, col_ok, CT: tl.constexpr, TR: tl.constexpr,
+                 TC: tl.constexpr, MASKED: tl.constexpr):
+    """Sweep 0 (reductions) on one tile of one tensor."""
+    if MASKED:  # the tile is not all inside the tensor
+        mask = valid
     else:
         mask = None
     v0 = _loaded(p_w, offs, mask, CT)  # w
@@ -316,24 +321,48 @@ def sweep0_block(offs, n, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21, v40, r
     x = v27.to(tl.float64)  # line 37: norm
     if MASKED:
         x = tl.where(mask, x, 0.0)
-    tl.store(rp + 0, tl.reduce(x, 0, _add))
+    tl.store(rp + 0, tl.reduce(tl.reduce(x, 1, _add), 0, _add))
+    x = v16.to(tl.float64)  # line 40: rownorm, colnorm
+    x = x * x  # (exact for a float32 value)
+    if MASKED:
+        x = tl.where(mask, x, 0.0)
+    if q0 != 0:  # fused for this tensor
+        tl.store(q0.to(tl.pointer_type(tl.float64)) + srow, tl.reduce(x, 1, _add), mask=row_ok)  # rownorm: each row over the tile
+    if q1 != 0:  # fused for this tensor
+        tl.store(q1.to(tl.pointer_type(tl.float64)) + scol, tl.reduce(x, 0, _add), mask=col_ok)  # colnorm: each column over the tile
     tl.store(p_t16 + offs, v16, mask=mask)  # stored for later sweeps
     tl.store(p_t61 + offs, v61, mask=mask)  # stored for later sweeps
 
 
 @triton.jit(do_not_specialize=["seed"])
-def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w: tl.constexpr,
-                  DT_g: tl.constexpr, DT_s_row_var: tl.constexpr, DT_s_col_var: tl.constexpr,
-                  DT_s_variance: tl.constexpr, DT_t16: tl.constexpr, DT_t61: tl.constexpr,
-                  DT_t70: tl.constexpr, DT_wcopy: tl.constexpr, DT_step: tl.constexpr,
-                  CT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                  COPY: tl.constexpr, SR: tl.constexpr, SKIP: tl.constexpr):
-    """Sweep 0 (reductions): one program per (tensor, start) row of `blocks`."""
+def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, shp, sp,
+                  DT_w: tl.constexpr, DT_g: tl.constexpr, DT_s_row_var: tl.constexpr,
+                  DT_s_col_var: tl.constexpr, DT_s_variance: tl.constexpr, DT_t16: tl.constexpr,
+                  DT_t61: tl.constexpr, DT_t70: tl.constexpr, DT_wcopy: tl.constexpr,
+                  DT_step: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr,
+                  ALIGNED: tl.constexpr, COPY: tl.constexpr, SR: tl.constexpr,
+                  SKIP: tl.constexpr, TR: tl.constexpr, TC: tl.constexpr):
+    """Sweep 0 (reductions): one program per (tensor, tile) row of `blocks`, the tile's row and
+    column pieces of the row and column statistics summed in float64 into their partials."""
     pid = tl.program_id(0).to(tl.int64)
     ti = tl.load(blocks + 2 * pid)
-    start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)
-    n = tl.load(sizes + ti)
-    offs = start + tl.arange(0, BLOCK)
+    tile = tl.load(blocks + 2 * pid + 1)  # its number in the tensor
+    B = tl.load(shp + 3 * ti)  # the matrix view: matrices, rows, columns
+    R = tl.load(shp + 3 * ti + 1)
+    C = tl.load(shp + 3 * ti + 2)
+    across = (C + TC - 1) // TC  # tiles across a matrix
+    down = (R + TR - 1) // TR  # tiles down a matrix
+    b = tile // (down * across)  # the matrix
+    rows0 = tile // across % down * TR
+    cols0 = tile % across * TC
+    rows = rows0 + tl.arange(0, TR)
+    cols = cols0 + tl.arange(0, TC)
+    row_ok = rows < R
+    col_ok = cols < C
+    offs = (b * R + rows)[:, None] * C + cols[None, :]
+    valid = row_ok[:, None] & col_ok[None, :]
+    srow = tile % across * (B * R) + b * R + rows  # part: the tile's column
+    scol = tile // across % down * (B * C) + b * C + cols  # part: its row
     p_w = tl.load(ptrs + 15 * ti + 0).to(tl.pointer_type(DT_w))
     p_g = tl.load(ptrs + 15 * ti + 1).to(tl.pointer_type(DT_g))
     p_s_variance = tl.load(ptrs + 15 * ti + 4).to(tl.pointer_type(DT_s_variance))
@@ -357,12 +386,14 @@ def sweep0_kernel(ptrs, sizes, blocks, hyp, fin, tot, red, gsc, finf, seed, DT_w
     v39 = tl.load(ptrs + 15 * ti + 12).to(tl.float64)  # the tensor's ndim
     v40 = v39 > v22  # line 39
     rp = red + 1 * pid
-    if start + BLOCK <= n:
-        sweep0_block(offs, n, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21.to(CT), v40, rp,
-                     CT, BLOCK, False)
+    q0 = tl.load(sp + 2 * ti + 0)  # rownorm's partials (0: the library stage computes it)
+    q1 = tl.load(sp + 2 * ti + 1)  # colnorm's partials (0: the library stage computes it)
+    if tl.minimum(R - rows0 - TR, C - cols0 - TC) >= 0:  # a whole tile
+        sweep0_block(offs, valid, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21.to(CT), v40,
+                     rp, q0, q1, srow, row_ok, scol, col_ok, CT, TR, TC, False)
     else:
-        sweep0_block(offs, n, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21.to(CT), v40, rp,
-                     CT, BLOCK, True)
+        sweep0_block(offs, valid, p_w, p_g, p_s_variance, p_t16, p_t61, v14, v21.to(CT), v40,
+                     rp, q0, q1, srow, row_ok, scol, col_ok, CT, TR, TC, True)
 
 
 @triton.jit
@@ -493,6 +524,30 @@ def finish_step(ptrs, hyp, fin, tot, gsc, finf, DT_w: tl.constexpr, DT_g: tl.con
         tl.store(p_step, tl.load(p_step) + 1)
 
 
+@triton.jit
+def stats_finish(table, OUT: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per (statistic of a tensor: a row of `table`, CHUNK of its outputs): each
+    output's float64 partials added in tile order, finished (0: the sum, 1: the mean, 2: the
+    square root) and stored in the compute dtype OUT."""
+    i = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    part = tl.load(table + 6 * i).to(tl.pointer_type(tl.float64))
+    res = tl.load(table + 6 * i + 1).to(tl.pointer_type(OUT))
+    outputs = tl.load(table + 6 * i + 2)
+    parts = tl.load(table + 6 * i + 3)
+    finish = tl.load(table + 6 * i + 4)
+    count = tl.load(table + 6 * i + 5)  # the elements of one output
+    ok = o < outputs
+    x = tl.load(part + o, mask=ok, other=0.0)
+    for k in range(1, parts):
+        x += tl.load(part + k * outputs + o, mask=ok, other=0.0)
+    if finish == 1:
+        x = x / count.to(tl.float64)
+    elif finish == 2:
+        x = tl.sqrt(x)  # (float64: correctly rounded)
+    tl.store(res + o, x.to(OUT), mask=ok)
+
+
 # Per sweep: (kernel, scalar-table width, reductions produced as (slot, kind)).
 SWEEPS = (
     (sweep0_kernel, 0, ((0, 'norm'),)),
@@ -504,6 +559,12 @@ REDUCE = (
     (None, None),
 )
 FINISH_STEP = finish_step
+# Per fused row or column statistic (its slot in p.stats): (sweep, axis reduced, finish).
+STATS = (
+    (0, 'row', 'sqrt'),  # line 40: rownorm
+    (0, 'col', 'sqrt'),  # line 41: colnorm
+)
+STATS_FINISH = stats_finish
 # Per library stage: (function, scalar-row width, columns read, columns written).
 LIBRARIES = (
     (library0, 0, (2, 3, 5, 6), (7,)),

@@ -4,7 +4,8 @@ interpreter: steady-state steps of every bundled optimizer read nothing back fro
 the kernels, a hyper given as a tensor is read on the device (changed in place, it needs no
 recompilation), torch.amp's found_inf skips the step on the device, reductions are finished
 on the device in a fixed order (the same bits every run, within float64 rounding of the
-host's), and the placement of scalars is the schedule's decision.
+host's), the placement of scalars is the schedule's decision, and row and column statistics
+fused into a sweep (Adafactor's) read nothing back either.
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ def test_steady_state_steps_read_nothing_back(name):
         set_grads(ps, step)  # new gradient tensors, as after zero_grad()
         with no_device_reads():
             opt.step()
+    assert all(float(opt.state[p]["step"]) == 4 for p in ps)
+
+
+def test_fused_row_and_column_statistics_read_nothing_back():
+    """Adafactor's rownorm(g) and colnorm(g) accumulated by the Triton sweep (tiles, float64
+    partials, stats_finish: optdsl.runtime.device_stats) in a steady state: nothing is read
+    back, and the stage is handed the finished statistics of every non-empty matrix."""
+    ps = params(shapes=MATRIX_SHAPES + ((2, 3, 5),))
+    opt = library.Adafactor(ps, backend="triton")
+    for step in range(4):
+        set_grads(ps, step)
+        with no_device_reads() if step >= 2 else contextlib.nullcontext():
+            opt.step()
+    (plan,) = [plan for plan in opt._runner_of[1]._plans.values() if plan.slots]
+    for p, slot in zip(ps, plan.slots):
+        assert [s is not None for s in slot.stats] == [p.numel() > 0] * 2
     assert all(float(opt.state[p]["step"]) == 4 for p in ps)
 
 

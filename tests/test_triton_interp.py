@@ -388,7 +388,8 @@ def test_only_prefixed_names_reach_the_source():
 # -- the kernels compile for a GPU (no GPU needed: Triton compiles ahead for a target) --------
 def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False, columns=None, skip=False):
     """Every kernel of the program's Triton module (sweeps, the reductions' combine and
-    finish kernels, finish_step), compiled ahead for ``sm_<arch>``."""
+    finish kernels, finish_step, and with fused row and column statistics stats_finish: the
+    stats sweep over tiles of 16 x 64 and of 512 x 2), compiled ahead for ``sm_<arch>``."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -415,9 +416,18 @@ def _compile_all(prog, ct, dt, arch=90, copy=None, sr=False, columns=None, skip=
                               options=options)
 
     compiled = []
-    for kernel, _, _ in module.SWEEPS:
-        if kernel is not None:
+    tiled = {k for k, _, _ in getattr(module, "STATS", ())}
+    for k, (kernel, _, _) in enumerate(module.SWEEPS):
+        if kernel is not None and k in tiled:
+            for tr, tc in ((16, 64), (512, 2)):
+                compiled.append(build(kernel, dict(tables, seed="i64", shp="*i64", sp="*i64"),
+                                      dict(constexprs, TR=tr, TC=tc)))
+        elif kernel is not None:
             compiled.append(build(kernel, dict(tables, seed="i64"), constexprs))
+    if tiled:
+        compiled.append(build(module.STATS_FINISH, {"table": "*i64"},
+                              {"OUT": tl.float64 if ct == tl.float64 else tl.float32,
+                               "CHUNK": 1024}))
     compiled.append(build(module.FINISH_STEP, {k: tables[k] for k in
                                                ("ptrs", "hyp", "fin", "tot", "gsc", "finf")},
                           constexprs))
@@ -474,6 +484,9 @@ def test_kernels_compile_for_cuda(monkeypatch):
     for dt, ct in ((tl.bfloat16, tl.float32), (tl.float16, tl.float32), (tl.float64, tl.float64)):
         for prog in (library.program("Adam"), programs[-1], programs[-2]):
             assert _compile_all(prog, ct, dt)
+        # Adafactor's stats sweep over tiles and stats_finish: float64 sums, no atomics
+        adafactor = _compile_all(library.program("Adafactor"), ct, dt)
+        assert len(adafactor) == 7 and "atom." not in "".join(c.asm["ptx"] for c in adafactor)
     # mixed precision: bf16 state with stochastic rounding, an fp32 master weight's bf16 copy
     for copy, sr in ((None, True), (tl.bfloat16, False), (tl.bfloat16, True)):
         adam, _ = _compile_all(library.program("Adam"), tl.float32, tl.bfloat16, copy=copy,

@@ -71,7 +71,8 @@ class ParamSlot:
         self.kept: dict = {}
         self.commits: dict = {}
         self.lib: dict = {}
-        # per fused row or column statistic (the C back end's sweeps accumulate them): its
+        # per fused row or column statistic (the C back end's sweeps accumulate them; the
+        # Triton back end's slot is optdsl.runtime.device_library.DeviceSlot): its
         # finished tensor, or None where the stage computes it (optdsl.codegen.library)
         self.stats: list = []
 

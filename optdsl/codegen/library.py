@@ -31,7 +31,7 @@ alpha must be numbers, so with tensor scalars ``_addmm`` computes the same sum i
 (see its docstring).
 
 A row or column statistic that the sweep before the stage accumulates
-(``Schedule.fused``: the C back end's sweeps, optdsl.ir.stages.fused_stats) is read from
+(``Schedule.fused``: the C and Triton back ends' sweeps, optdsl.ir.stages.fused_stats) is read from
 ``p.stats[slot]``, the finished statistic the sweep wrote in the compute dtype; where that is
 None (the runtime did not have the sweep compute it for this parameter: a shard, a
 zero-size or 0-dim parameter, a column statistic of a vector) the stage computes it as the

@@ -17,7 +17,10 @@ the identity); generated kernels combine them per tensor and over the group in a
 order and finish them (optdsl.codegen.triton_reduce). Matrix work runs between sweeps in
 library stages, torch code on the device (optdsl.codegen.library: Inductor's extern
 kernels), which compute the scalars they read from the same tables and hand scalars to
-later kernels through ``fin``. ``finish_step`` then advances each tensor's step count and
+later kernels through ``fin``. A sweep that accumulates the row and column statistics a
+library stage reads (``Sweep.stats``) runs over 2-D tiles of each tensor's matrix view
+instead of flat blocks, and writes their float64 partials, which ``stats_finish`` adds in
+tile order (optdsl.runtime.device_stats). ``finish_step`` then advances each tensor's step count and
 writes its scalar states, on the device. With ``SKIP`` (in-step
 AMP unscaling) the final sweep and finish_step write nothing when found_inf is set.
 Mixed precision (optdsl.optim.precision) is compiled in by constexprs: with ``COPY`` the
@@ -57,6 +60,7 @@ from optdsl.codegen.triton_prologue import (
 )
 from optdsl.codegen.triton_prologue import ref as prologue_ref
 from optdsl.codegen.triton_reduce import ReductionKernels
+from optdsl.codegen.triton_stats import StatsKernels
 from optdsl.codegen.unit import Unit, column_var, state_name, temp_column, value_name
 from optdsl.errors import located
 from optdsl.ir.numbers import format_float
@@ -126,6 +130,7 @@ class _Generator:
             (len(PARAM_FACTS) if self.facts else 0)
         self.prologue = Prologue(unit, SPELLING, self.width)
         self.reduce = ReductionKernels(unit, SPELLING)
+        self.stats = StatsKernels(unit)
 
     # -- the module --------------------------------------------------------------------------
     def source(self) -> str:
@@ -136,7 +141,9 @@ class _Generator:
             device.append(self.reduce.emit(kernels, sweep) if sweep.reductions and
                           self.unit.runs(sweep) else (None, None))
         self._emit_finish_step(kernels)
-        self.helpers |= self.prologue.helpers | self.reduce.helpers
+        if self.schedule.fused:
+            self.stats.emit_finish(kernels)
+        self.helpers |= self.prologue.helpers | self.reduce.helpers | self.stats.helpers
         steps = CodeBuffer()
         host.emit_step(steps, self.unit)
         libraries, library_rows = library.emit_libraries(self.unit)
@@ -214,6 +221,8 @@ class _Generator:
                 meta.line(f"({combine or 'None'}, {finish or 'None'}),")
         meta.line(")")
         meta.line("FINISH_STEP = finish_step")
+        if self.schedule.fused:
+            self.stats.emit_table(meta)
         if library_rows:
             meta.line(library.TABLE_COMMENT)
             with meta.block("LIBRARIES = ("):
@@ -253,13 +262,17 @@ class _Generator:
         extra = [value_name(v) for v in row] + (["rp"] if ps.reductions else [])
         if stores:
             extra += ["ti", "seed"]
+        tiled = bool(ps.stats)  # it accumulates row and column statistics: tiles
+        stat_args = self.stats.args(ps)
         flags = ["COPY: tl.constexpr", "SR: tl.constexpr"] if stores else []
         what = "updates " + ", ".join(n for n, _ in stores) if ps.final else "reductions"
         out.line()
         out.line()
         out.line("@triton.jit")
-        *first, last = signature(f"sweep{k}_block", ["offs", "n"] + ptrs + extra + [
-            "CT: tl.constexpr", "BLOCK: tl.constexpr"] + flags + ["MASKED: tl.constexpr"])
+        shape = ["TR: tl.constexpr", "TC: tl.constexpr"] if tiled else ["BLOCK: tl.constexpr"]
+        *first, last = signature(f"sweep{k}_block", ["offs", "valid" if tiled else "n"] + ptrs
+                                 + extra + stat_args + ["CT: tl.constexpr"] + shape + flags
+                                 + ["MASKED: tl.constexpr"])
         for line in first:
             out.line(line)
         with out.block(last):
@@ -270,25 +283,33 @@ class _Generator:
         out.line('@triton.jit(do_not_specialize=["seed"])')
         *first, last = signature(f"sweep{k}_kernel", [
             "ptrs", "sizes", "blocks", "hyp", "fin", "tot", "red", "gsc", "finf", "seed"]
-            + self._constexprs())
+            + (["shp", "sp"] if tiled else []) + self._constexprs()
+            + (["TR: tl.constexpr", "TC: tl.constexpr"] if tiled else []))
         for line in first:
             out.line(line)
         with out.block(last):
-            out.line(f'"""Sweep {k} ({what}): one program per (tensor, start) row of `blocks`."""')
-            out.line("pid = tl.program_id(0).to(tl.int64)")
-            out.line("ti = tl.load(blocks + 2 * pid)")
-            out.line("start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)")
-            out.line("n = tl.load(sizes + ti)")
-            out.line("offs = start + tl.arange(0, BLOCK)")
+            if tiled:
+                self.stats.emit_tile(out, ps, what)
+            else:
+                out.line(f'"""Sweep {k} ({what}): one program per (tensor, start) row of '
+                         f'`blocks`."""')
+                out.line("pid = tl.program_id(0).to(tl.int64)")
+                out.line("ti = tl.load(blocks + 2 * pid)")
+                out.line("start = tl.multiple_of(tl.load(blocks + 2 * pid + 1), BLOCK)")
+                out.line("n = tl.load(sizes + ti)")
+                out.line("offs = start + tl.arange(0, BLOCK)")
             self._emit_pointers(out, used, copy)
             if row:
                 out.line("# this tensor's scalars, once per program, in float64")
                 self.prologue.emit(out, row)
             if ps.reductions:
                 out.line(f"rp = red + {len(ps.reductions)} * pid")
-            args = ", ".join(["offs", "n"] + ptrs + self.prologue.row_args(row)
+            self.stats.emit_slots(out, ps)
+            args = ", ".join(["offs", "valid" if tiled else "n"] + ptrs
+                             + self.prologue.row_args(row)
                              + (["rp"] if ps.reductions else [])
-                             + (["ti", "seed"] if stores else []) + ["CT", "BLOCK"]
+                             + (["ti", "seed"] if stores else []) + stat_args + ["CT"]
+                             + (["TR", "TC"] if tiled else ["BLOCK"])
                              + (["COPY", "SR"] if stores else []))
             if stores:
                 with out.block("if SKIP:", "torch.amp found inf or NaN: nothing is written"):
@@ -299,7 +320,9 @@ class _Generator:
             else:
                 guard = contextlib.nullcontext()
             with guard:
-                with out.block("if start + BLOCK <= n:"):
+                with out.block("if start + BLOCK <= n:" if not tiled else
+                               "if tl.minimum(R - rows0 - TR, C - cols0 - TC) >= 0:",
+                               "a whole tile" if tiled else None):
                     call(out, f"sweep{k}_block", args + ", False")
                 with out.block("else:"):
                     call(out, f"sweep{k}_block", args + ", True")
@@ -356,9 +379,12 @@ class _Generator:
     def _emit_block(self, out: CodeBuffer, ps: Sweep, what: str, consts: list[int],
                     stores: list[tuple[str, int]]) -> None:
         eqs = self.eqs
-        out.line(f'"""Sweep {ps.index} ({what}) on one block of one tensor."""')
-        with out.block("if MASKED:", "the tensor's last block"):
-            out.line("mask = offs < n")
+        tiled = bool(ps.stats)
+        out.line(f'"""Sweep {ps.index} ({what}) on one {"tile" if tiled else "block"} of one '
+                 f'tensor."""')
+        with out.block("if MASKED:", "the tile is not all inside the tensor" if tiled
+                       else "the tensor's last block"):
+            out.line("mask = valid" if tiled else "mask = offs < n")
         with out.block("else:"):
             out.line("mask = None")
         for v in consts:
@@ -376,7 +402,8 @@ class _Generator:
                 text = template.format(*[value_name(a) for a in eq.args])
             out.line(f"{value_name(v)} = {text}", f"line {eq.line}" if eq.line else None)
         for j, r in enumerate(ps.reductions):
-            self._emit_reduction(out, r, j)
+            self._emit_reduction(out, r, j, tiled)
+        self.stats.emit_partials(out, ps)
         for name, v in self.unit.saves(ps):  # scratch, in the compute dtype: no rounding
             out.line(f"tl.store({column_name(name)} + offs, {value_name(v)}, mask=mask)",
                      "stored for later sweeps")
@@ -384,7 +411,7 @@ class _Generator:
             ptr = column_name(name)
             value = value_name(v)
             if eqs[v].kind.level != Level.TENSOR:
-                value = f"tl.broadcast_to({value}, [BLOCK])"
+                value = f"tl.broadcast_to({value}, {'[TR, TC]' if tiled else '[BLOCK]'})"
             self.helpers.add("_stored")
             stream = self.columns.index(name)  # random stream of the column under SR
             out.line(f"tl.store({ptr} + offs, _stored({value}, {ptr}.dtype.element_ty, SR, "
@@ -401,9 +428,10 @@ class _Generator:
             return eq.attr
         return eq.op if OPS[eq.op].category == LEAF else temp_column(v)
 
-    def _emit_reduction(self, out: CodeBuffer, r: int, j: int) -> None:
-        """The block's partial of one reduction: its mapped values (already computed) in
-        float64, padding set to the identity, combined by the descriptor's combine."""
+    def _emit_reduction(self, out: CodeBuffer, r: int, j: int, tiled: bool = False) -> None:
+        """The block's (or tile's) partial of one reduction: its mapped values (already
+        computed) in float64, padding set to the identity, combined by the descriptor's
+        combine (a tile's: over its columns, then its rows)."""
         eq = self.eqs[r]
         desc = REDUCTIONS[eq.attr]
         combine = "_maxnan" if desc.combine == "max" else "_add"
@@ -412,7 +440,11 @@ class _Generator:
                  f"line {eq.line}: {desc.name}" if eq.line else desc.name)
         with out.block("if MASKED:"):
             out.line(f"x = tl.where(mask, x, {format_float(desc.identity)})")
-        out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, {combine}))")
+        if tiled:
+            out.line(f"tl.store(rp + {j}, tl.reduce(tl.reduce(x, 1, {combine}), 0, {combine}))")
+        else:
+            out.line(f"tl.store(rp + {j}, tl.reduce(x, 0, {combine}))")
+
 
 
 def _const(value: float) -> str:

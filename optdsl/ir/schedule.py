@@ -28,11 +28,11 @@ device (``Placement.DEVICE``): each kernel program computes the scalars its tens
 its prologue, from device tables of hypers, step counts, scalar states and reductions, so a
 step never waits on the host.
 
-A schedule made with ``fuse_stats`` (the C back end's) has each sweep also accumulate the
+A schedule made with ``fuse_stats`` (the C and Triton back ends') has each sweep also accumulate the
 row and column statistics the next library stage reads of its element values or inputs
 (``Sweep.stats``; optdsl.ir.stages.fused_stats): the sweep computes their argument, and the
 stage reads the statistic instead of computing it (or computes it, for a parameter the
-sweep could not: the runtime decides, optdsl.runtime.c_runner).
+sweep could not: the runtime decides, optdsl.runtime.c_runner and device_stats).
 """
 
 from __future__ import annotations

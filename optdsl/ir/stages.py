@@ -21,12 +21,12 @@ optdsl.codegen.torch_step) puts every tensor-level value in library stages, elem
 ones and per-parameter reductions included: its sweeps then only copy outputs that are
 inputs (``prev = g``). Group-wide reductions still need a sweep.
 
-A back end whose sweeps accumulate row and column statistics (``fuse_stats``: the C back
-end's) has the sweep before a library stage compute the statistics that stage reads of an
-element value or an input (``fused_stats``): a row or column sum, mean or 2-norm of a
+A back end whose sweeps accumulate row and column statistics (``fuse_stats``: the C and
+Triton back ends') has the sweep before a library stage compute the statistics that stage
+reads of an element value or an input (``fused_stats``): a row or column sum, mean or 2-norm of a
 parameter-shaped value that no library stage computes, neither a mask nor bfloat16. The value
 stays a library value (the stage reads it from the sweep's result, and computes it itself
-for a parameter the sweep could not: see optdsl.runtime.c_runner), so every other decision
+for a parameter the sweep could not: see optdsl.runtime.c_runner, device_stats), so every other decision
 here is the same with and without fusion.
 """
 

@@ -195,7 +195,8 @@ register(Backend("numpy", "chunked NumPy on CPU tensors", numpy_codegen.spells,
 register(Backend("triton", "fused Triton kernels (CUDA, or TRITON_INTERPRET=1 on CPU)",
                  triton_codegen.spells, triton_codegen.generate, _triton_load, _triton_runner,
                  _triton_unavailable, lambda devices: bool(devices - {"cpu"}),
-                 load_mode=lambda: select.interpret_mode(), device_scalars=True))
+                 load_mode=lambda: select.interpret_mode(), device_scalars=True,
+                 fuse_stats=True))
 
 
 def _c_unavailable(devices: frozenset[str], auto: bool) -> str | None:

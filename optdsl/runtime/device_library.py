@@ -33,7 +33,7 @@ class DeviceSlot:
 
     __slots__ = ("tensors", "kept", "commits", "hyper", "step", "states", "fin", "tot",
                  "grad_scale", "rows", "cols", "ndim", "numel", "dtype_eps", "sources",
-                 "convert", "shaped", "shape", "compute", "device")
+                 "convert", "shaped", "shape", "compute", "device", "stats")
 
     def __init__(self, sources: list, shaped: dict[int, str], step: torch.Tensor,
                  states: list, fin: torch.Tensor, tot: torch.Tensor, param: torch.Tensor,
@@ -56,6 +56,9 @@ class DeviceSlot:
         self.hyper: dict = {}
         self.kept: dict = {}
         self.commits: dict = {}
+        # per fused row or column statistic: the tensor the sweep finishes it into, or None
+        # (the stage computes it: optdsl.runtime.device_stats)
+        self.stats: list = []
         for name, value in tensor_facts(param, whole_shape).items():
             setattr(self, name, value)
 

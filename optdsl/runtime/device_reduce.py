@@ -30,9 +30,10 @@ CHUNK = 256  # partials combined at a time: fixed, so results do not depend on t
 
 
 def finish_sweep(plan: Any, module: Any, k: int, launch: Callable, block: int,
-                 combine: Any = None, chunk: int = CHUNK) -> None:
+                 combine: Any = None, chunk: int = CHUNK, tiled: bool = False) -> None:
     """Finish sweep ``k``'s reductions of ``plan`` (optdsl.runtime.device_tables), combining
-    ``chunk`` partials at a time."""
+    ``chunk`` partials at a time; ``tiled``: the sweep ran over tiles, one partial each
+    (optdsl.runtime.device_stats)."""
     combine_kernel, finish_kernel = module.module.REDUCE[k]
     reductions = module.sweeps[k].reductions
     group_wide = any(REDUCTIONS[name].scope == GROUP_SCOPE for _, name in reductions)
@@ -41,7 +42,8 @@ def finish_sweep(plan: Any, module: Any, k: int, launch: Callable, block: int,
     for bucket in plan.buckets:
         tables = plan.tables[bucket.device]
         raw, fin, cnt = tables.at(bucket.offset)
-        launch(combine_kernel, (len(bucket.members),), bucket.sizes, bucket.firsts, cnt,
+        programs = bucket.stats if tiled else bucket
+        launch(combine_kernel, (len(bucket.members),), programs.sizes, programs.firsts, cnt,
                plan.red[id(bucket)], raw, fin, BLOCK=block, CHUNK=chunk, FINISH=not deferred)
     if not (group_wide or deferred):
         return

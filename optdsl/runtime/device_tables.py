@@ -100,6 +100,7 @@ class Bucket:
         self.rows = np.asarray(rows, dtype=np.int64).reshape(len(members), -1)
         self.sizes_host = np.asarray(sizes, dtype=np.int64)
         self.constexprs = constexprs
+        self.stats = None  # its tiles and statistics (optdsl.runtime.device_stats)
         counts = -(-self.sizes_host // block)
         first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)

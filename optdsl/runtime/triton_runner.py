@@ -12,7 +12,10 @@ device tables (hypers, the step count ``state["step"]``, scalar states, finished
 after a reduction sweep, the kernels that finish its reductions on the device
 (optdsl.runtime.device_reduce); last, ``finish_step``, one program per tensor, which advances
 the step count and writes the scalar states. Adam is two launches per bucket, AdamWClip
-(global-norm clipping) five. Orders are fixed (no float atomics): the same bits every run.
+(global-norm clipping) five. A sweep that accumulates row and column statistics for a
+library stage runs over tiles instead (optdsl.runtime.device_stats: its grid, tile map and
+partials are the bucket's ``stats``), followed by one launch of ``stats_finish``. Orders
+are fixed (no float atomics): the same bits every run.
 
 What the host does in a steady-state step: check that the tensors are the planned ones,
 point the table at gradients that moved, update the hyper table if a hyper changed, and
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 
 from optdsl.codegen.contract import GeneratedModule
-from optdsl.runtime import device_library, device_reduce, library_stage, select
+from optdsl.runtime import device_library, device_reduce, device_stats, library_stage, select
 from optdsl.runtime.device_tables import (
     DTYPES,
     SCALAR_DTYPES,
@@ -201,6 +204,8 @@ class TritonRunner:
         amp = self._amp_tensors(plan, batch)
         launcher = self.launcher
 
+        tiled = {s for s, _, _ in getattr(module.module, "STATS", ())}
+
         def sweep(k: int, _params=None) -> None:
             info = module.sweeps[k]
             stores = not info.reductions
@@ -211,15 +216,29 @@ class TritonRunner:
                 _, fin, _ = tables.at(bucket.offset)
                 gsc, finf = amp[bucket.device]
                 seed = seeds[number] if stores and seeds else 0
+                grid, blocks, extra, shape = (bucket.num_blocks,), bucket.blocks, (), {}
+                warps = self.num_warps
+                if k in tiled:  # row and column statistics: over tiles (device_stats)
+                    st = bucket.stats
+                    grid, blocks, extra = (st.num_tiles,), st.blocks, (st.shp, st.sp)
+                    shape, warps = {"TR": st.tr, "TC": st.tc}, device_stats.NUM_WARPS
                 with _on(bucket.device):
-                    launcher(info.kernel, (bucket.num_blocks,), bucket.ptrs, bucket.sizes,
-                             bucket.blocks, tables.hyp, fin, tables.tot, plan.red[id(bucket)],
-                             gsc, finf, seed, **bucket.constexprs, SR=stores and bool(seeds),
-                             SKIP=skip and stores, num_warps=self.num_warps,
-                             enable_fp_fusion=False)
+                    launcher(info.kernel, grid, bucket.ptrs, bucket.sizes,
+                             blocks, tables.hyp, fin, tables.tot, plan.red[id(bucket)],
+                             gsc, finf, seed, *extra, **bucket.constexprs, **shape,
+                             SR=stores and bool(seeds), SKIP=skip and stores,
+                             num_warps=warps, enable_fp_fusion=False)
             if info.reductions:
                 device_reduce.finish_sweep(plan, module, k, _launcher_on(launcher), self.block,
-                                           batch.combine, self.chunk)
+                                           batch.combine, self.chunk, k in tiled)
+            if k in tiled:
+                for bucket in plan.buckets:
+                    st = bucket.stats
+                    if st.finish_rows:
+                        with _on(bucket.device):
+                            launcher(module.module.STATS_FINISH, (st.finish_rows, st.chunks),
+                                     st.finish, OUT=st.out_tl,
+                                     CHUNK=device_stats.CHUNK, num_warps=4)
 
         module.step(_Context(sweep, self._library_stages(module, plan, batch, amp)), None)
         for bucket in plan.buckets:
@@ -321,8 +340,15 @@ class TritonRunner:
             for j, index in enumerate(members):
                 plan.row_of[index] = offset + j
             plan.buckets.append(bucket)
+            programs = bucket.num_blocks
+            stats = getattr(module.module, "STATS", ())
+            if stats:  # (fused in no sharded step: the stage gathers the whole matrix)
+                bucket.stats = device_stats.BucketStats(
+                    stats, [batch.params[i] for i in members], self.block, device,
+                    fuse=batch.combine is None)
+                programs = max(programs, bucket.stats.num_tiles)
             widest = max((len(s.reductions) for s in module.sweeps), default=0)
-            plan.red[id(bucket)] = torch.empty(max(bucket.num_blocks * widest, 1),
+            plan.red[id(bucket)] = torch.empty(max(programs * widest, 1),
                                                dtype=torch.float64, device=device)
             offset += len(members)
         full = np.zeros(offset)
@@ -337,6 +363,10 @@ class TritonRunner:
         if module.libraries:
             plan.slots = [self._slot(plan, module, batch, index)
                           for index in range(len(batch.params))]
+            for bucket in plan.buckets:  # the statistics its stats sweep finishes
+                if bucket.stats is not None:
+                    for j, index in enumerate(bucket.members):
+                        plan.slots[index].stats = bucket.stats.outs[j]
         return plan
 
     def _slot(self, plan: DevicePlan, module: GeneratedModule, batch: DeviceBatch,
