@@ -17,8 +17,12 @@ bandwidth is reported for Adafactor against a plain copy of the same size.
     python bench/bench_matrix.py --small          # a quick run
     python bench/bench_matrix.py                  # GPT-2-small's 85M matrix parameters
     python bench/bench_matrix.py --backend c      # optdsl on one back end (default: numpy,c,torch)
+    python bench/bench_matrix.py --device cuda --backend triton,torch --quiet 1 --out DIR
 
-Writes bench/results/matrix-<date>[-<tag>].json and .md unless --no-save.
+On a GPU (``--device cuda``) every step is timed between two ``torch.cuda.synchronize()``
+and the copy is a device-to-device one; ``bench/gpu_session.sh`` runs it so.
+
+Writes bench/results/matrix-<date>[-<tag>].json and .md (or into ``--out``) unless --no-save.
 """
 
 from __future__ import annotations
@@ -75,22 +79,39 @@ def build(make, base: list[torch.Tensor], grads: list[torch.Tensor]):
     return params, make(params)
 
 
-def copy_ms(numel: int, repeats: int = 10) -> float:
-    src, dst = torch.randn(numel), torch.empty(numel)
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_ms(numel: int, device: torch.device, repeats: int = 10) -> float:
+    src = torch.randn(numel, device=device)
+    dst = torch.empty(numel, device=device)
     times = []
     for _ in range(repeats):
+        _sync(device)
         t = time.perf_counter()
         dst.copy_(src)
+        _sync(device)
         times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times))
 
 
 def run(args) -> dict:
-    width, layers = (192, 2) if args.small else (768, args.layers)
+    width, layers = (192, 2) if args.small else (args.width, args.layers)
     dims = shapes(layers, width)
+    device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
-    base = [torch.randn(r, c, generator=gen) * 0.02 for r, c in dims]
-    grads = [torch.randn(r, c, generator=gen) * 1e-3 for r, c in dims]
+    base = [(torch.randn(r, c, generator=gen) * 0.02).to(device) for r, c in dims]
+    grads = [(torch.randn(r, c, generator=gen) * 1e-3).to(device) for r, c in dims]
     numel = sum(p.numel() for p in base)
     backends = args.backend.split(",")
     made = {name: build(make, base, grads) for name, (_, make) in
@@ -104,17 +125,23 @@ def run(args) -> dict:
         for name, (_, opt) in made.items():
             loads.append(wait_quiet(args.quiet, args.max_wait))
             for _ in range(args.steps):
+                _sync(device)
                 t = time.perf_counter()
                 opt.step()
+                _sync(device)
                 times[name].append(1e3 * (time.perf_counter() - t))
     families = {name: family for name, (family, _) in contenders(backends).items()}
     rows = {name: {"family": families[name], "median_ms": float(np.median(ts)),
                    "p10_ms": percentile(ts, 0.1), "p90_ms": percentile(ts, 0.9)}
             for name, ts in times.items()}
-    copy = copy_ms(numel)
+    copy = copy_ms(numel, device)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    if device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(device)} (host: {machine})"
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": machine, "device": str(device),
+            "torch": torch.__version__, "triton": _triton_version(),
+            "threads": torch.get_num_threads(),
             "shapes": dims, "params": numel, "backends": backends,
             "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
             "background_load": {"median": float(np.median(loads)), "max": float(max(loads))},
@@ -126,7 +153,8 @@ def table(result: dict) -> str:
     ref = {"muon": "torch Muon", "adafactor": "torch Adafactor foreach"}
     lines = [f"# Muon and Adafactor steps, {result['date']}", "",
              f"{result['params']:,} float32 parameters in {len(result['shapes'])} matrices; "
-             f"{result['machine']}, torch {result['torch']} ({result['threads']} threads); "
+             f"{result['machine']}, torch {result['torch']} ({result['threads']} threads), "
+             f"triton {result.get('triton')}; "
              f"{result['rounds']} interleaved rounds x {result['steps']} steps after "
              f"{result['warmup']} warm-up; others' share of the CPUs before each round: median "
              f"{result['background_load']['median']:.2f}, max "
@@ -155,6 +183,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="2 layers at a quarter width")
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--width", type=int, default=768, help="the model width (GPT-2-small's)")
     ap.add_argument("--backend", default="numpy,c,torch",
                     help="optdsl's back ends, comma-separated (default: numpy,c,torch)")
     ap.add_argument("--steps", type=int, default=3)
@@ -163,6 +192,8 @@ def main() -> None:
     ap.add_argument("--quiet", type=float, default=0.25)
     ap.add_argument("--max-wait", type=float, default=20.0)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--device", default="cpu", help="where the parameters live (cpu, cuda)")
+    ap.add_argument("--out", help="write the results here instead of bench/results/")
     ap.add_argument("--tag")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -174,7 +205,8 @@ def main() -> None:
     if not args.no_save:
         stem = f"matrix-{datetime.date.today().isoformat()}" + (f"-{args.tag}" if args.tag
                                                                 else "")
-        out = ROOT / "bench" / "results"
+        out = Path(args.out) if args.out else ROOT / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
         (out / f"{stem}.md").write_text(text)
 

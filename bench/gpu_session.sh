@@ -8,7 +8,9 @@
 #    capture and replay against eager steps, no synchronisation in steady-state steps);
 # 2. the synchronisation check of every bundled optimizer (bench_gpu.py --sync-check);
 # 3. bench/bench_gpu.py on 10xLinear(1024) (with the torch.compile row), GPT-2 124M shapes
-#    and GPT-2 large (774M parameters), with the CUDA-graph rows.
+#    and GPT-2 large (774M parameters), with the CUDA-graph rows;
+# 4. bench/bench_matrix.py on GPT-2-small's matrices: Muon and Adafactor on Triton (and the
+#    torch back end) against torch.optim.Muon and torch.optim.Adafactor (issue 13).
 # Everything goes under $OUT (default ./gpu-session-out): one log per part, the tables,
 # and summary.txt with each part's exit status. Parts run even when an earlier one failed.
 set -u
@@ -39,6 +41,8 @@ if [ "$SMOKE" = 1 ]; then
     part pytest-cuda "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_triton_cuda.py
     part sync-check "$PY" bench/bench_gpu.py --sync-check --smoke
     part bench "$PY" bench/bench_gpu.py --smoke --no-latency
+    part bench-matrix "$PY" bench/bench_matrix.py --layers 1 --width 32 --backend triton \
+        --rounds 1 --steps 1 --quiet 1 --out "$OUT"
 else
     part pytest-cuda "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_triton_cuda.py
     part sync-check "$PY" bench/bench_gpu.py --sync-check
@@ -48,6 +52,8 @@ else
         --steps 10 --rounds 3 --out "$OUT"
     part bench-large "$PY" bench/bench_gpu.py --cases large --precisions fp32 --no-compile \
         --no-latency --steps 5 --rounds 3 --out "$OUT"
+    part bench-matrix "$PY" bench/bench_matrix.py --device cuda --backend triton,torch \
+        --rounds 3 --steps 5 --quiet 1 --tag gpu --out "$OUT"
 fi
 cat "$OUT/summary.txt"
 ! grep -qv "exit 0 " "$OUT/summary.txt"

@@ -51,7 +51,10 @@ def test_gpu_session_script_smoke(tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
-    for part in ("pytest-cuda", "sync-check", "bench"):
+    for part in ("pytest-cuda", "sync-check", "bench", "bench-matrix"):
         assert f"{part}: exit 0" in summary
     assert "| optdsl |" in (out / "bench.log").read_text()
+    [matrix] = out.glob("matrix-*.md")  # Muon and Adafactor, written where the session says
+    assert "| optdsl Muon (triton) |" in matrix.read_text()
+    assert "| optdsl Adafactor (triton) |" in matrix.read_text()
     assert "sync check: skipped" in (out / "sync-check.log").read_text()
