@@ -10,7 +10,8 @@ device, the group's tables: hyper values (float64, the module's HYPERS), element
 raw and finished reductions (a row per tensor, bucket after bucket) and group totals.
 
 In a steady-state step the plan is checked (the same tensors: identities of parameters and
-states, data pointers of parameters and gradients) and only two things may be written: the
+states, data pointers and layouts of parameters and states, the parameters' shapes, data
+pointers of gradients) and only two things may be written: the
 gradient column, when gradients moved (after ``zero_grad()`` they are new tensors), and the
 hyper table, when a hyper's value changed (compared on the host: hypers are Python numbers;
 a hyper given as a tensor on the parameters' device is copied on the device every step, so
@@ -163,6 +164,7 @@ class DevicePlan:
     stepped: list = field(default_factory=list)  # the tensors stepped (masters, local shards)
     watch_keys: list = field(default_factory=list)  # per tensor: its plain-tensor states
     watch_ptrs: list = field(default_factory=list)  # their data pointers
+    param_shapes: list = field(default_factory=list)  # the stepped tensors' (their facts)
     red: dict = field(default_factory=dict)  # id(bucket) -> its partials buffer
     row_of: list = field(default_factory=list)  # batch index -> row of the group tables
     collectives: dict = field(default_factory=dict)  # sweep -> its all-reduces (FSDP2)
@@ -186,11 +188,15 @@ class DevicePlan:
         if (copies is None) != (self.copies is None) or (
                 copies is not None and not all(map(operator.is_, copies, self.copies))):
             return False
-        if [p.data_ptr() for p in stepped] != self.param_ptrs:
-            return False
-        # (the same tensors may have new storage: `.data =`, share_memory_())
-        return [s[k].data_ptr() for s, keys in zip(states, self.watch_keys)
-                for k in keys] == self.watch_ptrs
+        if ([p.data_ptr() for p in stepped] != self.param_ptrs
+                or [p.shape for p in stepped] != self.param_shapes
+                or not all(p.is_contiguous() for p in stepped)):
+            return False  # (`p.t_()` keeps the storage, `.data = p.data.view(...)` too)
+        # (the same tensors may have new storage: `.data =`, share_memory_(); or be
+        # transposed in place)
+        watched = [s[k] for s, keys in zip(states, self.watch_keys) for k in keys]
+        return ([x.data_ptr() for x in watched] == self.watch_ptrs
+                and all(x.is_contiguous() for x in watched))
 
     def grads_moved(self, grads: list) -> bool | None:
         """False when the gradients are where the pointer table says; True when they moved

@@ -293,6 +293,7 @@ class TritonRunner:
                           [g.data_ptr() for g in batch.grads], [g.dtype for g in batch.grads],
                           [tuple(s.values()) for s in ident[1]])
         plan.stepped = list(batch.params)
+        plan.param_shapes = [p.shape for p in batch.params]
         plan.sharded = batch.combine is not None
         plan.watch_keys = [tuple(k for k, v in s.items() if type(v) is torch.Tensor)
                            for s in batch.states]
