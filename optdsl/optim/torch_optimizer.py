@@ -231,8 +231,8 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
             entry = state_dict["state"].get(saved_id)
-            if not isinstance(entry, dict):
-                continue
+            if not isinstance(entry, dict) or not entry:
+                continue  # (an empty state: a parameter never updated, as validate says)
             if "step" not in entry:  # (torch.optim.SGD keeps none) state saved after >= 1 update
                 self.state[param]["step"] = torch.tensor(1.0, dtype=_scalar_dtype())
             for key, value in entry.items():
