@@ -229,10 +229,15 @@ class NumpyRunner:
             slots, written = [], []
             keep = options.combine is None and not options.transient
             tokens = options.tables_key or (None,) * len(entries)
+            kept: set[int] = set()  # the parameters whose kept slot this step uses
             for index, entry in enumerate(entries):
                 variant.check_states(entry.state)
-                slot = self._kept_slot(entry, module.num_reductions,
-                                       tokens[index]) if keep else None
+                slot = None
+                # (a parameter twice in a group, which torch.optim steps twice, as
+                # deprecated: its kept slot is its first entry's, and holds its step number)
+                if keep and id(entry.param) not in kept:
+                    slot = self._kept_slot(entry, module.num_reductions, tokens[index])
+                    kept.add(id(entry.param))
                 if slot is None:
                     slot = self._staged_slot(entry, module.num_reductions, written, index)
                 if options.combine is not None:  # a shard's facts are its parameter's
