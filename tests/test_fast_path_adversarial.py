@@ -726,3 +726,51 @@ def test_master_weights_and_low_precision_states_under_changes(backend):
         opt.param_groups[0]["lr"] = 0.05
 
     _steps_like_fresh(opt, params, make, 4, change)
+
+
+# -- torch.optim's own behaviour as the oracle -------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "c", pytest.param("triton", marks=pytest.mark.xfail(
+    strict=True, reason="the device step reads each row's t from the step tensor before "
+                        "finish_step advances it, so a parameter listed twice gets the same "
+                        "t twice (and on a GPU its two rows race)"))])
+@pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
+def test_a_parameter_listed_twice_in_a_group_is_stepped_twice(backend):
+    """torch.optim steps a parameter listed twice twice (deprecated, with a warning), the
+    second with the next step number. The NumPy runner's kept slot is per parameter, so the
+    second entry overwrote the first's step number in the shared slot: both updates took the
+    second's bias corrections."""
+    name = _backend(backend)
+    start = _params((5,), (3,))
+    runs = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=0.1),
+                 lambda ps: library.Adam(ps, lr=0.1, backend=name)):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in start]
+        opt = make([params[0], params[1], params[0]])
+        for s in range(3):
+            _grads(params, s)
+            opt.step()
+        assert float(opt.state[params[0]]["step"]) == 6.0
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b.detach(), a.detach())
+
+
+@pytest.mark.xfail(strict=True, reason="SGD's buffer starts at `t == 1` (the parameter's first "
+                   "update), torch.optim.SGD's when the buffer is first used: momentum turned "
+                   "on mid-training with dampening starts from (1 - dampening) g, not g")
+def test_momentum_turned_on_mid_training_with_dampening():
+    start = _params((5,))
+    runs = []
+    for make in (lambda ps: torch.optim.SGD(ps, lr=0.1),
+                 lambda ps: library.SGD(ps, lr=0.1, backend="numpy")):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in start]
+        opt = make(params)
+        for s in range(4):
+            _grads(params, s)
+            if s == 2:
+                opt.param_groups[0].update(momentum=0.9, dampening=0.5)
+            opt.step()
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b.detach(), a.detach())
