@@ -774,3 +774,124 @@ def test_momentum_turned_on_mid_training_with_dampening():
         runs.append(params)
     for a, b in zip(*runs):
         torch.testing.assert_close(b.detach(), a.detach())
+
+
+# -- more of the same optimizer ----------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("change", ["load its own state_dict", "lr float to tensor",
+                                    "state made a Parameter"])
+def test_more_changes_between_steps(backend, change):
+    name = _backend(backend)
+    params = _params((3, 3), (4,))
+    opt = _adam(name)(params)
+
+    def mutate(opt, params):
+        if change == "load its own state_dict":
+            opt.load_state_dict(opt.state_dict())
+        elif change == "lr float to tensor":
+            opt.param_groups[0]["lr"] = torch.tensor(0.05)
+        else:  # (not a plain tensor: no fast record)
+            value = opt.state[params[0]]["exp_avg"]
+            opt.state[params[0]]["exp_avg"] = torch.nn.Parameter(value.clone(),
+                                                                 requires_grad=False)
+
+    _steps_like_fresh(opt, params, _adam(name), 4, mutate)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_made_mid_training_steps_as_the_original(backend, how):
+    import pickle
+
+    name = _backend(backend)
+    params = _params((3, 3), (4,))
+    opt = _adam(name)(params)
+    for s in range(2):
+        _grads(params, s)
+        opt.step()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    others = [p for g in twin.param_groups for p in g["params"]]
+    for s in range(2, 5):
+        _grads(params, s)
+        _grads(others, s)
+        opt.step()
+        twin.step()
+    for p, q in zip(params, others):
+        assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_one_optimizer_stepped_from_two_threads_refuses_without_writing(backend):
+    """A second thread's step while one runs is refused before it writes anything: the
+    steps that ran equal as many steps of a fresh optimizer."""
+    name = _backend(backend)
+    params = _params((16, 16), (4,))
+    opt = _adam(name)(params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    done, refused = [0], [0]
+
+    def loop():
+        for _ in range(100):
+            try:
+                opt.step()
+                done[0] += 1
+            except RuntimeError:
+                refused[0] += 1
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert done[0] + refused[0] == 200
+    assert float(opt.state[params[0]]["step"]) == done[0]
+    others = _params((16, 16), (4,))
+    fresh = _adam(name)(others)
+    for p in others:
+        p.grad = torch.ones_like(p)
+    for _ in range(done[0]):
+        fresh.step()
+    for p, q in zip(params, others):
+        assert torch.equal(p.detach(), q.detach())
+
+
+def _bad_lr_in_a_later_group(opt, params):
+    opt.param_groups[1]["lr"] = -1.0
+
+
+def _grad_of_another_shape(opt, params):
+    params[1].grad.data = torch.ones(7)
+
+
+def _sparse_grad(opt, params):
+    params[1].grad = params[1].grad.to_sparse()
+
+
+def _state_of_another_dtype_kind(opt, params):
+    opt.state[params[2]]["exp_avg"] = torch.zeros(params[2].shape, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change, error, words", [
+    (_bad_lr_in_a_later_group, ValueError, "lr"),
+    (_grad_of_another_shape, RuntimeError, "gradient of parameter 1"),
+    (_sparse_grad, RuntimeError, "sparse"),
+    (_state_of_another_dtype_kind, RuntimeError, r"state\['exp_avg'\] of parameter 0 of "
+                                                 r"param group 1"),
+], ids=["bad lr", "grad shape", "sparse grad", "int state"])
+def test_a_steady_state_step_that_is_refused_changes_nothing(backend, change, error, words):
+    name = _backend(backend)
+    params = _params((2, 2), (3,), (2,))
+    opt = library.Adam(params[:2], lr=0.1, backend=name)
+    opt.add_param_group({"params": params[2:], "lr": 0.05})
+    for s in range(3):
+        _grads(params, s)
+        opt.step()
+    _grads(params, 3)
+    change(opt, params)
+    before = _snapshot(opt, params)
+    with pytest.raises(error, match=words):
+        opt.step()
+    _assert_same_snapshot(before, _snapshot(opt, params))
