@@ -299,15 +299,15 @@ def _signature(lib, entries: list[Entry], tensor_keys: list[str],
     """What the cached tables depend on: the loaded step they were laid out for (another
     variant of the group's step, after a hyper such as weight_decay changed from 0, has
     other hypers, reductions and statistics: the tables' buffers are sized by it), each
-    tensor's storage, size, dtype and layout (of the gradients only the dtype:
+    tensor's storage, size, dtype and layout (the parameter's shape) (of the gradients only the dtype:
     set_gradients points at this step's). Runs for every parameter at every step: one flat
     list (unambiguous: a pointer is never None)."""
     out: list = [lib]
     add = out.extend
     for entry, copy in zip(entries, copies):
         param, state = entry.param, entry.state
-        add((param.data_ptr(), param.numel(), param.dtype, param.is_contiguous(),
-             entry.grad.dtype))
+        add((param.data_ptr(), param.shape, param.dtype, param.is_contiguous(),
+             entry.grad.dtype))  # (the shape: the facts table, w.rows and w.cols, is its)
         for key in tensor_keys:
             x = state.get(key)
             if x is None:
