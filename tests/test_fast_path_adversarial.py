@@ -895,3 +895,40 @@ def test_a_steady_state_step_that_is_refused_changes_nothing(backend, change, er
     with pytest.raises(error, match=words):
         opt.step()
     _assert_same_snapshot(before, _snapshot(opt, params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["complex", "master weight"])
+def test_a_parameter_without_a_fast_record_viewed_in_another_shape(backend, kind):
+    """The same as test_a_parameter_viewed_in_another_shape_of_the_same_size for the
+    parameters whose tables are found by every tensor's storage (no fast record): a complex
+    parameter's real view, a bfloat16 parameter's master weight. The C tables' signature
+    had the element count, not the shape, so the facts were the old shape's."""
+    name = _backend(backend)
+    prog = optdsl.compile(FACTS)
+    g = torch.Generator().manual_seed(3)
+    if kind == "complex":
+        params = [torch.nn.Parameter(torch.randn(2, 6, dtype=torch.complex64, generator=g)),
+                  torch.nn.Parameter(torch.randn(3, dtype=torch.complex64, generator=g))]
+    else:
+        params = [torch.nn.Parameter(torch.randn(2, 6, generator=g).bfloat16()),
+                  torch.nn.Parameter(torch.randn(3, generator=g).bfloat16())]
+
+    def make(ps):
+        return prog.optimizer(ps, backend=name, master_weights=kind != "complex")
+
+    def grads(params, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+    opt = make(params)
+    for s in range(4):
+        grads(params, s)
+        if s == 2:
+            params[0].data = params[0].data.view(6, 2)
+            if kind != "complex":
+                master = opt.state[params[0]]["master_param"]
+                master.data = master.data.view(6, 2)
+            grads(params, s)
+        _step_like_fresh(opt, params, make)
