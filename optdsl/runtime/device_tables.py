@@ -153,7 +153,7 @@ class DevicePlan:
     buckets: list[Bucket] = field(default_factory=list)
     tables: dict = field(default_factory=dict)  # device -> GroupTables
     home: torch.device | None = None  # where group-wide reductions are finished
-    hyper_values: tuple | None = None  # the numbers in the hyper table
+    hyper_values: tuple | None = None  # the numbers in the hyper table, which are tensors
     tensor_hypers: tuple = ()  # (index, tensor): hypers read from tensors every step
     writeback: list = field(default_factory=list)  # (original, staged)
     staged_grads: list = field(default_factory=list)  # (original, staged), refreshed each step
@@ -233,11 +233,14 @@ class DevicePlan:
             else:
                 numbers.append(float(value))
         values = tuple(numbers)
-        if values != self.hyper_values:
+        # (which hypers are tensors is part of the key: a tensor's slot holds its last value,
+        # not the 0.0 written for it, so a number 0.0 given in its place must be uploaded)
+        key = (values, tuple(j for j, _ in tensors))
+        if key != self.hyper_values:
             for tables in self.tables.values():
                 upload(tables.hyp[:len(values)] if values else tables.hyp,
                        np.asarray(values or (0.0,), dtype=np.float64))
-            self.hyper_values = values
+            self.hyper_values = key
         for j, value in tensors:
             for device, tables in self.tables.items():
                 tables.hyp[j:j + 1].copy_(value.detach().reshape(1).to(device, non_blocking=True))
