@@ -932,3 +932,28 @@ def test_a_parameter_without_a_fast_record_viewed_in_another_shape(backend, kind
                 master.data = master.data.view(6, 2)
             grads(params, s)
         _step_like_fresh(opt, params, make)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("first, then", [(torch.tensor(0.1), 0.0), (0.0, torch.tensor(0.1)),
+                                         (torch.tensor(0.1), torch.tensor(0.02))],
+                         ids=["tensor to 0.0", "0.0 to tensor", "tensor to tensor"])
+def test_a_hyper_switched_between_a_tensor_and_a_number(backend, first, then):
+    """The device step's hyper table is rewritten when the numbers change; a hyper given as
+    a tensor stood there as 0.0, so a tensor lr replaced by the number 0.0 left the table
+    holding the tensor's last value: the steps went on with lr 0.1. As torch.optim."""
+    name = _backend(backend)
+    start = _params((4,))
+    runs = []
+    for make in (lambda ps, lr: torch.optim.Adam(ps, lr=lr),
+                 lambda ps, lr: library.Adam(ps, lr=lr, backend=name)):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in start]
+        opt = make(params, first.clone() if torch.is_tensor(first) else first)
+        for s in range(4):
+            _grads(params, s)
+            if s == 2:
+                opt.param_groups[0]["lr"] = then.clone() if torch.is_tensor(then) else then
+            opt.step()
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b.detach(), a.detach())
