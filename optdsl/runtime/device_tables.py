@@ -161,6 +161,7 @@ class DevicePlan:
     direct: bool = True  # no staged copies: the plan is kept between steps
     sharded: bool = False  # made for DTensor shards (stepped through run_device only)
     count: int | None = None  # the group's update count (stochastic rounding's seeds)
+    step_versions: list = field(default_factory=list)  # the step tensors' when it was read
     stepped: list = field(default_factory=list)  # the tensors stepped (masters, local shards)
     watch_keys: list = field(default_factory=list)  # per tensor: its plain-tensor states
     watch_ptrs: list = field(default_factory=list)  # their data pointers
