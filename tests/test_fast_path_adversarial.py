@@ -957,3 +957,23 @@ def test_a_hyper_switched_between_a_tensor_and_a_number(backend, first, then):
         runs.append(params)
     for a, b in zip(*runs):
         torch.testing.assert_close(b.detach(), a.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stochastic_rounding_after_a_step_count_written_in_place(backend):
+    """Stochastic rounding's seed comes from the group's update count, which the device
+    step keeps on the host (read from the step tensors once per plan): a count written in
+    place (``state['step'].fill_(10)``) was not seen, and the rounding bits were not a fresh
+    optimizer's."""
+    name = _backend(backend)
+
+    def make(ps):
+        return library.Adam(ps, lr=0.01, backend=name, stochastic_rounding=True)
+
+    params = [torch.nn.Parameter(p.detach().bfloat16()) for p in _params((8,), (5,))]
+    opt = make(params)
+
+    def change(opt, params):
+        opt.state[params[0]]["step"].fill_(10.0)
+
+    _steps_like_fresh(opt, params, make, 4, change)
