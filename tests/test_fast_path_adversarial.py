@@ -977,3 +977,32 @@ def test_stochastic_rounding_after_a_step_count_written_in_place(backend):
         opt.state[params[0]]["step"].fill_(10.0)
 
     _steps_like_fresh(opt, params, make, 4, change)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_grad_scaler_that_comes_and_goes(backend):
+    """fused=True with torch.amp's grad_scale and found_inf set for some steps and not
+    others: the unscaling step is another variant with another hyper table. Before the C
+    tables were keyed by the loaded step, the C step of the new variant ran on the old
+    variant's tables and corrupted the heap (``free(): invalid size``)."""
+    name = _backend(backend)
+    scale = {}
+
+    def make(ps):
+        opt = library.Adam(ps, lr=0.1, backend=name, fused=True)
+        for key, value in scale.items():
+            setattr(opt, key, value.clone())
+        return opt
+
+    params = _params((3, 3), (4,))
+    opt = make(params)
+    for s in range(6):
+        _grads(params, s)
+        if s == 2:
+            scale.update(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0))
+            for key, value in scale.items():
+                setattr(opt, key, value.clone())
+        if s == 4:
+            scale.clear()
+            del opt.grad_scale, opt.found_inf
+        _step_like_fresh(opt, params, make)
