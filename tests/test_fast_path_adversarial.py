@@ -1006,3 +1006,26 @@ def test_a_grad_scaler_that_comes_and_goes(backend):
             scale.clear()
             del opt.grad_scale, opt.found_inf
         _step_like_fresh(opt, params, make)
+
+
+@pytest.mark.parametrize("backend", ["c", pytest.param("numpy", marks=pytest.mark.xfail(
+    strict=True, reason="the NumPy runner's zero-copy views (Tensor.numpy()) make torch mark "
+                        "the parameters' and states' storages not resizable"))])
+def test_a_parameters_storage_can_be_freed_and_given_back(backend):
+    """What FSDP-style code does between steps: free a parameter's storage and give it
+    back (``untyped_storage().resize_(0)``, then its size again, refilled); as with
+    torch.optim, the next step is a fresh optimizer's."""
+    name = _backend(backend)
+    params = _params((3, 3), (4,))
+    opt = _adam(name)(params)
+
+    def change(opt, params):
+        values = params[0].detach().clone()
+        storage = params[0].untyped_storage()
+        size = storage.nbytes()
+        storage.resize_(0)
+        storage.resize_(size)
+        with torch.no_grad():
+            params[0].copy_(values)
+
+    _steps_like_fresh(opt, params, _adam(name), 4, change)
