@@ -213,7 +213,21 @@ class DevicePlan:
             return None
         if not all(g.is_contiguous() for g in grads):
             return None
+        if not self._aligned(ptrs):
+            return None  # (a launch compiled for 16-byte aligned pointers: ALIGNED)
         self.grad_ptrs = ptrs
+        return True
+
+    def _aligned(self, grad_ptrs: list[int]) -> bool:
+        """Whether gradients at ``grad_ptrs`` keep every bucket's alignment promise: a bucket
+        whose pointers were all 16-byte aligned was compiled with ALIGNED, which tells the
+        compiler so (tl.multiple_of); a gradient moved to a view at another offset (of a
+        flat buffer) would break it."""
+        ptrs = np.asarray(grad_ptrs, dtype=np.int64)
+        for bucket in self.buckets:
+            if bucket.constexprs.get("ALIGNED") and np.any(
+                    (ptrs[bucket.members] % 16 != 0) & (bucket.sizes_host > 0)):
+                return False
         return True
 
     def point_at_grads(self) -> None:
