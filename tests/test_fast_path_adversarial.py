@@ -1029,3 +1029,32 @@ def test_a_parameters_storage_can_be_freed_and_given_back(backend):
             params[0].copy_(values)
 
     _steps_like_fresh(opt, params, _adam(name), 4, change)
+
+
+def test_gradients_moved_to_unaligned_views_rebuild_an_aligned_launch():
+    """A device plan whose pointers were all 16-byte aligned is compiled with ALIGNED (the
+    kernel tells the compiler so: tl.multiple_of). Gradients that moved were pointed at as
+    they were, so views of a flat buffer at other offsets ran a launch that promised an
+    alignment they do not have (on a GPU: misaligned vector loads). Such gradients rebuild
+    the plan; the steps are a fresh optimizer's. (The interpreter ignores the promise: the
+    test reads the launch's constexpr.)"""
+    name = _backend("triton")
+    params = _params((5,), (3,))
+    opt = _adam(name)(params)
+
+    def aligned_flags():
+        plans = opt._runner_of[1]._plans
+        return [b.constexprs["ALIGNED"] for plan in plans.values() for b in plan.buckets]
+
+    for s in range(2):
+        _grads(params, s)
+        _step_like_fresh(opt, params, _adam(name))
+    assert aligned_flags() == [True]
+    flat = torch.zeros(16)
+    for s in range(2, 4):
+        _grads(params, s)
+        flat[1:6] = params[0].grad  # (4 bytes past an aligned address)
+        flat[7:10] = params[1].grad
+        params[0].grad, params[1].grad = flat[1:6], flat[7:10]
+        _step_like_fresh(opt, params, _adam(name))
+        assert aligned_flags() == [False]
