@@ -90,7 +90,7 @@ class ParamRecord:
         step = state.get("step")
         return (self.state is state and self.size == len(state) and self.step is step
                 and self.ptr == step.data_ptr() and self.dtype is param.dtype
-                and self.serves(live))
+                and self.serves(live) and all(map(_is, self.values, state.values())))
 
     def serves(self, live: frozenset[str]) -> bool:
         """Whether the state was made for a step with these live states."""
