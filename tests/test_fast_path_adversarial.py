@@ -78,13 +78,14 @@ def _assert_same_snapshot(a, b):
 
 def _assert_alike(opt, params, other, others):
     for i, (p, q) in enumerate(zip(params, others)):
-        assert torch.equal(p.detach(), q.detach()), f"parameter {i}"
+        assert p.dtype == q.dtype and torch.equal(p.detach(), q.detach()), f"parameter {i}"
         mine, theirs = opt.state[p], other.state[q]
         assert mine.keys() == theirs.keys(), f"state keys of parameter {i}"
         for key, value in mine.items():
             if torch.is_tensor(value):
-                assert value.shape == theirs[key].shape, f"state[{key!r}] of parameter {i}"
-                assert torch.equal(value, theirs[key]), f"state[{key!r}] of parameter {i}"
+                what = f"state[{key!r}] of parameter {i}"
+                assert (value.shape, value.dtype) == (theirs[key].shape, theirs[key].dtype), what
+                assert torch.equal(value, theirs[key]), what
 
 
 def _step_like_fresh(opt, params, make):
@@ -1058,3 +1059,21 @@ def test_gradients_moved_to_unaligned_views_rebuild_an_aligned_launch():
         params[0].grad, params[1].grad = flat[1:6], flat[7:10]
         _step_like_fresh(opt, params, _adam(name))
         assert aligned_flags() == [False]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_replaced_by_one_of_another_dtype_is_kept_in_the_policys(backend):
+    """state_dtype=bfloat16: a state replaced by a float32 tensor mid-training is kept in
+    bfloat16, as a checkpoint's state is when it loads and as a state made by the step is.
+    The record's "made" check looked at the step tensor only, so a replaced value was
+    stepped in its own dtype (float32 here: other values than a fresh optimizer's)."""
+    name = _backend(backend)
+    make = _adam(name, state_dtype=torch.bfloat16)
+    params = _params((3, 3), (4,))
+    opt = make(params)
+
+    def change(opt, params):
+        opt.state[params[0]]["exp_avg"] = opt.state[params[0]]["exp_avg"].float()
+
+    _steps_like_fresh(opt, params, make, 4, change)
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
