@@ -273,6 +273,10 @@ def _state_reset(opt, params):
     opt.state[params[0]] = {}
 
 
+def _state_dict_copied(opt, params):
+    opt.state[params[0]] = dict(opt.state[params[0]])  # (the same tensors, another dict)
+
+
 def _state_dict_mutated(opt, params):
     # torch's state_dict aliases the live states: a change to what it returns is a change
     # to the optimizer's state
@@ -283,7 +287,7 @@ def _state_dict_mutated(opt, params):
 
 STATE_CHANGES = [_clone_state, _double_state, _data_double_state, _in_place_state,
                  _shared_state, _step_filled, _step_replaced, _step_as_float, _state_deleted,
-                 _state_reset, _state_dict_mutated]
+                 _state_reset, _state_dict_copied, _state_dict_mutated]
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
