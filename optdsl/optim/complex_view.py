@@ -75,20 +75,28 @@ def initial_value(make, param: torch.Tensor) -> torch.Tensor:
 class _Views:
     """The real views of one complex parameter and of its tensor states."""
 
-    __slots__ = ("param", "ptr", "real", "states", "views")
+    __slots__ = ("param", "layout", "real", "states", "views")
 
     def __init__(self, param: torch.Tensor, states: tuple, keys: tuple[str, ...]) -> None:
         self.param = param
-        self.ptr = param.data_ptr()
+        self.layout = _layouts(param, states)
         self.real = torch.view_as_real(param.detach())
         self.states = states
         self.views = {key: torch.view_as_real(value) for key, value in zip(keys, states)
                       if value is not None}
 
 
+def _layouts(param: torch.Tensor, states: tuple) -> tuple:
+    """What a real view depends on besides the tensor's identity: its storage, shape and
+    strides (`.data =` gives a tensor another storage, `t_()` another layout, and a view made
+    before is of the old ones)."""
+    return tuple(None if x is None else (x.data_ptr(), x.shape, x.stride())
+                 for x in (param, *states))
+
+
 class RealViews:
-    """One optimizer's real views of its complex parameters, kept while the parameter (its
-    storage) and its state tensors are the ones they were made of."""
+    """One optimizer's real views of its complex parameters, kept while the parameter and its
+    state tensors are the ones they were made of, with the same storage and layout."""
 
     def __init__(self, tensor_keys: Sequence[str]) -> None:
         self.keys = tuple(tensor_keys)
@@ -103,8 +111,9 @@ class RealViews:
         tensor states (scalar states are the parameter's own)."""
         states = tuple(state.get(key) for key in self.keys)
         found = self._views.get(id(param))
-        if (found is None or found.param is not param or found.ptr != param.data_ptr()
-                or any(a is not b for a, b in zip(found.states, states))):
+        if (found is None or found.param is not param
+                or any(a is not b for a, b in zip(found.states, states))
+                or found.layout != _layouts(param, states)):
             found = _Views(param, states, self.keys)
             self._views[id(param)] = found
         real_state = dict(state)

@@ -17,10 +17,10 @@ complex parameters take complex gradients (their steps run on torch.view_as_real
 This runs for every parameter at every step, so the usual case is a few attribute reads per
 gradient and the parameter's record (optdsl.optim.param_records: what its state was made or
 checked for); without one that still holds, a parameter's states are checked again only
-when its state dict, one of its values or the parameter's shape changed since they were
-last checked (``_checked_states``). Both are cleared when a checkpoint loads. A group's
-hyper scalars and its variant are kept while its plain hyper values stay equal
-(``_group_scalars``, optdsl.optim.hypers.plain_key).
+when its state dict, one of its values (or a value's shape) or the parameter's shape
+changed since they were last checked (``_checked_states``). Both are cleared when a
+checkpoint loads. A group's hyper scalars and its variant are kept while its plain hyper
+values stay equal (``_group_scalars``, optdsl.optim.hypers.plain_key).
 """
 
 from __future__ import annotations
@@ -152,9 +152,11 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                     seen = checked.get(id(param))
                     if seen is None or seen[0] is not state or seen[2] != shape or \
                             len(seen[1]) != len(state) or not all(map(operator.is_, seen[1],
-                                                                      state.values())):
+                                                                      state.values())) \
+                            or seen[3] != _shapes(seen[1]):
                         check_state(opt, param, state, _where(index, number))
-                        checked[id(param)] = (state, tuple(state.values()), shape)
+                        values = tuple(state.values())
+                        checked[id(param)] = (state, values, shape, _shapes(values))
             plan.items.append((param, grad))
             plan.states.append(state)
             plan.records.append(record)
@@ -170,6 +172,12 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
             check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())
     return plans, devices
+
+
+def _shapes(values: tuple) -> tuple:
+    """The shapes of a state's values (a tensor resized or transposed in place keeps its
+    identity: its shape tells)."""
+    return tuple(v.shape if isinstance(v, torch.Tensor) else None for v in values)
 
 
 def _param_variant(program, variants: dict, name: str, param: torch.Tensor,

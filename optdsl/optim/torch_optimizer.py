@@ -231,8 +231,8 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved, params):
             entry = state_dict["state"].get(saved_id)
-            if not isinstance(entry, dict):
-                continue
+            if not isinstance(entry, dict) or not entry:
+                continue  # (an empty state: a parameter never updated, as validate says)
             if "step" not in entry:  # (torch.optim.SGD keeps none) state saved after >= 1 update
                 self.state[param]["step"] = torch.tensor(1.0, dtype=_scalar_dtype())
             for key, value in entry.items():
@@ -436,7 +436,12 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         optdsl.optim.param_records); with ``device``, its step count and scalar states are
         kept there (a device step's). ``grad``: this step's gradient (for the record)."""
         ready = self._ready.get(id(param))
-        if ready is None or not ready.made_for(param, state, live):
+        # made, but a state value or the parameter's storage was replaced since (or made
+        # without a gradient): made again (a value of another dtype is kept in its policy's,
+        # as a checkpoint's is), with a new record and so a new token for the runners' tables
+        if ready is None or not ready.made_for(param, state, live) or (
+                grad is not None and (ready.grad_dtype is None or (
+                    ready.fast and not ready.still(param, grad, state)))):
             self._init_state(param, state, hyper, live)
             if device is not None:
                 for spec in [None] + [s for s in self.program.states.values() if not s.tensor]:
@@ -444,11 +449,6 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                     value = state[key]
                     if value.device != device and not distributed.is_dtensor(value):
                         state[key] = value.to(device)
-            ready = self._ready[id(param)] = self._record(param, grad, state, live)
-        elif grad is not None and (ready.grad_dtype is None or (
-                ready.fast and not ready.still(param, grad, state))):
-            # made, but a state value or the parameter's storage was replaced since (or made
-            # without a gradient): a new record, with a new token for the runners' tables
             ready = self._ready[id(param)] = self._record(param, grad, state, live)
         return ready
 

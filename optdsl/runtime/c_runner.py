@@ -303,17 +303,20 @@ def _no_copies(copies: list) -> bool:
     return all(c is None for c in copies)
 
 
-def _signature(columns: tuple, entries: list[Entry], tensor_keys: list[str],
+def _signature(lib, entries: list[Entry], tensor_keys: list[str],
                scalar_keys: list[str], copies: list) -> tuple:
-    """What the cached tables depend on: each tensor's storage, size, dtype and layout (of
-    the gradients only the dtype: set_gradients points at this step's). Runs for every
-    parameter at every step: one flat list (unambiguous: a pointer is never None)."""
-    out: list = [columns]
+    """What the cached tables depend on: the loaded step they were laid out for (another
+    variant of the group's step, after a hyper such as weight_decay changed from 0, has
+    other hypers, reductions and statistics: the tables' buffers are sized by it), each
+    tensor's storage, dtype and layout, the parameter's shape (of the gradients only the
+    dtype: set_gradients points at this step's). Runs for every parameter at every step: one
+    flat list (unambiguous: a pointer is never None)."""
+    out: list = [lib]
     add = out.extend
     for entry, copy in zip(entries, copies):
         param, state = entry.param, entry.state
-        add((param.data_ptr(), param.numel(), param.dtype, param.is_contiguous(),
-             entry.grad.dtype))
+        add((param.data_ptr(), param.shape, param.dtype, param.is_contiguous(),
+             entry.grad.dtype))  # (the shape: the facts table, w.rows and w.cols, is its)
         for key in tensor_keys:
             x = state.get(key)
             if x is None:
@@ -394,13 +397,11 @@ class CRunner:
         """The cached tables of these entries' tensors, else new ones. ``known``: a key that
         stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
         which saves reading them all again."""
-        # keyed by the library too: two variants of one program (a switch flipped between
-        # steps) can read the same columns with different hypers, statistics and scratch
+        # keyed by the library too (see _signature)
         if known is not None and _no_copies(copies):
             signature = (lib, "known", known)
         else:
-            signature = (lib, _signature(lib.TENSORS, entries, self.tensor_keys,
-                                         self.scalar_keys, copies))
+            signature = _signature(lib, entries, self.tensor_keys, self.scalar_keys, copies)
         found = self._plans.get(signature)
         if found is not None and not (found.writeback or found.scalar_writeback):
             self._plans.move_to_end(signature)

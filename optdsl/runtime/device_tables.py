@@ -10,7 +10,8 @@ device, the group's tables: hyper values (float64, the module's HYPERS), element
 raw and finished reductions (a row per tensor, bucket after bucket) and group totals.
 
 In a steady-state step the plan is checked (the same tensors: identities of parameters and
-states, data pointers of parameters and gradients) and only two things may be written: the
+states, data pointers and layouts of parameters and states, the parameters' shapes, data
+pointers of gradients) and only two things may be written: the
 gradient column, when gradients moved (after ``zero_grad()`` they are new tensors), and the
 hyper table, when a hyper's value changed (compared on the host: hypers are Python numbers;
 a hyper given as a tensor on the parameters' device is copied on the device every step, so
@@ -153,7 +154,7 @@ class DevicePlan:
     buckets: list[Bucket] = field(default_factory=list)
     tables: dict = field(default_factory=dict)  # device -> GroupTables
     home: torch.device | None = None  # where group-wide reductions are finished
-    hyper_values: tuple | None = None  # the numbers in the hyper table
+    hyper_values: tuple | None = None  # the numbers in the hyper table, which are tensors
     tensor_hypers: tuple = ()  # (index, tensor): hypers read from tensors every step
     writeback: list = field(default_factory=list)  # (original, staged)
     staged_grads: list = field(default_factory=list)  # (original, staged), refreshed each step
@@ -161,9 +162,11 @@ class DevicePlan:
     direct: bool = True  # no staged copies: the plan is kept between steps
     sharded: bool = False  # made for DTensor shards (stepped through run_device only)
     count: int | None = None  # the group's update count (stochastic rounding's seeds)
+    step_versions: list = field(default_factory=list)  # the step tensors' when it was read
     stepped: list = field(default_factory=list)  # the tensors stepped (masters, local shards)
     watch_keys: list = field(default_factory=list)  # per tensor: its plain-tensor states
     watch_ptrs: list = field(default_factory=list)  # their data pointers
+    param_shapes: list = field(default_factory=list)  # the stepped tensors' (their facts)
     red: dict = field(default_factory=dict)  # id(bucket) -> its partials buffer
     row_of: list = field(default_factory=list)  # batch index -> row of the group tables
     collectives: dict = field(default_factory=dict)  # sweep -> its all-reduces (FSDP2)
@@ -187,11 +190,15 @@ class DevicePlan:
         if (copies is None) != (self.copies is None) or (
                 copies is not None and not all(map(operator.is_, copies, self.copies))):
             return False
-        if [p.data_ptr() for p in stepped] != self.param_ptrs:
-            return False
-        # (the same tensors may have new storage: `.data =`, share_memory_())
-        return [s[k].data_ptr() for s, keys in zip(states, self.watch_keys)
-                for k in keys] == self.watch_ptrs
+        if ([p.data_ptr() for p in stepped] != self.param_ptrs
+                or [p.shape for p in stepped] != self.param_shapes
+                or not all(p.is_contiguous() for p in stepped)):
+            return False  # (`p.t_()` keeps the storage, `.data = p.data.view(...)` too)
+        # (the same tensors may have new storage: `.data =`, share_memory_(); or be
+        # transposed in place)
+        watched = [s[k] for s, keys in zip(states, self.watch_keys) for k in keys]
+        return ([x.data_ptr() for x in watched] == self.watch_ptrs
+                and all(x.is_contiguous() for x in watched))
 
     def grads_moved(self, grads: list) -> bool | None:
         """False when the gradients are where the pointer table says; True when they moved
@@ -207,7 +214,21 @@ class DevicePlan:
             return None
         if not all(g.is_contiguous() for g in grads):
             return None
+        if not self._aligned(ptrs):
+            return None  # (a launch compiled for 16-byte aligned pointers: ALIGNED)
         self.grad_ptrs = ptrs
+        return True
+
+    def _aligned(self, grad_ptrs: list[int]) -> bool:
+        """Whether gradients at ``grad_ptrs`` keep every bucket's alignment promise: a bucket
+        whose pointers were all 16-byte aligned was compiled with ALIGNED, which tells the
+        compiler so (tl.multiple_of); a gradient moved to a view at another offset (of a
+        flat buffer) would break it."""
+        ptrs = np.asarray(grad_ptrs, dtype=np.int64)
+        for bucket in self.buckets:
+            if bucket.constexprs.get("ALIGNED") and np.any(
+                    (ptrs[bucket.members] % 16 != 0) & (bucket.sizes_host > 0)):
+                return False
         return True
 
     def point_at_grads(self) -> None:
@@ -228,11 +249,14 @@ class DevicePlan:
             else:
                 numbers.append(float(value))
         values = tuple(numbers)
-        if values != self.hyper_values:
+        # (which hypers are tensors is part of the key: a tensor's slot holds its last value,
+        # not the 0.0 written for it, so a number 0.0 given in its place must be uploaded)
+        key = (values, tuple(j for j, _ in tensors))
+        if key != self.hyper_values:
             for tables in self.tables.values():
                 upload(tables.hyp[:len(values)] if values else tables.hyp,
                        np.asarray(values or (0.0,), dtype=np.float64))
-            self.hyper_values = values
+            self.hyper_values = key
         for j, value in tensors:
             for device, tables in self.tables.items():
                 tables.hyp[j:j + 1].copy_(value.detach().reshape(1).to(device, non_blocking=True))

@@ -14,7 +14,7 @@ the master, then the master is copied into it.
 
 A parameter whose tensors are all viewed in place keeps its slot between steps (views of w
 and its tensor states): building NumPy views costs a few microseconds a tensor, a tenth of a
-step of a model of ~100 tensors. The slot is rebuilt when the parameter's storage, size or
+step of a model of ~100 tensors. The slot is rebuilt when the parameter's storage, shape or
 layout changes or a state tensor is replaced or moves; the gradient, a new tensor after
 zero_grad, is viewed afresh every step and not kept.
 """
@@ -105,12 +105,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Views:
     """A parameter's slot of zero-copy views and what it was built from."""
 
-    __slots__ = ("param", "ptr", "numel", "states", "ptrs", "slot", "token")
+    __slots__ = ("param", "ptr", "shape", "states", "ptrs", "slot", "token")
 
     def __init__(self, param: torch.Tensor, states: tuple, slot: NumpySlot) -> None:
         self.param = param
         self.ptr = param.data_ptr()
-        self.numel = param.numel()
+        self.shape = param.shape  # (the slot's facts, w.rows and w.cols, are the shape's)
         self.states = states
         self.ptrs = _pointers(states)
         self.slot = slot
@@ -184,14 +184,14 @@ class NumpyRunner:
         changed); None when some tensor must be staged."""
         dtype = param.dtype
         tensors = tuple(state.get(key) for key, is_tensor in self.state_keys if is_tensor)
+        if not (param.is_contiguous()
+                and all(x is None or _in_place(x, dtype) for x in tensors)):
+            return None  # (a state transposed in place keeps its storage: its layout tells)
         views = self._views.get(id(param))
         if (views is None or views.param is not param or views.ptr != param.data_ptr()
-                or views.numel != param.numel() or not param.is_contiguous()
+                or views.shape != param.shape
                 or any(a is not b for a, b in zip(views.states, tensors))
                 or views.ptrs != _pointers(tensors)):
-            if not (param.is_contiguous()
-                    and all(x is None or _in_place(x, dtype) for x in tensors)):
-                return None
             arrays = [param.detach().view(-1).numpy(), None] + [
                 None if x is None else x.detach().view(-1).numpy() for x in tensors]
             views = _Views(param, tensors, NumpySlot(t, [], num_reductions, arrays,
@@ -229,10 +229,15 @@ class NumpyRunner:
             slots, written = [], []
             keep = options.combine is None and not options.transient
             tokens = options.tables_key or (None,) * len(entries)
+            kept: set[int] = set()  # the parameters whose kept slot this step uses
             for index, entry in enumerate(entries):
                 variant.check_states(entry.state)
-                slot = self._kept_slot(entry, module.num_reductions,
-                                       tokens[index]) if keep else None
+                slot = None
+                # (a parameter twice in a group, which torch.optim steps twice, as
+                # deprecated: its kept slot is its first entry's, and holds its step number)
+                if keep and id(entry.param) not in kept:
+                    slot = self._kept_slot(entry, module.num_reductions, tokens[index])
+                    kept.add(id(entry.param))
                 if slot is None:
                     slot = self._staged_slot(entry, module.num_reductions, written, index)
                 if options.combine is not None:  # a shard's facts are its parameter's

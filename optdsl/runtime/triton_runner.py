@@ -288,9 +288,13 @@ class TritonRunner:
         if capturing():
             raise RuntimeError("stochastic_rounding=True cannot be captured in a CUDA graph: "
                                "its seed changes every step and would be replayed as it was")
-        if plan.count is None:  # read once per plan (not in a steady state)
-            steps = [s["step"] for s in batch.states]
+        steps = [s["step"] for s in batch.states]
+        versions = [x._version for x in steps]  # (bumped by a step count changed in place)
+        if plan.count is None or versions != plan.step_versions:
+            # read once per plan (not in a steady state), and again after the counts were
+            # written by other hands than the kernels' (`state["step"].fill_(...)`)
             plan.count = int(sum(float(x) for x in steps))
+            plan.step_versions = versions
         seed = batch.seed_of(plan.count + len(plan.params))
         return [derive_seed(seed, number) for number in range(len(plan.buckets))]
 
@@ -312,6 +316,7 @@ class TritonRunner:
                           [g.data_ptr() for g in batch.grads], [g.dtype for g in batch.grads],
                           [tuple(s.values()) for s in ident[1]])
         plan.stepped = list(batch.params)
+        plan.param_shapes = [p.shape for p in batch.params]
         plan.sharded = batch.combine is not None
         plan.watch_keys = [tuple(k for k, v in s.items() if type(v) is torch.Tensor)
                            for s in batch.states]
