@@ -36,6 +36,10 @@ from optdsl.codegen.triton_prologue import scalar_dtype_param
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SCALAR_DTYPES = (torch.float32, torch.float64)
 
+_dtype_of = operator.attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+
 
 @dataclass
 class DeviceBatch:
@@ -204,16 +208,13 @@ class DevicePlan:
         """False when the gradients are where the pointer table says; True when they moved
         but can be pointed at (contiguous, of the planned dtypes); None when the plan must be
         rebuilt."""
-        ptrs = [g.data_ptr() for g in grads]
-        types = [g.dtype for g in grads]
-        if types != self.grad_types:
+        if list(map(_dtype_of, grads)) != self.grad_types:
+            return None
+        ptrs = list(map(_data_ptr, grads))
+        if not all(map(_is_contiguous, grads)):
             return None
         if ptrs == self.grad_ptrs:
-            if all(g.is_contiguous() for g in grads):
-                return False
-            return None
-        if not all(g.is_contiguous() for g in grads):
-            return None
+            return False
         if not self._aligned(ptrs):
             return None  # (a launch compiled for 16-byte aligned pointers: ALIGNED)
         self.grad_ptrs = ptrs
