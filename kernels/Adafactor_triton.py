@@ -539,8 +539,10 @@ def stats_finish(table, OUT: tl.constexpr, CHUNK: tl.constexpr):
     count = tl.load(table + 6 * i + 5)  # the elements of one output
     ok = o < outputs
     x = tl.load(part + o, mask=ok, other=0.0)
-    for k in range(1, parts):
+    k = tl.full([], 1, tl.int64)
+    while k < parts:
         x += tl.load(part + k * outputs + o, mask=ok, other=0.0)
+        k += 1
     if finish == 1:
         x = x / count.to(tl.float64)
     elif finish == 2:

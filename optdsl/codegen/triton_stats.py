@@ -134,8 +134,11 @@ class StatsKernels:
             out.line("count = tl.load(table + 6 * i + 5)  # the elements of one output")
             out.line("ok = o < outputs")
             out.line("x = tl.load(part + o, mask=ok, other=0.0)")
-            with out.block("for k in range(1, parts):"):
+            # (a while loop: Triton 3.6's interpreter cannot take a tensor bound in range)
+            out.line("k = tl.full([], 1, tl.int64)")
+            with out.block("while k < parts:"):
                 out.line("x += tl.load(part + k * outputs + o, mask=ok, other=0.0)")
+                out.line("k += 1")
             with out.block("if finish == 1:"):
                 out.line("x = x / count.to(tl.float64)")
             with out.block("elif finish == 2:"):
