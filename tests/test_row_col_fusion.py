@@ -63,11 +63,10 @@ def test_adafactor_statistics_are_fused_on_c_not_numpy():
     assert "p.stats" not in numpy and "optdsl_rows" not in numpy
 
 
-@needs_cc
-def test_the_stage_computes_no_fused_statistic(monkeypatch):
-    """Fails if the fusion is removed: no row or column norm is computed by torch on C for
-    matrices (the 1-D parameter's variant has none), while NumPy's stage computes them."""
-    calls = []
+def _count_stage_statistics(monkeypatch) -> list[str]:
+    """A list that records every row or column norm or sum torch computes from now on (a
+    library stage's fallback for a statistic the sweep did not fuse)."""
+    calls: list[str] = []
     norm, total = torch.linalg.vector_norm, torch.sum
 
     def counted_norm(x, *args, **kwargs):
@@ -82,6 +81,14 @@ def test_the_stage_computes_no_fused_statistic(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "vector_norm", counted_norm)
     monkeypatch.setattr(torch, "sum", counted_sum)
+    return calls
+
+
+@needs_cc
+def test_the_stage_computes_no_fused_statistic(monkeypatch):
+    """Fails if the fusion is removed: no row or column norm is computed by torch on C for
+    matrices (the 1-D parameter's variant has none), while NumPy's stage computes them."""
+    calls = _count_stage_statistics(monkeypatch)
     shapes = [(16, 40), (3, 5, 1100), (7,)]
     _run("c", torch.float32, shapes, steps=2)
     assert calls == []
@@ -231,21 +238,7 @@ def test_the_triton_stage_computes_no_fused_statistic(interpret, monkeypatch):
     norms) is never called for the matrices, while with fusion turned off it is."""
     from optdsl.runtime import device_stats
 
-    calls = []
-    norm, total = torch.linalg.vector_norm, torch.sum
-
-    def counted_norm(x, *args, **kwargs):
-        if kwargs.get("dim") in (-1, -2):
-            calls.append("norm")
-        return norm(x, *args, **kwargs)
-
-    def counted_sum(x, *args, **kwargs):
-        if kwargs.get("dim") in (-1, -2):
-            calls.append("sum")
-        return total(x, *args, **kwargs)
-
-    monkeypatch.setattr(torch.linalg, "vector_norm", counted_norm)
-    monkeypatch.setattr(torch, "sum", counted_sum)
+    calls = _count_stage_statistics(monkeypatch)
     shapes = [(16, 40), (3, 5, 110), (7,)]
     fused = _triton_run(torch.float32, shapes, 2)
     assert calls == []

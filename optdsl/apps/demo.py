@@ -277,8 +277,9 @@ def run_demo(
         ``train_loss`` (full training set, after the last epoch), ``test_accuracy``,
         ``seconds`` (training, evaluation included), ``setup_seconds`` (constructing the
         optimizer, twice: a first check before any training that also takes one step on a
-        throwaway parameter, which compiles a DSL program and its C step, then the real one), ``loss_curve`` and ``accuracy_curve``
-        (``epochs + 1`` entries: before training, then after each epoch).
+        throwaway parameter, which compiles a DSL program and its C step, then the real
+        one), ``loss_curve`` and ``accuracy_curve`` (``epochs + 1`` entries: before
+        training, then after each epoch).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")

@@ -173,8 +173,7 @@ def check_racers(
     dtype: torch.dtype | None = None,
 ) -> list[float]:
     """Build every racer once on a throwaway parameter (of the racers' ``dtype``, default
-    float32) and take one step, before any real
-    work starts.
+    float32) and take one step, before any real work starts.
 
     A bad program (``optdsl.DslError``), a missing, unknown or out-of-range hyperparameter
     (``ValueError``/``TypeError``) or an impossible backend is then reported at once, not

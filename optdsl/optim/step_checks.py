@@ -80,8 +80,8 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         key = hyper_values.plain_key(program.hypers, group)
         if key is not None:
             key = (program, tensors_on, unscale, key)
-            found = kept.get(number)
-        if key is not None and found is not None and found[0] == key:
+        found = kept.get(number) if key is not None else None
+        if found is not None and found[0] == key:
             hyper, shared = dict(found[1]), found[2]
         else:
             try:

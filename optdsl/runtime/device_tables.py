@@ -158,7 +158,7 @@ class DevicePlan:
     buckets: list[Bucket] = field(default_factory=list)
     tables: dict = field(default_factory=dict)  # device -> GroupTables
     home: torch.device | None = None  # where group-wide reductions are finished
-    hyper_values: tuple | None = None  # the numbers in the hyper table, which are tensors
+    hyper_values: tuple | None = None  # the hyper table's numbers, and which hypers are tensors
     tensor_hypers: tuple = ()  # (index, tensor): hypers read from tensors every step
     writeback: list = field(default_factory=list)  # (original, staged)
     staged_grads: list = field(default_factory=list)  # (original, staged), refreshed each step
