@@ -183,6 +183,40 @@ def test_a_state_value_whose_layout_changes_in_place(backend, change):
     _steps_like_fresh(opt, params, _adam(name), 4, change)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", [_transposed, _strided], ids=["t_", "as_strided_"])
+def test_inference_mode_steps_see_layout_changes(backend, change):
+    """Under torch.inference_mode every tensor is an inference tensor, which keeps no
+    version counter (reading ``_version`` raises): the records then read the state's
+    shapes and layouts every step, and a transposed state is still seen."""
+    name = _backend(backend)
+    with torch.inference_mode():
+        params = [torch.randn(3, 3), torch.randn(4)]
+        opt = _adam(name)(params)
+        for s in range(4):
+            _grads(params, s)
+            if s == 2:
+                change(opt, params)
+            _step_like_fresh(opt, params, _adam(name))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_changed_in_place_keeps_its_record(backend):
+    """A state value's data changed in place (``mul_``) bumps its version counter: its
+    shape and layout are read again, and as they hold, the record (and its token, which
+    keys the runners' tables) is kept, with the new versions."""
+    name = _backend(backend)
+    params = _params((3, 3), (4,))
+    opt = _adam(name)(params)
+    _steps_like_fresh(opt, params, _adam(name), 2)
+    tokens = [opt._ready[id(p)].token for p in params]
+    for s in range(2, 5):
+        _grads(params, s)
+        opt.state[params[0]]["exp_avg_sq"].mul_(3.0)
+        _step_like_fresh(opt, params, _adam(name))
+    assert [opt._ready[id(p)].token for p in params] == tokens
+
+
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_a_slow_groups_state_transposed_in_place(backend):
     """The same without records that hold (a non-contiguous parameter in the group: no

@@ -13,8 +13,11 @@ is counted through a ctypes view of the step tensor's number (valid while the st
 storage is the recorded one), and the record's ``token`` (never reused) stands for every one
 of those facts in the keys of a runner's cached tables (the C runner's,
 ``optdsl.runtime.c_runner``), which otherwise re-read every pointer each step. (A state
-tensor transposed, resized or restrided in place keeps its identity and storage: its shape
-and layout tell; a fresh step would stage it or refuse it.)
+tensor transposed, resized or restrided in place keeps its identity and storage: torch
+bumps its version counter, and then its shape and layout are read again; a fresh step
+would stage it or refuse it. The one such change no counter records, ``v.data = `` a view
+of ``v``'s own storage, is not noticed on a state tensor: the step still writes only that
+storage, as the state's layout it was made with.)
 
 A record is *fast* for a plain parameter: real, not a DTensor, on the CPU or a GPU, every
 state value a contiguous tensor, no master weight; only fast records are checked this way
@@ -38,14 +41,18 @@ _COUNTERS = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _shape = operator.attrgetter("shape")
+_version = operator.attrgetter("_version")
+_is_inference = torch.Tensor.is_inference
 _is = operator.is_
 
 
 class ParamRecord:
     """One parameter's state as the step last made or checked it (see the module docstring)."""
 
-    __slots__ = ("state", "size", "step", "ptr", "dtype", "live", "counter", "fast", "values",
-                 "ptrs", "arrays", "shapes", "shape", "param_ptr", "grad_dtype", "token")
+    # (the fields a steady step's check reads first, so that they share cache lines: on a
+    # step after a model's backward every one it reads is a miss)
+    __slots__ = ("fast", "state", "values", "shape", "facts", "arrays", "versions", "counter",
+                 "live", "token", "shapes", "size", "step", "ptr", "dtype", "grad_dtype")
 
     def __init__(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,
                  live: frozenset[str], plain_param: bool) -> None:
@@ -64,26 +71,57 @@ class ParamRecord:
         self.fast = (plain_param and grad is not None and param.is_contiguous()
                      and all(type(v) is torch.Tensor for v in self.values)
                      and all(map(_is_contiguous, self.values)))
-        self.ptrs = tuple(map(_data_ptr, self.values)) if self.fast else ()
         # the values with dimensions: changed in place (`t_()`, `resize_()`, `as_strided_()`)
         # one keeps its identity and storage, and its shape and layout tell
         self.arrays = tuple(v for v in self.values if v.dim()) if self.fast else ()
-        self.shapes = tuple(map(_shape, self.arrays))
         self.shape = param.shape
-        self.param_ptr = param.data_ptr() if self.fast else 0
+        # the arrays' shapes where one differs from the parameter's (row and column states),
+        # else None: each is then checked against the step's own gradient shape, which
+        # reads no stored shape
+        shapes = tuple(map(_shape, self.arrays))
+        self.shapes = None if all(map(self.shape.__eq__, shapes)) else shapes
+        # their version counters: torch bumps one for every in-place change, of the data
+        # or of the shape and layout (`t_()`, `resize_()`, `as_strided_()`, `set_()`), so
+        # while they are unchanged the shapes and layouts are not read again (None: some
+        # array is an inference tensor, which keeps no counter: they are read every step)
+        self.versions = (None if any(map(_is_inference, self.arrays))
+                         else tuple(map(_version, self.arrays)))
         self.grad_dtype = None if grad is None else grad.dtype
+        # what a fast record's check compares in one tuple (one stored object to read): the
+        # parameter's storage, dtype and gradient dtype, then each value's storage
+        self.facts = (param.data_ptr(), self.dtype, self.grad_dtype,
+                      *map(_data_ptr, self.values)) if self.fast else ()
         self.token = next(_tokens)
 
-    def still(self, param: torch.Tensor, grad: torch.Tensor, state: dict) -> bool:
-        """Whether this fast record still describes ``param``, its gradient and ``state``."""
+    def still(self, param: torch.Tensor, grad: torch.Tensor, state: dict,
+              shape: torch.Size | None = None) -> bool:
+        """Whether this fast record still describes ``param``, its gradient and ``state``.
+        ``shape``: the gradient's, when the caller has read it (it must be the
+        parameter's)."""
         values = self.values
+        if shape is None:
+            shape = grad.shape
         return (self.state is state and len(values) == len(state)
-                and self.shape == param.shape and self.dtype is param.dtype
-                and self.grad_dtype is grad.dtype and self.param_ptr == param.data_ptr()
-                and param.is_contiguous() and all(map(_is, values, state.values()))
-                and self.ptrs == tuple(map(_data_ptr, values))
-                and self.shapes == tuple(map(_shape, self.arrays))
-                and all(map(_is_contiguous, self.arrays)))
+                and self.shape == shape and param.shape == shape
+                and all(map(_is, values, state.values()))
+                and self.facts == (param.data_ptr(), param.dtype, grad.dtype,
+                                   *map(_data_ptr, values))
+                and param.is_contiguous()
+                and (self.versions is not None
+                     and self.versions == tuple(map(_version, self.arrays))
+                     or self._same_layouts(shape)))
+
+    def _same_layouts(self, shape: torch.Size) -> bool:
+        """Whether the arrays (changed in place since their versions were read) still have
+        their shapes and contiguous layouts; if so, their new versions are kept."""
+        arrays = self.arrays
+        if not (all(map(_is_contiguous, arrays))
+                and (all(map(shape.__eq__, map(_shape, arrays))) if self.shapes is None
+                     else self.shapes == tuple(map(_shape, arrays)))):
+            return False
+        if self.versions is not None:
+            self.versions = tuple(map(_version, arrays))
+        return True
 
     def made_for(self, param: torch.Tensor, state: dict, live: frozenset[str]) -> bool:
         """Whether ``state`` is known to be made for this step (the slow way's check)."""

@@ -121,8 +121,8 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                 # gradient's dtype (so the checks below would pass)
                 state = opt_state.get(param)
                 record = records.get(id(param)) if state else None
-                if record is not None and record.fast and record.shape == shape and \
-                        record.still(param, grad, state):
+                if record is not None and record.fast and record.still(param, grad, state,
+                                                                       shape):
                     items.append((param, grad))
                     states.append(state)
                     kept_records.append(record)

@@ -44,10 +44,12 @@ def _graph_break(fn: Callable) -> Callable:
     return disable(fn, recursive=True) if disable is not None else fn
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing (a flag read; False on a torch without it)."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(getattr(compiler, "is_compiling", lambda: False)())
+# whether torch.compile is tracing (a flag read; False on a torch without it)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+# the grad mode, read and set without torch.no_grad's context object (an eager step runs
+# these two calls instead of a decorator's several frames: host time, see DESIGN.md)
+_grad_enabled = torch.is_grad_enabled
+_set_grad_enabled = torch._C._set_grad_enabled
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -285,19 +287,25 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                 state[spec.key] = value.to(dtype)
 
     # -- the step -----------------------------------------------------------------------------
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Perform one optimization step (re-evaluating the model with ``closure`` if given).
         Everything that can be checked is checked first (optdsl.optim.step_checks): a step
-        that raises leaves parameters, state and step counts as they were."""
+        that raises leaves parameters, state and step counts as they were. The update runs
+        with gradients off (as under torch.no_grad)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if _compiling():  # (what dynamo sees while it traces a step calling this one)
-            self._step_behind_graph_break()
-        else:
+            with torch.no_grad():
+                self._step_behind_graph_break()
+            return loss
+        enabled = _grad_enabled()
+        _set_grad_enabled(False)
+        try:
             self._step()
+        finally:
+            _set_grad_enabled(enabled)
         return loss
 
     def _step(self) -> None:
@@ -362,7 +370,8 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         bump = self._step_count
         tokens: list | None = []  # the records' tokens, while every entry has a fast one
         for (param, grad), state, record in zip(plan.items, plan.states, plan.records):
-            if record is not None and record.counter is not None and record.serves(live):
+            if record is not None and record.counter is not None and (
+                    record.live is live or record.serves(live)):
                 # the steady state: checked and made, counted through the record's view
                 counter = record.counter
                 counter.value += 1.0

@@ -342,12 +342,14 @@ class CRunner:
         self.tensor_keys = [k for k, is_tensor in self.state_keys if is_tensor]
         self.scalar_keys = [k for k, is_tensor in self.state_keys if not is_tensor]
         self._plans: OrderedDict = OrderedDict()
+        self._last_known: tuple | None = None  # (lib, known key, tables) of the last step
         self._busy = OneStepAtATime()
         self.calls = 0  # foreign calls made (one per step, on the direct path)
 
     def forget(self) -> None:
         """Drop the cached tables (after a load_state_dict replaced the states)."""
         self._plans.clear()
+        self._last_known = None
 
     def run(self, variant, entries: list[Entry], options: StepOptions) -> None:
         """Step every entry in place. ``options.copies``: per entry, None or the tensor that
@@ -356,8 +358,11 @@ class CRunner:
         with self._busy:
             module = variant.generated("c")
             lib = module.module
-            copies = options.copies or [None] * len(entries)
-            tables = self._tables(lib, variant, entries, copies, options.tables_key)
+            # (no list of copies: none has one, which the tables' key then need not say)
+            copies = options.copies
+            known = options.tables_key if copies is None or _no_copies(copies) else None
+            copies = copies or [None] * len(entries)
+            tables = self._tables(lib, variant, entries, copies, known)
             if options.combine is not None:  # shards: their facts are the whole parameter's
                 tables.whole_facts(entries, options.combine)
             alive = tables.set_gradients(entries)
@@ -395,22 +400,31 @@ class CRunner:
 
     def _tables(self, lib, variant, entries, copies, known: tuple | None = None) -> CTables:
         """The cached tables of these entries' tensors, else new ones. ``known``: a key that
-        stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key),
-        which saves reading them all again."""
+        stands for every tensor's storage, size, dtype and layout (StepOptions.tables_key,
+        given only where no entry has a copy), which saves reading them all again."""
         # keyed by the library too (see _signature)
-        if known is not None and _no_copies(copies):
+        if known is not None:
+            last = self._last_known  # (the usual case, the same tables as the last step's:
+            # comparing the keys' tuples reads only their items' identities, where hashing
+            # the key would read every token)
+            if last is not None and last[0] is lib and last[1] == known:
+                return last[2]
             signature = (lib, "known", known)
         else:
             signature = _signature(lib, entries, self.tensor_keys, self.scalar_keys, copies)
         found = self._plans.get(signature)
         if found is not None and not (found.writeback or found.scalar_writeback):
             self._plans.move_to_end(signature)
+            if known is not None:
+                self._last_known = (lib, known, found)
             return found
         for entry in entries:
             variant.check_states(entry.state)
         tables = CTables(lib, entries, self.tensor_keys, self.scalar_keys, copies)
         if not (tables.writeback or tables.scalar_writeback):  # (staged copies are per step)
             self._plans[signature] = tables
+            if known is not None:
+                self._last_known = (lib, known, tables)
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return tables
