@@ -46,3 +46,12 @@ def _files_stay_in_pytest_temporary_directories(
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch: pytest.MonkeyPatch,
+                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Triton kernels run in its interpreter (``TRITON_INTERPRET=1``: no GPU here), with one
+    kernel cache for the session's tests that ask for it (compiled once, shared)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))

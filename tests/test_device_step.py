@@ -26,10 +26,8 @@ from optdsl.ir.schedule import Placement  # noqa: E402
 SIZES = (7, 300, 0, 513)
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+# every test runs Triton kernels in the interpreter (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 class DeviceRead(AssertionError):

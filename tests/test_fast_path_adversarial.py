@@ -13,28 +13,20 @@ from __future__ import annotations
 import copy
 import threading
 
+from backends import require_backend
 import pytest
 import torch
 
 import optdsl
 from optdsl import library
-from optdsl.runtime import c_build
 
 BACKENDS = ("numpy", "c", "triton")
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+# every test runs Triton kernels in the interpreter (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-def _backend(name: str) -> str:
-    if name == "triton":
-        pytest.importorskip("triton")
-    if name == "c" and c_build.unavailable() is not None:
-        pytest.skip(f"no C compiler: {c_build.unavailable()}")
-    return name
 
 
 def _params(*shapes, seed=0):
@@ -120,7 +112,7 @@ def test_a_hyper_that_picks_another_variant_mid_training(backend):
     its tables by the records' tokens and the step's columns only, so the new variant found
     the old tables: the step raised IndexError (tables sized for four hypers) after the step
     counts were bumped. Now each loaded step has its own tables."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
 
@@ -136,7 +128,7 @@ def test_a_hyper_that_picks_another_variant_mid_training(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("change", ["lr", "lr tensor", "betas", "maximize", "eps"])
 def test_hypers_changed_between_steps(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     lr = torch.tensor(0.1) if change == "lr tensor" else 0.1
 
@@ -177,7 +169,7 @@ def test_a_state_value_whose_layout_changes_in_place(backend, change):
     storage and (square) its shape. The records and the kept views compared identities and
     data pointers only, so the cached step read the new layout's memory as the old one
     (a transposed exp_avg) where a fresh optimizer stages it."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 4, change)
@@ -189,7 +181,7 @@ def test_inference_mode_steps_see_layout_changes(backend, change):
     """Under torch.inference_mode every tensor is an inference tensor, which keeps no
     version counter (reading ``_version`` raises): the records then read the state's
     shapes and layouts every step, and a transposed state is still seen."""
-    name = _backend(backend)
+    name = require_backend(backend)
     with torch.inference_mode():
         params = [torch.randn(3, 3), torch.randn(4)]
         opt = _adam(name)(params)
@@ -205,7 +197,7 @@ def test_a_state_changed_in_place_keeps_its_record(backend):
     """A state value's data changed in place (``mul_``) bumps its version counter: its
     shape and layout are read again, and as they hold, the record (and its token, which
     keys the runners' tables) is kept, with the new versions."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 2)
@@ -221,7 +213,7 @@ def test_a_state_changed_in_place_keeps_its_record(backend):
 def test_a_slow_groups_state_transposed_in_place(backend):
     """The same without records that hold (a non-contiguous parameter in the group: no
     tokens): the kept views compared pointers only."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (3, 3))
     with torch.no_grad():
         params[1].t_()
@@ -236,7 +228,7 @@ def test_a_state_value_resized_in_place_is_refused(backend, shape):
     optimizer refuses it (a state of another shape than its parameter's); the cached step
     took it, reading and writing its parameter's numel elements. Now the step refuses it
     too, naming the state, and changes nothing."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 4), (4,))
     opt = _adam(name)(params)
     for s in range(2):
@@ -252,7 +244,7 @@ def test_a_state_value_resized_in_place_is_refused(backend, shape):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_state_value_given_another_storage_of_another_shape_is_refused(backend):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((2, 3), (4,))
     opt = _adam(name)(params)
     for s in range(2):
@@ -327,7 +319,7 @@ STATE_CHANGES = [_clone_state, _double_state, _data_double_state, _in_place_stat
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("change", STATE_CHANGES, ids=lambda f: f.__name__.strip("_"))
 def test_state_values_replaced_or_changed(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 4, change)
@@ -337,7 +329,7 @@ def test_state_values_replaced_or_changed(backend, change):
 @pytest.mark.parametrize("change", [_clone_state, _data_double_state, _step_filled,
                                     _state_deleted], ids=lambda f: f.__name__.strip("_"))
 def test_state_values_replaced_or_changed_on_the_device_step(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((2, 2), (3,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 3, change)
@@ -409,7 +401,7 @@ PARAM_CHANGES = [_data_same_shape, _data_double, _set_same_shape, _param_shared,
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("change", PARAM_CHANGES, ids=lambda f: f.__name__.strip("_"))
 def test_parameters_changed_under_the_records(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 4, change)
@@ -421,7 +413,7 @@ def test_parameters_changed_under_the_records(backend, change):
 def test_parameters_changed_under_the_device_plan(backend, change):
     """A square parameter transposed in place keeps its identity and storage: the device
     plan checked identities and data pointers only and launched on the old layout."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 3, change)
@@ -436,7 +428,7 @@ def test_a_parameter_viewed_in_another_shape_of_the_same_size(backend, group):
     """``p.data = p.data.view(6, 2)``: the same storage and element count, other facts
     (w.rows, w.cols). The NumPy kept views compared the element count and the device plan
     the data pointers, so both stepped with the old shape's facts."""
-    name = _backend(backend)
+    name = require_backend(backend)
     prog = optdsl.compile(FACTS)
     params = _params((2, 6), (3,) if group == "records" else (3, 3))
     if group == "no records":
@@ -492,7 +484,7 @@ GRAD_CHANGES = [_grad_none, _grad_bf16, _grad_double, _grad_not_contiguous,
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("change", GRAD_CHANGES, ids=lambda f: f.__name__.strip("_"))
 def test_gradients_that_change(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 5, change)
@@ -503,7 +495,7 @@ def test_gradients_that_change(backend, change):
 @pytest.mark.parametrize("change", [_grad_none, _grad_bf16, _grad_not_contiguous],
                          ids=lambda f: f.__name__.strip("_"))
 def test_gradients_that_change_on_the_device_step(change):
-    name = _backend("triton")
+    name = require_backend("triton")
     params = _params((2, 2), (3,))
     opt = _adam(name)(params)
     _steps_like_fresh(opt, params, _adam(name), 3, change)
@@ -513,7 +505,7 @@ def test_gradients_that_change_on_the_device_step(change):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_param_group_added_mid_training(backend):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((2, 2), (3,), (4,), (2, 3))
     opt = _adam(name)(params[:2])
 
@@ -534,7 +526,7 @@ def test_a_param_group_added_mid_training(backend):
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("change", ["remove", "reverse", "replace"])
 def test_a_groups_parameter_list_changed(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,), (2, 2))
     opt = _adam(name)(params)
     for s in range(3):
@@ -560,7 +552,7 @@ def test_a_groups_parameter_list_changed(backend, change):
 def test_one_tensor_in_two_optimizers(backend):
     """Two optimizers of one parameter (each its own state and records), its storage moved
     between their steps: as torch.optim's pair."""
-    name = _backend(backend)
+    name = require_backend(backend)
     ours = _params((2, 3), (4,))
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = library.Adam(ours, lr=0.1, backend=name)
@@ -583,7 +575,7 @@ def test_one_tensor_in_two_optimizers(backend):
 def test_two_optimizers_of_one_program_interleaved(backend):
     """Each optimizer's runner and tables are its own: stepping two of one compiled program
     in turn equals stepping each alone."""
-    name = _backend(backend)
+    name = require_backend(backend)
     prog = optdsl.compile("hyper lr = 0.1\nhyper beta = 0.9\nstate m = 0\nm = beta * m + g\n"
                           "w = w - lr * m")
     first, second = _params((2, 2), (3,)), _params((5,), (2, 3), seed=1)
@@ -606,7 +598,7 @@ def test_two_optimizers_of_one_program_interleaved(backend):
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_two_optimizers_stepped_from_two_threads(backend):
     """(Not on the Triton interpreter, which is not thread-safe.)"""
-    name = _backend(backend)
+    name = require_backend(backend)
     pairs = [_params(*[(32, 32)] * 3, seed=k) for k in range(2)]
     alone = [_copy_params(ps) for ps in pairs]
     errors = []
@@ -634,7 +626,7 @@ def test_two_optimizers_stepped_from_two_threads(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_load_state_dict_mid_training_from_another_optimizer(backend):
-    name = _backend(backend)
+    name = require_backend(backend)
     params, others = _params((2, 2), (3,)), _params((2, 2), (3,), seed=3)
     opt, other = _adam(name)(params), _adam(name)(others)
     for s in range(2):
@@ -650,7 +642,7 @@ def test_load_state_dict_mid_training_from_another_optimizer(backend):
 def test_a_skipped_nonfinite_step_in_the_steady_state(backend):
     """skip_nonfinite: a gradient with inf in a steady state skips the step and counts
     nothing; the next step is a fresh optimizer's."""
-    name = _backend(backend)
+    name = require_backend(backend)
     make = _adam(name, skip_nonfinite=True)
     params = _params((3, 3), (4,))
     opt = make(params)
@@ -680,7 +672,7 @@ PROGRAMS = {
 def test_library_programs_under_changes(backend, program):
     """The parameter's storage replaced, then a state value transposed in place (square),
     then the learning rate changed: each step a fresh optimizer's."""
-    name = _backend(backend)
+    name = require_backend(backend)
     factory, key = PROGRAMS[program]
     make = factory(name)
     params = _params((3, 3), (3, 4))
@@ -734,7 +726,7 @@ def test_complex_parameters_real_views_follow_their_tensors(backend, change):
     given another storage (``.data =``) or transposed in place, or the parameter transposed
     in place, kept the old views: the step wrote the old storage (the live state never
     changed again) or read the old layout."""
-    name = _backend(backend)
+    name = require_backend(backend)
     g = torch.Generator().manual_seed(7)
     params = [torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64, generator=g)),
               torch.nn.Parameter(torch.randn(4, dtype=torch.complex64, generator=g))]
@@ -754,7 +746,7 @@ def test_master_weights_and_low_precision_states_under_changes(backend):
     """bfloat16 parameters with fp32 master weights and bfloat16 states (no fast records:
     the tables are found by every tensor's storage): the master transposed in place, a state
     replaced, the learning rate changed."""
-    name = _backend(backend)
+    name = require_backend(backend)
     make = _adam(name, master_weights=True, state_dtype=torch.bfloat16)
     params = [torch.nn.Parameter(p.detach().bfloat16()) for p in _params((3, 3), (4,))]
     opt = make(params)
@@ -779,7 +771,7 @@ def test_a_parameter_listed_twice_in_a_group_is_stepped_twice(backend):
     second with the next step number. The NumPy runner's kept slot is per parameter, so the
     second entry overwrote the first's step number in the shared slot: both updates took the
     second's bias corrections."""
-    name = _backend(backend)
+    name = require_backend(backend)
     start = _params((5,), (3,))
     runs = []
     for make in (lambda ps: torch.optim.Adam(ps, lr=0.1),
@@ -821,7 +813,7 @@ def test_momentum_turned_on_mid_training_with_dampening():
 @pytest.mark.parametrize("change", ["load its own state_dict", "lr float to tensor",
                                     "state made a Parameter"])
 def test_more_changes_between_steps(backend, change):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
 
@@ -843,7 +835,7 @@ def test_more_changes_between_steps(backend, change):
 def test_a_copy_made_mid_training_steps_as_the_original(backend, how):
     import pickle
 
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
     for s in range(2):
@@ -864,7 +856,7 @@ def test_a_copy_made_mid_training_steps_as_the_original(backend, how):
 def test_one_optimizer_stepped_from_two_threads_refuses_without_writing(backend):
     """A second thread's step while one runs is refused before it writes anything: the
     steps that ran equal as many steps of a fresh optimizer."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((16, 16), (4,))
     opt = _adam(name)(params)
     for p in params:
@@ -921,7 +913,7 @@ def _state_of_another_dtype_kind(opt, params):
                                                  r"param group 1"),
 ], ids=["bad lr", "grad shape", "sparse grad", "int state"])
 def test_a_steady_state_step_that_is_refused_changes_nothing(backend, change, error, words):
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((2, 2), (3,), (2,))
     opt = library.Adam(params[:2], lr=0.1, backend=name)
     opt.add_param_group({"params": params[2:], "lr": 0.05})
@@ -943,7 +935,7 @@ def test_a_parameter_without_a_fast_record_viewed_in_another_shape(backend, kind
     parameters whose tables are found by every tensor's storage (no fast record): a complex
     parameter's real view, a bfloat16 parameter's master weight. The C tables' signature
     had the element count, not the shape, so the facts were the old shape's."""
-    name = _backend(backend)
+    name = require_backend(backend)
     prog = optdsl.compile(FACTS)
     g = torch.Generator().manual_seed(3)
     if kind == "complex":
@@ -981,7 +973,7 @@ def test_a_hyper_switched_between_a_tensor_and_a_number(backend, first, then):
     """The device step's hyper table is rewritten when the numbers change; a hyper given as
     a tensor stood there as 0.0, so a tensor lr replaced by the number 0.0 left the table
     holding the tensor's last value: the steps went on with lr 0.1. As torch.optim."""
-    name = _backend(backend)
+    name = require_backend(backend)
     start = _params((4,))
     runs = []
     for make in (lambda ps, lr: torch.optim.Adam(ps, lr=lr),
@@ -1004,7 +996,7 @@ def test_stochastic_rounding_after_a_step_count_written_in_place(backend):
     step keeps on the host (read from the step tensors once per plan): a count written in
     place (``state['step'].fill_(10)``) was not seen, and the rounding bits were not a fresh
     optimizer's."""
-    name = _backend(backend)
+    name = require_backend(backend)
 
     def make(ps):
         return library.Adam(ps, lr=0.01, backend=name, stochastic_rounding=True)
@@ -1024,7 +1016,7 @@ def test_a_grad_scaler_that_comes_and_goes(backend):
     others: the unscaling step is another variant with another hyper table. Before the C
     tables were keyed by the loaded step, the C step of the new variant ran on the old
     variant's tables and corrupted the heap (``free(): invalid size``)."""
-    name = _backend(backend)
+    name = require_backend(backend)
     scale = {}
 
     def make(ps):
@@ -1054,7 +1046,7 @@ def test_a_parameters_storage_can_be_freed_and_given_back(backend):
     """What FSDP-style code does between steps: free a parameter's storage and give it
     back (``untyped_storage().resize_(0)``, then its size again, refilled); as with
     torch.optim, the next step is a fresh optimizer's."""
-    name = _backend(backend)
+    name = require_backend(backend)
     params = _params((3, 3), (4,))
     opt = _adam(name)(params)
 
@@ -1077,7 +1069,7 @@ def test_gradients_moved_to_unaligned_views_rebuild_an_aligned_launch():
     alignment they do not have (on a GPU: misaligned vector loads). Such gradients rebuild
     the plan; the steps are a fresh optimizer's. (The interpreter ignores the promise: the
     test reads the launch's constexpr.)"""
-    name = _backend("triton")
+    name = require_backend("triton")
     params = _params((5,), (3,))
     opt = _adam(name)(params)
 
@@ -1105,7 +1097,7 @@ def test_a_state_replaced_by_one_of_another_dtype_is_kept_in_the_policys(backend
     bfloat16, as a checkpoint's state is when it loads and as a state made by the step is.
     The record's "made" check looked at the step tensor only, so a replaced value was
     stepped in its own dtype (float32 here: other values than a fresh optimizer's)."""
-    name = _backend(backend)
+    name = require_backend(backend)
     make = _adam(name, state_dtype=torch.bfloat16)
     params = _params((3, 3), (4,))
     opt = make(params)

@@ -9,6 +9,7 @@ import copy
 import pickle
 
 import numpy as np
+from backends import require_backend
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,23 +17,14 @@ torch = pytest.importorskip("torch")
 import optdsl
 from optdsl.optim import precision
 from optdsl.library import SGD, Adam
-from optdsl.runtime import c_build
 
 BACKENDS = ("numpy", "triton", "c")
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+# every test runs Triton kernels in the interpreter (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-def _backend(backend: str) -> str:
-    if backend == "triton":
-        pytest.importorskip("triton")
-    if backend == "c" and c_build.unavailable():
-        pytest.skip(c_build.unavailable())
-    return backend
 
 
 def _params(dtype, sizes=(7, 300, 1000), seed=0):
@@ -67,7 +59,7 @@ def _run(opt, params, grads):
 ])
 def test_state_dtype_policy(backend, param_dtype, policy, expected):
     params = _params(param_dtype)
-    opt = Adam(params, lr=1e-2, amsgrad=True, state_dtype=policy, backend=_backend(backend))
+    opt = Adam(params, lr=1e-2, amsgrad=True, state_dtype=policy, backend=require_backend(backend))
     _run(opt, params, _grads(params, 3))
     for p in params:
         state = opt.state[p]
@@ -85,7 +77,7 @@ def test_bf16_state_backends_agree(param_dtype):
     for backend in BACKENDS:
         params = _params(param_dtype, sizes=(7, 1000, 4099))
         opt = Adam(params, lr=1e-2, weight_decay=0.01, state_dtype=torch.bfloat16,
-                   backend=_backend(backend))
+                   backend=require_backend(backend))
         _run(opt, params, _grads(params, 5))
         results[backend] = [torch.cat([p.detach().float().flatten() for p in params])] + [
             torch.cat([opt.state[p][k].float().flatten() for p in params])
@@ -102,7 +94,7 @@ def test_bf16_state_is_rounded_to_nearest():
     from zero state: no earlier rounding can differ)."""
     for backend in BACKENDS:
         params = _params(torch.float32)
-        low = Adam(params, lr=1e-2, state_dtype=torch.bfloat16, backend=_backend(backend))
+        low = Adam(params, lr=1e-2, state_dtype=torch.bfloat16, backend=require_backend(backend))
         ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
         ref = torch.optim.Adam(ref_params, lr=1e-2)
         grads = _grads(params, 1)
@@ -119,7 +111,7 @@ def test_bf16_state_is_rounded_to_nearest():
 def test_master_weights_track_fp32_reference(backend, low):
     params = _params(low)
     opt = Adam(params, lr=1e-3, weight_decay=0.01, master_weights=True,
-               backend=_backend(backend))
+               backend=require_backend(backend))
     ref_params = [torch.nn.Parameter(p.detach().float()) for p in params]
     ref = torch.optim.Adam(ref_params, lr=1e-3, weight_decay=0.01)
     grads = _grads(params, 20)
@@ -141,7 +133,7 @@ def test_master_weights_keep_updates_below_half_an_ulp(backend):
     results = {}
     for master in (False, True):
         w = torch.nn.Parameter(torch.ones(512, dtype=torch.bfloat16))
-        opt = SGD([w], lr=step, master_weights=master, backend=_backend(backend))
+        opt = SGD([w], lr=step, master_weights=master, backend=require_backend(backend))
         _run(opt, [w], [[torch.ones_like(w)]] * 64)
         results[master] = w.detach().float()
     assert torch.equal(results[False], torch.ones(512))
@@ -156,7 +148,7 @@ def test_master_weights_mixed_group_triton_matches_numpy():
         params = _params(torch.bfloat16, sizes=(5, 300)) + _params(torch.float32, (1000,), 3)
         gen = torch.Generator().manual_seed(5)  # and one non-contiguous (staged) parameter
         params.append(torch.nn.Parameter(torch.randn(40, 30, generator=gen).to(torch.bfloat16).t()))
-        opt = Adam(params, lr=1e-2, master_weights=True, backend=_backend(backend))
+        opt = Adam(params, lr=1e-2, master_weights=True, backend=require_backend(backend))
         _run(opt, params, _grads(params, 4))
         results[backend] = [p.detach().float().clone() for p in params]
         assert precision.MASTER_KEY not in opt.state[params[2]]
@@ -172,7 +164,7 @@ def test_stochastic_rounding_is_unbiased(backend):
     n, steps, lr = 16384, 8, 2.0 ** -10
     torch.manual_seed(1234)
     w = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
-    opt = SGD([w], lr=lr, stochastic_rounding=True, backend=_backend(backend))
+    opt = SGD([w], lr=lr, stochastic_rounding=True, backend=require_backend(backend))
     _run(opt, [w], [[torch.ones_like(w)]] * steps)
     values = w.detach().double()
     expected = 1.0 - steps * lr
@@ -190,7 +182,7 @@ def test_stochastic_rounding_is_reproducible_and_leaves_global_rng_alone(backend
         torch.manual_seed(7)
         w = torch.nn.Parameter(torch.linspace(-3, 3, 2000).to(torch.bfloat16))
         opt = Adam([w], lr=1e-3, state_dtype=torch.bfloat16, stochastic_rounding=True,
-                   backend=_backend(backend))
+                   backend=require_backend(backend))
         _run(opt, [w], _grads([w], 3))
         return w.detach().clone(), opt.state[w]["exp_avg"].clone(), torch.rand(3)
 
@@ -223,7 +215,7 @@ def test_stochastic_rounding_streams_are_independent_across_buckets(backend):
     p0 = torch.nn.Parameter(torch.full((n,), 2.0 ** -8))
     p1 = torch.nn.Parameter(torch.full((n,), 2.0 ** -8, dtype=torch.bfloat16))
     opt = SGD([p0, p1], lr=0.0, momentum=0.9, weight_decay=1.0, state_dtype=torch.bfloat16,
-              stochastic_rounding=True, backend=_backend(backend))
+              stochastic_rounding=True, backend=require_backend(backend))
     p0.grad, p1.grad = torch.ones(n), torch.ones(n, dtype=torch.bfloat16)
     opt.step()  # momentum_buffer = 1 + 2^-8: halfway between two bfloat16 values
     up0 = opt.state[p0]["momentum_buffer"].float() > 1
@@ -239,7 +231,7 @@ def test_rounding_noise_is_fresh_every_step_whichever_parameter_comes_first(back
     """Found in review: the seed came from the first parameter's step count, so when
     parameters take turns (experts of a mixture), a tensor got the same noise twice."""
     a, a2, b = (torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16)) for _ in range(3))
-    opt = SGD([a, a2, b], lr=1.0, stochastic_rounding=True, backend=_backend(backend))
+    opt = SGD([a, a2, b], lr=1.0, stochastic_rounding=True, backend=require_backend(backend))
     ups = []
     for first in (a, a2):  # a steps first, then a2: both have count 1 then
         for p in (a, a2, b):
@@ -257,7 +249,7 @@ def test_float64_values_stored_as_float16_round_alike(backend):
     """Found in review: Triton converted float64 to float16 directly, NumPy via float32."""
     x = torch.full((4,), 1 + 2.0 ** -11 + 2.0 ** -40, dtype=torch.float64)
     p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
-    opt = SGD([p], lr=0.0, momentum=0.9, state_dtype=torch.float16, backend=_backend(backend))
+    opt = SGD([p], lr=0.0, momentum=0.9, state_dtype=torch.float16, backend=require_backend(backend))
     p.grad = x.clone()
     opt.step()
     assert torch.equal(opt.state[p]["momentum_buffer"], x.float().half())
@@ -268,7 +260,7 @@ def test_resumed_run_rounds_as_the_uninterrupted_one(backend):
     def make(params):
         torch.manual_seed(11)
         return Adam(params, lr=1e-3, state_dtype=torch.bfloat16, stochastic_rounding=True,
-                    backend=_backend(backend))
+                    backend=require_backend(backend))
 
     params = _params(torch.bfloat16, sizes=(300,))
     grads = _grads(params, 4)
@@ -289,7 +281,7 @@ def test_resumed_run_rounds_as_the_uninterrupted_one(backend):
 def test_stochastic_rounding_keeps_special_values(backend):
     values = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, 3e38])
     w = torch.nn.Parameter(values.to(torch.bfloat16))
-    opt = SGD([w], lr=0.0, stochastic_rounding=True, backend=_backend(backend))
+    opt = SGD([w], lr=0.0, stochastic_rounding=True, backend=require_backend(backend))
     _run(opt, [w], [[torch.zeros_like(w)]])
     got = w.detach().float()
     assert torch.isnan(got[0])
@@ -305,7 +297,7 @@ def test_bf16_state_of_float64_and_subnormal_values(backend, sr):
     x = torch.tensor([1.3, -2.7, 1e-3, 1.01e-39, -3.03e-39], dtype=torch.float64)
     p = torch.nn.Parameter(x.clone())
     opt = SGD([p], lr=0.0, momentum=0.9, state_dtype=torch.bfloat16, stochastic_rounding=sr,
-              backend=_backend(backend))
+              backend=require_backend(backend))
     p.grad = x.clone()
     opt.step()
     got = opt.state[p]["momentum_buffer"].double()
@@ -316,7 +308,7 @@ def test_bf16_state_of_float64_and_subnormal_values(backend, sr):
     w = torch.nn.Parameter(torch.tensor([1.01e-39, -3.03e-39]).to(torch.bfloat16))
     kept = w.detach().clone()
     w.grad = torch.zeros_like(w)
-    SGD([w], lr=0.0, stochastic_rounding=sr, backend=_backend(backend)).step()
+    SGD([w], lr=0.0, stochastic_rounding=sr, backend=require_backend(backend)).step()
     assert torch.equal(w.detach(), kept)  # subnormal bfloat16 parameters survive a step
 
 
@@ -336,10 +328,10 @@ def test_checkpoint_keeps_policy_dtypes(backend):
     """torch.optim's load_state_dict casts state to the parameter's dtype; ours keeps the
     fp32 master weight and fp32 states of bf16 parameters exact."""
     params = _params(torch.bfloat16)
-    opt = Adam(params, lr=1e-3, master_weights=True, backend=_backend(backend))
+    opt = Adam(params, lr=1e-3, master_weights=True, backend=require_backend(backend))
     _run(opt, params, _grads(params, 3))
     saved = copy.deepcopy(opt.state_dict())
-    fresh = Adam(params, lr=1e-3, master_weights=True, backend=_backend(backend))
+    fresh = Adam(params, lr=1e-3, master_weights=True, backend=require_backend(backend))
     fresh.load_state_dict(saved)
     for p in params:
         for key in (precision.MASTER_KEY, "exp_avg", "exp_avg_sq"):
@@ -363,13 +355,13 @@ def test_a_master_left_behind_is_dropped(backend):
     weights, loaded later by one with them, reverted the parameter."""
     p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
     grad = [[torch.ones(4, dtype=torch.bfloat16)]]
-    a = SGD([p], lr=0.5, master_weights=True, backend=_backend(backend))
+    a = SGD([p], lr=0.5, master_weights=True, backend=require_backend(backend))
     _run(a, [p], grad)  # p = 0.5
-    b = SGD([p], lr=0.5, backend=_backend(backend))
+    b = SGD([p], lr=0.5, backend=require_backend(backend))
     b.load_state_dict(a.state_dict())
     assert precision.MASTER_KEY not in b.state[p]
     _run(b, [p], grad * 3)  # p = -1.0
-    c = SGD([p], lr=0.5, master_weights=True, backend=_backend(backend))
+    c = SGD([p], lr=0.5, master_weights=True, backend=require_backend(backend))
     c.load_state_dict(b.state_dict())
     _run(c, [p], grad)
     assert torch.equal(p.detach().float(), torch.full((4,), -1.5))

@@ -181,10 +181,8 @@ TRITON_SHAPES = [(37, 3), (16, 40), (7,), (0, 4), (1, 300), (3, 5, 110), (2, 3, 
 
 
 @pytest.fixture
-def interpret(monkeypatch, tmp_path_factory):
+def interpret(triton_interpreter):
     pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
 
 
 def _triton_run(dtype: torch.dtype, shapes, steps: int, backend: str = "triton",

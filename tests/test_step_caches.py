@@ -9,30 +9,23 @@ from __future__ import annotations
 import gc
 import weakref
 
+from backends import require_backend
 import pytest
 import torch
 
 import optdsl
 from optdsl import library
 from optdsl.optim import step_checks
-from optdsl.runtime import c_build, c_runner
+from optdsl.runtime import c_runner
 from optdsl.runtime.device_tables import DevicePlan
 
 BACKENDS = ("numpy", "triton", "c")
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+# every test runs Triton kernels in the interpreter (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-def _backend(name: str) -> str:
-    if name == "triton":
-        pytest.importorskip("triton")
-    if name == "c" and c_build.unavailable() is not None:
-        pytest.skip(f"no C compiler: {c_build.unavailable()}")
-    return name
 
 
 def _steps(opt, params, n, grad=1.0):
@@ -47,7 +40,7 @@ def test_step_counter_follows_a_moved_step_storage(backend):
     """share_memory_() (what torch.multiprocessing does to a sent state_dict) and
     `.data =` give the same step tensor a new storage; counting goes on in it."""
     p = torch.nn.Parameter(torch.ones(4))
-    opt = library.Adam([p], lr=0.1, backend=_backend(backend))
+    opt = library.Adam([p], lr=0.1, backend=require_backend(backend))
     _steps(opt, [p], 3)
     opt.state[p]["step"].share_memory_()
     _steps(opt, [p], 3)
@@ -67,7 +60,7 @@ def test_step_counter_follows_a_moved_step_storage(backend):
 def test_master_made_when_the_model_turns_bf16(backend):
     model = torch.nn.Linear(4, 3)
     opt = library.Adam(model.parameters(), lr=0.1, master_weights=True,
-                       backend=_backend(backend))
+                       backend=require_backend(backend))
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
     model.to(torch.bfloat16)
@@ -89,7 +82,7 @@ def test_master_made_when_the_model_turns_bf16(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_deleted_state_is_made_again(backend):
     p = torch.nn.Parameter(torch.ones(4))
-    opt = library.Adam([p], lr=0.1, backend=_backend(backend))
+    opt = library.Adam([p], lr=0.1, backend=require_backend(backend))
     _steps(opt, [p], 1)
     del opt.state[p]["exp_avg"]
     _steps(opt, [p], 1)
@@ -102,7 +95,7 @@ def test_runner_refuses_a_missing_state_the_step_uses(backend):
     column (on a GPU, an illegal address)."""
     prog = library.program("Adam")
     p = torch.nn.Parameter(torch.ones(4))
-    opt = prog.optimizer([p], lr=0.1, backend=_backend(backend))
+    opt = prog.optimizer([p], lr=0.1, backend=require_backend(backend))
     _steps(opt, [p], 1)
     state = dict(opt.state[p])
     del state["exp_avg"]
@@ -154,7 +147,7 @@ def test_kept_views_follow_a_parameter_that_changes_shape_or_layout(change, back
         opt.step()
         return p.detach()
 
-    name = _backend(backend)
+    name = require_backend(backend)
     momentum = 0.5 if change == "transpose a square" else 0.0  # (a buffer keeps its shape)
     torch.testing.assert_close(
         run(lambda ps, lr: library.SGD(ps, lr=lr, momentum=momentum, backend=name)),
@@ -168,7 +161,7 @@ def test_a_steady_step_takes_the_records_short_way(monkeypatch, backend):
     records' tokens, without reading every pointer again. A value replaced in a state dict,
     and a storage moved under the same state tensor (``.data =``), are noticed: the steps
     equal torch.optim's."""
-    name = _backend(backend)
+    name = require_backend(backend)
     start = [torch.randn(5) for _ in range(3)]
     ours = [torch.nn.Parameter(x.clone()) for x in start]
     theirs = [torch.nn.Parameter(x.clone()) for x in start]
@@ -210,7 +203,7 @@ def test_a_state_read_from_w_is_made_on_the_first_update(backend):
                           "w = where(anchored != 0, w - lr * (m + w - w0), w - lr * m)\n")
     p = torch.nn.Parameter(torch.tensor([0.6614, 0.2669, 0.0617]))
     start = p.detach().clone()
-    opt = prog.optimizer([p], backend=_backend(backend))
+    opt = prog.optimizer([p], backend=require_backend(backend))
     _steps(opt, [p], 2)
     opt.param_groups[0]["anchored"] = 1
     _steps(opt, [p], 1)
@@ -244,7 +237,7 @@ def test_hyper_values_changed_between_steps_are_followed(backend):
     (hypers.plain_key); every change is seen: a float, an int for a float, a list for a
     tuple, a switch, NaN, a tensor lr changed in place, and a bad value still raises before
     anything is written. Against torch.optim.Adam on the same schedule."""
-    _backend(backend)
+    require_backend(backend)
     p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
     q = torch.nn.Parameter(p.detach().clone())
     opt = library.Adam([p], lr=0.1, amsgrad=True, backend=backend)
@@ -294,7 +287,7 @@ def test_the_step_counter_view_counts_as_torch_does(dtype):
 def test_a_steady_step_still_checks_every_new_gradient(backend):
     """The steady state's short way (a record that holds) still refuses a gradient that a
     fresh optimizer refuses, with the same error, and writes nothing."""
-    _backend(backend)
+    require_backend(backend)
     def data(tensor):  # (torch refuses these as `.grad =`, not as the gradient's data)
         def put(p):
             p.grad = torch.ones_like(p)

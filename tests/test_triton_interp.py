@@ -52,10 +52,8 @@ w = w - lr * m / (n + 1) - 0.001 * s
 """
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("OPTDSL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "optdsl-cache"))
+# every test runs Triton kernels in the interpreter (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def required(prog) -> dict:
