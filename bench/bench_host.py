@@ -15,8 +15,9 @@ tensors (as after ``zero_grad()``), made outside the timed region; each step is 
 and the table gives medians over ``--rounds`` rounds of ``--steps`` steps, the ratio
 (optdsl / torch fused; target <= 1.0) and the launches optdsl's step made.
 
-Writes bench/results/host-<date>.md and .json unless --no-save (machine, versions, date and
-the load average, since the machine may be shared).
+Writes bench/results/host-<date>[-<tag>].md and .json unless --no-save (machine, versions,
+date and the load average, since the machine may be shared); ``--tag`` keeps a second run
+of the day from replacing the first's files.
 """
 
 from __future__ import annotations
@@ -159,13 +160,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--tag", help="suffix of the result files: host-<date>-<tag>.md/.json")
     args = ap.parse_args(argv)
     info = meta(args)
     results = [bench(n, args.steps, args.rounds, args.warmup) for n in args.tensors]
     text = markdown(info, results)
     print(text)
     if not args.no_save:
-        stem = ROOT / "bench" / "results" / f"host-{info['date']}"
+        tag = f"-{args.tag}" if args.tag else ""
+        stem = ROOT / "bench" / "results" / f"host-{info['date']}{tag}"
         stem.with_suffix(".md").write_text(text)
         stem.with_suffix(".json").write_text(json.dumps({"meta": info, "results": results},
                                                          indent=2))

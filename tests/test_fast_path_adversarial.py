@@ -193,6 +193,33 @@ def test_inference_mode_steps_see_layout_changes(backend, change):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_groups_parameters_reordered_mid_training(backend):
+    """prepare_groups finds a parameter's record by its place in the group first: with the
+    group's list reordered (two parameters of one shape swapped, a third dropped and put
+    back at the end), every parameter still steps with its own state, as an optimizer
+    whose list never changed."""
+    name = require_backend(backend)
+    params = _params((3, 3), (3, 3), (4,))
+    others = _copy_params(params)
+    opt, same = _adam(name)(params), _adam(name)(others)
+    for s in range(5):
+        _grads(params, s)
+        _grads(others, s)
+        if s == 2:
+            group = opt.param_groups[0]["params"]
+            group[0], group[1] = group[1], group[0]
+        if s == 3:
+            group = opt.param_groups[0]["params"]
+            group.append(group.pop(0))
+        opt.step()
+        same.step()
+    for p, q in zip(params, others):
+        assert torch.equal(p, q)
+        for key, value in opt.state[p].items():
+            assert torch.equal(value, same.state[q][key]), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_state_changed_in_place_keeps_its_record(backend):
     """A state value's data changed in place (``mul_``) bumps its version counter: its
     shape and layout are read again, and as they hold, the record (and its token, which

@@ -16,7 +16,8 @@ complex parameters take complex gradients (their steps run on torch.view_as_real
 
 This runs for every parameter at every step, so the usual case is a few attribute reads per
 gradient and the parameter's record (optdsl.optim.param_records: what its state was made or
-checked for); without one that still holds, a parameter's states are checked again only
+checked for; found by the parameter's place in its group, ``_lane_records``, else by its
+id); without one that still holds, a parameter's states are checked again only
 when its state dict, one of its values (or a value's shape) or the parameter's shape
 changed since they were last checked (``_checked_states``). Both are cleared when a
 checkpoint loads. A group's hyper scalars and its variant are kept while its plain hyper
@@ -65,6 +66,10 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
     several = len(opt.param_groups) > 1
     checked = opt.__dict__.setdefault("_checked_states", {})
     records = opt.__dict__.get("_ready") or {}
+    # per group, each parameter's fast record where it last held, by its place in the group
+    # (a list read in order: no id() and dict probe per parameter); emptied whenever a
+    # record is made or the records cleared, so an entry is its parameter's current record
+    lanes = opt.__dict__.setdefault("_lane_records", {})
     opt_state = opt.state
     plans, devices = [], set()
     # per group: (key of its plain hyper values, their scalars, its shared variant), kept
@@ -106,7 +111,11 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         strided, only = torch.strided, rule.only
         items, states, kept_records = (plan.items, plan.states, plan.records) if plan else \
             (None, None, None)
-        for index, param in enumerate(group["params"]):
+        params = group["params"]
+        aligned = lanes.get(number)
+        if aligned is None or len(aligned) != len(params):
+            aligned = lanes[number] = [None] * len(params)
+        for index, param in enumerate(params):
             grad = param.grad
             if grad is None:
                 continue
@@ -120,9 +129,14 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                 # stands for the parameter's shape, dtype and storage, its state and the
                 # gradient's dtype (so the checks below would pass)
                 state = opt_state.get(param)
-                record = records.get(id(param)) if state else None
-                if record is not None and record.fast and record.still(param, grad, state,
-                                                                       shape):
+                record = aligned[index] if state else None
+                if record is None or not record.still(param, grad, state, shape):
+                    record = records.get(id(param)) if state else None
+                    if record is not None and not (record.fast and record.still(
+                            param, grad, state, shape)):
+                        record = None
+                    aligned[index] = record
+                if record is not None:
                     items.append((param, grad))
                     states.append(state)
                     kept_records.append(record)

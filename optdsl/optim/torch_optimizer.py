@@ -225,6 +225,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
         with checkpoint.pre_hooks_run(self):
             super().load_state_dict(state_dict)
         self._ready.clear()
+        self.__dict__.pop("_lane_records", None)
         self.__dict__.pop("_complex_views", None)  # (views of the replaced complex states)
         if self._runner_of is not None:  # (views of the replaced states would keep them alive)
             self._runner_of[1].forget()
@@ -459,6 +460,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                     if value.device != device and not distributed.is_dtensor(value):
                         state[key] = value.to(device)
             ready = self._ready[id(param)] = self._record(param, grad, state, live)
+            self.__dict__.pop("_lane_records", None)  # (step_checks: the current records)
         return ready
 
     def _record(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,
