@@ -27,8 +27,6 @@ BACKENDS = ("numpy", "c", "triton")
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-
-
 def _params(*shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]

@@ -25,8 +25,6 @@ BACKENDS = ("numpy", "triton", "c")
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-
-
 def _params(dtype, sizes=(7, 300, 1000), seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype)) for n in sizes]

@@ -26,8 +26,6 @@ BACKENDS = ("numpy", "triton", "c")
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
-
-
 def _steps(opt, params, n, grad=1.0):
     for _ in range(n):
         for p in params:

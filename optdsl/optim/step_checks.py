@@ -129,13 +129,17 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                 # stands for the parameter's shape, dtype and storage, its state and the
                 # gradient's dtype (so the checks below would pass)
                 state = opt_state.get(param)
-                record = aligned[index] if state else None
-                if record is None or not record.still(param, grad, state, shape):
-                    record = records.get(id(param)) if state else None
-                    if record is not None and not (record.fast and record.still(
-                            param, grad, state, shape)):
-                        record = None
-                    aligned[index] = record
+                record = None
+                if state:
+                    hint = aligned[index]
+                    if hint is not None and hint.still(param, grad, state, shape):
+                        record = hint
+                    else:  # (the dict's record, unless it is the hint that just failed)
+                        found = records.get(id(param))
+                        if found is not None and found is not hint and found.fast and \
+                                found.still(param, grad, state, shape):
+                            record = found
+                        aligned[index] = record
                 if record is not None:
                     items.append((param, grad))
                     states.append(state)
