@@ -340,9 +340,7 @@ class Variant:
 
     def generated(self, backend: str) -> GeneratedModule:
         """The loaded module of a back end (once per process and load mode)."""
-        from optdsl.runtime import backends
-
-        info = backends.get(backend)
+        info = _backends().get(backend)
         key = (backend, info.load_mode())
         found = self._modules.get(key)
         if found is None:
@@ -355,6 +353,18 @@ class Variant:
         return found
 
 
+def _backends():
+    """optdsl.runtime.backends (imported at first use: it imports the code generators,
+    which import this module; kept, since every step asks for its loaded module)."""
+    global _BACKENDS
+    if _BACKENDS is None:
+        from optdsl.runtime import backends
+
+        _BACKENDS = backends
+    return _BACKENDS
+
+
+_BACKENDS = None
 _CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

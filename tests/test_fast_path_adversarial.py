@@ -1132,3 +1132,73 @@ def test_a_state_replaced_by_one_of_another_dtype_is_kept_in_the_policys(backend
 
     _steps_like_fresh(opt, params, make, 4, change)
     assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
+
+
+def _record_of(layout):
+    """A fast record of a (3, 4) parameter whose state has a step, then one value per entry
+    of ``layout`` (True: an array of the parameter's shape, False: a number tensor)."""
+    from optdsl.optim.param_records import ParamRecord
+
+    param = torch.nn.Parameter(torch.randn(3, 4))
+    param.grad = torch.randn(3, 4)
+    state = {"step": torch.tensor(1.0)}
+    for i, array in enumerate(layout):
+        state[f"s{i}"] = torch.randn(3, 4) if array else torch.tensor(0.5)
+    return ParamRecord(param, param.grad, state, frozenset(), True), param, state
+
+
+LAYOUTS = [(), (True,), (False, True), (True, True), (True, False, True, True)]
+
+
+def _last_array(state):
+    return next(k for k in reversed(state) if state[k].dim())
+
+
+CHANGES = {
+    "a value replaced": lambda p, s: s.__setitem__("step", torch.tensor(1.0)),
+    "a value given another storage": lambda p, s: setattr(s["step"], "data",
+                                                          torch.tensor(1.0)),
+    "a key added": lambda p, s: s.__setitem__("extra", torch.tensor(0.0)),
+    "a key removed": lambda p, s: s.pop("step"),
+    "the parameter given another storage": lambda p, s: setattr(p, "data", p.data.clone()),
+    "the parameter viewed in another shape": lambda p, s: setattr(p, "data", p.data.view(4, 3)),
+    "the parameter made non-contiguous": lambda p, s: setattr(
+        p, "data", torch.empty(4, 3).t().copy_(p.data)),
+    # (torch refuses such a .grad: the step's gradient is given as the check's argument)
+    "a gradient of another dtype": lambda p, s: p.grad.double(),
+    "a gradient of another shape": lambda p, s: torch.zeros(12),
+    "an array transposed in place": lambda p, s: s[_last_array(s)].t_(),
+    "an array given another storage": lambda p, s: setattr(s[_last_array(s)], "data",
+                                                           torch.zeros(3, 4)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_records_written_out_check_tells_each_change(layout, change):
+    """The record's check is written out per state layout (param_records._checking_class):
+    for every layout it holds while nothing changed, and each change breaks it."""
+    record, param, state = _record_of(layout)
+    assert record.fast and type(record).__name__ == f"ParamRecord{1 + len(layout)}"
+    assert record.still(param, param.grad, state)
+    assert record.still(param, param.grad, state, param.grad.shape)
+    if "array" in change and not any(layout):
+        pytest.skip("no array in this layout")
+    grad = CHANGES[change](param, state)
+    if not isinstance(grad, torch.Tensor):
+        grad = param.grad
+    assert not record.still(param, grad, state)
+
+
+@pytest.mark.parametrize("layout", [x for x in LAYOUTS if any(x)], ids=str)
+def test_a_records_written_out_check_keeps_arrays_changed_in_data_only(layout):
+    """Data written in place bumps an array's version: its layout is read again, holds,
+    and the new versions are kept (the next check reads no layout)."""
+    record, param, state = _record_of(layout)
+    for value in state.values():
+        if value.dim():
+            value.add_(1.0)
+    assert record.still(param, param.grad, state)
+    assert record.versions == tuple(v._version for v in state.values() if v.dim())
+    assert record.expect[-len(record.versions):] == record.versions
+    assert record.still(param, param.grad, state)

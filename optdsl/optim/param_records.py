@@ -51,8 +51,8 @@ class ParamRecord:
 
     # (the fields a steady step's check reads first, so that they share cache lines: on a
     # step after a model's backward every one it reads is a miss)
-    __slots__ = ("fast", "state", "values", "shape", "facts", "arrays", "versions", "counter",
-                 "live", "token", "shapes", "size", "step", "ptr", "dtype", "grad_dtype")
+    __slots__ = ("fast", "state", "shape", "expect", "versions", "counter", "live", "token",
+                 "values", "arrays", "shapes", "size", "step", "ptr", "dtype", "grad_dtype")
 
     def __init__(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,
                  live: frozenset[str], plain_param: bool) -> None:
@@ -87,29 +87,25 @@ class ParamRecord:
         self.versions = (None if any(map(_is_inference, self.arrays))
                          else tuple(map(_version, self.arrays)))
         self.grad_dtype = None if grad is None else grad.dtype
-        # what a fast record's check compares in one tuple (one stored object to read): the
-        # parameter's storage, dtype and gradient dtype, then each value's storage
-        self.facts = (param.data_ptr(), self.dtype, self.grad_dtype,
-                      *map(_data_ptr, self.values)) if self.fast else ()
         self.token = next(_tokens)
+        self.expect = ()
+        if self.fast:
+            # what the check compares, in one tuple (one stored object to read): each
+            # value (by identity), the parameter's storage, dtype and gradient dtype, each
+            # value's storage, then the arrays' versions; checked by a class whose still()
+            # is written out for this many values (see _checking_class)
+            self.expect = (*self.values, param.data_ptr(), self.dtype, self.grad_dtype,
+                           *map(_data_ptr, self.values), *(self.versions or ()))
+            positions = tuple(i for i, v in enumerate(self.values) if v.dim())
+            self.__class__ = _checking_class(len(self.values), positions)
 
     def still(self, param: torch.Tensor, grad: torch.Tensor, state: dict,
               shape: torch.Size | None = None) -> bool:
-        """Whether this fast record still describes ``param``, its gradient and ``state``.
-        ``shape``: the gradient's, when the caller has read it (it must be the
-        parameter's)."""
-        values = self.values
-        if shape is None:
-            shape = grad.shape
-        return (self.state is state and len(values) == len(state)
-                and self.shape == shape and param.shape == shape
-                and all(map(_is, values, state.values()))
-                and self.facts == (param.data_ptr(), param.dtype, grad.dtype,
-                                   *map(_data_ptr, values))
-                and param.is_contiguous()
-                and (self.versions is not None
-                     and self.versions == tuple(map(_version, self.arrays))
-                     or self._same_layouts(shape)))
+        """Whether this fast record still describes ``param``, its gradient and ``state``
+        (``shape``: the gradient's, when the caller has read it; it must be the
+        parameter's). Only a fast record's check can hold: its class writes it out
+        (_checking_class)."""
+        return False
 
     def _same_layouts(self, shape: torch.Size) -> bool:
         """Whether the arrays (changed in place since their versions were read) still have
@@ -121,6 +117,7 @@ class ParamRecord:
             return False
         if self.versions is not None:
             self.versions = tuple(map(_version, arrays))
+            self.expect = self.expect[:len(self.expect) - len(arrays)] + self.versions
         return True
 
     def made_for(self, param: torch.Tensor, state: dict, live: frozenset[str]) -> bool:
@@ -133,3 +130,51 @@ class ParamRecord:
     def serves(self, live: frozenset[str]) -> bool:
         """Whether the state was made for a step with these live states."""
         return self.live is live or self.live == live
+
+
+_CHECKING_CLASSES: dict[tuple[int, tuple[int, ...]], type] = {}
+
+
+def _checking_class(count: int, arrays: tuple[int, ...]) -> type:
+    """The ParamRecord subclass whose still() checks a fast record of ``count`` state
+    values, those at positions ``arrays`` with dimensions. The check runs for every
+    parameter at every step, so it is written out for the layout (no loop, map or tuple
+    built per value: those cost more than the reads themselves). Made once per layout."""
+    found = _CHECKING_CLASSES.get((count, arrays))
+    if found is not None:
+        return found
+    source = checking_source(count, arrays)
+    namespace: dict = {}
+    exec(compile(source, f"<optdsl record check: {count} values>", "exec"), namespace)
+    cls = type(f"ParamRecord{count}", (ParamRecord,), {
+        "__slots__": (), "still": namespace["still"], "__module__": __name__,
+        "__doc__": f"A fast record of {count} state values (see _checking_class)."})
+    return _CHECKING_CLASSES.setdefault((count, arrays), cls)
+
+
+def checking_source(count: int, arrays: tuple[int, ...]) -> str:
+    """The source of still() for a fast record's layout (see _checking_class). ``expect``
+    holds the values, the parameter's storage, dtype, gradient dtype, the values' storage,
+    then the arrays' versions."""
+    names = [f"v{i}" for i in range(count)]
+    ptr = count  # (positions in expect)
+    checks = [f"{v} is e[{i}]" for i, v in enumerate(names)]
+    checks += ["self.shape == shape", "param.shape == shape",
+               f"param.data_ptr() == e[{ptr}]", f"param.dtype is e[{ptr + 1}]",
+               f"grad.dtype is e[{ptr + 2}]"]
+    checks += [f"{v}.data_ptr() == e[{ptr + 3 + i}]" for i, v in enumerate(names)]
+    checks.append("param.is_contiguous()")
+    first = ptr + 3 + count
+    versions = " and ".join(["self.versions is not None"] + [
+        f"v{a}._version == e[{first + j}]" for j, a in enumerate(arrays)])
+    checks.append(f"({versions} or self._same_layouts(shape))")
+    body = "\n            and ".join(checks)
+    unpack = ", ".join(names) + ("," if count == 1 else "")
+    return (f"def still(self, param, grad, state, shape=None):\n"
+            f"    if self.state is not state or len(state) != {count}:\n"
+            f"        return False\n"
+            f"    {unpack} = state.values()\n"
+            f"    e = self.expect\n"
+            f"    if shape is None:\n"
+            f"        shape = grad.shape\n"
+            f"    return ({body})\n")

@@ -195,8 +195,13 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                 param_state["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
 
     # -- state --------------------------------------------------------------------------------
-    def _state_keys(self) -> list[tuple[str, bool]]:
-        return [(spec.key, spec.tensor) for spec in self.program.states.values()]
+    def _state_keys(self) -> tuple[tuple[str, bool], ...]:
+        """Each state's key and whether it is a tensor (made once: every step asks)."""
+        keys = self.__dict__.get("_state_keys_made")
+        if keys is None:
+            keys = self.__dict__["_state_keys_made"] = tuple(
+                (spec.key, spec.tensor) for spec in self.program.states.values())
+        return keys
 
     def _statistic_keys(self) -> frozenset[str]:
         """The keys of row and column statistics (``state s = 0 per row``)."""

@@ -210,7 +210,10 @@ class CTables:
                 first += nb
         self.units = np.array(units or [(0, 0)], dtype=np.int64).reshape(-1)
         a = self.args
-        a.stat, a.statpart = _ptr(self.stat_on), _ptr(self.statpart)
+        # (the two tables fuse_stats chooses between, as addresses: numpy's .ctypes costs
+        # more than the rest of a small step's host work)
+        self.stat_choice = (_ptr(self.stat_off), _ptr(self.stat_on))
+        a.stat, a.statpart = self.stat_choice[1], _ptr(self.statpart)
         a.stat_group, a.units = _ptr(self.stat_group), _ptr(self.units)
         a.nunits = len(units)
 
@@ -225,7 +228,7 @@ class CTables:
     def fuse_stats(self, on: bool) -> None:
         """Whether this step's sweeps compute the row and column statistics they can (not
         for shards, whose facts are the whole parameter's: the stage gathers them)."""
-        self.args.stat = _ptr(self.stat_on if on else self.stat_off)
+        self.args.stat = self.stat_choice[on]
 
     def stats_of(self, i: int, on: bool) -> list:
         return list(self.stat_tensors[i]) if on else [None] * len(self.stat_tensors[i])
