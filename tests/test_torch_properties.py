@@ -1027,3 +1027,41 @@ def test_grad_scaler_unscale_then_clip_matches_torch_twin(name, backend):
         assert sc_ours == sc_ref
         for a, b in zip(p_ours, p_ref):
             assert rel_err(a, b) <= 1e-5, f"step {i + 1}: rel err {rel_err(a, b):.2e}"
+
+
+def test_a_step_under_the_profiler_carries_torchs_label():
+    """Without hooks or a profiler the step skips torch's wrapper; under a profiler it runs
+    inside it, and the trace names the step as torch.optim's do."""
+    from optdsl import library
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = library.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        p.grad = torch.ones(3)
+        opt.step()
+    names = {event.name for event in prof.events()}
+    assert "Optimizer.step#Adam.step" in names
+    assert opt.state[p]["step"].item() == 2.0
+
+
+def test_a_subclass_that_overrides_step_fires_each_hook_once():
+    """A subclass's own step() is wrapped by torch (as any optimizer's); the step it calls
+    through super() does not fire the hooks a second time."""
+    from optdsl import library
+
+    class Logged(library.SGD):
+        def step(self, closure=None):
+            calls.append("step")
+            return super().step(closure)
+
+    calls = []
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = Logged([p], lr=0.5)
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    p.grad = torch.ones(2)
+    opt.step()
+    assert calls == ["pre", "step", "post"]
+    assert p.detach().tolist() == [0.5, 0.5]

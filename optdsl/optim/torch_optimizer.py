@@ -13,6 +13,7 @@ policy of optdsl.optim.precision; loading a checkpoint keeps each state in its p
 from __future__ import annotations
 
 import copyreg
+import importlib
 import pickle
 import sys
 import threading
@@ -293,11 +294,25 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                 state[spec.key] = value.to(dtype)
 
     # -- the step -----------------------------------------------------------------------------
-    def step(self, closure: Callable[[], Any] | None = None):
+    def step(self, *args: Any, **kwargs: Any):
         """Perform one optimization step (re-evaluating the model with ``closure`` if given).
         Everything that can be checked is checked first (optdsl.optim.step_checks): a step
         that raises leaves parameters, state and step counts as they were. The update runs
-        with gradients off (as under torch.no_grad)."""
+        with gradients off (as under torch.no_grad).
+
+        Step hooks and the profiler's ``Optimizer.step#<class>.step`` label are torch.optim's
+        own: whenever a hook is registered (on this optimizer or globally), a profiler is on
+        or torch.compile is tracing, the step runs inside torch's wrapper
+        (``Optimizer.profile_hook_step``); otherwise without it (its record_function and
+        hook lookups cost more host time than a small model's whole step, see DESIGN.md)."""
+        if type(self).step is _DSL_STEP and (
+                self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiling() or _compiling()):
+            return _hooked_step(type(self))(self, *args, **kwargs)
+        return self._plain_step(*args, **kwargs)
+
+    def _plain_step(self, closure: Callable[[], Any] | None = None):
+        """The step itself, without torch's hooks and profiler label (see step)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -614,6 +629,34 @@ copyreg.pickle(OptimizerClass, _pickle_class)
 
 
 _MAKING_LOCKS = threading.Lock()
+
+
+DslOptimizer.step.hooked = True  # (torch.optim.Optimizer then does not wrap it: step chooses)
+# (what inspect.signature shows for step: the arguments it takes, as torch's wrapper shows)
+DslOptimizer.step.__wrapped__ = DslOptimizer._plain_step
+_DSL_STEP = DslOptimizer.step
+_torch_optimizer = importlib.import_module("torch.optim.optimizer")
+# torch.optim's global step hooks (register_optimizer_step_pre_hook and _post_hook): while
+# any is registered every step runs in torch's wrapper (True where a torch lacks them: then
+# every step does)
+_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", True)
+_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", True)
+_profiling = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled",
+                     lambda: True)  # (an unknown torch: always the wrapper)
+_HOOKED_STEPS: dict[type, Callable] = {}
+
+
+def _hooked_step(cls: type) -> Callable:
+    """torch.optim's own step wrapper (hooks, profiler label) around ``cls._plain_step``,
+    made once per class; the label names the class, as torch's does."""
+    found = _HOOKED_STEPS.get(cls)
+    if found is None:
+        def step(self, *args, **kwargs):
+            return cls._plain_step(self, *args, **kwargs)
+
+        step.__name__ = step.__qualname__ = "step"
+        found = _HOOKED_STEPS.setdefault(cls, torch.optim.Optimizer.profile_hook_step(step))
+    return found
 
 
 def _one_step_of(opt) -> OneStepAtATime:
