@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 import optdsl
 from optdsl import library
 from optdsl.codegen.c import TRANSCENDENTAL_ULPS
-from optdsl.runtime import c_build
+from optdsl.runtime import c_build, c_runner
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_cc = pytest.mark.skipif(c_build.unavailable() is not None,
@@ -433,3 +433,78 @@ def test_auto_takes_c_for_matrix_work_and_runs_numpys_library_code():
         assert "torch.matmul(" in stage
         assert (stage in prog.source("numpy")) == (name == "Muon")
         assert library_source(library.program("Adam").generic.source("c")) == ""
+
+
+def _steps_both_ways(monkeypatch, program, kwargs, step_dtype, steps=4):
+    """The same run twice on the C back end: the steady steps counted in C
+    (CRunner.run_counted), and with that path turned off (Python counts, then run)."""
+    out, taken = [], []
+    original = c_runner.CRunner.run_counted
+
+    def spy(self, *args):
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    for counted in (True, False):
+        with monkeypatch.context() as m:
+            m.setattr(c_runner.CRunner, "run_counted",
+                      spy if counted else lambda self, *a: False)
+            g = torch.Generator().manual_seed(5)
+            params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in
+                      ((7, 3), (11,), (1,))]
+            opt = getattr(library, program)(params, backend="c", **kwargs)
+            for k in range(steps):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=g)
+                opt.step()
+                if k == 0:  # (a checkpoint's float64 count, or torch's float32)
+                    for p in params:
+                        opt.state[p]["step"] = opt.state[p]["step"].to(step_dtype)
+            out.append((params, opt, opt._runner_of[1].calls))
+    assert taken.count(True) >= 2  # (the counted run took the path from its third step)
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("step_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("program,kwargs", [("Adam", dict(lr=1e-2)),
+                                            ("SGD", dict(lr=0.1, momentum=0.9)),
+                                            ("AdamW", dict(lr=1e-2, amsgrad=True))])
+def test_steady_steps_counted_in_c_give_the_same_bits(monkeypatch, program, kwargs,
+                                                       step_dtype):
+    """A steady step counts its updates in the C call (state["step"] += 1, in the count's
+    dtype) and gives the bits of the step whose counts Python wrote."""
+    (pa, oa, calls_a), (pb, ob, calls_b) = _steps_both_ways(monkeypatch, program, kwargs,
+                                                            step_dtype)
+    assert calls_a == calls_b == 4
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+        for key, value in oa.state[p].items():
+            other = ob.state[q][key]
+            assert value.dtype == other.dtype and torch.equal(value, other), key
+        assert oa.state[p]["step"].dtype == step_dtype
+        assert oa.state[p]["step"].item() == 4.0
+
+
+@needs_cc
+def test_a_step_count_written_between_steps_is_counted_from(monkeypatch):
+    """The C call reads each count where it lies: one written in place between steady steps
+    (a resumed schedule) is counted on from, as the Python count would."""
+    counted = []
+    original = c_runner.CRunner.run_counted
+
+    def spy(self, *args):
+        counted.append(original(self, *args))
+        return counted[-1]
+
+    monkeypatch.setattr(c_runner.CRunner, "run_counted", spy)
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = library.Adam([p], lr=0.1, backend="c")
+    for _ in range(3):
+        p.grad = torch.ones(4)
+        opt.step()
+    opt.state[p]["step"].fill_(100.0)
+    p.grad = torch.ones(4)
+    opt.step()
+    assert counted[-2:] == [True, True]
+    assert opt.state[p]["step"].item() == 101.0

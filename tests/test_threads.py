@@ -75,14 +75,18 @@ def test_one_optimizer_from_two_threads_at_once_is_refused(backend):
     _train(opt, params, 3, 1)  # (its runner made)
     runner = opt._runner_of[1]
     entered, release = threading.Event(), threading.Event()
-    original = runner.run
 
-    def held(*args, **kwargs):
-        entered.set()
-        assert release.wait(60)
-        return original(*args, **kwargs)
+    def holding(original):
+        def held(*args, **kwargs):
+            entered.set()
+            assert release.wait(60)
+            return original(*args, **kwargs)
+        return held
 
-    runner.run = held
+    # (a steady C step runs through run_counted, the others through run)
+    for name in ("run", "run_counted"):
+        if hasattr(runner, name):
+            setattr(runner, name, holding(getattr(runner, name)))
     for p, g in zip(params, _grads(3, 1, params)):
         p.grad = g
     first: list[BaseException] = []

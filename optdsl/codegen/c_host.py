@@ -145,6 +145,7 @@ def emit_step(out: CodeBuffer, unit: Unit) -> None:
         if any(eq.op == "inv_grad_scale" for eq in eqs):
             out.line("const double inv_grad_scale = a->inv_grad_scale;")
         out.line("int rc = 0;")
+        out.line("if (a->count_steps) optdsl_count_steps(a);", "the steps' counts (t)")
         for stage, group_values in zip(schedule.stages, schedule.group_values):
             for v in group_values:
                 if eqs[v].op == "reduce_group":

@@ -14,7 +14,7 @@ bits (as the Triton kernels do).
 
 from __future__ import annotations
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 BLOCK = 1024  # elements of one parameter handled by one call of a sweep's block function
 MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
 
@@ -44,7 +44,7 @@ typedef struct optdsl_args {
     void *const *ptr;        /* [n * ncol] data pointers (NULL: column not used) */
     const int8_t *dtype;     /* [n * ncol] storage dtype codes */
     const int64_t *numel;    /* [n] elements of each parameter */
-    const double *t;         /* [n] the step number of each parameter's update */
+    double *t;               /* [n] the step number of each parameter's update */
     void *const *sptr;       /* [n * NUM_SCALAR_STATES] scalar-state tensors (float32/64) */
     const int8_t *sdtype;    /* [n * NUM_SCALAR_STATES] their dtype codes */
     double *sval;            /* [n * NUM_SCALAR_STATES] scalar states' new values */
@@ -73,6 +73,10 @@ typedef struct optdsl_args {
     int64_t nunits;          /* entries of the unit map (0: none) */
     const int64_t *units;    /* [nunits * 2] (first block, blocks): runs of blocks of one
                                 parameter that one thread runs in order */
+    void *const *steps;      /* [n] each parameter's step count (a float32/float64 number) */
+    const int8_t *step_dtype; /* [n] its dtype code */
+    int64_t count_steps;     /* count each update here (steps[i] += 1, which is t[i]) first;
+                                0: the runtime counted them and wrote t */
 } optdsl_args;
 
 typedef void (*optdsl_block_fn)(const optdsl_args *a, int64_t i, int64_t lo, int64_t m,
@@ -366,6 +370,22 @@ static inline double optdsl_scalar_state(const optdsl_args *a, int64_t i, int64_
     const void *p = a->sptr[i * count + j];
     return a->sdtype[i * count + j] == OPTDSL_F64 ? *(const double *)p
                                                     : (double)*(const float *)p;
+}
+
+/* Counts each parameter's update in its step count and takes the new count as its t (as
+   the runtime's `step += 1` in the count's dtype: the sum of a float and 1 rounded once). */
+static void optdsl_count_steps(optdsl_args *a) {
+    for (int64_t i = 0; i < a->n; i++) {
+        if (a->step_dtype[i] == OPTDSL_F64) {
+            double *s = (double *)a->steps[i];
+            *s = *s + 1.0;
+            a->t[i] = *s;
+        } else {
+            float *s = (float *)a->steps[i];
+            *s = *s + 1.0f;
+            a->t[i] = (double)*s;
+        }
+    }
 }
 
 /* Commits the scalar states' new values (float64 to the tensor's dtype, to nearest). */

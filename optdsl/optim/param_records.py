@@ -51,8 +51,9 @@ class ParamRecord:
 
     # (the fields a steady step's check reads first, so that they share cache lines: on a
     # step after a model's backward every one it reads is a miss)
-    __slots__ = ("fast", "state", "shape", "expect", "versions", "counter", "live", "token",
-                 "values", "arrays", "shapes", "size", "step", "ptr", "dtype", "grad_dtype")
+    __slots__ = ("fast", "state", "shape", "expect", "versions", "counted_for", "token",
+                 "counter", "live", "values", "arrays", "shapes", "size", "step", "ptr",
+                 "dtype", "grad_dtype")
 
     def __init__(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,
                  live: frozenset[str], plain_param: bool) -> None:
@@ -67,6 +68,9 @@ class ParamRecord:
                  and type(step) is torch.Tensor)
         number = _COUNTERS.get(step.dtype) if plain else None
         self.counter = None if number is None else number.from_address(self.ptr)
+        # the live states of a steady step, where this parameter's update is counted in its
+        # step tensor's number (through ``counter``, or by the C step: CRunner.run_counted)
+        self.counted_for = None if self.counter is None else live
         self.values = tuple(state.values())
         self.fast = (plain_param and grad is not None and param.is_contiguous()
                      and all(type(v) is torch.Tensor for v in self.values)

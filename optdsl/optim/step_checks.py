@@ -53,6 +53,9 @@ class GroupPlan:
     # each item's record when it still holds (optdsl.optim.param_records), else None
     records: list = field(default_factory=list)
     sparse: bool = False  # some gradient is sparse (optdsl.runtime.sparse runs the step)
+    # every item came through the steady lane, with a fast record made for this variant's
+    # live states whose update is counted in its step tensor (ParamRecord.counted_for)
+    steady: bool = False
 
 
 def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[GroupPlan], set[str]]:
@@ -105,6 +108,8 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
         variants: dict = {}  # the group's variant, per parameter facts where they matter
         rule = program.sparse
         plan = None
+        steady = shared is not None
+        live = shared.live_states if steady else None
         if shared is not None:  # (added to the plans below if some parameter has a gradient)
             plan = by_variant[id(shared)] = GroupPlan(number, hyper, shared, inverse)
         cpu = False
@@ -144,6 +149,8 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                     items.append((param, grad))
                     states.append(state)
                     kept_records.append(record)
+                    if record.counted_for is not live:
+                        steady = False
                     if on_cpu:
                         cpu = True
                     else:
@@ -158,6 +165,7 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
                 plan = by_variant.get(id(variant))
                 if plan is None:
                     plan = by_variant[id(variant)] = GroupPlan(number, hyper, variant, inverse)
+            steady = False
             if not dense:
                 plan.sparse = True
             state = opt_state.get(param)  # (None: made at the run, not while checking)
@@ -186,6 +194,8 @@ def prepare_groups(opt, grad_scale, on_device: bool = False) -> tuple[list[Group
             devices.add("cpu")
         if shared is not None and not plan.items:
             del by_variant[id(shared)]
+        elif shared is not None:
+            plan.steady = steady
         if any(plan.sparse for plan in by_variant.values()):
             check_sparse_group(opt, group, hyper, number)
         plans.extend(by_variant.values())

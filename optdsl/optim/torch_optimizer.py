@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copyreg
 import importlib
+import operator
 import pickle
 import sys
 import threading
@@ -385,6 +386,17 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
 
     def _run_group(self, runner, plan: step_checks.GroupPlan, keys) -> None:
         hyper = plan.hyper
+        if plan.steady and not plan.sparse and not self.stochastic_rounding:
+            # the steady state of a runner that counts the updates itself (the C runner,
+            # while it keeps tables for these tensors): no Python per parameter here
+            run_counted = getattr(runner, "run_counted", None)
+            if run_counted is not None:
+                options = StepOptions(hyper)
+                if plan.inv_grad_scale is not None:
+                    options.inv_grad_scale = plan.inv_grad_scale
+                options.tables_key = tuple(map(_token_of, plan.records))
+                if run_counted(plan.variant, plan.items, options):
+                    return
         live = plan.variant.live_states
         entries, copies = [], None  # copies: per entry, the low-precision tensor or None
         master = self.master_weights
@@ -520,6 +532,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
 # Entry(param, grad, state, t) without the Python frame of its generated __new__ (a fifth of
 # a microsecond a parameter, on the steady-state path of _run_group)
 _new_entry = tuple.__new__
+_token_of = operator.attrgetter("token")
 
 
 def _constant_init(spec) -> bool:

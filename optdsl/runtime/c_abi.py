@@ -30,7 +30,7 @@ class Args(ctypes.Structure):
         ("sweep_cb", SweepCallback),
         ("lib", _P), ("library_cb", SweepCallback),
         ("stat", _P), ("statpart", _P), ("stat_group", _P), ("nunits", ctypes.c_int64),
-        ("units", _P),
+        ("units", _P), ("steps", _P), ("step_dtype", _P), ("count_steps", ctypes.c_int64),
     ]
 
 

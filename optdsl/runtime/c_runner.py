@@ -66,6 +66,7 @@ TORCH_DTYPE_CODES = {getattr(torch, name): code
 
 
 _dtype_of = operator.attrgetter("dtype")
+_grad_of = operator.itemgetter(1)
 _is_contiguous = torch.Tensor.is_contiguous
 _data_ptr = torch.Tensor.data_ptr
 
@@ -165,7 +166,29 @@ class CTables:
                      "red", "totals", "raw", "blocks", "partials", "seed", "ti", "facts", "lib"):
             setattr(a, name, _ptr(getattr(self, name)))
         a.parallel_min = PARALLEL_MIN
+        self._step_counts(entries)
         self._stat_tables(lib, entries, counts)
+
+    def _step_counts(self, entries: list[Entry]) -> None:
+        """Each entry's step count (``state["step"]``) for a step that counts in C
+        (``count_steps``, CRunner.run_counted): where every entry's is a float32 or float64
+        number tensor of its own on the CPU, else ``counts_steps`` is False."""
+        n = self.n
+        self.steps = np.zeros(max(n, 1), dtype=np.int64)
+        self.step_dtype = np.zeros(max(n, 1), dtype=np.int8)
+        self.counts_steps = True
+        for i, entry in enumerate(entries):
+            step = entry.state.get("step")
+            if not (type(step) is torch.Tensor and step.is_cpu and step.dim() == 0
+                    and step.dtype in (torch.float32, torch.float64)
+                    and not step.requires_grad):
+                self.counts_steps = False
+                break
+            self.keep.append(step)
+            self.steps[i] = step.data_ptr()
+            self.step_dtype[i] = TORCH_DTYPE_CODES[step.dtype]
+        a = self.args
+        a.steps, a.step_dtype, a.count_steps = _ptr(self.steps), _ptr(self.step_dtype), 0
 
     def _stat_tables(self, lib, entries: list[Entry], counts: np.ndarray) -> None:
         """The fused row and column statistics' tensors and float64 partials (see
@@ -240,10 +263,10 @@ class CTables:
             shape = combine.whole_shape(i, entry.param)
             self.facts[i * width:(i + 1) * width] = _facts(entry.param, shape)
 
-    def set_gradients(self, entries: list[Entry]) -> list[torch.Tensor]:
-        """Point the gradient column at this step's gradients (staged where they are not
-        contiguous or change dtype); returns what must stay alive during the step."""
-        grads = [entry.grad for entry in entries]
+    def set_gradients(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Point the gradient column at this step's gradients, one per entry (staged where
+        they are not contiguous or change dtype); returns what must stay alive during the
+        step."""
         staged = []
         if not (all(map(operator.is_, map(_dtype_of, grads), self.grad_dtypes))
                 and all(map(_is_contiguous, grads))):  # (the usual case: none staged)
@@ -368,7 +391,7 @@ class CRunner:
             tables = self._tables(lib, variant, entries, copies, known)
             if options.combine is not None:  # shards: their facts are the whole parameter's
                 tables.whole_facts(entries, options.combine)
-            alive = tables.set_gradients(entries)
+            alive = tables.set_gradients([entry.grad for entry in entries])
             fused = options.combine is None  # shards: the stages compute the statistics
             tables.fuse_stats(fused)
             self._prepare(lib, tables, entries, options)
@@ -407,20 +430,16 @@ class CRunner:
         given only where no entry has a copy), which saves reading them all again."""
         # keyed by the library too (see _signature)
         if known is not None:
-            last = self._last_known  # (the usual case, the same tables as the last step's:
-            # comparing the keys' tuples reads only their items' identities, where hashing
-            # the key would read every token)
-            if last is not None and last[0] is lib and last[1] == known:
-                return last[2]
+            found = self._known_tables(lib, known)
+            if found is not None:
+                return found
             signature = (lib, "known", known)
         else:
             signature = _signature(lib, entries, self.tensor_keys, self.scalar_keys, copies)
-        found = self._plans.get(signature)
-        if found is not None and not (found.writeback or found.scalar_writeback):
-            self._plans.move_to_end(signature)
-            if known is not None:
-                self._last_known = (lib, known, found)
-            return found
+            found = self._plans.get(signature)
+            if found is not None and not (found.writeback or found.scalar_writeback):
+                self._plans.move_to_end(signature)
+                return found
         for entry in entries:
             variant.check_states(entry.state)
         tables = CTables(lib, entries, self.tensor_keys, self.scalar_keys, copies)
@@ -431,6 +450,57 @@ class CRunner:
             while len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
         return tables
+
+    def _known_tables(self, lib, known: tuple) -> CTables | None:
+        """The cached tables of the tensors ``known`` stands for (StepOptions.tables_key),
+        or None."""
+        last = self._last_known  # (the usual case, the same tables as the last step's:
+        # comparing the keys' tuples reads only their items' identities, where hashing the
+        # key would read every token)
+        if last is not None and last[0] is lib and last[1] == known:
+            return last[2]
+        signature = (lib, "known", known)
+        found = self._plans.get(signature)
+        if found is None:
+            return None
+        self._plans.move_to_end(signature)
+        self._last_known = (lib, known, found)
+        return found
+
+    def run_counted(self, variant, items: list[tuple[torch.Tensor, torch.Tensor]],
+                    options: StepOptions) -> bool:
+        """The steady step, where the step counts are counted in C: ``items`` are the
+        (parameter, gradient) pairs of parameters whose state is made and checked, and
+        ``options.tables_key`` stands for their tensors (their records' tokens). When this
+        runner keeps tables for that key, whose step counts C can count, and the whole step
+        runs in one C call, the call counts every update (``state["step"] += 1``) and runs
+        the step; True. Else False, and nothing is written: the caller counts the steps and
+        runs ``run``."""
+        with self._busy:
+            module = variant.generated("c")
+            lib = module.module
+            if module.libraries or not self._direct(lib, options) or options.copies or \
+                    options.rounding_seed is not None:
+                return False
+            tables = self._known_tables(lib, options.tables_key)
+            if tables is None or not tables.counts_steps:
+                return False
+            alive = tables.set_gradients(list(map(_grad_of, items)))
+            tables.fuse_stats(True)
+            tables.set_scalars(lib, options.hyper, options.inv_grad_scale)
+            a = tables.args
+            a.sr = 0
+            a.count_steps = 1
+            try:
+                self.calls += 1
+                rc = lib.optdsl_step(ctypes.byref(a))
+            finally:
+                a.count_steps = 0
+                tables.forget_gradients()
+            del alive
+            if rc:
+                raise RuntimeError(f"the generated C step failed (code {rc})")
+            return True
 
     def _prepare(self, lib, tables: CTables, entries: list[Entry],
                  options: StepOptions) -> None:
