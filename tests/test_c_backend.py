@@ -508,3 +508,43 @@ def test_a_step_count_written_between_steps_is_counted_from(monkeypatch):
     opt.step()
     assert counted[-2:] == [True, True]
     assert opt.state[p]["step"].item() == 101.0
+
+
+@needs_cc
+def test_host_prefetch_is_made_after_a_steady_step_and_dropped_with_the_records():
+    """A steady C step leaves its group's prefetch table (optdsl.optim.host_prefetch): the
+    addresses of each parameter's objects; a new record or a loaded checkpoint drops it."""
+    params = [torch.nn.Parameter(torch.randn(4)) for _ in range(3)]
+    opt = library.Adam(params, lr=0.1, backend="c")
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(4)
+        opt.step()
+    table = opt._host_prefetch[0]
+    assert id(params[0]) in table.addresses.tolist()
+    assert id(opt.state[params[2]]["exp_avg"]) in table.addresses.tolist()
+    opt.state[params[1]]["exp_avg"] = torch.zeros(4)  # (a new record at the next step)
+    for p in params:
+        p.grad = torch.randn(4)
+    opt.step()
+    assert "_host_prefetch" not in opt.__dict__
+    opt.step()
+    assert 0 in opt._host_prefetch
+    opt.load_state_dict(opt.state_dict())
+    assert "_host_prefetch" not in opt.__dict__
+
+
+@needs_cc
+def test_prefetching_any_address_is_harmless():
+    """optdsl_prefetch only hints: addresses that are no object's (null, odd, unmapped,
+    the top of the address space) neither fault nor change anything."""
+    params = [torch.nn.Parameter(torch.ones(2))]
+    opt = library.SGD(params, lr=0.5, backend="c")
+    params[0].grad = torch.ones(2)
+    opt.step()
+    variant = next(iter(opt.program._variants.values()))  # (any: each has the prelude)
+    prefetch = opt._runner_of[1].prefetcher(variant)
+    addresses = np.array([0, 1, 7, 4096, -1, 2**47 - 64, -(2**63), 2**63 - 1],
+                         dtype=np.int64)
+    prefetch(addresses.ctypes.data, len(addresses), 8)
+    assert params[0].detach().tolist() == [0.5, 0.5]

@@ -29,6 +29,7 @@ from optdsl.optim import (
     complex_view,
     device_step,
     distributed,
+    host_prefetch,
     precision,
     step_checks,
 )
@@ -233,6 +234,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             super().load_state_dict(state_dict)
         self._ready.clear()
         self.__dict__.pop("_lane_records", None)
+        self.__dict__.pop("_host_prefetch", None)
         self.__dict__.pop("_complex_views", None)  # (views of the replaced complex states)
         if self._runner_of is not None:  # (views of the replaced states would keep them alive)
             self._runner_of[1].forget()
@@ -339,6 +341,10 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
             self._step_unlocked()
 
     def _step_unlocked(self) -> None:
+        prefetch = self.__dict__.get("_host_prefetch")
+        if prefetch:  # (the steady groups' host objects, asked for at once: host_prefetch)
+            for group_prefetch in prefetch.values():
+                group_prefetch()
         found_inf = getattr(self, "found_inf", None)
         grad_scale = getattr(self, "grad_scale", None)
         on_device = backends.get(self.backend).device_scalars
@@ -396,6 +402,11 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                     options.inv_grad_scale = plan.inv_grad_scale
                 options.tables_key = tuple(map(_token_of, plan.records))
                 if run_counted(plan.variant, plan.items, options):
+                    prefetches = self.__dict__.setdefault("_host_prefetch", {})
+                    if plan.number not in prefetches:
+                        prefetches[plan.number] = host_prefetch.HostPrefetch(
+                            runner.prefetcher(plan.variant), plan.items, plan.states,
+                            plan.records)
                     return
         live = plan.variant.live_states
         entries, copies = [], None  # copies: per entry, the low-precision tensor or None
@@ -493,6 +504,7 @@ class DslOptimizer(torch.optim.Optimizer, metaclass=OptimizerClass):
                         state[key] = value.to(device)
             ready = self._ready[id(param)] = self._record(param, grad, state, live)
             self.__dict__.pop("_lane_records", None)  # (step_checks: the current records)
+            self.__dict__.pop("_host_prefetch", None)  # (made again from the new records)
         return ready
 
     def _record(self, param: torch.Tensor, grad: torch.Tensor | None, state: dict,

@@ -53,6 +53,9 @@ class CLibrary:
         self.optdsl_sweep = self.lib.optdsl_sweep
         self.optdsl_sweep.argtypes = [ctypes.POINTER(Args), ctypes.c_int64]
         self.optdsl_sweep.restype = ctypes.c_int
+        self.optdsl_prefetch = self.lib.optdsl_prefetch
+        self.optdsl_prefetch.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        self.optdsl_prefetch.restype = None
         c = self.contract
         self.TENSORS = tuple(c["tensors"])
         self.NUM_REDUCTIONS = int(c["num_reductions"])

@@ -502,6 +502,12 @@ class CRunner:
                 raise RuntimeError(f"the generated C step failed (code {rc})")
             return True
 
+    @staticmethod
+    def prefetcher(variant):
+        """The C library's ``optdsl_prefetch(addresses, n, lines)`` for this variant
+        (optdsl.optim.host_prefetch)."""
+        return variant.generated("c").module.optdsl_prefetch
+
     def _prepare(self, lib, tables: CTables, entries: list[Entry],
                  options: StepOptions) -> None:
         a = tables.args
