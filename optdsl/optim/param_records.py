@@ -10,8 +10,9 @@ gradient's dtype, and the live states the state was made for. While all of that 
 unchanged, the checks before the step pass without looking further
 (``step_checks.prepare_groups``), the state is known to be made (``_ready_state``), the step
 is counted through a ctypes view of the step tensor's number (valid while the step tensor's
-storage is the recorded one), and the record's ``token`` (never reused) stands for every one
-of those facts in the keys of a runner's cached tables (the C runner's,
+storage is the recorded one), or inside the C step (``counted_for``:
+optdsl.runtime.c_runner.CRunner.run_counted), and the record's ``token`` (never reused) stands
+for every one of those facts in the keys of a runner's cached tables (the C runner's,
 ``optdsl.runtime.c_runner``), which otherwise re-read every pointer each step. (A state
 tensor transposed, resized or restrided in place keeps its identity and storage: torch
 bumps its version counter, and then its shape and layout are read again; a fresh step

@@ -668,20 +668,21 @@ _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", Tru
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", True)
 _profiling = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled",
                      lambda: True)  # (an unknown torch: always the wrapper)
-_HOOKED_STEPS: dict[type, Callable] = {}
 
 
 def _hooked_step(cls: type) -> Callable:
     """torch.optim's own step wrapper (hooks, profiler label) around ``cls._plain_step``,
-    made once per class; the label names the class, as torch's does."""
-    found = _HOOKED_STEPS.get(cls)
-    if found is None:
+    made once per class and kept on it (so it goes with the class); the label names the
+    class, as torch's does."""
+    kept = cls.__dict__.get("_torch_hooked_step")
+    if kept is None:
         def step(self, *args, **kwargs):
             return cls._plain_step(self, *args, **kwargs)
 
         step.__name__ = step.__qualname__ = "step"
-        found = _HOOKED_STEPS.setdefault(cls, torch.optim.Optimizer.profile_hook_step(step))
-    return found
+        kept = staticmethod(torch.optim.Optimizer.profile_hook_step(step))
+        type.__setattr__(cls, "_torch_hooked_step", kept)
+    return kept.__func__
 
 
 def _one_step_of(opt) -> OneStepAtATime:
