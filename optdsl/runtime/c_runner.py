@@ -398,10 +398,7 @@ class CRunner:
             slots = None
             try:
                 if self._direct(lib, options) and not module.libraries:
-                    self.calls += 1
-                    rc = lib.optdsl_step(ctypes.byref(tables.args))
-                    if rc:
-                        raise RuntimeError(f"the generated C step failed (code {rc})")
+                    self._call_step(lib, tables)
                 else:
                     self.calls += 1
                     slots = [ParamSlot(e.t, [], module.num_reductions) for e in entries]
@@ -492,15 +489,19 @@ class CRunner:
             a.sr = 0
             a.count_steps = 1
             try:
-                self.calls += 1
-                rc = lib.optdsl_step(ctypes.byref(a))
+                self._call_step(lib, tables)
             finally:
                 a.count_steps = 0
                 tables.forget_gradients()
             del alive
-            if rc:
-                raise RuntimeError(f"the generated C step failed (code {rc})")
             return True
+
+    def _call_step(self, lib, tables: CTables) -> None:
+        """The whole step in one foreign call (``optdsl_step``) on these tables."""
+        self.calls += 1
+        rc = lib.optdsl_step(ctypes.byref(tables.args))
+        if rc:
+            raise RuntimeError(f"the generated C step failed (code {rc})")
 
     @staticmethod
     def prefetcher(variant):
