@@ -343,23 +343,31 @@ def small_tensors(lr, args, results) -> list[str]:
 
 def first_step(shapes, lr, results) -> list[str]:
     """A never-seen program: construction + compile + first step, against torch.optim.Adam's
-    construction + first step on the same fresh tensors (the C compiler's time included)."""
+    construction + first step on the same fresh tensors (the C compiler's time included).
+    Timed twice: into an empty cache (the first program on a machine also compiles the
+    routines every step links, optdsl.codegen.c_routines), and as the next never-seen
+    program (those routines already cached)."""
     import tempfile
 
     from optdsl.library import path as library_path
 
-    text = library_path("Adam").read_text() + f"\n# never seen: {time.time_ns()}\n"
-    prog = optdsl.compile(text, name="FreshAdam")
     saved = os.environ.get("OPTDSL_CACHE_DIR")
     out = {}
+
+    def never_seen(ps):
+        # a title of its own: its generated source (and so its cache key) is new
+        prog = optdsl.compile(library_path("Adam").read_text(),
+                              name=f"FreshAdam{time.time_ns()}")
+        return prog.optimizer(ps, lr=lr, backend="c")
+
     with tempfile.TemporaryDirectory(prefix="optdsl-bench-cache-") as fresh:
         os.environ["OPTDSL_CACHE_DIR"] = fresh
         try:
             for label, make in (("torch Adam (default)", lambda ps: torch.optim.Adam(ps, lr=lr)),
                                 ("torch Adam fused", lambda ps: torch.optim.Adam(
                                     ps, lr=lr, fused=True)),
-                                ("optdsl never-seen Adam (c)", lambda ps: prog.optimizer(
-                                    ps, lr=lr, backend="c"))):
+                                ("optdsl never-seen Adam (c), empty cache", never_seen),
+                                ("optdsl never-seen Adam (c), routines cached", never_seen)):
                 params = make_params(shapes, seed=1)
                 torch_work()
                 t0 = time.perf_counter()
@@ -370,12 +378,18 @@ def first_step(shapes, lr, results) -> list[str]:
                 os.environ.pop("OPTDSL_CACHE_DIR", None)
             else:
                 os.environ["OPTDSL_CACHE_DIR"] = saved
-    extra = out["optdsl never-seen Adam (c)"] - out["torch Adam (default)"]
-    results["first_step"] = {**out, "extra_s": extra, "met": extra <= 0.5}
+    base = out["torch Adam (default)"]
+    extra = out["optdsl never-seen Adam (c), routines cached"] - base
+    extra_empty = out["optdsl never-seen Adam (c), empty cache"] - base
+    results["first_step"] = {**out, "extra_s": extra, "met": extra <= 0.5,
+                             "extra_empty_cache_s": extra_empty,
+                             "met_empty_cache": extra_empty <= 0.5}
     return ["", "## A never-seen program: construction, compile and first step", ""] + [
         f"- {k}: {v:.3f} s" for k, v in out.items()] + [
         (f"- optdsl above torch's default Adam: {extra:.3f} s (goal <= 0.5 s): "
-         f"{'met' if extra <= 0.5 else 'NOT met'}")]
+         f"{'met' if extra <= 0.5 else 'NOT met'}"),
+        (f"- the first program into an empty cache (it compiles the routines too): "
+         f"{extra_empty:.3f} s above: {'met' if extra_empty <= 0.5 else 'NOT met'}")]
 
 
 # -- report -----------------------------------------------------------------------------------

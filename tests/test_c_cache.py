@@ -6,7 +6,10 @@ real compiler behind a wrapper ($CC) that logs each build:
 - a compiler killed in the middle of a build (its process and the Python above it) leaves
   no entry; the next process builds it, silently;
 - a corrupted entry (flipped bits, a directory in its place) is a miss: rebuilt
-  with a RuntimeWarning, and the step runs.
+  with a RuntimeWarning, and the step runs;
+- the routines every step links (optdsl.codegen.c_routines: storage conversions, block
+  partials) are one cached object, compiled once for every program, and a corrupted one is
+  rebuilt with a warning like a step.
 """
 
 from __future__ import annotations
@@ -48,6 +51,27 @@ CHILD = textwrap.dedent("""
         print("warning:", w.message)
 """)
 
+# A program of its own (its momentum the argument) with a bfloat16 parameter: its columns
+# go through the routines' storage conversions, rounding stochastically.
+CONVERTING = textwrap.dedent("""
+    import hashlib, os, sys, warnings
+    import torch
+    import optdsl
+    torch.manual_seed(0)  # the stochastic rounding's seed
+    prog = optdsl.compile(f"hyper lr = 0.1\\nstate m = 0\\nm = {sys.argv[1]} * m + g\\n"
+                          "w = w - lr * m", name="Converting")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 5000, dtype=torch.bfloat16))
+        opt = prog.optimizer([p], backend="c", stochastic_rounding=True)
+        for _ in range(2):
+            p.grad = torch.cos(p.detach().float() * 3).bfloat16()
+            opt.step()
+    print("ok", hashlib.sha256(p.detach().view(torch.int16).numpy().tobytes()).hexdigest())
+    for w in caught:
+        print("warning:", w.message)
+""")
+
 
 def _wrapper(tmp_path: Path, hang: bool = False) -> Path:
     """A $CC that logs each build of a step (not the probe) and may hang in one."""
@@ -56,7 +80,8 @@ def _wrapper(tmp_path: Path, hang: bool = False) -> Path:
     hang_line = f'touch {marker}; sleep 600\n' if hang else ""
     script = tmp_path / "cc"
     script.write_text("#!/bin/sh\ncase \"$*\" in *artifact.c*)\n"
-                      f"  echo build >> {log}\n  {hang_line}  ;;\nesac\n"
+                      f"  echo build >> {log}\n  {hang_line}  ;;\n"
+                      f"*routines.c*) echo routines >> {log} ;;\nesac\n"
                       f"exec {real} \"$@\"\n")
     script.chmod(0o755)
     return script
@@ -74,9 +99,17 @@ def _entries(tmp_path: Path) -> list[Path]:
     return sorted(p for p in directory.glob("c_Cached_*.so")) if directory.exists() else []
 
 
-def _builds(tmp_path: Path) -> int:
+def _builds(tmp_path: Path, what: str = "build") -> int:
+    """How many times the wrapper compiled a step ("build") or the routines."""
     log = tmp_path / "builds.log"
-    return len(log.read_text().split()) if log.exists() else 0
+    return log.read_text().split().count(what) if log.exists() else 0
+
+
+def _run(code: str, env: dict[str, str], cwd: Path, *args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    return done.stdout.splitlines()
 
 
 def test_eight_processes_compile_one_step_at_once(tmp_path):
@@ -143,3 +176,31 @@ def test_corrupt_shared_object_is_rebuilt_with_a_warning(tmp_path, corruption):
     assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]  # the same bits
     assert "warning:" in again.stdout and "corrupt" in again.stdout, again.stdout
     assert _builds(tmp_path) == 2
+
+
+def test_routines_are_compiled_once_for_every_program(tmp_path):
+    env = _env(tmp_path, _wrapper(tmp_path))
+    outputs = [_run(CHILD, env, tmp_path), _run(CONVERTING, env, tmp_path, "0.9"),
+               _run(CONVERTING, env, tmp_path, "0.8")]
+    for lines in outputs:
+        assert not any(line.startswith("warning:") for line in lines), lines
+    assert _builds(tmp_path) == 3 and _builds(tmp_path, "routines") == 1
+    (routines,) = sorted((tmp_path / "cache").glob("c_routines_*.o"))
+    assert routines.stat().st_size > 0
+    # the same bits as in a cache of their own: the linked routines are the ones built
+    alone = _env(tmp_path, _wrapper(tmp_path), OPTDSL_CACHE_DIR=str(tmp_path / "alone"))
+    assert _run(CONVERTING, alone, tmp_path, "0.8")[0] == outputs[2][0]
+
+
+def test_corrupt_routines_object_is_rebuilt_with_a_warning(tmp_path):
+    env = _env(tmp_path, _wrapper(tmp_path))
+    _run(CONVERTING, env, tmp_path, "0.9")
+    (routines,) = sorted((tmp_path / "cache").glob("c_routines_*.o"))
+    data = routines.read_bytes()
+    middle = len(data) // 2
+    routines.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    lines = _run(CONVERTING, env, tmp_path, "0.7")  # a new step: it links the routines
+    assert any("corrupt" in line for line in lines if line.startswith("warning:")), lines
+    assert _builds(tmp_path, "routines") == 2 and _builds(tmp_path) == 2
+    fresh = _env(tmp_path, _wrapper(tmp_path), OPTDSL_CACHE_DIR=str(tmp_path / "fresh"))
+    assert _run(CONVERTING, fresh, tmp_path, "0.7")[0] == lines[0]

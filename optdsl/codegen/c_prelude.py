@@ -1,25 +1,21 @@
 """The fixed part of every generated C step: the ABI struct the runtime fills
-(optdsl.runtime.c_abi mirrors it field for field), storage conversions, the stochastic
-rounding hash (optdsl.runtime.rounding's, bit for bit), the element helpers whose NumPy
-meaning needs more than one C operator (min, max, sign), the float64 partial sums of a
-block in a fixed order, and the row and column statistics a sweep accumulates (row pieces
-per block, column partials per group of blocks one thread runs in order; both combined in
-a fixed order after the sweep, so they do not depend on the number of threads).
-
-Conversions are exact where the value fits and round to nearest even otherwise, as torch
-converts: float64 to float16 or bfloat16 goes through float32. A NaN converts to torch's
-quiet NaN under round to nearest; under stochastic rounding a bfloat16 keeps the NaN's high
-bits (as the Triton kernels do).
+(optdsl.runtime.c_abi mirrors it field for field), the header it shares with the routines
+compiled once and linked in (optdsl.codegen.c_routines: block size, dtype codes, element
+helpers with NumPy's meaning, the routines' declarations), the columns of a block (the
+tensor's own memory when it is stored in the compute dtype, else a staging buffer the
+routines' storage conversions fill and write back), the finishing of row and column
+statistics, the block map run in parallel, and the host step's small helpers. Partials and
+statistics are combined in a fixed order, so they do not depend on the number of threads.
 """
 
 from __future__ import annotations
 
-ABI_VERSION = 5
-BLOCK = 1024  # elements of one parameter handled by one call of a sweep's block function
-MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
+from optdsl.codegen.c_routines import BLOCK, DTYPE_CODES, header
 
-# Storage dtype codes of the pointer table's dtype column.
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+__all__ = ["ABI_VERSION", "BLOCK", "DTYPE_CODES", "MAX_COLUMNS", "prelude"]
+
+ABI_VERSION = 5
+MAX_COLUMNS = 64  # pointer-table columns a step may have (TENSORS and the copy)
 
 PRELUDE = r"""#include <fenv.h>
 #include <math.h>
@@ -31,12 +27,7 @@ PRELUDE = r"""#include <fenv.h>
 #endif
 
 #define OPTDSL_ABI @ABI@
-#define OPTDSL_BLOCK @BLOCK@
-#define OPTDSL_F32 0
-#define OPTDSL_F64 1
-#define OPTDSL_F16 2
-#define OPTDSL_BF16 3
-
+@HEADER@
 /* What the runtime hands a step (optdsl.runtime.c_abi.Args mirrors it). */
 typedef struct optdsl_args {
     int64_t n;               /* parameters of the group */
@@ -82,73 +73,14 @@ typedef struct optdsl_args {
 typedef void (*optdsl_block_fn)(const optdsl_args *a, int64_t i, int64_t lo, int64_t m,
                                 const double *row, double *acc);
 
-/* -- storage conversions -------------------------------------------------------------- */
-static inline uint32_t optdsl_bits(float x) { uint32_t b; memcpy(&b, &x, 4); return b; }
-static inline float optdsl_float(uint32_t b) { float x; memcpy(&x, &b, 4); return x; }
-
-static inline float optdsl_from_bf16(uint16_t h) { return optdsl_float((uint32_t)h << 16); }
-
-static inline uint16_t optdsl_to_bf16(float x) {  /* round to nearest even; torch's NaN */
-    uint32_t b = optdsl_bits(x);
-    if (x != x) return 0x7FC0;
-    return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
-}
-
-static inline float optdsl_from_f16(uint16_t h) {  /* exact (the FP16 library's method) */
-    uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
-    float norm = optdsl_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    float denorm = optdsl_float((two_w >> 17) | (126u << 23)) - 0.5f;
-    uint32_t r = two_w < (1u << 27) ? optdsl_bits(denorm) : optdsl_bits(norm);
-    return optdsl_float(sign | r);
-}
-
-static inline uint16_t optdsl_to_f16(float f) {  /* round to nearest even, as torch's */
-    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
-    uint32_t w = optdsl_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
-    uint32_t bias = shl1_w & 0xFF000000u;
-    if (bias < 0x71000000u) bias = 0x71000000u;
-    base = optdsl_float((bias >> 1) + 0x07800000u) + base;
-    uint32_t bits = optdsl_bits(base);
-    uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
-    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-
-/* -- stochastic rounding: optdsl.runtime.rounding's hash ------------------------------- */
-static inline uint32_t optdsl_mix32(uint32_t h) {
-    h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
-    return h;
-}
-
-static inline uint32_t optdsl_stream_key(int64_t seed, int64_t tensor, int64_t column) {
-    uint32_t key = optdsl_mix32((uint32_t)seed ^ optdsl_mix32((uint32_t)tensor * 0x9E3779B9u));
-    return optdsl_mix32(key ^ (uint32_t)(seed >> 32)
-                        ^ optdsl_mix32((uint32_t)column * 0x85EBCA6Bu + 1u));
-}
-
-static inline uint16_t optdsl_to_bf16_sr(float x, uint32_t key, uint32_t mixed_key,
-                                         int64_t offset) {
-    uint32_t h = optdsl_mix32((uint32_t)offset ^ key);
-    uint32_t noise = optdsl_mix32(h ^ (uint32_t)(offset >> 32) ^ mixed_key);
-    uint32_t b = optdsl_bits(x);
-    uint32_t r = (x != x) ? (b | 0x400000u) : b + (noise & 0xFFFFu);
-    return (uint16_t)(r >> 16);
-}
-
 /* -- columns of one block: the tensor's memory, or a staging buffer -------------------- */
 #define OPTDSL_COLUMNS(CT, S)                                                              \
-static CT *optdsl_read_##S(const optdsl_args *a, int64_t i, int64_t c, int64_t lo,         \
-                           int64_t m, CT *buf) {                                            \
+static inline CT *optdsl_read_##S(const optdsl_args *a, int64_t i, int64_t c, int64_t lo,  \
+                                  int64_t m, CT *buf) {                                     \
     char *p = (char *)a->ptr[i * a->ncol + c];                                              \
     int d = a->dtype[i * a->ncol + c];                                                      \
     if (d == OPTDSL_##S) return (CT *)p + lo;                                               \
-    if (d == OPTDSL_F32) { const float *x = (const float *)p + lo;                         \
-        for (int64_t j = 0; j < m; j++) buf[j] = (CT)x[j]; }                                \
-    else if (d == OPTDSL_F64) { const double *x = (const double *)p + lo;                  \
-        for (int64_t j = 0; j < m; j++) buf[j] = (CT)x[j]; }                                \
-    else if (d == OPTDSL_F16) { const uint16_t *x = (const uint16_t *)p + lo;              \
-        for (int64_t j = 0; j < m; j++) buf[j] = (CT)optdsl_from_f16(x[j]); }               \
-    else { const uint16_t *x = (const uint16_t *)p + lo;                                   \
-        for (int64_t j = 0; j < m; j++) buf[j] = (CT)optdsl_from_bf16(x[j]); }              \
+    optdsl_load_##S(p, d, lo, m, buf);                                                      \
     return buf;                                                                             \
 }                                                                                           \
 static CT *optdsl_dest_##S(const optdsl_args *a, int64_t i, int64_t c, int64_t lo,         \
@@ -156,91 +88,16 @@ static CT *optdsl_dest_##S(const optdsl_args *a, int64_t i, int64_t c, int64_t l
     char *p = (char *)a->ptr[i * a->ncol + c];                                              \
     return a->dtype[i * a->ncol + c] == OPTDSL_##S ? (CT *)p + lo : buf;                   \
 }                                                                                           \
-static void optdsl_write_##S(const optdsl_args *a, int64_t i, int64_t c, int64_t stream,   \
-                             int64_t lo, int64_t m, const CT *v) {                          \
+static inline void optdsl_write_##S(const optdsl_args *a, int64_t i, int64_t c,            \
+                                    int64_t stream, int64_t lo, int64_t m, const CT *v) {   \
     char *p = (char *)a->ptr[i * a->ncol + c];                                              \
     int d = a->dtype[i * a->ncol + c];                                                      \
     if (d == OPTDSL_##S && (const CT *)p + lo == v) return;                                 \
-    if (d == OPTDSL_F32) { float *x = (float *)p + lo;                                     \
-        for (int64_t j = 0; j < m; j++) x[j] = (float)v[j]; }                               \
-    else if (d == OPTDSL_F64) { double *x = (double *)p + lo;                              \
-        for (int64_t j = 0; j < m; j++) x[j] = (double)v[j]; }                              \
-    else if (d == OPTDSL_F16) { uint16_t *x = (uint16_t *)p + lo;                          \
-        for (int64_t j = 0; j < m; j++) x[j] = optdsl_to_f16((float)v[j]); }                \
-    else if (!a->sr) { uint16_t *x = (uint16_t *)p + lo;                                   \
-        for (int64_t j = 0; j < m; j++) x[j] = optdsl_to_bf16((float)v[j]); }               \
-    else { uint16_t *x = (uint16_t *)p + lo;                                               \
-        uint32_t key = optdsl_stream_key(a->seed[i], a->ti[i], stream);                     \
-        uint32_t mixed = optdsl_mix32(key);                                                 \
-        for (int64_t j = 0; j < m; j++)                                                     \
-            x[j] = optdsl_to_bf16_sr((float)v[j], key, mixed, lo + j); }                    \
+    int sr = d == OPTDSL_BF16 && a->sr;                                                     \
+    optdsl_store_##S(p, d, lo, m, v, sr, sr ? a->seed[i] : 0, sr ? a->ti[i] : 0, stream);   \
 }
 OPTDSL_COLUMNS(float, F32)
 OPTDSL_COLUMNS(double, F64)
-
-/* -- element helpers with NumPy's meaning ---------------------------------------------- */
-/* np.minimum / np.maximum: NaN propagates; of equal values (0.0, -0.0) the second. */
-static inline float optdsl_min_f(float a, float b) { return a != a ? a : (a < b ? a : b); }
-static inline float optdsl_max_f(float a, float b) { return a != a ? a : (a > b ? a : b); }
-static inline double optdsl_min_d(double a, double b) { return a != a ? a : (a < b ? a : b); }
-static inline double optdsl_max_d(double a, double b) { return a != a ? a : (a > b ? a : b); }
-/* np.sign: -0.0 gives 0.0, NaN gives itself. */
-static inline float optdsl_sign_f(float x) {
-    return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : (x == 0.0f ? 0.0f : x));
-}
-static inline double optdsl_sign_d(double x) {
-    return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : (x == 0.0 ? 0.0 : x));
-}
-
-/* -- a block's raw partial, in float64, in a fixed order (8 lanes, then the lanes) ------ */
-#define OPTDSL_PARTIALS(CT, S)                                                             \
-static double optdsl_sum_##S(const CT *x, int64_t m) {                                     \
-    double lane[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                              \
-    int64_t j = 0;                                                                          \
-    for (; j + 8 <= m; j += 8)                                                              \
-        for (int l = 0; l < 8; l++) lane[l] += (double)x[j + l];                            \
-    for (int l = 0; j < m; j++, l++) lane[l] += (double)x[j];                               \
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3]))                                      \
-         + ((lane[4] + lane[5]) + (lane[6] + lane[7]));                                     \
-}                                                                                           \
-static double optdsl_max_##S(const CT *x, int64_t m, double acc) {                         \
-    for (int64_t j = 0; j < m; j++) acc = optdsl_max_d(acc, (double)x[j]);                  \
-    return acc;                                                                             \
-}
-OPTDSL_PARTIALS(float, F32)
-OPTDSL_PARTIALS(double, F64)
-
-/* -- row and column statistics of a block (optdsl.ir.stages.fused_stats) --------------- */
-/* Rows: block k of a parameter (elements [lo, lo + m), lo = k * BLOCK) writes the float64
-   partial of each row piece it holds, row r's at seg[r + k] (one writer per entry: a
-   block's first row is at least the previous block's last); optdsl_finish_rows adds each
-   row's pieces in block order. Columns: the blocks of column group g (stat_group blocks,
-   run in order by one thread: the unit map) add into part + g * nstat at each element's
-   statistic index (matrix b's column c: b * cols + c); optdsl_finish_cols adds the groups
-   in order. Neither depends on the number of threads. */
-#define OPTDSL_STATS(CT, S)                                                                \
-static void optdsl_rows_##S(const CT *x, int64_t lo, int64_t m, int64_t cols,              \
-                            double *seg) {                                                  \
-    int64_t k = lo / OPTDSL_BLOCK;                                                          \
-    for (int64_t j = 0; j < m;) {                                                           \
-        int64_t r = (lo + j) / cols, end = (r + 1) * cols - lo;                             \
-        if (end > m) end = m;                                                               \
-        seg[r + k] = optdsl_sum_##S(x + j, end - j);                                        \
-        j = end;                                                                            \
-    }                                                                                       \
-}                                                                                           \
-static void optdsl_cols_##S(const CT *x, int64_t lo, int64_t m, int64_t rows,              \
-                            int64_t cols, double *part) {                                   \
-    for (int64_t j = 0; j < m;) {                                                           \
-        int64_t e = lo + j, c = e % cols, end = j + (cols - c);                             \
-        if (end > m) end = m;                                                               \
-        double *q = part + (e / (rows * cols)) * cols + c;                                  \
-        for (int64_t t = 0; t < end - j; t++) q[t] += (double)x[j + t];                     \
-        j = end;                                                                            \
-    }                                                                                       \
-}
-OPTDSL_STATS(float, F32)
-OPTDSL_STATS(double, F64)
 
 /* A parameter's matrix view (its facts): its rows and its columns. */
 static inline int64_t optdsl_rows_of(const optdsl_args *a, int64_t i) {
@@ -414,4 +271,4 @@ static void optdsl_commit_scalar_states(const optdsl_args *a, int64_t count) {
 
 def prelude() -> str:
     """The prelude's text with this version's constants."""
-    return PRELUDE.replace("@ABI@", str(ABI_VERSION)).replace("@BLOCK@", str(BLOCK))
+    return PRELUDE.replace("@ABI@", str(ABI_VERSION)).replace("@HEADER@", header())

@@ -9,9 +9,13 @@ multiply-add contraction), round to nearest (the default; ``-frounding-math`` is
 needed), ``-fno-math-errno -fno-trapping-math`` (errno and traps are not values: they let
 ``sqrt`` vectorize, as torch is built), ``-march=native`` (vectorized for this CPU).
 
-A shared object is an artifact of optdsl.runtime.cache: keyed by the source, the compiler's
-identity (resolved path and ``--version``) and target, the flags and the CPU (its model
-and feature flags), verified by its SHA-256 every time it is read, published atomically (a
+A step's shared object links the routines that do not depend on the program
+(optdsl.codegen.c_routines), compiled once into an object file: a cache artifact of its
+own, compiled in parallel with the step's source when it is not there yet.
+
+A shared object is an artifact of optdsl.runtime.cache: keyed by the source (and the
+routines' source), the compiler's identity (resolved path and ``--version``) and target,
+the flags and the CPU (its model and feature flags), verified by its SHA-256 every time it is read, published atomically (a
 compiler killed midway leaves no entry), built by one process at a time, and loaded from a
 fresh path that holds exactly the verified bytes (the dynamic loader caches by path). It is
 loaded with ctypes after torch, whose OpenMP runtime (``libgomp.so.1``, found by its soname
@@ -33,8 +37,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
-         "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11")
+from optdsl.codegen import c_routines
+
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
+                 "-fno-trapping-math", "-fPIC", "-std=gnu11")
+FLAGS = COMPILE_FLAGS + ("-shared",)
 OPENMP = ("-fopenmp",)
 COMPILE_SECONDS = 120.0
 _PROBE = "#include <math.h>\nint optdsl_probe(void) { int s = 0;\n" \
@@ -56,6 +63,16 @@ class Compiler:
     @property
     def flags(self) -> tuple[str, ...]:
         return FLAGS + (OPENMP if self.openmp else ())
+
+    @property
+    def compile_flags(self) -> tuple[str, ...]:
+        """The flags that compile one source into an object file (with ``-c``)."""
+        return COMPILE_FLAGS + (OPENMP if self.openmp else ())
+
+    @property
+    def link_flags(self) -> tuple[str, ...]:
+        """The flags that link object files into a step's shared object."""
+        return ("-shared",) + (OPENMP if self.openmp else ())
 
 
 def _candidates() -> list[tuple[str, ...]]:
@@ -150,16 +167,51 @@ def target() -> str:
     return f"{platform.machine()} {model} flags:{digest}"
 
 
-def build(source: str, out: Path, cc: Compiler) -> None:
-    """Compile ``source`` into the shared object ``out``."""
-    src = out.with_suffix(".c")
-    src.write_text(source, encoding="utf-8")
-    done = subprocess.run([*cc.command, *cc.flags, str(src), "-o", str(out), "-lm"],
-                          check=False, capture_output=True, text=True,
+def _run(command: list[str], what: str) -> None:
+    done = subprocess.run(command, check=False, capture_output=True, text=True,
                           timeout=COMPILE_SECONDS)
     if done.returncode != 0:
-        raise RuntimeError(f"the C compiler failed on a generated step (a bug; please report "
-                           f"it): {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"the C compiler failed on {what} (a bug; please report it): "
+                           f"{done.stderr.strip()[-2000:]}")
+
+
+def _key(source: str, cc: Compiler) -> dict[str, object]:
+    return {"source": source, "compiler": cc.identity, "flags": list(cc.flags),
+            "target": target()}
+
+
+def build_routines(out: Path, cc: Compiler) -> None:
+    """Compile the routines every step links (optdsl.codegen.c_routines) into the object
+    ``out``."""
+    src = out.parent / "routines.c"
+    src.write_text(c_routines.source(), encoding="utf-8")
+    _run([*cc.command, *cc.compile_flags, "-c", str(src), "-o", str(out)],
+         "the steps' routines")
+
+
+def build(source: str, out: Path, cc: Compiler) -> None:
+    """Compile ``source`` into the shared object ``out``, linked with the routines' object
+    (from the cache; compiled meanwhile, in parallel, when it is not there yet)."""
+    src, obj = out.with_suffix(".c"), out.with_suffix(".o")
+    src.write_text(source, encoding="utf-8")
+    command = [*cc.command, *cc.compile_flags, "-c", str(src), "-o", str(obj)]
+    compiling = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
+    try:
+        from optdsl.runtime import cache
+
+        with cache.verified_copy("c_routines", _key(c_routines.source(), cc), ".o",
+                                 lambda o: build_routines(o, cc)) as routines:
+            _, err = compiling.communicate(timeout=COMPILE_SECONDS)
+            if compiling.returncode != 0:
+                raise RuntimeError(f"the C compiler failed on a generated step (a bug; please "
+                                   f"report it): {err.strip()[-2000:]}")
+            _run([*cc.command, *cc.link_flags, str(obj), str(routines), "-o", str(out), "-lm"],
+                 "a generated step's link")
+    finally:
+        if compiling.poll() is None:
+            compiling.kill()
+            compiling.wait()
 
 
 def load(source: str, tag: str) -> ctypes.CDLL:
@@ -169,7 +221,6 @@ def load(source: str, tag: str) -> ctypes.CDLL:
     from optdsl.runtime import cache
 
     cc = compiler()
-    key = {"source": source, "compiler": cc.identity, "flags": list(cc.flags),
-           "target": target()}
+    key = {**_key(source, cc), "routines": c_routines.source()}
     with cache.verified_copy("c_" + tag, key, ".so", lambda out: build(source, out, cc)) as path:
         return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
