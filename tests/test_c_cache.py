@@ -9,7 +9,7 @@ real compiler behind a wrapper ($CC) that logs each build:
   with a RuntimeWarning, and the step runs;
 - the routines every step links (optdsl.codegen.c_routines: storage conversions, block
   partials) are one cached object, compiled once for every program, and a corrupted one is
-  rebuilt with a warning like a step.
+  rebuilt with a warning like a step; a compiler failing on them says so and caches nothing.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _wrapper(tmp_path: Path, hang: bool = False) -> Path:
     script = tmp_path / "cc"
     script.write_text("#!/bin/sh\ncase \"$*\" in *artifact.c*)\n"
                       f"  echo build >> {log}\n  {hang_line}  ;;\n"
-                      f"*routines.c*) echo routines >> {log} ;;\nesac\n"
+                      f"*routines_0.c*) echo routines >> {log} ;;\nesac\n"
                       f"exec {real} \"$@\"\n")
     script.chmod(0o755)
     return script
@@ -204,3 +204,38 @@ def test_corrupt_routines_object_is_rebuilt_with_a_warning(tmp_path):
     assert _builds(tmp_path, "routines") == 2 and _builds(tmp_path) == 2
     fresh = _env(tmp_path, _wrapper(tmp_path), OPTDSL_CACHE_DIR=str(tmp_path / "fresh"))
     assert _run(CONVERTING, fresh, tmp_path, "0.7")[0] == lines[0]
+
+
+def test_a_failed_routines_build_says_so_and_leaves_no_entry(tmp_path):
+    """A compiler that fails on one of the routines' translation units: the step raises the
+    compiler's message before writing anything, no object or step is cached, and the next
+    process, with a working compiler, builds both."""
+    real = c_build.compiler().command[0]
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\ncase \"$*\" in *routines_1.c*)\n"
+                      "  echo 'optdsl-test: no routines today' >&2; exit 1 ;;\nesac\n"
+                      f"exec {real} \"$@\"\n")
+    broken.chmod(0o755)
+    code = textwrap.dedent("""
+        import torch, optdsl
+        prog = optdsl.compile("hyper lr = 0.1\\nw = w - lr * g", name="Broken")
+        p = torch.nn.Parameter(torch.ones(10))
+        p.grad = torch.ones(10)
+        try:
+            prog.optimizer([p], backend="c").step()
+        except RuntimeError as exc:
+            print("raised", "no routines today" in str(exc), bool((p == 1).all()))
+        else:
+            print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path, broken),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.stdout.split() == ["raised", "True", "True"], done.stdout + done.stderr[-2000:]
+    cache = tmp_path / "cache"
+    assert not list(cache.glob("c_routines_*.o")) and not list(cache.glob("c_Broken_*.so"))
+    done = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path, _wrapper(tmp_path)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.stdout.split() == ["ok"], done.stderr[-2000:]
+    assert len(list(cache.glob("c_routines_*.o"))) == 1

@@ -15,8 +15,9 @@ These vectorized loops, for four storage dtypes and two compute dtypes, were mos
 generated step's compile time (about 0.3 s of Adam's 0.44 s with gcc 12 at -O3); a step's own
 source keeps the inline test that skips a conversion when the column is stored in the
 compute dtype (optdsl.codegen.c_prelude's ``optdsl_read_*`` and ``optdsl_write_*``).
-optdsl.runtime.c_build compiles ``source()`` into one cached object file and links it into
-each step's shared object; a step's cache key holds that source too. ``header()`` is what
+optdsl.runtime.c_build compiles ``sources()`` (two translation units, in parallel) into one
+cached object file and links it into each step's shared object; a step's cache key holds
+those sources too. ``header()`` is what
 both compile against: the block size, dtype codes, the element helpers and the routines'
 declarations, whose hidden visibility keeps each shared object's copy to itself.
 """
@@ -156,8 +157,6 @@ void optdsl_store_##S(void *p, int d, int64_t lo, int64_t m, const CT *v,       
         for (int64_t j = 0; j < m; j++)                                                     \
             x[j] = optdsl_to_bf16_sr((float)v[j], key, mixed, lo + j); }                    \
 }
-OPTDSL_CONVERSIONS(float, F32)
-OPTDSL_CONVERSIONS(double, F64)
 
 /* -- a block's raw partial, in float64, in a fixed order (8 lanes, then the lanes) ------ */
 #define OPTDSL_PARTIALS(CT, S)                                                             \
@@ -174,8 +173,6 @@ double optdsl_max_##S(const CT *x, int64_t m, double acc) {                     
     for (int64_t j = 0; j < m; j++) acc = optdsl_max_d(acc, (double)x[j]);                  \
     return acc;                                                                             \
 }
-OPTDSL_PARTIALS(float, F32)
-OPTDSL_PARTIALS(double, F64)
 
 /* -- row and column statistics of a block (optdsl.ir.stages.fused_stats) --------------- */
 /* Rows: block k of a parameter (elements [lo, lo + m), lo = k * BLOCK) writes the float64
@@ -205,9 +202,15 @@ void optdsl_cols_##S(const CT *x, int64_t lo, int64_t m, int64_t rows, int64_t c
         j = end;                                                                            \
     }                                                                                       \
 }
-OPTDSL_STATS(float, F32)
-OPTDSL_STATS(double, F64)
 """
+
+
+# The routines, in two translation units of about equal compile time (compiled in parallel):
+# the float32 conversions; the float64 ones with the partials and statistics.
+_PARTS = ("OPTDSL_CONVERSIONS(float, F32)\n",
+          "OPTDSL_CONVERSIONS(double, F64)\n"
+          "OPTDSL_PARTIALS(float, F32)\nOPTDSL_PARTIALS(double, F64)\n"
+          "OPTDSL_STATS(float, F32)\nOPTDSL_STATS(double, F64)\n")
 
 
 def header() -> str:
@@ -216,9 +219,10 @@ def header() -> str:
     return _HEADER.replace("@BLOCK@", str(BLOCK))
 
 
-def source() -> str:
-    """The routines' translation unit, compiled once into the object every step links."""
-    return ("/* Routines of optdsl's generated C steps (optdsl.codegen.c_routines), compiled\n"
-            " * once and linked into every step. Do not edit. */\n"
-            "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n"
-            + header() + _DEFINITIONS)
+def sources() -> tuple[str, ...]:
+    """The routines' translation units, compiled once (in parallel) into the one object
+    every step links."""
+    return tuple(f"/* Routines of optdsl's generated C steps (optdsl.codegen.c_routines), part "
+                 f"{k + 1} of {len(_PARTS)},\n * compiled once and linked into every step. Do "
+                 f"not edit. */\n#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n"
+                 + header() + _DEFINITIONS + part for k, part in enumerate(_PARTS))

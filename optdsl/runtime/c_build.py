@@ -180,13 +180,42 @@ def _key(source: str, cc: Compiler) -> dict[str, object]:
             "target": target()}
 
 
+def _start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(compiling: subprocess.Popen, what: str) -> None:
+    """Wait for a compile started by ``_start``; raise saying why if it failed."""
+    _, err = compiling.communicate(timeout=COMPILE_SECONDS)
+    if compiling.returncode != 0:
+        raise RuntimeError(f"the C compiler failed on {what} (a bug; please report it): "
+                           f"{err.strip()[-2000:]}")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def build_routines(out: Path, cc: Compiler) -> None:
-    """Compile the routines every step links (optdsl.codegen.c_routines) into the object
-    ``out``."""
-    src = out.parent / "routines.c"
-    src.write_text(c_routines.source(), encoding="utf-8")
-    _run([*cc.command, *cc.compile_flags, "-c", str(src), "-o", str(out)],
-         "the steps' routines")
+    """Compile the routines every step links (optdsl.codegen.c_routines: its translation
+    units in parallel) into the one relocatable object ``out``."""
+    objects, started = [], []
+    try:
+        for k, text in enumerate(c_routines.sources()):
+            src = out.parent / f"routines_{k}.c"
+            src.write_text(text, encoding="utf-8")
+            objects.append(str(src.with_suffix(".o")))
+            started.append(_start([*cc.command, *cc.compile_flags, "-c", str(src), "-o",
+                                   objects[-1]]))
+        for compiling in started:
+            _finish(compiling, "the steps' routines")
+    finally:
+        _stop(started)
+    _run([*cc.command, "-r", "-nostdlib", *objects, "-o", str(out)], "the routines' link")
 
 
 def build(source: str, out: Path, cc: Compiler) -> None:
@@ -194,24 +223,17 @@ def build(source: str, out: Path, cc: Compiler) -> None:
     (from the cache; compiled meanwhile, in parallel, when it is not there yet)."""
     src, obj = out.with_suffix(".c"), out.with_suffix(".o")
     src.write_text(source, encoding="utf-8")
-    command = [*cc.command, *cc.compile_flags, "-c", str(src), "-o", str(obj)]
-    compiling = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)
+    compiling = _start([*cc.command, *cc.compile_flags, "-c", str(src), "-o", str(obj)])
     try:
         from optdsl.runtime import cache
 
-        with cache.verified_copy("c_routines", _key(c_routines.source(), cc), ".o",
+        with cache.verified_copy("c_routines", _key("".join(c_routines.sources()), cc), ".o",
                                  lambda o: build_routines(o, cc)) as routines:
-            _, err = compiling.communicate(timeout=COMPILE_SECONDS)
-            if compiling.returncode != 0:
-                raise RuntimeError(f"the C compiler failed on a generated step (a bug; please "
-                                   f"report it): {err.strip()[-2000:]}")
+            _finish(compiling, "a generated step")
             _run([*cc.command, *cc.link_flags, str(obj), str(routines), "-o", str(out), "-lm"],
                  "a generated step's link")
     finally:
-        if compiling.poll() is None:
-            compiling.kill()
-            compiling.wait()
+        _stop([compiling])
 
 
 def load(source: str, tag: str) -> ctypes.CDLL:
@@ -221,6 +243,6 @@ def load(source: str, tag: str) -> ctypes.CDLL:
     from optdsl.runtime import cache
 
     cc = compiler()
-    key = {**_key(source, cc), "routines": c_routines.source()}
+    key = {**_key(source, cc), "routines": "".join(c_routines.sources())}
     with cache.verified_copy("c_" + tag, key, ".so", lambda out: build(source, out, cc)) as path:
         return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
