@@ -19,7 +19,11 @@ backward does in training: a threaded step that ignored torch's threads lost the
 Method: every optimizer gets its own copy of the parameters (float32, shaped like a small
 transformer) with fixed random gradients. Runs are interleaved round-robin (``--rounds``
 rounds of ``--steps`` timed steps each, after ``--warmup`` untimed steps) so that a noisy,
-shared machine slows every contender alike; the table gives the median and p10/p90 of all
+shared machine slows every contender alike. The default is one step a round (60 rounds):
+this machine's memory bandwidth swings between phases within seconds (Adam's step between
+5 and 7.5 ms), so rounds of 10 steps could put one contender's round in a fast phase and
+the next one's in a slow phase (2026-12-04: 1.05x and 1.11x fused in such runs, where
+step-by-step alternation in one process gave 0.89-0.96x); the table gives the median and p10/p90 of all
 timed steps. Bandwidth is bytes that must move per step / median time:
 Adam fp32 = 28 B/param (read w, g, m, v; write w, m, v),
 SGD with momentum fp32 = 20 B/param (read w, g, buf; write w, buf).
@@ -414,8 +418,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=float, default=12.6e6, help="total parameters")
     ap.add_argument("--tensors", type=int, default=117, help="number of tensors")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", choices=["adam", "sgd"], help="run one optimizer family")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
