@@ -23,8 +23,8 @@ shared machine slows every contender alike. The default is one step a round (60 
 this machine's memory bandwidth swings between phases within seconds (Adam's step between
 5 and 7.5 ms), so rounds of 10 steps could put one contender's round in a fast phase and
 the next one's in a slow phase (2026-12-04: 1.05x and 1.11x fused in such runs, where
-step-by-step alternation in one process gave 0.89-0.96x); the table gives the median and p10/p90 of all
-timed steps. Bandwidth is bytes that must move per step / median time:
+step-by-step alternation in one process gave 0.89-0.96x). The table gives the median and
+p10/p90 of all timed steps. Bandwidth is bytes that must move per step / median time:
 Adam fp32 = 28 B/param (read w, g, m, v; write w, m, v),
 SGD with momentum fp32 = 20 B/param (read w, g, buf; write w, buf).
 The reference copy bandwidth counts 8 B/param (read src, write dst) for a copy of the same

@@ -17,9 +17,9 @@ source keeps the inline test that skips a conversion when the column is stored i
 compute dtype (optdsl.codegen.c_prelude's ``optdsl_read_*`` and ``optdsl_write_*``).
 optdsl.runtime.c_build compiles ``sources()`` (two translation units, in parallel) into one
 cached object file and links it into each step's shared object; a step's cache key holds
-those sources too. ``header()`` is what
-both compile against: the block size, dtype codes, the element helpers and the routines'
-declarations, whose hidden visibility keeps each shared object's copy to itself.
+those sources too. ``header()`` is what both compile against: the block size, dtype codes,
+the element helpers and the routines' declarations, whose hidden visibility keeps each
+shared object's copy to itself.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ OPTDSL_HIDDEN double optdsl_sum_F32(const float *x, int64_t m);
 OPTDSL_HIDDEN double optdsl_sum_F64(const double *x, int64_t m);
 OPTDSL_HIDDEN double optdsl_max_F32(const float *x, int64_t m, double acc);
 OPTDSL_HIDDEN double optdsl_max_F64(const double *x, int64_t m, double acc);
-/* A block's row pieces and column partials (below). */
+/* A block's row pieces and column partials (OPTDSL_STATS in optdsl.codegen.c_routines). */
 OPTDSL_HIDDEN void optdsl_rows_F32(const float *x, int64_t lo, int64_t m, int64_t cols,
                                    double *seg);
 OPTDSL_HIDDEN void optdsl_rows_F64(const double *x, int64_t lo, int64_t m, int64_t cols,

@@ -15,9 +15,10 @@ own, compiled in parallel with the step's source when it is not there yet.
 
 A shared object is an artifact of optdsl.runtime.cache: keyed by the source (and the
 routines' source), the compiler's identity (resolved path and ``--version``) and target,
-the flags and the CPU (its model and feature flags), verified by its SHA-256 every time it is read, published atomically (a
-compiler killed midway leaves no entry), built by one process at a time, and loaded from a
-fresh path that holds exactly the verified bytes (the dynamic loader caches by path). It is
+the flags and the CPU (its model and feature flags), verified by its SHA-256 every time it
+is read, published atomically (a compiler killed midway leaves no entry), built by one
+process at a time, and loaded from a fresh path that holds exactly the verified bytes (the
+dynamic loader caches by path). It is
 loaded with ctypes after torch, whose OpenMP runtime (``libgomp.so.1``, found by its soname
 among the loaded libraries) it then shares: the step's threads are torch's threads.
 """
@@ -167,17 +168,15 @@ def target() -> str:
     return f"{platform.machine()} {model} flags:{digest}"
 
 
-def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, check=False, capture_output=True, text=True,
-                          timeout=COMPILE_SECONDS)
-    if done.returncode != 0:
-        raise RuntimeError(f"the C compiler failed on {what} (a bug; please report it): "
-                           f"{done.stderr.strip()[-2000:]}")
-
-
 def _key(source: str, cc: Compiler) -> dict[str, object]:
     return {"source": source, "compiler": cc.identity, "flags": list(cc.flags),
             "target": target()}
+
+
+@functools.cache
+def _routines_text() -> str:
+    """The routines' sources as one text (a cache key's part; the same all process long)."""
+    return "".join(c_routines.sources())
 
 
 def _start(command: list[str]) -> subprocess.Popen:
@@ -198,6 +197,14 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _run(command: list[str], what: str) -> None:
+    compiling = _start(command)
+    try:
+        _finish(compiling, what)
+    finally:
+        _stop([compiling])
 
 
 def build_routines(out: Path, cc: Compiler) -> None:
@@ -227,7 +234,7 @@ def build(source: str, out: Path, cc: Compiler) -> None:
     try:
         from optdsl.runtime import cache
 
-        with cache.verified_copy("c_routines", _key("".join(c_routines.sources()), cc), ".o",
+        with cache.verified_copy("c_routines", _key(_routines_text(), cc), ".o",
                                  lambda o: build_routines(o, cc)) as routines:
             _finish(compiling, "a generated step")
             _run([*cc.command, *cc.link_flags, str(obj), str(routines), "-o", str(out), "-lm"],
@@ -243,6 +250,6 @@ def load(source: str, tag: str) -> ctypes.CDLL:
     from optdsl.runtime import cache
 
     cc = compiler()
-    key = {**_key(source, cc), "routines": "".join(c_routines.sources())}
+    key = {**_key(source, cc), "routines": _routines_text()}
     with cache.verified_copy("c_" + tag, key, ".so", lambda out: build(source, out, cc)) as path:
         return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
